@@ -1,0 +1,47 @@
+//! The invariants the model checks, each with an ID. This is their one home:
+//! reports name these IDs, docs/ARCHITECTURE.md lists them.
+
+/// An invariant and where it comes from.
+pub struct Invariant {
+    pub id: &'static str,
+    pub checked_by: &'static str,
+    pub statement: &'static str,
+}
+
+pub const VM_BUG_ON: &str = "VM-BUG-ON";
+pub const VM_WARN: &str = "VM-WARN";
+pub const BAD_PAGE: &str = "BAD-PAGE";
+pub const LOCK_ORDER: &str = "LOCK-ORDER";
+pub const DEADLOCK: &str = "DEADLOCK";
+pub const AUDIT_MAPCOUNT: &str = "AUDIT-MAPCOUNT";
+pub const AUDIT_COMPOUND_MAPCOUNT: &str = "AUDIT-COMPOUND-MAPCOUNT";
+pub const AUDIT_DOUBLE_MAP: &str = "AUDIT-DOUBLE-MAP";
+pub const AUDIT_REFCOUNT: &str = "AUDIT-REFCOUNT";
+pub const AUDIT_FREE: &str = "AUDIT-FREE";
+pub const AUDIT_LEAK: &str = "AUDIT-LEAK";
+pub const AUDIT_RMAP: &str = "AUDIT-RMAP";
+pub const AUDIT_VMA: &str = "AUDIT-VMA";
+pub const AUDIT_LOCKS: &str = "AUDIT-LOCKS";
+pub const AUDIT_DEFERRED: &str = "AUDIT-DEFERRED";
+pub const MEM_PRIVATE: &str = "MEM-PRIVATE";
+pub const MEM_LOST_WRITE: &str = "MEM-LOST-WRITE";
+
+pub const INVARIANTS: &[Invariant] = &[
+    Invariant { id: VM_BUG_ON, checked_by: "inline (the kernel's assertions)", statement: "No BUG_ON/VM_BUG_ON/VM_BUG_ON_PAGE/VM_BUG_ON_VMA condition of the modelled functions holds." },
+    Invariant { id: VM_WARN, checked_by: "inline", statement: "No WARN_ON/VM_WARN_ON_ONCE condition of the modelled functions holds." },
+    Invariant { id: BAD_PAGE, checked_by: "inline (free_pages_check)", statement: "A page is freed unmapped, unlocked, with no references (no \"BUG: Bad page state\")." },
+    Invariant { id: LOCK_ORDER, checked_by: "sync::lockdep", statement: "Locks are taken in the order of the comment at the top of mm/rmap.c; no lock is taken twice." },
+    Invariant { id: DEADLOCK, checked_by: "engine", statement: "Some thread can always make progress." },
+    Invariant { id: AUDIT_MAPCOUNT, checked_by: "check::audit", statement: "Each page's _mapcount + 1 equals the PTEs mapping it, plus 1 if its THP is PageDoubleMap." },
+    Invariant { id: AUDIT_COMPOUND_MAPCOUNT, checked_by: "check::audit", statement: "A THP's compound_mapcount equals the huge PMDs mapping it." },
+    Invariant { id: AUDIT_DOUBLE_MAP, checked_by: "check::audit", statement: "PageDoubleMap is set exactly when a THP is mapped by a PMD and one of its subpages by a PTE." },
+    Invariant { id: AUDIT_REFCOUNT, checked_by: "check::audit", statement: "A page's _refcount equals its mappings (each PTE and each huge PMD holds one) plus pins and page-table use; nothing else holds a reference at a quiescent point." },
+    Invariant { id: AUDIT_FREE, checked_by: "check::audit", statement: "A frame on the free lists has no mapping and no references; a frame in use is not on them." },
+    Invariant { id: AUDIT_LEAK, checked_by: "check::audit", statement: "Every allocated frame is reachable: mapped, a page table, deposited, queued for deferred split, or a zero page." },
+    Invariant { id: AUDIT_RMAP, checked_by: "check::audit", statement: "Every mapped anonymous page's anon_vma reaches every VMA that maps it, at the address its index gives." },
+    Invariant { id: AUDIT_VMA, checked_by: "check::audit", statement: "No page-table entry maps an address outside a VMA; a huge PMD lies wholly inside one VMA; each huge PMD has a deposited page table." },
+    Invariant { id: AUDIT_LOCKS, checked_by: "check::audit", statement: "At a quiescent point no lock is held and no page is locked." },
+    Invariant { id: AUDIT_DEFERRED, checked_by: "check::audit", statement: "Only THPs that are still compound sit on the deferred split queue." },
+    Invariant { id: MEM_PRIVATE, checked_by: "check::oracle", statement: "A process's private memory shows only what it (or a device through its pins) wrote, or what it inherited at fork; unwritten memory reads 0." },
+    Invariant { id: MEM_LOST_WRITE, checked_by: "check::oracle", statement: "No completed write is lost: a later read by the writer sees it unless the writer itself changed the memory since." },
+];

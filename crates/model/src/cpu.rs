@@ -1,0 +1,175 @@
+//! A CPU running kernel code: the model's `current` and per-CPU state.
+//!
+//! Every modelled kernel function is a method on [`Cpu`], so it knows which CPU
+//! it runs on (a column of a race trace), which locks that CPU holds (for
+//! lockdep) and which kernel functions are on its stack (for traces and
+//! reports). A `Cpu` belongs to one thread.
+
+use crate::check::{invariants, KernelOops, Violation, ViolationKind};
+use crate::engine::{Atomic, Engine};
+use crate::kernel::Kernel;
+use crate::sync::lockdep::{Acquire, HeldLock, HeldLocks};
+use crate::sync::LockClass;
+use crate::types::{CpuId, Pfn};
+use std::cell::RefCell;
+use std::sync::Arc;
+
+/// A CPU executing in the kernel on behalf of a task.
+pub struct Cpu<E: Engine> {
+    pub k: Arc<Kernel<E>>,
+    pub id: CpuId,
+    held: RefCell<HeldLocks>,
+    stack: RefCell<Vec<&'static str>>,
+}
+
+/// Pops the function from the CPU's stack when dropped.
+pub struct FuncGuard<'a, E: Engine> {
+    cpu: &'a Cpu<E>,
+}
+
+impl<E: Engine> Drop for FuncGuard<'_, E> {
+    fn drop(&mut self) {
+        self.cpu.stack.borrow_mut().pop();
+    }
+}
+
+impl<E: Engine> Cpu<E> {
+    pub fn new(k: Arc<Kernel<E>>, id: CpuId) -> Self {
+        Cpu { k, id, held: RefCell::new(HeldLocks::default()), stack: RefCell::new(Vec::new()) }
+    }
+
+    /// Enters a kernel function (for traces and reports).
+    pub fn func(&self, name: &'static str) -> FuncGuard<'_, E> {
+        self.stack.borrow_mut().push(name);
+        self.k.trace_event(self.id, crate::kernel::TraceEvent::Enter(name), self.stack.borrow().len());
+        FuncGuard { cpu: self }
+    }
+
+    /// Records a step that matters for a race trace (`pmd none, skipped`).
+    pub fn note(&self, what: impl FnOnce() -> String) {
+        if self.k.tracing() {
+            let depth = self.stack.borrow().len() + 1;
+            self.k.trace_event(self.id, crate::kernel::TraceEvent::Note(what()), depth);
+        }
+    }
+
+    /// The kernel functions on this CPU's stack, innermost first.
+    pub fn backtrace(&self) -> Vec<&'static str> {
+        self.stack.borrow().iter().rev().copied().collect()
+    }
+
+    pub(crate) fn lock_acquire(&self, class: LockClass, instance: usize, how: Acquire) {
+        let problem = self.held.borrow().check(class, instance, how);
+        if let Some(message) = problem {
+            self.k.report(Violation {
+                id: invariants::LOCK_ORDER,
+                kind: ViolationKind::LockOrder,
+                message,
+                cpu: Some(self.id),
+                backtrace: self.backtrace(),
+                page: None,
+            });
+        }
+    }
+
+    pub(crate) fn lock_acquired(&self, class: LockClass, instance: usize) {
+        let taken_in = self.stack.borrow().last().copied().unwrap_or("?");
+        self.held.borrow_mut().push(HeldLock { class, instance, taken_in });
+    }
+
+    pub(crate) fn lock_release(&self, instance: usize) {
+        self.held.borrow_mut().release(instance);
+    }
+
+    pub(crate) fn holds(&self, instance: usize) -> bool {
+        self.held.borrow().holds(instance)
+    }
+
+    /// The locks this CPU holds (for the quiescent-point audit).
+    pub fn held_locks(&self) -> Vec<HeldLock> {
+        self.held.borrow().stack.clone()
+    }
+
+    /// A failed kernel assertion: report it and oops (`BUG()`).
+    pub fn bug(&self, text: &str, page: Option<Pfn>) -> ! {
+        let message = match page {
+            Some(p) => format!("{text} (page {})", self.dump_page(p)),
+            None => text.to_string(),
+        };
+        self.k.report(Violation {
+            id: invariants::VM_BUG_ON,
+            kind: ViolationKind::KernelBug,
+            message,
+            cpu: Some(self.id),
+            backtrace: self.backtrace(),
+            page,
+        });
+        std::panic::panic_any(KernelOops)
+    }
+
+    /// A kernel warning: report it and go on.
+    pub fn warn(&self, id: &'static str, text: &str, page: Option<Pfn>) {
+        let message = match page {
+            Some(p) => format!("{text} (page {})", self.dump_page(p)),
+            None => text.to_string(),
+        };
+        self.k.report(Violation {
+            id,
+            kind: ViolationKind::KernelWarning,
+            message,
+            cpu: Some(self.id),
+            backtrace: self.backtrace(),
+            page,
+        });
+    }
+
+    /// Models bad_page(), mm/page_alloc.c: "BUG: Bad page state".
+    pub fn bad_page(&self, pfn: Pfn, reason: &str) {
+        self.warn(invariants::BAD_PAGE, &format!("BUG: Bad page state: {reason}"), Some(pfn));
+    }
+
+    /// A one-line dump_page().
+    pub fn dump_page(&self, pfn: Pfn) -> String {
+        let p = self.page(pfn);
+        let head = self.compound_head(pfn);
+        format!(
+            "pfn:{} refcount:{} mapcount:{} compound_mapcount:{} head:{} flags:{:#x}",
+            pfn.0,
+            self.page(head).refcount.load_i64(),
+            p.mapcount.load_i64() + 1,
+            self.page(head).compound_mapcount.load_i64() + 1,
+            head.0,
+            self.page(head).flags.load(),
+        )
+    }
+}
+
+/// `VM_BUG_ON(cond)`: reports and oopses when `cond` holds.
+#[macro_export]
+macro_rules! vm_bug_on {
+    ($cpu:expr, $cond:expr, $text:expr) => {
+        if $cond {
+            $cpu.bug($text, None)
+        }
+    };
+}
+
+/// `VM_BUG_ON_PAGE(cond, page)`.
+#[macro_export]
+macro_rules! vm_bug_on_page {
+    ($cpu:expr, $cond:expr, $page:expr, $text:expr) => {
+        if $cond {
+            $cpu.bug($text, Some($page))
+        }
+    };
+}
+
+/// `VM_WARN_ON_ONCE(cond)` and friends.
+#[macro_export]
+macro_rules! vm_warn_on {
+    ($cpu:expr, $cond:expr, $page:expr, $text:expr) => {
+        if $cond {
+            $cpu.warn($crate::check::invariants::VM_WARN, $text, $page)
+        }
+    };
+}

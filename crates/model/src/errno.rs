@@ -1,0 +1,18 @@
+//! System-call errors.
+
+use serde::Serialize;
+use thiserror::Error;
+
+/// An errno a modelled system call returns.
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Errno {
+    #[error("ENOMEM")]
+    Enomem,
+    #[error("EINVAL")]
+    Einval,
+    #[error("EBUSY")]
+    Ebusy,
+    #[error("EACCES")]
+    Eacces,
+}

@@ -1,0 +1,60 @@
+//! thpsim-model: an executable, concurrent model of the Linux 5.8 huge-page
+//! memory manager.
+//!
+//! The model is kernel-shaped: each module mirrors a kernel file and each
+//! modelled function keeps its kernel name and names its counterpart in its doc
+//! comment (look for `DIVERGENCE:` where it differs). Every modelled kernel
+//! function is a method on [`cpu::Cpu`], the CPU that runs it. All shared state
+//! goes through the engine ([`engine::Engine`]), so the same code runs on real
+//! threads and under the exploration engine.
+//!
+//! Module map (kernel counterpart in brackets):
+//! - [`engine`], [`sync`]: the engine seam and the kernel's locks, with lockdep
+//!   and the one home of the lock order [`sync::lock_order`] (mm/rmap.c).
+//! - [`types`]: addresses, frame numbers, geometry [arch/x86 pgtable types].
+//! - [`page`], [`page_alloc`]: `struct page` and physical memory
+//!   [include/linux/mm.h, page-flags.h; mm/page_alloc.c].
+//! - [`pgtable`]: page-table entries and tables [include/linux/pgtable.h].
+//! - [`mm_types`]: mm_struct, VMAs, anon_vma [include/linux/mm_types.h].
+//! - [`mmu`]: TLBs, the hardware walk, user accesses, the fault entry
+//!   [arch/x86/mm/fault.c, tlb.c].
+//! - [`memory`]: faults, fork's copy, zap [mm/memory.c].
+//! - [`huge_memory`]: THP [mm/huge_memory.c].
+//! - [`rmap`], [`page_vma_mapped`]: reverse mapping [mm/rmap.c,
+//!   mm/page_vma_mapped.c].
+//! - [`migrate`]: migration entries [mm/migrate.c].
+//! - [`swapfile`]: the reuse rule [mm/swapfile.c].
+//! - [`mmap`], [`mprotect`], [`madvise`], [`khugepaged`], [`fork`]: system
+//!   calls [mm/mmap.c, mprotect.c, madvise.c, khugepaged.c, kernel/fork.c].
+//! - [`kernel`]: the machine; [`fixes`]: the seed fixes as switches.
+//! - [`check`]: the oracles (invariants, audit, memory oracle), apart from the
+//!   code they check.
+
+pub mod check;
+pub mod cpu;
+pub mod engine;
+pub mod errno;
+pub mod fixes;
+pub mod fork;
+pub mod huge_memory;
+pub mod kernel;
+pub mod khugepaged;
+pub mod madvise;
+pub mod memory;
+pub mod migrate;
+pub mod mm_types;
+pub mod mmap;
+pub mod mmu;
+pub mod mprotect;
+pub mod page;
+pub mod page_alloc;
+pub mod page_vma_mapped;
+pub mod pgtable;
+pub mod rmap;
+pub mod swapfile;
+pub mod sync;
+pub mod types;
+
+pub use cpu::Cpu;
+pub use engine::{Engine, StdEngine};
+pub use kernel::{Config, Kernel, ThpPolicy};

@@ -1,0 +1,932 @@
+//! Faults, fork's page-table copy and unmapping: mm/memory.c.
+//!
+//! Models (v5.8): the page-table allocation helpers (`__pud_alloc`,
+//! `__pmd_alloc`, `__pte_alloc`) and lock helpers of include/linux/mm.h
+//! (`pmd_lock`, `pte_lockptr`), `handle_mm_fault`, `__handle_mm_fault`,
+//! `handle_pte_fault`, `do_anonymous_page`, `do_wp_page`, `wp_page_reuse`,
+//! `wp_page_copy`, `vm_normal_page`, the migration-entry wait of
+//! `do_swap_page`, `copy_page_range` down to `copy_one_pte`, and the zap path
+//! (`unmap_vmas`, `unmap_page_range`, `zap_pmd_range`, `zap_pte_range`,
+//! `zap_page_range`, `free_pgtables`) with the mmu_gather batching of
+//! mm/mmu_gather.c: pages are freed only after the TLB flush.
+//!
+//! Leaves out: file-backed and shared faults, swap-in (a later issue),
+//! userfaultfd, NUMA hinting faults, mmu notifiers (no secondary MMU yet), RSS
+//! counters, `VM_FAULT_RETRY`.
+
+use crate::cpu::Cpu;
+use crate::engine::{Atomic, Engine};
+use crate::mm_types::{vm, MmStruct, Vma};
+use crate::page::pg;
+use crate::pgtable::{EntryRef, Pmd, Pte, PteFlags, TableBody, Upper};
+use crate::sync::SpinLock;
+use crate::types::{Level, MmId, Pfn, VirtAddr};
+use std::sync::Arc;
+
+/// `vm_fault_t`: the result bits of a fault handler.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct VmFaultT(u32);
+
+impl VmFaultT {
+    pub const NONE: VmFaultT = VmFaultT(0);
+    pub const OOM: VmFaultT = VmFaultT(0x1);
+    pub const SIGBUS: VmFaultT = VmFaultT(0x2);
+    pub const WRITE: VmFaultT = VmFaultT(0x8);
+    pub const SIGSEGV: VmFaultT = VmFaultT(0x40);
+    pub const FALLBACK: VmFaultT = VmFaultT(0x800);
+
+    pub fn fallback(self) -> bool {
+        self.0 & Self::FALLBACK.0 != 0
+    }
+    pub fn oom(self) -> bool {
+        self.0 & Self::OOM.0 != 0
+    }
+    pub fn sigbus(self) -> bool {
+        self.0 & Self::SIGBUS.0 != 0
+    }
+    pub fn sigsegv(self) -> bool {
+        self.0 & Self::SIGSEGV.0 != 0
+    }
+}
+
+/// The fault flags the model uses (`FAULT_FLAG_WRITE`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultFlags {
+    pub write: bool,
+}
+
+/// `struct vm_fault`.
+pub struct VmFault<E: Engine> {
+    pub mm: Arc<MmStruct<E>>,
+    pub vma: Arc<Vma>,
+    pub address: VirtAddr,
+    pub flags: FaultFlags,
+    pub pmd: Option<EntryRef>,
+    pub orig_pmd: Pmd,
+    pub pte: Option<EntryRef>,
+    pub orig_pte: Pte,
+}
+
+impl<E: Engine> VmFault<E> {
+    pub fn new(mm: Arc<MmStruct<E>>, vma: Arc<Vma>, address: VirtAddr, flags: FaultFlags) -> Self {
+        VmFault { mm, vma, address, flags, pmd: None, orig_pmd: Pmd::None, pte: None, orig_pte: Pte::None }
+    }
+}
+
+/// `struct mmu_gather` (mm/mmu_gather.c): the range whose translations must be
+/// flushed and the pages (and page tables) to free once they are.
+pub struct MmuGather {
+    pub mm: MmId,
+    pub fullmm: bool,
+    start: u64,
+    end: u64,
+    pages: Vec<Pfn>,
+    tables: Vec<Pfn>,
+}
+
+impl<E: Engine> Cpu<E> {
+    // ---------------------------------------------------------------------
+    // Page-table access (include/linux/pgtable.h, include/linux/mm.h)
+    // ---------------------------------------------------------------------
+
+    /// The table held in a frame.
+    pub fn table(&self, pfn: Pfn) -> &TableBody<E> {
+        let g = self.k.geo;
+        let entries = 1usize << g.pte_bits.max(g.pmd_bits).max(g.pud_bits);
+        self.page(pfn).table_body(entries)
+    }
+
+    /// Reads a PMD (`READ_ONCE(*pmd)`).
+    pub fn pmd_read(&self, r: EntryRef) -> Pmd {
+        Pmd::decode(self.table(r.table).raw(r.index).load())
+    }
+    /// Models set_pmd_at().
+    pub fn set_pmd_at(&self, r: EntryRef, v: Pmd) {
+        self.table(r.table).raw(r.index).store(v.encode());
+    }
+    /// Models pmdp_huge_get_and_clear(): atomically clears and returns the PMD.
+    pub fn pmdp_huge_get_and_clear(&self, r: EntryRef) -> Pmd {
+        Pmd::decode(self.table(r.table).raw(r.index).swap(Pmd::None.encode()))
+    }
+    /// Reads a PTE.
+    pub fn pte_read(&self, r: EntryRef) -> Pte {
+        Pte::decode(self.table(r.table).raw(r.index).load())
+    }
+    /// Models set_pte_at().
+    pub fn set_pte_at(&self, r: EntryRef, v: Pte) {
+        self.table(r.table).raw(r.index).store(v.encode());
+    }
+    /// Models ptep_get_and_clear().
+    pub fn ptep_get_and_clear(&self, r: EntryRef) -> Pte {
+        Pte::decode(self.table(r.table).raw(r.index).swap(Pte::None.encode()))
+    }
+
+    /// pgd_offset() + pud_offset() + pmd_offset() without allocating: the PMD
+    /// slot for `addr`, if the upper levels are present.
+    pub fn pmd_offset(&self, mm: &MmStruct<E>, addr: VirtAddr) -> Option<EntryRef> {
+        let g = self.k.geo;
+        let Upper::Table(pud_t) = Upper::decode(mm.pgd.raw(g.index(Level::Pgd, addr)).load()) else {
+            return None;
+        };
+        let Upper::Table(pmd_t) = Upper::decode(self.table(pud_t).raw(g.index(Level::Pud, addr)).load()) else {
+            return None;
+        };
+        Some(EntryRef { table: pmd_t, index: g.index(Level::Pmd, addr) })
+    }
+
+    /// pte_offset_map(): the PTE slot for `addr` under a PMD that points to a table.
+    pub fn pte_offset(&self, pmd: Pmd, addr: VirtAddr) -> Option<EntryRef> {
+        match pmd {
+            Pmd::Table(t) => Some(EntryRef { table: t, index: self.k.geo.index(Level::Pte, addr) }),
+            _ => None,
+        }
+    }
+
+    /// Models pte_alloc_one()/pmd_alloc_one(): a zeroed frame for a page table.
+    pub fn pte_alloc_one(&self) -> Option<Pfn> {
+        let pfn = self.alloc_pages(0, 0, false)?;
+        self.page(pfn).set_flag(pg::TABLE);
+        let t = self.table(pfn);
+        for i in 0..t.len() {
+            t.raw(i).store(0);
+        }
+        Some(pfn)
+    }
+
+    /// Models pte_free(): frees a page-table frame.
+    pub fn pte_free(&self, pfn: Pfn) {
+        let t = self.table(pfn);
+        let busy = (0..t.len()).any(|i| t.raw(i).load() != 0);
+        crate::vm_bug_on_page!(self, busy, pfn, "BUG_ON(!pte_none(*pte)) freeing a page table that maps pages");
+        self.page(pfn).clear_flag(pg::TABLE);
+        self.put_page(pfn);
+    }
+
+    /// Models __pud_alloc()/__pmd_alloc() and pmd_alloc(), mm/memory.c, v5.8.
+    ///
+    /// # Locking
+    /// Takes `mm->page_table_lock` to populate an upper level.
+    pub fn pmd_alloc(&self, mm: &MmStruct<E>, addr: VirtAddr) -> Option<EntryRef> {
+        let g = self.k.geo;
+        let pgd_slot = mm.pgd.raw(g.index(Level::Pgd, addr));
+        let pud_t = self.upper_alloc(mm, pgd_slot)?;
+        let pud_slot = self.table(pud_t).raw(g.index(Level::Pud, addr));
+        let pmd_t = self.upper_alloc(mm, pud_slot)?;
+        Some(EntryRef { table: pmd_t, index: g.index(Level::Pmd, addr) })
+    }
+
+    fn upper_alloc(&self, mm: &MmStruct<E>, slot: &E::Atomic) -> Option<Pfn> {
+        if let Upper::Table(t) = Upper::decode(slot.load()) {
+            return Some(t);
+        }
+        let _f = self.func("__pmd_alloc");
+        let new = self.pte_alloc_one()?;
+        let _ptl = mm.page_table_lock.lock(self);
+        match Upper::decode(slot.load()) {
+            Upper::Table(t) => {
+                drop(_ptl);
+                self.pte_free(new);
+                Some(t)
+            }
+            Upper::None => {
+                slot.store(Upper::Table(new).encode());
+                Some(new)
+            }
+        }
+    }
+
+    /// Models pmd_lockptr(): the split PMD lock of the PMD table.
+    pub fn pmd_lockptr(&self, pmd: EntryRef) -> &SpinLock<E> {
+        &self.table(pmd.table).ptl
+    }
+
+    /// Models pte_lockptr(): the split PTE lock of the PTE table.
+    pub fn pte_lockptr(&self, pte_table: Pfn) -> &SpinLock<E> {
+        &self.table(pte_table).ptl
+    }
+
+    /// Models __pte_alloc() (pte_alloc()), mm/memory.c, v5.8. Returns false on OOM.
+    ///
+    /// # Locking
+    /// Takes the PMD lock to populate the PMD.
+    pub fn pte_alloc(&self, pmd: EntryRef) -> bool {
+        if !self.pmd_read(pmd).is_none() {
+            return true;
+        }
+        let _f = self.func("__pte_alloc");
+        let Some(new) = self.pte_alloc_one() else {
+            return false;
+        };
+        let ptl = self.pmd_lockptr(pmd).lock(self);
+        let populated = if self.pmd_read(pmd).is_none() {
+            self.set_pmd_at(pmd, Pmd::Table(new)); // pmd_populate()
+            true
+        } else {
+            false
+        };
+        drop(ptl);
+        if !populated {
+            self.pte_free(new);
+        }
+        true
+    }
+
+    /// Models pmd_trans_unstable() (pmd_none_or_trans_huge_or_clear_bad()).
+    pub fn pmd_trans_unstable(&self, pmd: EntryRef) -> bool {
+        let v = self.pmd_read(pmd);
+        v.is_none() || v.is_trans_huge() || !v.is_present()
+    }
+
+    /// Models pgtable_trans_huge_deposit(), mm/pgtable-generic.c, v5.8.
+    pub fn pgtable_trans_huge_deposit(&self, pmd: EntryRef, pgtable: Pfn) {
+        vm_assert_locked(self, self.pmd_lockptr(pmd));
+        self.table(pmd.table).deposited.lock().unwrap_or_else(|p| p.into_inner()).push(pgtable);
+    }
+
+    /// Models pgtable_trans_huge_withdraw(), mm/pgtable-generic.c, v5.8.
+    pub fn pgtable_trans_huge_withdraw(&self, pmd: EntryRef) -> Pfn {
+        vm_assert_locked(self, self.pmd_lockptr(pmd));
+        let t = self.table(pmd.table).deposited.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match t {
+            Some(t) => t,
+            None => self.bug("pgtable_trans_huge_withdraw(): no deposited page table", None),
+        }
+    }
+
+    /// Models vm_normal_page(), mm/memory.c, v5.8: the page a present PTE maps,
+    /// or None for the zero page (a special mapping).
+    pub fn vm_normal_page(&self, pte: Pte) -> Option<Pfn> {
+        match pte {
+            Pte::Present { pfn, flags } if !flags.special && !self.is_zero_pfn(pfn) => Some(pfn),
+            _ => None,
+        }
+    }
+
+    /// maybe_mkwrite(): write permission if the VMA allows writes.
+    pub fn maybe_mkwrite(&self, flags: &mut PteFlags, vma: &Vma) {
+        if vma.vm_flags() & vm::WRITE != 0 {
+            flags.write = true;
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // Faults
+    // ---------------------------------------------------------------------
+
+    /// Models handle_mm_fault(), mm/memory.c, v5.8.
+    pub fn handle_mm_fault(&self, vmf: &VmFault<E>) -> VmFaultT {
+        let _f = self.func("handle_mm_fault");
+        let mut vmf = VmFault {
+            mm: vmf.mm.clone(),
+            vma: vmf.vma.clone(),
+            address: vmf.address,
+            flags: vmf.flags,
+            pmd: None,
+            orig_pmd: Pmd::None,
+            pte: None,
+            orig_pte: Pte::None,
+        };
+        self.__handle_mm_fault(&mut vmf)
+    }
+
+    /// Models __handle_mm_fault(), mm/memory.c, v5.8.
+    pub fn __handle_mm_fault(&self, vmf: &mut VmFault<E>) -> VmFaultT {
+        let _f = self.func("__handle_mm_fault");
+        let Some(pmd) = self.pmd_alloc(&vmf.mm, vmf.address) else {
+            return VmFaultT::OOM;
+        };
+        vmf.pmd = Some(pmd);
+        let cur = self.pmd_read(pmd);
+        if cur.is_none() && self.__transparent_hugepage_enabled(&vmf.vma) {
+            // create_huge_pmd()
+            let ret = self.do_huge_pmd_anonymous_page(vmf);
+            if !ret.fallback() {
+                return ret;
+            }
+        } else {
+            let orig_pmd = cur;
+            vmf.orig_pmd = orig_pmd;
+            if orig_pmd.is_swap_pmd() {
+                self.pmd_migration_entry_wait(&vmf.mm, pmd);
+                return VmFaultT::NONE;
+            }
+            if orig_pmd.is_trans_huge() {
+                if vmf.flags.write && !orig_pmd.is_write() {
+                    // wp_huge_pmd()
+                    let ret = self.do_huge_pmd_wp_page(vmf, orig_pmd);
+                    if !ret.fallback() {
+                        return ret;
+                    }
+                } else {
+                    self.huge_pmd_set_accessed(vmf, orig_pmd);
+                    return VmFaultT::NONE;
+                }
+            }
+        }
+        self.handle_pte_fault(vmf)
+    }
+
+    /// Models handle_pte_fault(), mm/memory.c, v5.8.
+    ///
+    /// # Locking
+    /// Takes the PTE lock.
+    pub fn handle_pte_fault(&self, vmf: &mut VmFault<E>) -> VmFaultT {
+        let _f = self.func("handle_pte_fault");
+        let pmd = vmf.pmd.expect("handle_pte_fault needs a pmd");
+        let pmdval = self.pmd_read(pmd);
+        if pmdval.is_none() {
+            vmf.pte = None;
+        } else {
+            // pmd_devmap_trans_unstable(): a huge or migrating PMD appeared.
+            if self.pmd_trans_unstable(pmd) {
+                return VmFaultT::NONE;
+            }
+            let pte = self.pte_offset(pmdval, vmf.address);
+            vmf.pte = pte;
+            vmf.orig_pte = pte.map_or(Pte::None, |p| self.pte_read(p));
+            if vmf.orig_pte.is_none() {
+                vmf.pte = None;
+            }
+        }
+        let Some(pte) = vmf.pte else {
+            return self.do_anonymous_page(vmf);
+        };
+        let entry = vmf.orig_pte;
+        if !entry.is_present() {
+            return self.do_swap_page(vmf);
+        }
+        let ptl = self.pte_lockptr(pte.table).lock(self);
+        if self.pte_read(pte) != entry {
+            return VmFaultT::NONE;
+        }
+        if vmf.flags.write && !entry.is_write() {
+            return self.do_wp_page(vmf, ptl);
+        }
+        // pte_mkyoung()/pte_mkdirty() + ptep_set_access_flags()
+        let write = vmf.flags.write;
+        let new = entry.with_flags(|f| {
+            f.young = true;
+            if write {
+                f.dirty = true;
+            }
+        });
+        if new != entry {
+            self.set_pte_at(pte, new);
+        }
+        drop(ptl);
+        VmFaultT::NONE
+    }
+
+    /// Models do_anonymous_page(), mm/memory.c, v5.8.
+    ///
+    /// # Locking
+    /// Takes the PTE lock (pte_offset_map_lock()).
+    pub fn do_anonymous_page(&self, vmf: &mut VmFault<E>) -> VmFaultT {
+        let _f = self.func("do_anonymous_page");
+        let vma = vmf.vma.clone();
+        if vma.vm_flags() & vm::SHARED != 0 {
+            return VmFaultT::SIGBUS;
+        }
+        let pmd = vmf.pmd.expect("pmd");
+        if !self.pte_alloc(pmd) {
+            return VmFaultT::OOM;
+        }
+        if self.pmd_trans_unstable(pmd) {
+            return VmFaultT::NONE;
+        }
+        if !vmf.flags.write {
+            // Use the zero page for reads.
+            let entry = Pte::Present {
+                pfn: self.k.zero_pfn,
+                flags: PteFlags { special: true, protnone: vma.vm_page_prot().protnone, ..PteFlags::default() },
+            };
+            let Some(pte) = self.pte_offset(self.pmd_read(pmd), vmf.address) else {
+                return VmFaultT::NONE;
+            };
+            let _ptl = self.pte_lockptr(pte.table).lock(self);
+            if !self.pte_read(pte).is_none() {
+                return VmFaultT::NONE;
+            }
+            self.set_pte_at(pte, entry);
+            return VmFaultT::NONE;
+        }
+        if !self.anon_vma_prepare(&vmf.mm, &vma) {
+            return VmFaultT::OOM;
+        }
+        let node = self.numa_node_for(&vma, vmf.address);
+        let Some(page) = self.alloc_pages(0, node, true) else {
+            return VmFaultT::OOM;
+        };
+        self.page(page).set_flag(pg::UPTODATE);
+        let mut flags = vma.vm_page_prot();
+        flags.young = true;
+        if vma.vm_flags() & vm::WRITE != 0 {
+            flags.write = true;
+            flags.dirty = true;
+        }
+        let entry = Pte::Present { pfn: page, flags };
+        let Some(pte) = self.pte_offset(self.pmd_read(pmd), vmf.address) else {
+            self.put_page(page);
+            return VmFaultT::NONE;
+        };
+        let ptl = self.pte_lockptr(pte.table).lock(self);
+        if !self.pte_read(pte).is_none() {
+            drop(ptl);
+            self.put_page(page);
+            return VmFaultT::NONE;
+        }
+        self.page_add_new_anon_rmap(page, &vma, vmf.address, false);
+        self.lru_cache_add(page);
+        self.set_pte_at(pte, entry);
+        drop(ptl);
+        VmFaultT::NONE
+    }
+
+    /// The node a new page of this VMA comes from (alloc_page_vma()'s policy).
+    /// DIVERGENCE: no mempolicy; the local node (0).
+    pub fn numa_node_for(&self, _vma: &Vma, _addr: VirtAddr) -> u32 {
+        0
+    }
+
+    /// Models lru_cache_add_active_or_unevictable(): the page joins the LRU.
+    pub fn lru_cache_add(&self, pfn: Pfn) {
+        self.page(pfn).set_flag(pg::LRU | pg::ACTIVE);
+    }
+
+    /// Models do_swap_page(), mm/memory.c, v5.8, for what exists so far: a
+    /// migration entry makes the fault wait for the migration to end
+    /// (migration_entry_wait()) and retry.
+    pub fn do_swap_page(&self, vmf: &mut VmFault<E>) -> VmFaultT {
+        let _f = self.func("do_swap_page");
+        match vmf.orig_pte {
+            Pte::Migration { .. } => {
+                let pmd = vmf.pmd.expect("pmd");
+                self.migration_entry_wait(pmd, vmf.address);
+                VmFaultT::NONE
+            }
+            // Swap entries arrive with the swap device.
+            _ => VmFaultT::SIGBUS,
+        }
+    }
+
+    /// Models do_wp_page(), mm/memory.c, v5.8 (before the 5.9 rewrite): an
+    /// anonymous page is reused when reuse_swap_page() finds it mapped once
+    /// (page_trans_huge_mapcount() for a THP subpage), else it is copied.
+    ///
+    /// # Locking
+    /// Called with the PTE lock held (`ptl`); takes the page lock (trylock under
+    /// the PTE lock, else drops it, sleeps on the page lock, retakes it).
+    pub fn do_wp_page<'a>(&'a self, vmf: &mut VmFault<E>, ptl: crate::sync::SpinGuard<'a, E>) -> VmFaultT {
+        let _f = self.func("do_wp_page");
+        let pte = vmf.pte.expect("pte");
+        let Some(page) = self.vm_normal_page(vmf.orig_pte) else {
+            // The zero page: copy.
+            drop(ptl);
+            return self.wp_page_copy(vmf, None);
+        };
+        let mut ptl = ptl;
+        if self.page_anon(page) {
+            if !self.trylock_page(page) {
+                self.get_page(page);
+                drop(ptl);
+                self.lock_page(page);
+                ptl = self.pte_lockptr(pte.table).lock(self);
+                if self.pte_read(pte) != vmf.orig_pte {
+                    self.unlock_page(page);
+                    drop(ptl);
+                    self.put_page(page);
+                    return VmFaultT::NONE;
+                }
+                self.put_page(page);
+            }
+            let mut total_map_swapcount = 0;
+            if self.reuse_swap_page(page, Some(&mut total_map_swapcount)) {
+                if total_map_swapcount == 1 {
+                    // The page is all ours: move it to our anon_vma so the
+                    // rmap code will not search our parent or siblings.
+                    self.page_move_anon_rmap(page, &vmf.vma);
+                }
+                self.unlock_page(page);
+                self.wp_page_reuse(vmf, ptl);
+                return VmFaultT::WRITE;
+            }
+            self.unlock_page(page);
+        }
+        self.get_page(page);
+        drop(ptl);
+        self.wp_page_copy(vmf, Some(page))
+    }
+
+    /// Models wp_page_reuse(), mm/memory.c, v5.8: make the PTE writable in place.
+    pub fn wp_page_reuse(&self, vmf: &mut VmFault<E>, ptl: crate::sync::SpinGuard<'_, E>) {
+        let _f = self.func("wp_page_reuse");
+        let pte = vmf.pte.expect("pte");
+        let vma = vmf.vma.clone();
+        let entry = vmf.orig_pte.with_flags(|f| {
+            f.young = true;
+            f.dirty = true;
+            self.maybe_mkwrite(f, &vma);
+        });
+        self.set_pte_at(pte, entry); // ptep_set_access_flags()
+        self.flush_tlb_page(vmf.mm.id, vmf.address);
+        drop(ptl);
+    }
+
+    /// Models wp_page_copy(), mm/memory.c, v5.8: copy the page (or allocate a
+    /// zeroed one for the zero page), then under the PTE lock, if the PTE did not
+    /// change, clear and flush it, map the copy and drop the old page's mapping.
+    /// `old_page` carries the reference do_wp_page() took.
+    ///
+    /// # Locking
+    /// Takes the PTE lock.
+    pub fn wp_page_copy(&self, vmf: &mut VmFault<E>, old_page: Option<Pfn>) -> VmFaultT {
+        let _f = self.func("wp_page_copy");
+        let vma = vmf.vma.clone();
+        let release_old = |s: &Self| {
+            if let Some(old) = old_page {
+                s.put_page(old);
+            }
+        };
+        if !self.anon_vma_prepare(&vmf.mm, &vma) {
+            release_old(self);
+            return VmFaultT::OOM;
+        }
+        let node = self.numa_node_for(&vma, vmf.address);
+        let Some(new_page) = self.alloc_pages(0, node, old_page.is_none()) else {
+            release_old(self);
+            return VmFaultT::OOM;
+        };
+        if let Some(old) = old_page {
+            self.note(|| "cow_user_page()".to_string());
+            self.copy_page(new_page, old); // cow_user_page()
+        }
+        self.page(new_page).set_flag(pg::UPTODATE);
+        let pte = vmf.pte.unwrap_or_else(|| {
+            self.pte_offset(self.pmd_read(vmf.pmd.expect("pmd")), vmf.address).expect("pte table")
+        });
+        let ptl = self.pte_lockptr(pte.table).lock(self);
+        let mut freed = new_page;
+        let copied = self.pte_read(pte) == vmf.orig_pte;
+        if copied {
+            let mut flags = vma.vm_page_prot();
+            flags.young = true;
+            flags.dirty = true;
+            self.maybe_mkwrite(&mut flags, &vma);
+            // ptep_clear_flush_notify()
+            self.ptep_get_and_clear(pte);
+            self.flush_tlb_page(vmf.mm.id, vmf.address);
+            self.page_add_new_anon_rmap(new_page, &vma, vmf.address, false);
+            self.lru_cache_add(new_page);
+            self.set_pte_at(pte, Pte::Present { pfn: new_page, flags });
+            if let Some(old) = old_page {
+                self.page_remove_rmap(old, false);
+                freed = old;
+            }
+        }
+        if !copied || old_page.is_some() {
+            // put_page(new_page): the new page if unused, else the old page's
+            // mapping reference.
+            self.put_page(freed);
+        }
+        drop(ptl);
+        release_old(self);
+        if copied {
+            VmFaultT::WRITE
+        } else {
+            VmFaultT::NONE
+        }
+    }
+
+    // ---------------------------------------------------------------------
+    // fork: copy_page_range()
+    // ---------------------------------------------------------------------
+
+    /// Models copy_page_range(), mm/memory.c, v5.8. Returns false on ENOMEM.
+    pub fn copy_page_range(&self, dst: &MmStruct<E>, src: &MmStruct<E>, vma: &Arc<Vma>, new_vma: &Arc<Vma>) -> bool {
+        let _f = self.func("copy_page_range");
+        // Don't copy ptes where a page fault will fill them correctly.
+        if vma.vm_flags() & vm::HUGETLB == 0 && vma.anon_vma().is_none() {
+            return true;
+        }
+        let (start, end) = (vma.vm_start(), vma.vm_end());
+        let mut addr = start;
+        while addr < end {
+            let next = self.k.geo.pmd_addr_end(addr, end);
+            if let Some(src_pmd) = self.pmd_offset(src, addr) {
+                let Some(dst_pmd) = self.pmd_alloc(dst, addr) else {
+                    return false;
+                };
+                if !self.copy_pmd_range(dst, src, dst_pmd, src_pmd, vma, new_vma, addr, next) {
+                    return false;
+                }
+            }
+            addr = next;
+        }
+        true
+    }
+
+    /// Models one step of copy_pmd_range(), mm/memory.c, v5.8.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_pmd_range(
+        &self,
+        dst: &MmStruct<E>,
+        src: &MmStruct<E>,
+        dst_pmd: EntryRef,
+        src_pmd: EntryRef,
+        vma: &Arc<Vma>,
+        new_vma: &Arc<Vma>,
+        addr: VirtAddr,
+        next: VirtAddr,
+    ) -> bool {
+        let _f = self.func("copy_pmd_range");
+        let cur = self.pmd_read(src_pmd);
+        if cur.is_swap_pmd() || cur.is_trans_huge() {
+            crate::vm_bug_on!(self, next.0 - addr.0 != self.k.geo.pmd_size(), "VM_BUG_ON_VMA(next-addr != HPAGE_PMD_SIZE, vma)");
+            match self.copy_huge_pmd(dst, src, dst_pmd, src_pmd, addr, vma) {
+                Err(()) => return false,
+                Ok(true) => return true,
+                Ok(false) => {} // -EAGAIN: the PMD was split; copy the PTEs.
+            }
+        }
+        if self.pmd_read(src_pmd).is_none() {
+            return true;
+        }
+        self.copy_pte_range(dst, src, dst_pmd, src_pmd, vma, new_vma, addr, next)
+    }
+
+    /// Models copy_pte_range(), mm/memory.c, v5.8.
+    ///
+    /// # Locking
+    /// Takes the child's PTE lock, then the parent's nested
+    /// (`spin_lock_nested(src_ptl, SINGLE_DEPTH_NESTING)`).
+    #[allow(clippy::too_many_arguments)]
+    fn copy_pte_range(
+        &self,
+        _dst: &MmStruct<E>,
+        _src: &MmStruct<E>,
+        dst_pmd: EntryRef,
+        src_pmd: EntryRef,
+        vma: &Arc<Vma>,
+        _new_vma: &Arc<Vma>,
+        addr: VirtAddr,
+        end: VirtAddr,
+    ) -> bool {
+        let _f = self.func("copy_pte_range");
+        if !self.pte_alloc(dst_pmd) {
+            return false;
+        }
+        let Pmd::Table(dst_t) = self.pmd_read(dst_pmd) else {
+            return true;
+        };
+        let Pmd::Table(src_t) = self.pmd_read(src_pmd) else {
+            return true;
+        };
+        let _dst_ptl = self.pte_lockptr(dst_t).lock(self);
+        let _src_ptl = self.pte_lockptr(src_t).lock_nested(self);
+        let ps = self.k.geo.page_size();
+        let mut a = addr;
+        while a < end {
+            let idx = self.k.geo.index(Level::Pte, a);
+            let s = EntryRef { table: src_t, index: idx };
+            let d = EntryRef { table: dst_t, index: idx };
+            let pte = self.pte_read(s);
+            if !pte.is_none() {
+                self.copy_one_pte(s, d, pte, vma);
+            }
+            a = a.add_bytes(ps);
+        }
+        true
+    }
+
+    /// Models copy_one_pte(), mm/memory.c, v5.8: a COW mapping is
+    /// write-protected in both parent and child; the page gains a mapping.
+    fn copy_one_pte(&self, src: EntryRef, dst: EntryRef, pte: Pte, vma: &Vma) {
+        let mut pte = pte;
+        match pte {
+            Pte::Migration { pfn, write } => {
+                // A write migration entry becomes a read one in both (COW).
+                if write && vma.is_cow_mapping() {
+                    pte = Pte::Migration { pfn, write: false };
+                    self.set_pte_at(src, pte);
+                }
+                self.get_page(pfn);
+                self.page_dup_rmap(pfn, false);
+            }
+            Pte::Swap(_) => {
+                // Swap arrives in a later issue.
+            }
+            Pte::Present { .. } => {
+                if vma.is_cow_mapping() && pte.is_write() {
+                    // ptep_set_wrprotect()
+                    let src_now = self.pte_read(src).with_flags(|f| f.write = false);
+                    self.set_pte_at(src, src_now);
+                    pte = pte.with_flags(|f| f.write = false);
+                }
+                if vma.vm_flags() & vm::SHARED != 0 {
+                    pte = pte.with_flags(|f| f.dirty = false);
+                }
+                pte = pte.with_flags(|f| f.young = false);
+                if let Some(page) = self.vm_normal_page(pte) {
+                    self.get_page(page);
+                    self.page_dup_rmap(page, false);
+                }
+            }
+            Pte::None => return,
+        }
+        self.set_pte_at(dst, pte);
+    }
+
+    // ---------------------------------------------------------------------
+    // Unmapping: zap and free_pgtables
+    // ---------------------------------------------------------------------
+
+    /// Models tlb_gather_mmu(), mm/mmu_gather.c, v5.8.
+    pub fn tlb_gather_mmu(&self, mm: MmId, fullmm: bool) -> MmuGather {
+        MmuGather { mm, fullmm, start: u64::MAX, end: 0, pages: Vec::new(), tables: Vec::new() }
+    }
+
+    /// Models tlb_remove_tlb_entry(): the range to flush grows.
+    pub fn tlb_remove_tlb_entry(&self, tlb: &mut MmuGather, addr: VirtAddr, size: u64) {
+        tlb.start = tlb.start.min(addr.0);
+        tlb.end = tlb.end.max(addr.0 + size);
+    }
+
+    /// Models __tlb_remove_page()/tlb_remove_page_size(): freed after the flush.
+    pub fn tlb_remove_page(&self, tlb: &mut MmuGather, page: Pfn) {
+        tlb.pages.push(page);
+    }
+
+    /// Models pte_free_tlb(): a page table freed after the flush.
+    pub fn tlb_remove_table(&self, tlb: &mut MmuGather, table: Pfn) {
+        tlb.tables.push(table);
+    }
+
+    /// Models tlb_finish_mmu()/tlb_flush_mmu(), mm/mmu_gather.c, v5.8: flush the
+    /// TLBs, then release the pages (free_pages_and_swap_cache()) and tables.
+    pub fn tlb_finish_mmu(&self, tlb: MmuGather) {
+        let _f = self.func("tlb_finish_mmu");
+        if tlb.fullmm {
+            self.flush_tlb_mm(tlb.mm);
+        } else if tlb.start < tlb.end {
+            self.flush_tlb_range(tlb.mm, VirtAddr(tlb.start), VirtAddr(tlb.end));
+        }
+        for page in tlb.pages {
+            self.put_page(page);
+        }
+        for t in tlb.tables {
+            self.pte_free(t);
+        }
+    }
+
+    /// Models unmap_single_vma()/unmap_page_range(), mm/memory.c, v5.8.
+    pub fn unmap_page_range(&self, tlb: &mut MmuGather, mm: &MmStruct<E>, vma: &Arc<Vma>, start: VirtAddr, end: VirtAddr) {
+        let _f = self.func("unmap_page_range");
+        let start = start.max(vma.vm_start());
+        let end = end.min(vma.vm_end());
+        let mut addr = start;
+        while addr < end {
+            let next = self.k.geo.pmd_addr_end(addr, end);
+            if let Some(pmd) = self.pmd_offset(mm, addr) {
+                self.zap_pmd_range(tlb, vma, pmd, addr, next);
+            }
+            addr = next;
+        }
+    }
+
+    /// Models one iteration of zap_pmd_range(), mm/memory.c, v5.8: a huge PMD
+    /// not wholly covered is split first.
+    fn zap_pmd_range(&self, tlb: &mut MmuGather, vma: &Arc<Vma>, pmd: EntryRef, addr: VirtAddr, next: VirtAddr) {
+        let _f = self.func("zap_pmd_range");
+        let cur = self.pmd_read(pmd);
+        if cur.is_swap_pmd() || cur.is_trans_huge() {
+            if next.0 - addr.0 != self.k.geo.pmd_size() {
+                self.__split_huge_pmd(vma, pmd, addr, false, None);
+            } else if self.zap_huge_pmd(tlb, vma, pmd, addr) {
+                return;
+            }
+        }
+        // pmd_none_or_trans_huge_or_clear_bad()
+        let cur = self.pmd_read(pmd);
+        if !matches!(cur, Pmd::Table(_)) {
+            return;
+        }
+        self.zap_pte_range(tlb, vma, pmd, addr, next);
+    }
+
+    /// Models zap_pte_range(), mm/memory.c, v5.8.
+    ///
+    /// # Locking
+    /// Takes the PTE lock.
+    fn zap_pte_range(&self, tlb: &mut MmuGather, vma: &Arc<Vma>, pmd: EntryRef, addr: VirtAddr, end: VirtAddr) {
+        let _f = self.func("zap_pte_range");
+        let Pmd::Table(t) = self.pmd_read(pmd) else {
+            return;
+        };
+        let _ptl = self.pte_lockptr(t).lock(self);
+        let ps = self.k.geo.page_size();
+        let mut a = addr;
+        while a < end {
+            let r = EntryRef { table: t, index: self.k.geo.index(Level::Pte, a) };
+            let ptent = self.pte_read(r);
+            match ptent {
+                Pte::None => {}
+                Pte::Present { .. } => {
+                    let page = self.vm_normal_page(ptent);
+                    self.ptep_get_and_clear(r);
+                    self.tlb_remove_tlb_entry(tlb, a, ps);
+                    if let Some(page) = page {
+                        self.page_remove_rmap(page, false);
+                        if self.page_mapcount(page) < 0 {
+                            self.bad_page(page, "print_bad_pte: negative mapcount");
+                        }
+                        self.tlb_remove_page(tlb, page);
+                    }
+                }
+                Pte::Migration { pfn, .. } => {
+                    let _ = pfn;
+                    self.ptep_get_and_clear(r); // pte_clear_not_present_full()
+                }
+                Pte::Swap(_) => {
+                    self.ptep_get_and_clear(r);
+                }
+            }
+            a = a.add_bytes(ps);
+        }
+        let _ = vma;
+    }
+
+    /// Models zap_page_range(), mm/memory.c, v5.8: unmap `[start, end)` of one
+    /// VMA (MADV_DONTNEED).
+    pub fn zap_page_range(&self, mm: &MmStruct<E>, vma: &Arc<Vma>, start: VirtAddr, end: VirtAddr) {
+        let _f = self.func("zap_page_range");
+        let mut tlb = self.tlb_gather_mmu(mm.id, false);
+        self.unmap_page_range(&mut tlb, mm, vma, start, end);
+        self.tlb_finish_mmu(tlb);
+    }
+
+    /// Models free_pgtables()/free_pgd_range(), mm/memory.c, v5.8: free the page
+    /// tables that map only `[floor, ceiling)`, the hole left by an unmap.
+    pub fn free_pgtables(&self, tlb: &mut MmuGather, mm: &MmStruct<E>, start: VirtAddr, end: VirtAddr, floor: VirtAddr, ceiling: VirtAddr) {
+        let _f = self.func("free_pgtables");
+        let g = self.k.geo;
+        let covers = |lo: u64, size: u64| lo >= floor.0 && lo + size <= ceiling.0;
+        // PTE tables.
+        let mut a = g.pmd_align_down(start).0;
+        while a < end.0 {
+            if covers(a, g.pmd_size()) {
+                if let Some(pmd) = self.pmd_offset(mm, VirtAddr(a)) {
+                    if let Pmd::Table(t) = self.pmd_read(pmd) {
+                        let _ptl = self.pmd_lockptr(pmd).lock(self);
+                        self.set_pmd_at(pmd, Pmd::None);
+                        drop(_ptl);
+                        self.tlb_remove_table(tlb, t);
+                    }
+                }
+            }
+            a += g.pmd_size();
+        }
+        // PMD tables, then PUD tables.
+        let pud_size = g.pud_size();
+        let mut a = start.0 & !(pud_size - 1);
+        while a < end.0 {
+            if covers(a, pud_size) {
+                let pgd_slot = mm.pgd.raw(g.index(Level::Pgd, VirtAddr(a)));
+                if let Upper::Table(pud_t) = Upper::decode(pgd_slot.load()) {
+                    let slot = self.table(pud_t).raw(g.index(Level::Pud, VirtAddr(a)));
+                    if let Upper::Table(pmd_t) = Upper::decode(slot.load()) {
+                        let empty = {
+                            let tb = self.table(pmd_t);
+                            (0..tb.len()).all(|i| tb.raw(i).load() == 0)
+                                && tb.deposited.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+                        };
+                        if empty {
+                            slot.store(0);
+                            self.tlb_remove_table(tlb, pmd_t);
+                        }
+                    }
+                }
+            }
+            a += pud_size;
+        }
+        let pgd_span = 1u64 << g.pgdir_shift();
+        let mut a = start.0 & !(pgd_span - 1);
+        while a < end.0 {
+            if covers(a, pgd_span) {
+                let pgd_slot = mm.pgd.raw(g.index(Level::Pgd, VirtAddr(a)));
+                if let Upper::Table(pud_t) = Upper::decode(pgd_slot.load()) {
+                    let tb = self.table(pud_t);
+                    if (0..tb.len()).all(|i| tb.raw(i).load() == 0) {
+                        pgd_slot.store(0);
+                        self.tlb_remove_table(tlb, pud_t);
+                    }
+                }
+            }
+            a += pgd_span;
+        }
+    }
+}
+
+/// assert_spin_locked().
+fn vm_assert_locked<E: Engine>(cpu: &Cpu<E>, lock: &SpinLock<E>) {
+    crate::vm_bug_on!(cpu, !lock.is_locked(), "assert_spin_locked(pmd_lockptr(mm, pmdp))");
+}

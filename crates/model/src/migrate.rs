@@ -1,0 +1,98 @@
+//! Migration entries: mm/migrate.c.
+//!
+//! Models (v5.8): remove_migration_ptes() and remove_migration_pte() (how
+//! split_huge_page() remaps the frozen subpages), and the waits of a fault that
+//! meets a migration entry (`__migration_entry_wait`,
+//! `pmd_migration_entry_wait`), which sleep until the page is unlocked.
+//!
+//! Leaves out: migrate_pages()/move_pages() themselves (a later issue), PMD
+//! migration entries' removal (remove_migration_pmd), device-private pages.
+
+use crate::cpu::Cpu;
+use crate::engine::Engine;
+use crate::page_vma_mapped::{Pvmw, PvmwFlags};
+use crate::pgtable::{EntryRef, Pmd, Pte};
+use crate::types::{Pfn, VirtAddr};
+
+impl<E: Engine> Cpu<E> {
+    /// Models remove_migration_ptes(), mm/migrate.c, v5.8: replace every
+    /// migration entry for `old` by a PTE mapping `new`.
+    pub fn remove_migration_ptes(&self, old: Pfn, new: Pfn, locked: bool) {
+        let _f = self.func("remove_migration_ptes");
+        self.rmap_walk_anon(new, locked, |c, vma, addr| c.remove_migration_pte(new, vma, addr, old), |_| false);
+    }
+
+    /// Models remove_migration_pte(), mm/migrate.c, v5.8.
+    ///
+    /// # Locking
+    /// page_vma_mapped_walk() takes the PTE lock.
+    fn remove_migration_pte(&self, page: Pfn, vma: &std::sync::Arc<crate::mm_types::Vma>, addr: VirtAddr, old: Pfn) -> bool {
+        let _f = self.func("remove_migration_pte");
+        crate::vm_bug_on_page!(self, self.page_tail(page), page, "VM_BUG_ON_PAGE(PageTail(page), page)");
+        let mm = self.k.mm(vma.mm);
+        let mut pvmw = Pvmw::new(old, vma.clone(), mm, addr, PvmwFlags { sync: true, migration: true });
+        while self.page_vma_mapped_walk(&mut pvmw) {
+            let Some(pte) = pvmw.pte else {
+                self.bug("remove_migration_pmd(): PMD migration entries are not modelled yet", Some(page));
+            };
+            let Pte::Migration { pfn: entry_pfn, write } = self.pte_read(pte) else {
+                continue;
+            };
+            // new = page - pvmw.page->index + linear_page_index(vma, pvmw.address)
+            let new = Pfn((page.0 as i64 - self.page_to_pgoff(old) as i64 + vma.linear_page_index(pvmw.address, self.k.geo.page_shift) as i64) as u64);
+            let _ = entry_pfn;
+            self.get_page(new);
+            let mut flags = vma.vm_page_prot();
+            flags.young = false;
+            if write {
+                self.maybe_mkwrite(&mut flags, vma);
+            }
+            self.set_pte_at(pte, Pte::Present { pfn: new, flags });
+            self.page_add_anon_rmap(new, vma, pvmw.address, false);
+        }
+        true
+    }
+
+    /// Models migration_entry_wait()/__migration_entry_wait(), mm/migrate.c,
+    /// v5.8: if the PTE still holds a migration entry, sleep until its page is
+    /// unlocked; the fault is then retried.
+    ///
+    /// # Locking
+    /// Takes the PTE lock, drops it, then waits on the page lock.
+    pub fn migration_entry_wait(&self, pmd: EntryRef, addr: VirtAddr) {
+        let _f = self.func("migration_entry_wait");
+        let Some(pte) = self.pte_offset(self.pmd_read(pmd), addr) else {
+            return;
+        };
+        let ptl = self.pte_lockptr(pte.table).lock(self);
+        let Pte::Migration { pfn, .. } = self.pte_read(pte) else {
+            return;
+        };
+        let page = self.compound_head(pfn);
+        if !self.get_page_unless_zero(page) {
+            return;
+        }
+        drop(ptl);
+        // put_and_wait_on_page_locked()
+        self.wait_on_page_locked(page);
+        self.put_page(page);
+    }
+
+    /// Models pmd_migration_entry_wait(), mm/migrate.c, v5.8.
+    ///
+    /// # Locking
+    /// Takes the PMD lock, drops it, then waits on the page lock.
+    pub fn pmd_migration_entry_wait(&self, _mm: &crate::mm_types::MmStruct<E>, pmd: EntryRef) {
+        let _f = self.func("pmd_migration_entry_wait");
+        let ptl = self.pmd_lockptr(pmd).lock(self);
+        let Pmd::Migration { pfn, .. } = self.pmd_read(pmd) else {
+            return;
+        };
+        if !self.get_page_unless_zero(pfn) {
+            return;
+        }
+        drop(ptl);
+        self.wait_on_page_locked(pfn);
+        self.put_page(pfn);
+    }
+}

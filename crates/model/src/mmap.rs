@@ -1,0 +1,273 @@
+//! Mappings: mm/mmap.c.
+//!
+//! Models (v5.8): anonymous private mmap() (`do_mmap`/`mmap_region`),
+//! munmap() (`__do_munmap`, `__split_vma`, `__vma_adjust` with
+//! `vma_adjust_trans_huge`, `unmap_region`), the VMA merge that mprotect() and
+//! madvise() attempt (`vma_merge`, for neighbours that become identical), and
+//! `exit_mmap`.
+//!
+//! Leaves out: file and shared mappings (shmem, a later issue), MAP_FIXED,
+//! stack guard gaps, `vm_unmapped_area`'s top-down search (DIVERGENCE: regions
+//! are placed bottom-up, aligned as asked, one PMD apart so that separate
+//! mmaps never merge; thpsim conform places them the same way), accounting,
+//! mlock.
+
+use crate::cpu::Cpu;
+use crate::engine::Engine;
+use crate::errno::Errno;
+use crate::mm_types::{vm, MmStruct, Vma};
+use crate::types::VirtAddr;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+
+/// Protection of a mapping (`PROT_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prot {
+    None,
+    Read,
+    ReadWrite,
+}
+
+impl Prot {
+    /// calc_vm_prot_bits().
+    pub fn vm_bits(self) -> u64 {
+        match self {
+            Prot::None => 0,
+            Prot::Read => vm::READ,
+            Prot::ReadWrite => vm::READ | vm::WRITE,
+        }
+    }
+}
+
+impl<E: Engine> Cpu<E> {
+    fn page_align(&self, len: u64) -> u64 {
+        let ps = self.k.geo.page_size();
+        len.div_ceil(ps) * ps
+    }
+
+    /// get_unmapped_area() for the model: the lowest free range of `len` bytes
+    /// aligned to `align`, one PMD above the previous mapping.
+    fn get_unmapped_area(&self, mm: &MmStruct<E>, len: u64, align: u64) -> Option<VirtAddr> {
+        let g = self.k.geo;
+        let gap = g.pmd_size();
+        let mut cand = g.pud_size().max(align);
+        cand = cand.div_ceil(align) * align;
+        for v in mm.vma_list() {
+            if cand + len + gap <= v.vm_start().0 {
+                break;
+            }
+            cand = (v.vm_end().0 + gap).div_ceil(align) * align;
+        }
+        (cand + len <= g.task_size()).then_some(VirtAddr(cand))
+    }
+
+    fn insert_vma(&self, mm: &MmStruct<E>, vma: Arc<Vma>) {
+        let mut vmas = mm.vmas.write().unwrap_or_else(|p| p.into_inner());
+        let pos = vmas.partition_point(|v| v.vm_start() < vma.vm_start());
+        vmas.insert(pos, vma);
+    }
+
+    fn remove_vma_from_list(&self, mm: &MmStruct<E>, vma: &Arc<Vma>) {
+        mm.vmas.write().unwrap_or_else(|p| p.into_inner()).retain(|v| !Arc::ptr_eq(v, vma));
+        vma.dead.store(true, SeqCst);
+    }
+
+    /// Models do_mmap()/mmap_region() for an anonymous private mapping,
+    /// mm/mmap.c, v5.8. `align` is the alignment thpsim asks for (PMD-size).
+    ///
+    /// # Locking
+    /// Takes `mmap_lock` for write.
+    pub fn do_mmap(&self, mm: &Arc<MmStruct<E>>, len: u64, prot: Prot, align: u64) -> Result<VirtAddr, Errno> {
+        let _f = self.func("do_mmap");
+        if len == 0 {
+            return Err(Errno::Einval);
+        }
+        let len = self.page_align(len);
+        let _mmap = mm.mmap_lock.write(self);
+        let addr = self.get_unmapped_area(mm, len, align.max(self.k.geo.page_size())).ok_or(Errno::Enomem)?;
+        let flags = prot.vm_bits() | vm::MAYREAD | vm::MAYWRITE | vm::MAYEXEC;
+        let vma = Arc::new(Vma::new(self.k.new_vma_id(), mm.id, addr, addr.add_bytes(len), addr.0 >> self.k.geo.page_shift, flags));
+        self.insert_vma(mm, vma);
+        Ok(addr)
+    }
+
+    /// Models __split_vma(), mm/mmap.c, v5.8: split `vma` at `addr`; the new VMA
+    /// is the part below `addr` if `new_below`. Returns the new VMA.
+    pub fn __split_vma(&self, mm: &MmStruct<E>, vma: &Arc<Vma>, addr: VirtAddr, new_below: bool) -> Arc<Vma> {
+        let _f = self.func("__split_vma");
+        let ps = self.k.geo.page_shift;
+        let (start, end, pgoff) = (vma.vm_start(), vma.vm_end(), vma.vm_pgoff());
+        let new = if new_below {
+            Vma::new(self.k.new_vma_id(), mm.id, start, addr, pgoff, vma.vm_flags())
+        } else {
+            Vma::new(self.k.new_vma_id(), mm.id, addr, end, pgoff + ((addr.0 - start.0) >> ps), vma.vm_flags())
+        };
+        let new = Arc::new(new);
+        new.set_anon_vma(vma.anon_vma());
+        self.anon_vma_clone(&new, vma);
+        if new_below {
+            self.__vma_adjust(mm, vma, addr, end, pgoff + ((addr.0 - start.0) >> ps), Some(new.clone()));
+        } else {
+            self.__vma_adjust(mm, vma, start, addr, pgoff, Some(new.clone()));
+        }
+        new
+    }
+
+    /// Models __vma_adjust(), mm/mmap.c, v5.8, for shrinking a VMA and
+    /// inserting the split-off part: huge PMDs the new boundary cuts are split
+    /// first (vma_adjust_trans_huge()), then the range changes under the
+    /// anon_vma lock.
+    ///
+    /// # Locking
+    /// Called with `mmap_lock` held for write; takes the anon_vma lock for write.
+    pub fn __vma_adjust(&self, mm: &MmStruct<E>, vma: &Arc<Vma>, start: VirtAddr, end: VirtAddr, pgoff: u64, insert: Option<Arc<Vma>>) {
+        let _f = self.func("__vma_adjust");
+        self.vma_adjust_trans_huge(mm, vma, start, end, None);
+        let av = vma.anon_vma();
+        if let Some(av) = av {
+            self.anon_vma_lock_write(av);
+        }
+        vma.set_range(start, end, pgoff);
+        if let Some(ins) = insert {
+            self.insert_vma(mm, ins);
+        }
+        if let Some(av) = av {
+            self.anon_vma_unlock_write(av);
+        }
+    }
+
+    /// Models vma_merge(), mm/mmap.c, v5.8, as used after mprotect()/madvise()
+    /// changed a VMA: merge it with a neighbour that now has the same flags,
+    /// a compatible anon_vma and a contiguous pgoff.
+    ///
+    /// # Locking
+    /// Called with `mmap_lock` held for write; takes the anon_vma lock for write.
+    pub fn vma_merge(&self, mm: &MmStruct<E>, vma: &Arc<Vma>) {
+        let _f = self.func("vma_merge");
+        let ps = self.k.geo.page_shift;
+        let mergeable = |a: &Arc<Vma>, b: &Arc<Vma>| {
+            a.vm_end() == b.vm_start()
+                && a.vm_flags() == b.vm_flags()
+                && a.vm_pgoff() + ((a.vm_end().0 - a.vm_start().0) >> ps) == b.vm_pgoff()
+                && (a.anon_vma() == b.anon_vma() || a.anon_vma().is_none() || b.anon_vma().is_none())
+        };
+        let list = mm.vma_list();
+        let Some(i) = list.iter().position(|v| Arc::ptr_eq(v, vma)) else {
+            return;
+        };
+        let mut keep = vma.clone();
+        if i > 0 && mergeable(&list[i - 1], vma) {
+            let prev = list[i - 1].clone();
+            self.merge_into(mm, &prev, vma);
+            keep = prev;
+        }
+        if let Some(next) = list.get(i + 1) {
+            if mergeable(&keep, next) {
+                self.merge_into(mm, &keep, next);
+            }
+        }
+    }
+
+    /// `keep` grows over `gone`, which is removed (anon_vma_merge()).
+    fn merge_into(&self, mm: &MmStruct<E>, keep: &Arc<Vma>, gone: &Arc<Vma>) {
+        let av = keep.anon_vma().or(gone.anon_vma());
+        if keep.anon_vma().is_none() && gone.anon_vma().is_some() {
+            keep.set_anon_vma(gone.anon_vma());
+            self.anon_vma_clone(keep, gone);
+        }
+        if let Some(av) = av {
+            self.anon_vma_lock_write(av);
+        }
+        let (start, pgoff) = if keep.vm_start() < gone.vm_start() {
+            (keep.vm_start(), keep.vm_pgoff())
+        } else {
+            (gone.vm_start(), gone.vm_pgoff())
+        };
+        let end = keep.vm_end().max(gone.vm_end());
+        keep.set_range(start, end, pgoff);
+        self.remove_vma_from_list(mm, gone);
+        if let Some(av) = av {
+            self.anon_vma_unlock_write(av);
+        }
+        self.unlink_anon_vmas(gone);
+    }
+
+    /// Models __do_munmap(), mm/mmap.c, v5.8.
+    ///
+    /// # Locking
+    /// Takes `mmap_lock` for write.
+    pub fn do_munmap(&self, mm: &Arc<MmStruct<E>>, start: VirtAddr, len: u64) -> Result<(), Errno> {
+        let _f = self.func("__do_munmap");
+        let g = self.k.geo;
+        if start.0 & (g.page_size() - 1) != 0 || start.0 > g.task_size() || len > g.task_size() - start.0 {
+            return Err(Errno::Einval);
+        }
+        let len = self.page_align(len);
+        if len == 0 {
+            return Err(Errno::Einval);
+        }
+        let end = start.add_bytes(len);
+        let _mmap = mm.mmap_lock.write(self);
+        let Some(vma) = mm.find_vma(start) else {
+            return Ok(());
+        };
+        if vma.vm_start() >= end {
+            return Ok(());
+        }
+        if start > vma.vm_start() {
+            self.__split_vma(mm, &vma, start, false);
+        }
+        if let Some(last) = mm.find_vma(end) {
+            if end > last.vm_start() {
+                self.__split_vma(mm, &last, end, true);
+            }
+        }
+        // detach_vmas_to_be_unmapped()
+        let doomed: Vec<Arc<Vma>> =
+            mm.vma_list().into_iter().filter(|v| v.vm_start() >= start && v.vm_end() <= end).collect();
+        for v in &doomed {
+            self.remove_vma_from_list(mm, v);
+        }
+        self.unmap_region(mm, &doomed, start, end);
+        Ok(())
+    }
+
+    /// Models unmap_region(), mm/mmap.c, v5.8: zap the VMAs, free the page
+    /// tables of the hole, flush, free the pages.
+    pub fn unmap_region(&self, mm: &MmStruct<E>, vmas: &[Arc<Vma>], start: VirtAddr, end: VirtAddr) {
+        let _f = self.func("unmap_region");
+        let mut tlb = self.tlb_gather_mmu(mm.id, false);
+        for v in vmas {
+            self.unmap_page_range(&mut tlb, mm, v, start, end);
+        }
+        // free_pgtables(): floor and ceiling are the neighbours' boundaries.
+        let list = mm.vma_list();
+        let floor = list.iter().filter(|v| v.vm_end() <= start).map(|v| v.vm_end()).max().unwrap_or(VirtAddr(0));
+        let ceiling =
+            list.iter().filter(|v| v.vm_start() >= end).map(|v| v.vm_start()).min().unwrap_or(VirtAddr(self.k.geo.task_size()));
+        for v in vmas {
+            self.unlink_anon_vmas(v);
+        }
+        self.free_pgtables(&mut tlb, mm, start, end, floor, ceiling);
+        self.tlb_finish_mmu(tlb);
+    }
+
+    /// Models exit_mmap(), mm/mmap.c, v5.8: tear down the whole address space.
+    pub fn exit_mmap(&self, mm: &Arc<MmStruct<E>>) {
+        let _f = self.func("exit_mmap");
+        let vmas = mm.vma_list();
+        let mut tlb = self.tlb_gather_mmu(mm.id, true);
+        for v in &vmas {
+            self.unmap_page_range(&mut tlb, mm, v, v.vm_start(), v.vm_end());
+        }
+        for v in &vmas {
+            self.unlink_anon_vmas(v);
+        }
+        self.free_pgtables(&mut tlb, mm, VirtAddr(0), VirtAddr(self.k.geo.task_size()), VirtAddr(0), VirtAddr(self.k.geo.task_size()));
+        self.tlb_finish_mmu(tlb);
+        for v in &vmas {
+            self.remove_vma_from_list(mm, v);
+        }
+        mm.exited.store(true, SeqCst);
+    }
+}

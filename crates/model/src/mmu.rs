@@ -1,0 +1,196 @@
+//! The software MMU: per-CPU TLBs, the hardware page-table walk, user reads and
+//! writes, the page-fault entry, and TLB flushes.
+//!
+//! Models: what an x86_64 CPU does on a user access (TLB lookup; on a miss, a
+//! walk of the page tables without locks that sets the accessed and dirty bits
+//! with an atomic compare-and-exchange; a fault when the entry is missing or
+//! forbids the access), do_user_addr_fault() of arch/x86/mm/fault.c (v5.8), and
+//! the TLB flush primitives of arch/x86/mm/tlb.c (flush_tlb_range,
+//! flush_tlb_mm, flush_tlb_page) as immediate shootdowns of every CPU's TLB.
+//!
+//! A TLB keeps a translation until it is flushed, so a missing flush shows up as
+//! a stale translation, as on hardware.
+//!
+//! Leaves out: PCIDs, lazy TLB mode, batched unmap flushes, the paging-structure
+//! caches, stack expansion, protection keys.
+
+use crate::cpu::Cpu;
+use crate::engine::{Atomic, Engine};
+use crate::memory::{FaultFlags, VmFault};
+use crate::mm_types::{vm, MmStruct};
+use crate::page::{read_byte, write_byte};
+use crate::pgtable::{Pmd, Pte, Upper};
+use crate::types::{Level, MmId, Pfn, VirtAddr};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One cached translation of a base page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlbEntry {
+    pub pfn: Pfn,
+    pub write: bool,
+}
+
+/// A CPU's TLB: translations by (address space, virtual page number).
+#[derive(Default, Debug)]
+pub struct Tlb {
+    map: HashMap<(MmId, u64), TlbEntry>,
+}
+
+/// Why a user access failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessError {
+    /// SIGSEGV.
+    Segv,
+    /// SIGBUS.
+    Sigbus,
+    /// VM_FAULT_OOM (DIVERGENCE: no OOM killer; the access fails).
+    Oom,
+}
+
+/// A user access.
+#[derive(Clone, Copy, Debug)]
+pub enum Access {
+    Read,
+    Write(u8),
+}
+
+impl<E: Engine> Cpu<E> {
+    fn tlb(&self) -> std::sync::MutexGuard<'_, Tlb> {
+        self.k.tlbs[self.id.0].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A user-mode load or store of one byte at `addr` in `mm`, as the CPU does
+    /// it: through the TLB, else a hardware walk, else a page fault and retry.
+    pub fn user_access(&self, mm: &Arc<MmStruct<E>>, addr: VirtAddr, access: Access) -> Result<u8, AccessError> {
+        let write = matches!(access, Access::Write(_));
+        let vpn = self.k.geo.vpn(addr);
+        let off = addr.0 & (self.k.geo.page_size() - 1);
+        for _attempt in 0..10_000 {
+            let hit = self.tlb().map.get(&(mm.id, vpn)).copied().filter(|e| !write || e.write);
+            let entry = match hit {
+                Some(e) => Some(e),
+                None => self.hw_walk(mm, addr, write),
+            };
+            if let Some(e) = entry {
+                let words = self.page(e.pfn).words(self.k.geo.page_size());
+                return Ok(match access {
+                    Access::Read => read_byte(words, off),
+                    Access::Write(v) => {
+                        write_byte(words, off, v);
+                        v
+                    }
+                });
+            }
+            self.do_user_addr_fault(mm, addr, write)?;
+        }
+        self.bug("fault loop: the access never succeeds", None)
+    }
+
+    /// The hardware page walk: no locks; sets accessed/dirty atomically; fills
+    /// the TLB. Returns `None` when the access must fault.
+    fn hw_walk(&self, mm: &Arc<MmStruct<E>>, addr: VirtAddr, write: bool) -> Option<TlbEntry> {
+        let geo = self.k.geo;
+        let pud_table = match Upper::decode(mm.pgd.raw(geo.index(Level::Pgd, addr)).load()) {
+            Upper::Table(t) => t,
+            Upper::None => return None,
+        };
+        let pmd_table = match Upper::decode(self.table(pud_table).raw(geo.index(Level::Pud, addr)).load()) {
+            Upper::Table(t) => t,
+            Upper::None => return None,
+        };
+        let pmd_slot = self.table(pmd_table).raw(geo.index(Level::Pmd, addr));
+        let pmd_raw = pmd_slot.load();
+        let (pfn, slot, raw, allowed) = match Pmd::decode(pmd_raw) {
+            Pmd::Huge { pfn, flags, invalid: false } if !flags.protnone => {
+                let sub = geo.index(Level::Pte, addr) as u64;
+                (pfn.add(sub), pmd_slot, pmd_raw, !write || flags.write)
+            }
+            Pmd::Table(pte_table) => {
+                let slot = self.table(pte_table).raw(geo.index(Level::Pte, addr));
+                let raw = slot.load();
+                match Pte::decode(raw) {
+                    Pte::Present { pfn, flags } if !flags.protnone => (pfn, slot, raw, !write || flags.write),
+                    _ => return None,
+                }
+            }
+            _ => return None,
+        };
+        if !allowed {
+            return None;
+        }
+        // Set _PAGE_ACCESSED (and _PAGE_DIRTY on a write) with a locked cmpxchg,
+        // as the page walker does; if the entry changed under us, walk again.
+        let young = 1 << 5;
+        let dirty = 1 << 4;
+        let want = raw | young | if write { dirty } else { 0 };
+        if want != raw && slot.compare_exchange(raw, want).is_err() {
+            return self.hw_walk(mm, addr, write);
+        }
+        let e = TlbEntry { pfn, write };
+        self.tlb().map.insert((mm.id, geo.vpn(addr)), e);
+        Some(e)
+    }
+
+    /// Models do_user_addr_fault(), arch/x86/mm/fault.c, v5.8: find the VMA under
+    /// mmap_lock for read, check the access, handle_mm_fault().
+    ///
+    /// # Locking
+    /// Takes `mm->mmap_lock` for read.
+    pub fn do_user_addr_fault(&self, mm: &Arc<MmStruct<E>>, addr: VirtAddr, write: bool) -> Result<(), AccessError> {
+        let _f = self.func("do_user_addr_fault");
+        let _mmap = mm.mmap_lock.read(self);
+        let Some(vma) = mm.vma_at(addr) else {
+            return Err(AccessError::Segv);
+        };
+        let flags = vma.vm_flags();
+        // access_error()
+        if write && flags & vm::WRITE == 0 {
+            return Err(AccessError::Segv);
+        }
+        if !write && flags & vm::ACCESS == 0 {
+            return Err(AccessError::Segv);
+        }
+        let ret = self.handle_mm_fault(&VmFault::new(mm.clone(), vma, addr, FaultFlags { write }));
+        if ret.oom() {
+            Err(AccessError::Oom)
+        } else if ret.sigbus() {
+            Err(AccessError::Sigbus)
+        } else if ret.sigsegv() {
+            Err(AccessError::Segv)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Models flush_tlb_range(), arch/x86/mm/tlb.c, v5.8: every CPU drops its
+    /// translations of `[start, end)` in `mm`.
+    pub fn flush_tlb_range(&self, mm: MmId, start: VirtAddr, end: VirtAddr) {
+        let _f = self.func("flush_tlb_range");
+        let (s, e) = (self.k.geo.vpn(start), self.k.geo.vpn(VirtAddr(end.0 + self.k.geo.page_size() - 1)));
+        for tlb in &self.k.tlbs {
+            tlb.lock().unwrap_or_else(|p| p.into_inner()).map.retain(|(m, v), _| *m != mm || *v < s || *v >= e);
+        }
+    }
+
+    /// Models flush_tlb_page().
+    pub fn flush_tlb_page(&self, mm: MmId, addr: VirtAddr) {
+        self.flush_tlb_range(mm, addr, addr.add_bytes(1));
+    }
+
+    /// Models flush_tlb_mm(): every CPU drops all translations of `mm`.
+    pub fn flush_tlb_mm(&self, mm: MmId) {
+        let _f = self.func("flush_tlb_mm");
+        for tlb in &self.k.tlbs {
+            tlb.lock().unwrap_or_else(|p| p.into_inner()).map.retain(|(m, _), _| *m != mm);
+        }
+    }
+
+    /// Whether any CPU caches a translation of `addr` in `mm` (for checkers).
+    pub fn tlb_cached(&self, mm: MmId, addr: VirtAddr) -> bool {
+        let vpn = self.k.geo.vpn(addr);
+        self.k.tlbs.iter().any(|t| t.lock().unwrap_or_else(|p| p.into_inner()).map.contains_key(&(mm, vpn)))
+    }
+}

@@ -1,0 +1,156 @@
+//! mprotect(): mm/mprotect.c.
+//!
+//! Models (v5.8): `do_mprotect_pkey`, `mprotect_fixup` (split, flags, merge),
+//! `change_protection` down to `change_pmd_range` (a huge PMD not wholly
+//! covered is split; a covered one goes through change_huge_pmd()) and
+//! `change_pte_range`, and the TLB flush of the range.
+//!
+//! Leaves out: pkeys, NUMA hinting (prot_numa), uffd-wp, dirty accounting
+//! (anonymous VMAs never get write permission from mprotect: writes come back
+//! through write faults).
+
+use crate::cpu::Cpu;
+use crate::engine::Engine;
+use crate::errno::Errno;
+use crate::mm_types::{vm, MmStruct, Vma};
+use crate::mmap::Prot;
+use crate::pgtable::{EntryRef, Pmd, Pte, PteFlags};
+use crate::types::{Level, VirtAddr};
+use std::sync::Arc;
+
+impl<E: Engine> Cpu<E> {
+    /// Models do_mprotect_pkey(), mm/mprotect.c, v5.8.
+    ///
+    /// # Locking
+    /// Takes `mmap_lock` for write.
+    pub fn do_mprotect(&self, mm: &Arc<MmStruct<E>>, start: VirtAddr, len: u64, prot: Prot) -> Result<(), Errno> {
+        let _f = self.func("do_mprotect_pkey");
+        let g = self.k.geo;
+        if start.0 & (g.page_size() - 1) != 0 {
+            return Err(Errno::Einval);
+        }
+        let len = len.div_ceil(g.page_size()) * g.page_size();
+        let end = start.add_bytes(len);
+        if end == start {
+            return Ok(());
+        }
+        let _mmap = mm.mmap_lock.write(self);
+        let Some(mut vma) = mm.find_vma(start) else {
+            return Err(Errno::Enomem);
+        };
+        if vma.vm_start() > start {
+            return Err(Errno::Enomem);
+        }
+        let mut nstart = start;
+        loop {
+            let newflags = prot.vm_bits() | (vma.vm_flags() & !vm::ACCESS);
+            // The VM_MAY* bits must allow the new protection.
+            if (newflags & !(newflags >> 4)) & vm::ACCESS != 0 {
+                return Err(Errno::Eacces);
+            }
+            let tmp = vma.vm_end().min(end);
+            let done = self.mprotect_fixup(mm, &vma, nstart, tmp, newflags);
+            nstart = tmp;
+            if nstart >= end {
+                self.vma_merge(mm, &done);
+                return Ok(());
+            }
+            match mm.find_vma(nstart) {
+                Some(v) if v.vm_start() == nstart => {
+                    self.vma_merge(mm, &done);
+                    vma = v;
+                }
+                _ => return Err(Errno::Enomem),
+            }
+        }
+    }
+
+    /// Models mprotect_fixup(), mm/mprotect.c, v5.8: returns the VMA that now
+    /// covers exactly `[start, end)` with the new flags.
+    pub fn mprotect_fixup(&self, mm: &MmStruct<E>, vma: &Arc<Vma>, start: VirtAddr, end: VirtAddr, newflags: u64) -> Arc<Vma> {
+        let _f = self.func("mprotect_fixup");
+        if newflags == vma.vm_flags() {
+            return vma.clone();
+        }
+        let mut vma = vma.clone();
+        if start != vma.vm_start() {
+            vma = self.__split_vma(mm, &vma, start, false);
+        }
+        if end != vma.vm_end() {
+            self.__split_vma(mm, &vma, end, true);
+            // The part below `end` keeps the old object; find it again.
+            vma = mm.vma_at(start).expect("split vma");
+        }
+        vma.set_vm_flags(newflags);
+        self.change_protection(mm, &vma, start, end, vma.vm_page_prot());
+        vma
+    }
+
+    /// Models change_protection()/change_protection_range(), mm/mprotect.c, v5.8.
+    pub fn change_protection(&self, mm: &MmStruct<E>, vma: &Vma, start: VirtAddr, end: VirtAddr, newprot: PteFlags) {
+        let _f = self.func("change_protection");
+        let g = self.k.geo;
+        let mut pages = 0;
+        let mut addr = start;
+        while addr < end {
+            let next = g.pmd_addr_end(addr, end);
+            if let Some(pmd) = self.pmd_offset(mm, addr) {
+                // change_pmd_range()
+                let cur = self.pmd_read(pmd);
+                let mut handled = false;
+                if cur.is_swap_pmd() || cur.is_trans_huge() {
+                    if next.0 - addr.0 != g.pmd_size() {
+                        self.__split_huge_pmd(vma, pmd, addr, false, None);
+                    } else {
+                        let nr = self.change_huge_pmd(vma, pmd, addr, newprot);
+                        if nr != 0 {
+                            pages += nr;
+                            handled = true;
+                        }
+                    }
+                }
+                if !handled {
+                    if let Pmd::Table(t) = self.pmd_read(pmd) {
+                        pages += self.change_pte_range(t, addr, next, newprot);
+                    }
+                }
+            }
+            addr = next;
+        }
+        if pages > 0 {
+            self.flush_tlb_range(mm.id, start, end);
+        }
+    }
+
+    /// Models change_pte_range(), mm/mprotect.c, v5.8.
+    ///
+    /// # Locking
+    /// Takes the PTE lock.
+    fn change_pte_range(&self, table: crate::types::Pfn, addr: VirtAddr, end: VirtAddr, newprot: PteFlags) -> u64 {
+        let _f = self.func("change_pte_range");
+        let _ptl = self.pte_lockptr(table).lock(self);
+        let mut pages = 0;
+        let mut a = addr;
+        while a < end {
+            let r = EntryRef { table, index: self.k.geo.index(Level::Pte, a) };
+            match self.pte_read(r) {
+                Pte::Present { pfn, flags } => {
+                    // ptep_modify_prot_start()/pte_modify()/ptep_modify_prot_commit()
+                    self.ptep_get_and_clear(r);
+                    let f = PteFlags { write: newprot.write, protnone: newprot.protnone, ..flags };
+                    self.set_pte_at(r, Pte::Present { pfn, flags: f });
+                    pages += 1;
+                }
+                Pte::Migration { pfn, write: true } => {
+                    // A protection check is difficult so just be safe and
+                    // disable write.
+                    self.set_pte_at(r, Pte::Migration { pfn, write: false });
+                    pages += 1;
+                }
+                _ => {}
+            }
+            a = a.add_bytes(self.k.geo.page_size());
+        }
+        pages
+    }
+}

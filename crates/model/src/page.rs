@@ -1,0 +1,370 @@
+//! `struct page` and the helpers of include/linux/mm.h, page-flags.h and
+//! page_ref.h that read and change it.
+//!
+//! Models: the page flags the THP code uses, `_refcount` (held on the head page
+//! of a compound page), `_mapcount` (starting at -1), the compound mapcount
+//! (kept on the head here; in Linux it lives in the first tail page), the anon
+//! `mapping` and `index`, PG_locked with its wait queue, and the frame's bytes.
+//! Every counter is an engine atomic, so each access is a scheduling point.
+//!
+//! Leaves out: memcg, page owner, the LRU lists themselves (PG_lru is a flag),
+//! file-backed mappings, KSM.
+
+use crate::cpu::Cpu;
+use crate::engine::{Atomic, Engine, Monitor};
+use crate::pgtable::TableBody;
+use crate::sync::locks::{page_lock, page_lock_inherit, page_trylock, page_unlock, PageLockState};
+use crate::sync::lockdep::Acquire;
+use crate::types::{AnonVmaId, Pfn};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// Page flags (include/linux/page-flags.h), as bits of `Page::flags`.
+pub mod pg {
+    pub const HEAD: u64 = 1 << 0;
+    pub const DIRTY: u64 = 1 << 1;
+    pub const UPTODATE: u64 = 1 << 2;
+    pub const LRU: u64 = 1 << 3;
+    pub const ACTIVE: u64 = 1 << 4;
+    pub const SWAPBACKED: u64 = 1 << 5;
+    /// PG_double_map (Linux keeps it on the first tail page; here on the head).
+    pub const DOUBLE_MAP: u64 = 1 << 6;
+    pub const MLOCKED: u64 = 1 << 7;
+    pub const SWAPCACHE: u64 = 1 << 8;
+    /// PageTable(): the frame holds a page table.
+    pub const TABLE: u64 = 1 << 9;
+    /// PG_reserved: the zero pages.
+    pub const RESERVED: u64 = 1 << 10;
+    pub const WRITEBACK: u64 = 1 << 11;
+    pub const REFERENCED: u64 = 1 << 12;
+    /// The flags __split_huge_page_tail() copies from head to tail.
+    pub const SPLIT_COPY: u64 =
+        DIRTY | UPTODATE | LRU | ACTIVE | SWAPBACKED | MLOCKED | SWAPCACHE | REFERENCED;
+}
+
+/// `PAGE_MAPPING_ANON`: the low bit of `page->mapping` for anonymous pages.
+const PAGE_MAPPING_ANON: u64 = 1;
+
+/// One physical frame's `struct page`, and the frame's bytes.
+pub struct Page<E: Engine> {
+    pub flags: E::Atomic,
+    /// `_refcount`.
+    pub refcount: E::Atomic,
+    /// `_mapcount`: -1 when unmapped.
+    pub mapcount: E::Atomic,
+    /// `compound_mapcount` (head pages only): -1 when not PMD-mapped.
+    pub compound_mapcount: E::Atomic,
+    /// `page->mapping`: 0, or an anon_vma with PAGE_MAPPING_ANON set.
+    pub mapping: E::Atomic,
+    /// `page->index`: the linear page index of an anonymous page.
+    pub index: E::Atomic,
+    /// `compound_head` of a tail page: head pfn + 1; 0 when not a tail.
+    compound_head: AtomicU64,
+    /// `compound_order` of a head page.
+    compound_order: AtomicU64,
+    /// PG_locked and its wait queue.
+    pub lock: E::Monitor<PageLockState>,
+    /// `page_deferred_list(page)` is not empty (guarded by split_queue_lock).
+    pub on_deferred_list: AtomicBool,
+    /// NUMA node of the frame.
+    pub node: u32,
+    data: OnceLock<Box<[AtomicU64]>>,
+    table: OnceLock<TableBody<E>>,
+}
+
+impl<E: Engine> Page<E> {
+    pub fn new(node: u32) -> Self {
+        Page {
+            flags: E::Atomic::new(0),
+            refcount: E::Atomic::new(0),
+            mapcount: E::Atomic::new(u64::MAX),
+            compound_mapcount: E::Atomic::new(u64::MAX),
+            mapping: E::Atomic::new(0),
+            index: E::Atomic::new(0),
+            compound_head: AtomicU64::new(0),
+            compound_order: AtomicU64::new(0),
+            lock: E::Monitor::new(PageLockState::default()),
+            on_deferred_list: AtomicBool::new(false),
+            node,
+            data: OnceLock::new(),
+            table: OnceLock::new(),
+        }
+    }
+
+    pub fn test_flag(&self, f: u64) -> bool {
+        self.flags.load() & f != 0
+    }
+    pub fn set_flag(&self, f: u64) {
+        self.flags.fetch_or(f);
+    }
+    pub fn clear_flag(&self, f: u64) {
+        self.flags.fetch_and(!f);
+    }
+    /// TestSetPage*(): returns the old value.
+    pub fn test_set_flag(&self, f: u64) -> bool {
+        self.flags.fetch_or(f) & f != 0
+    }
+    /// TestClearPage*(): returns the old value.
+    pub fn test_clear_flag(&self, f: u64) -> bool {
+        self.flags.fetch_and(!f) & f != 0
+    }
+
+    /// The tail page's head, if it is a tail (PageTail()).
+    pub fn tail_head(&self) -> Option<Pfn> {
+        match self.compound_head.load(Ordering::SeqCst) {
+            0 => None,
+            h => Some(Pfn(h - 1)),
+        }
+    }
+    pub(crate) fn set_compound_head(&self, head: Option<Pfn>) {
+        self.compound_head.store(head.map_or(0, |h| h.0 + 1), Ordering::SeqCst);
+    }
+    pub fn compound_order(&self) -> u32 {
+        self.compound_order.load(Ordering::SeqCst) as u32
+    }
+    pub(crate) fn set_compound_order(&self, order: u32) {
+        self.compound_order.store(order as u64, Ordering::SeqCst);
+    }
+
+    /// The frame's bytes as words, created zeroed on first use.
+    pub fn words(&self, page_size: u64) -> &[AtomicU64] {
+        self.data.get_or_init(|| (0..page_size / 8).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    /// The page-table body of a frame used as a page table.
+    pub fn table_body(&self, entries: usize) -> &TableBody<E> {
+        self.table.get_or_init(|| TableBody::new(entries))
+    }
+
+    /// The anon_vma this page's mapping points at (PageAnon() pages only).
+    pub fn anon_vma(&self) -> Option<AnonVmaId> {
+        let m = self.mapping.load();
+        if m & PAGE_MAPPING_ANON != 0 {
+            Some(AnonVmaId((m >> 1) as usize))
+        } else {
+            None
+        }
+    }
+}
+
+/// Encodes an anon_vma as a `page->mapping` value.
+pub fn anon_mapping(av: AnonVmaId) -> u64 {
+    ((av.0 as u64) << 1) | PAGE_MAPPING_ANON
+}
+
+/// Reads one byte of a frame.
+pub fn read_byte(words: &[AtomicU64], off: u64) -> u8 {
+    (words[(off / 8) as usize].load(Ordering::SeqCst) >> ((off % 8) * 8)) as u8
+}
+
+/// Writes one byte of a frame.
+pub fn write_byte(words: &[AtomicU64], off: u64, v: u8) {
+    let shift = (off % 8) * 8;
+    let w = &words[(off / 8) as usize];
+    let _ = w.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
+        Some((old & !(0xff << shift)) | ((v as u64) << shift))
+    });
+}
+
+impl<E: Engine> Cpu<E> {
+    /// The `struct page` of a frame (`pfn_to_page`).
+    pub fn page(&self, pfn: Pfn) -> &Page<E> {
+        self.k.mem.page(pfn)
+    }
+
+    /// Models compound_head(), include/linux/page-flags.h, v5.8.
+    pub fn compound_head(&self, pfn: Pfn) -> Pfn {
+        self.page(pfn).tail_head().unwrap_or(pfn)
+    }
+
+    /// Models PageHead().
+    pub fn page_head(&self, pfn: Pfn) -> bool {
+        self.page(pfn).test_flag(pg::HEAD)
+    }
+
+    /// Models PageTail().
+    pub fn page_tail(&self, pfn: Pfn) -> bool {
+        self.page(pfn).tail_head().is_some()
+    }
+
+    /// Models PageCompound().
+    pub fn page_compound(&self, pfn: Pfn) -> bool {
+        self.page_head(pfn) || self.page_tail(pfn)
+    }
+
+    /// Models PageTransHuge(): a THP head page.
+    pub fn page_trans_huge(&self, pfn: Pfn) -> bool {
+        self.page_head(pfn)
+    }
+
+    /// Models PageTransCompound().
+    pub fn page_trans_compound(&self, pfn: Pfn) -> bool {
+        self.page_compound(pfn)
+    }
+
+    /// Models PageAnon(): `page->mapping & PAGE_MAPPING_ANON` of the head.
+    pub fn page_anon(&self, pfn: Pfn) -> bool {
+        self.page(self.compound_head(pfn)).mapping.load() & PAGE_MAPPING_ANON != 0
+    }
+
+    /// Models PageDoubleMap() (the flag is on the head here).
+    pub fn page_double_map(&self, head: Pfn) -> bool {
+        self.page(head).test_flag(pg::DOUBLE_MAP)
+    }
+
+    /// Models is_huge_zero_page().
+    pub fn is_huge_zero_page(&self, pfn: Pfn) -> bool {
+        self.k.huge_zero_pfn() == Some(pfn)
+    }
+
+    /// Models is_zero_pfn(): the 4 KiB zero page.
+    pub fn is_zero_pfn(&self, pfn: Pfn) -> bool {
+        pfn == self.k.zero_pfn
+    }
+
+    /// Models page_count(): the head's `_refcount`.
+    pub fn page_count(&self, pfn: Pfn) -> i64 {
+        self.page(self.compound_head(pfn)).refcount.load_i64()
+    }
+
+    /// Models get_page(), include/linux/mm.h, v5.8.
+    pub fn get_page(&self, pfn: Pfn) {
+        let head = self.compound_head(pfn);
+        let old = self.page(head).refcount.fetch_add(1) as i64;
+        crate::vm_bug_on_page!(self, old <= 0, head, "VM_BUG_ON_PAGE(page_ref_zero_or_close_to_overflow(page))");
+    }
+
+    /// Models page_ref_add().
+    pub fn page_ref_add(&self, pfn: Pfn, n: i64) {
+        self.page(pfn).refcount.fetch_add(n as u64);
+    }
+
+    /// Models get_page_unless_zero().
+    pub fn get_page_unless_zero(&self, pfn: Pfn) -> bool {
+        let p = &self.page(pfn).refcount;
+        let mut cur = p.load();
+        loop {
+            if cur == 0 {
+                return false;
+            }
+            match p.compare_exchange(cur, cur + 1) {
+                Ok(_) => return true,
+                Err(v) => cur = v,
+            }
+        }
+    }
+
+    /// Models page_ref_freeze(): `_refcount` from `count` to 0, or nothing.
+    pub fn page_ref_freeze(&self, pfn: Pfn, count: i64) -> bool {
+        self.page(pfn).refcount.compare_exchange(count as u64, 0).is_ok()
+    }
+
+    /// Models page_ref_unfreeze().
+    pub fn page_ref_unfreeze(&self, pfn: Pfn, count: i64) {
+        crate::vm_bug_on_page!(self, self.page(pfn).refcount.load() != 0, pfn, "VM_BUG_ON_PAGE(page_count(page) != 0, page)");
+        self.page(pfn).refcount.store_i64(count);
+    }
+
+    /// Models put_page() and __put_page(), include/linux/mm.h and mm/swap.c,
+    /// v5.8: the last reference frees the page (a compound page through its
+    /// destructor, free_transhuge_page()).
+    pub fn put_page(&self, pfn: Pfn) {
+        let head = self.compound_head(pfn);
+        if self.is_huge_zero_page(head) || self.is_zero_pfn(head) {
+            // DIVERGENCE: the zero pages are never freed (no huge zero page shrinker).
+            self.page(head).refcount.fetch_sub(1);
+            return;
+        }
+        let new = self.page(head).refcount.add_return(-1);
+        crate::vm_bug_on_page!(self, new < 0, head, "VM_BUG_ON_PAGE(page_ref_count(page) == 0, page)");
+        if new == 0 {
+            if self.page_head(head) {
+                self.free_transhuge_page(head);
+            } else {
+                self.free_unref_page(head, 0);
+            }
+        }
+    }
+
+    /// Models page_mapcount() and __page_mapcount(), include/linux/mm.h and
+    /// mm/util.c, v5.8: what /proc/kpagecount reports.
+    pub fn page_mapcount(&self, pfn: Pfn) -> i64 {
+        let mut ret = self.page(pfn).mapcount.load_i64() + 1;
+        if !self.page_compound(pfn) {
+            return ret;
+        }
+        if !self.page_anon(pfn) {
+            return ret;
+        }
+        let head = self.compound_head(pfn);
+        ret += self.page(head).compound_mapcount.load_i64() + 1;
+        if self.page_double_map(head) {
+            ret -= 1;
+        }
+        ret
+    }
+
+    /// Models compound_mapcount(), include/linux/mm.h, v5.8.
+    pub fn compound_mapcount(&self, pfn: Pfn) -> i64 {
+        let head = self.compound_head(pfn);
+        self.page(head).compound_mapcount.load_i64() + 1
+    }
+
+    /// Models page_mapped(), mm/util.c, v5.8.
+    pub fn page_mapped(&self, pfn: Pfn) -> bool {
+        if !self.page_compound(pfn) {
+            return self.page(pfn).mapcount.load_i64() >= 0;
+        }
+        let head = self.compound_head(pfn);
+        if self.page(head).compound_mapcount.load_i64() >= 0 {
+            return true;
+        }
+        (0..self.k.geo.hpage_pmd_nr()).any(|i| self.page(head.add(i)).mapcount.load_i64() >= 0)
+    }
+
+    /// Models lock_page(), include/linux/pagemap.h, v5.8.
+    ///
+    /// # Locking
+    /// Takes PG_locked of the head page; see `sync::lock_order`.
+    pub fn lock_page(&self, pfn: Pfn) {
+        let head = self.compound_head(pfn);
+        page_lock::<E>(&self.page(head).lock, self, Acquire::Normal);
+    }
+
+    /// Models trylock_page().
+    ///
+    /// # Locking
+    /// Tries PG_locked of the head page (no ordering constraint).
+    pub fn trylock_page(&self, pfn: Pfn) -> bool {
+        let head = self.compound_head(pfn);
+        page_trylock::<E>(&self.page(head).lock, self)
+    }
+
+    /// Models unlock_page().
+    pub fn unlock_page(&self, pfn: Pfn) {
+        let head = self.compound_head(pfn);
+        page_unlock::<E>(&self.page(head).lock, self);
+    }
+
+    /// Models PageLocked().
+    pub fn page_locked(&self, pfn: Pfn) -> bool {
+        let head = self.compound_head(pfn);
+        self.page(head).lock.inspect(|s| s.locked)
+    }
+
+    /// Sets PG_locked on a tail page as __split_huge_page_tail() does by copying
+    /// the head's flags.
+    pub(crate) fn inherit_page_lock(&self, pfn: Pfn) {
+        page_lock_inherit::<E>(&self.page(pfn).lock);
+    }
+}
+
+impl<E: Engine> Cpu<E> {
+    /// Models put_and_wait_on_page_locked()/wait_on_page_locked(),
+    /// mm/filemap.c, v5.8: sleep until the page is unlocked, without taking the
+    /// lock (a migration-entry wait).
+    pub fn wait_on_page_locked(&self, pfn: Pfn) {
+        let head = self.compound_head(pfn);
+        self.page(head).lock.wait_until(|s| if s.locked { None } else { Some(()) });
+    }
+}

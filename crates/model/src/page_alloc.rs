@@ -1,0 +1,238 @@
+//! Physical memory: the frames, their `struct page`s and a free-page allocator
+//! per node.
+//!
+//! Models: mm/page_alloc.c (v5.8) as far as anonymous memory and THP need it:
+//! `__alloc_pages_nodemask` for order 0 and HPAGE_PMD_ORDER, `prep_new_page`,
+//! `prep_compound_page`, `__free_pages`/`free_unref_page`, the "Bad page state"
+//! checks on free, per-node zones and a fixed amount of memory, so allocation can
+//! fail and the callers' fallbacks (THP → 4 KiB → OOM) run.
+//!
+//! Leaves out: watermarks, reclaim and compaction on the allocation path
+//! (DIVERGENCE: an order-9 allocation fails as soon as no whole free PMD block is
+//! left; Linux would first try to compact), per-cpu lists, migrate types, GFP
+//! flags beyond "zeroed".
+
+use crate::cpu::Cpu;
+use crate::engine::{Atomic, Engine, Monitor};
+use crate::page::{pg, Page};
+use crate::types::{Geometry, Pfn};
+use std::collections::BTreeSet;
+
+/// The free lists of one node. Whole free PMD-size blocks are kept apart from
+/// single free pages so a THP allocation is O(log n); a block whose pages all
+/// come back is merged again (the buddy allocator's coalescing).
+struct FreeArea {
+    base: BTreeSet<u64>,
+    blocks: BTreeSet<u64>,
+    free_in_block: Vec<u32>,
+    first_block: u64,
+    nr_free: u64,
+}
+
+/// A node's memory (`pg_data_t` with one zone).
+pub struct Zone<E: Engine> {
+    pub node: u32,
+    pub start: Pfn,
+    pub end: Pfn,
+    free: E::Monitor<FreeArea>,
+}
+
+/// All physical memory.
+pub struct Memory<E: Engine> {
+    pages: Box<[Page<E>]>,
+    pub zones: Vec<Zone<E>>,
+    block_pages: u64,
+}
+
+impl<E: Engine> Memory<E> {
+    /// Memory of `bytes` (rounded up to whole PMD blocks per node) spread over
+    /// `nodes` nodes. Pfn 0 is reserved for the zero page.
+    pub fn new(geo: &Geometry, bytes: u64, nodes: u32) -> Self {
+        let block_pages = geo.hpage_pmd_nr();
+        let total_pages = bytes.div_ceil(geo.page_size()).max(block_pages);
+        let blocks_per_node = total_pages.div_ceil(block_pages).div_ceil(nodes as u64).max(1);
+        let node_pages = blocks_per_node * block_pages;
+        let pages: Box<[Page<E>]> =
+            (0..node_pages * nodes as u64).map(|pfn| Page::new((pfn / node_pages) as u32)).collect();
+        let zones = (0..nodes)
+            .map(|n| {
+                let start = n as u64 * node_pages;
+                let end = start + node_pages;
+                let mut fa = FreeArea {
+                    base: BTreeSet::new(),
+                    blocks: BTreeSet::new(),
+                    free_in_block: vec![0; blocks_per_node as usize],
+                    first_block: start / block_pages,
+                    nr_free: 0,
+                };
+                for b in 0..blocks_per_node {
+                    let bstart = start + b * block_pages;
+                    if bstart == 0 {
+                        // The first block of node 0 holds the zero page: its
+                        // other pages are single free pages.
+                        for p in 1..block_pages {
+                            fa.base.insert(p);
+                        }
+                        fa.free_in_block[0] = (block_pages - 1) as u32;
+                        fa.nr_free += block_pages - 1;
+                    } else {
+                        fa.blocks.insert(bstart);
+                        fa.free_in_block[b as usize] = block_pages as u32;
+                        fa.nr_free += block_pages;
+                    }
+                }
+                Zone { node: n, start: Pfn(start), end: Pfn(end), free: E::Monitor::new(fa) }
+            })
+            .collect();
+        Memory { pages, zones, block_pages }
+    }
+
+    pub fn page(&self, pfn: Pfn) -> &Page<E> {
+        &self.pages[pfn.idx()]
+    }
+
+    pub fn nr_pages(&self) -> u64 {
+        self.pages.len() as u64
+    }
+
+    /// Free pages on all nodes.
+    pub fn nr_free(&self) -> u64 {
+        self.zones.iter().map(|z| z.free.inspect(|f| f.nr_free)).sum()
+    }
+
+    /// Whether a frame is on a free list.
+    pub fn is_free(&self, pfn: Pfn) -> bool {
+        let z = &self.zones[self.page(pfn).node as usize];
+        let block = pfn.0 / self.block_pages * self.block_pages;
+        z.free.inspect(|f| f.base.contains(&pfn.0) || f.blocks.contains(&block))
+    }
+
+    fn take(&self, node: usize, order: u32) -> Option<Pfn> {
+        let bp = self.block_pages;
+        self.zones[node].free.update(|f| {
+            if order == 0 {
+                if f.base.is_empty() {
+                    let b = f.blocks.pop_first()?;
+                    f.base.extend(b..b + bp);
+                }
+                let p = f.base.pop_first()?;
+                f.free_in_block[(p / bp - f.first_block) as usize] -= 1;
+                f.nr_free -= 1;
+                Some(Pfn(p))
+            } else {
+                let b = f.blocks.pop_first()?;
+                f.free_in_block[(b / bp - f.first_block) as usize] = 0;
+                f.nr_free -= bp;
+                Some(Pfn(b))
+            }
+        })
+    }
+
+    fn give(&self, pfn: Pfn, order: u32) {
+        let bp = self.block_pages;
+        let node = self.page(pfn).node as usize;
+        self.zones[node].free.update(|f| {
+            let bi = (pfn.0 / bp - f.first_block) as usize;
+            if order == 0 {
+                f.base.insert(pfn.0);
+                f.free_in_block[bi] += 1;
+                f.nr_free += 1;
+                let b = pfn.0 / bp * bp;
+                if f.free_in_block[bi] as u64 == bp && b != 0 {
+                    for p in b..b + bp {
+                        f.base.remove(&p);
+                    }
+                    f.blocks.insert(b);
+                }
+            } else {
+                f.free_in_block[bi] = bp as u32;
+                f.nr_free += bp;
+                f.blocks.insert(pfn.0);
+            }
+        });
+    }
+}
+
+impl<E: Engine> Cpu<E> {
+    /// Models __alloc_pages_nodemask() followed by prep_new_page() and, for a
+    /// compound order, prep_compound_page(), mm/page_alloc.c, v5.8. `zeroed` is
+    /// __GFP_ZERO. Orders 0 and HPAGE_PMD_ORDER exist. Tries `node` first, then
+    /// the others.
+    ///
+    /// DIVERGENCE: no reclaim or compaction; failure is immediate.
+    pub fn alloc_pages(&self, order: u32, node: u32, zeroed: bool) -> Option<Pfn> {
+        let _f = self.func("__alloc_pages_nodemask");
+        let mem = &self.k.mem;
+        let n = mem.zones.len();
+        let pfn = (0..n).map(|i| (node as usize + i) % n).find_map(|z| mem.take(z, order))?;
+        let nr = 1u64 << order;
+        for i in 0..nr {
+            let p = self.page(pfn.add(i));
+            p.flags.store(0);
+            p.refcount.store(0);
+            p.mapcount.store_i64(-1);
+            p.compound_mapcount.store_i64(-1);
+            p.mapping.store(0);
+            p.index.store(0);
+            p.set_compound_head(None);
+            p.set_compound_order(0);
+            if zeroed {
+                self.clear_page(pfn.add(i));
+            }
+        }
+        let head = self.page(pfn);
+        head.refcount.store(1);
+        if order > 0 {
+            // prep_compound_page()
+            head.set_flag(pg::HEAD);
+            head.set_compound_order(order);
+            for i in 1..nr {
+                self.page(pfn.add(i)).set_compound_head(Some(pfn));
+            }
+        }
+        Some(pfn)
+    }
+
+    /// Models free_pages_check() and __free_pages_ok()/free_unref_page(),
+    /// mm/page_alloc.c, v5.8: a page still mapped, locked or used as anything is
+    /// a "Bad page state" (reported as a violation of BAD-PAGE).
+    pub fn free_unref_page(&self, pfn: Pfn, order: u32) {
+        let _f = self.func("free_unref_page");
+        let nr = 1u64 << order;
+        for i in 0..nr {
+            let p = self.page(pfn.add(i));
+            let mapcount = p.mapcount.load_i64();
+            if mapcount != -1 {
+                self.bad_page(pfn.add(i), "nonzero mapcount");
+            }
+            if p.refcount.load() != 0 && i == 0 {
+                self.bad_page(pfn.add(i), "nonzero _refcount");
+            }
+            if p.lock.inspect(|s| s.locked) {
+                self.bad_page(pfn.add(i), "PAGE_FLAGS_CHECK_AT_FREE flag(s) set");
+            }
+            p.flags.store(0);
+            p.mapping.store(0);
+            p.set_compound_head(None);
+            p.set_compound_order(0);
+            p.compound_mapcount.store_i64(-1);
+        }
+        self.k.mem.give(pfn, order);
+    }
+
+    /// Models clear_page()/clear_user_highpage().
+    pub fn clear_page(&self, pfn: Pfn) {
+        for w in self.page(pfn).words(self.k.geo.page_size()) {
+            w.store(0, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Models copy_user_highpage(): copies the frame's bytes.
+    pub fn copy_page(&self, dst: Pfn, src: Pfn) {
+        let ps = self.k.geo.page_size();
+        let (d, s) = (self.page(dst).words(ps), self.page(src).words(ps));
+        for (dw, sw) in d.iter().zip(s) {
+            dw.store(sw.load(std::sync::atomic::Ordering::SeqCst), std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Page tables: typed entries, the tables themselves and their split locks.
+//!
+//! Models: include/linux/pgtable.h, arch/x86/include/asm/pgtable.h and
+//! mm/pgtable-generic.c (v5.8): four levels (PGD, PUD, PMD, PTE; p4d folded),
+//! entries read and written atomically because the MMU walks them without locks,
+//! huge PMDs, migration entries, the split page-table locks (`ptlock_ptr` of the
+//! table page: `pte_lockptr` and, with split PMD locks, `pmd_lockptr`), and the
+//! deposited page tables of huge PMDs (`pgtable_trans_huge_deposit/withdraw`).
+//! A page table occupies a frame of physical memory, as in Linux.
+//!
+//! An entry is an enum ([`Pte`], [`Pmd`], [`Upper`]); it is stored as a `u64` in
+//! an engine atomic so each read or write is one scheduling point.
+//!
+//! Leaves out: soft-dirty, uffd-wp, NUMA hinting (PROT_NONE is only mprotect's),
+//! devmap, PUD-level THP.
+
+use crate::engine::{Atomic, Engine};
+use crate::sync::{LockClass, SpinLock};
+use crate::types::Pfn;
+use serde::Serialize;
+use std::sync::Mutex;
+
+/// Permission and status bits of a present leaf entry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize)]
+pub struct PteFlags {
+    /// _PAGE_RW.
+    pub write: bool,
+    /// _PAGE_DIRTY.
+    pub dirty: bool,
+    /// _PAGE_ACCESSED (`pte_young`).
+    pub young: bool,
+    /// _PAGE_PROTNONE: present for the kernel, not accessible to the MMU.
+    pub protnone: bool,
+    /// _PAGE_SPECIAL (the zero page).
+    pub special: bool,
+}
+
+impl PteFlags {
+    fn bits(self) -> u64 {
+        (self.write as u64) << 3
+            | (self.dirty as u64) << 4
+            | (self.young as u64) << 5
+            | (self.protnone as u64) << 6
+            | (self.special as u64) << 7
+    }
+    fn from_bits(v: u64) -> Self {
+        PteFlags {
+            write: v & (1 << 3) != 0,
+            dirty: v & (1 << 4) != 0,
+            young: v & (1 << 5) != 0,
+            protnone: v & (1 << 6) != 0,
+            special: v & (1 << 7) != 0,
+        }
+    }
+}
+
+/// A swap entry (the swap device comes in a later issue; only its encoding is here).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+pub struct SwapEntry(pub u64);
+
+const KIND_NONE: u64 = 0;
+const KIND_TABLE: u64 = 1;
+const KIND_PAGE: u64 = 2;
+const KIND_SWAP: u64 = 3;
+const KIND_MIGRATION: u64 = 4;
+const KIND_MASK: u64 = 7;
+/// The "invalid" bit of a huge PMD that pmdp_invalidate() cleared: _PAGE_PRESENT
+/// is off but _PAGE_PSE stays, so pmd_present() and pmd_trans_huge() still hold
+/// while the MMU faults.
+const INVALID: u64 = 1 << 8;
+const MIG_WRITE: u64 = 1 << 3;
+const PFN_SHIFT: u32 = 16;
+
+/// A PTE (`pte_t`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+pub enum Pte {
+    None,
+    Present { pfn: Pfn, flags: PteFlags },
+    Swap(SwapEntry),
+    /// A migration entry (`make_migration_entry(page, write)`).
+    Migration { pfn: Pfn, write: bool },
+}
+
+/// A PMD (`pmd_t`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+pub enum Pmd {
+    None,
+    /// Points to a PTE table.
+    Table(Pfn),
+    /// A huge PMD mapping a PMD-size page. `invalid` after pmdp_invalidate().
+    Huge { pfn: Pfn, flags: PteFlags, invalid: bool },
+    /// A PMD migration entry.
+    Migration { pfn: Pfn, write: bool },
+}
+
+/// A PUD or PGD entry.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
+pub enum Upper {
+    None,
+    Table(Pfn),
+}
+
+fn pfn_bits(pfn: Pfn) -> u64 {
+    pfn.0 << PFN_SHIFT
+}
+fn bits_pfn(v: u64) -> Pfn {
+    Pfn(v >> PFN_SHIFT)
+}
+
+impl Pte {
+    pub fn encode(self) -> u64 {
+        match self {
+            Pte::None => KIND_NONE,
+            Pte::Present { pfn, flags } => KIND_PAGE | flags.bits() | pfn_bits(pfn),
+            Pte::Swap(e) => KIND_SWAP | (e.0 << PFN_SHIFT),
+            Pte::Migration { pfn, write } => KIND_MIGRATION | if write { MIG_WRITE } else { 0 } | pfn_bits(pfn),
+        }
+    }
+    pub fn decode(v: u64) -> Pte {
+        match v & KIND_MASK {
+            KIND_PAGE => Pte::Present { pfn: bits_pfn(v), flags: PteFlags::from_bits(v) },
+            KIND_SWAP => Pte::Swap(SwapEntry(v >> PFN_SHIFT)),
+            KIND_MIGRATION => Pte::Migration { pfn: bits_pfn(v), write: v & MIG_WRITE != 0 },
+            _ => Pte::None,
+        }
+    }
+    /// pte_none().
+    pub fn is_none(self) -> bool {
+        self == Pte::None
+    }
+    /// pte_present() (true for PROT_NONE entries too).
+    pub fn is_present(self) -> bool {
+        matches!(self, Pte::Present { .. })
+    }
+    /// pte_write().
+    pub fn is_write(self) -> bool {
+        matches!(self, Pte::Present { flags, .. } if flags.write)
+    }
+    /// pte_pfn() of a present entry.
+    pub fn pfn(self) -> Option<Pfn> {
+        match self {
+            Pte::Present { pfn, .. } => Some(pfn),
+            _ => None,
+        }
+    }
+    pub fn flags(self) -> PteFlags {
+        match self {
+            Pte::Present { flags, .. } => flags,
+            _ => PteFlags::default(),
+        }
+    }
+    /// Returns the entry with `f` applied to its flags (pte_mkwrite() and co.).
+    pub fn with_flags(self, f: impl FnOnce(&mut PteFlags)) -> Pte {
+        match self {
+            Pte::Present { pfn, mut flags } => {
+                f(&mut flags);
+                Pte::Present { pfn, flags }
+            }
+            other => other,
+        }
+    }
+}
+
+impl Pmd {
+    pub fn encode(self) -> u64 {
+        match self {
+            Pmd::None => KIND_NONE,
+            Pmd::Table(pfn) => KIND_TABLE | pfn_bits(pfn),
+            Pmd::Huge { pfn, flags, invalid } => {
+                KIND_PAGE | flags.bits() | if invalid { INVALID } else { 0 } | pfn_bits(pfn)
+            }
+            Pmd::Migration { pfn, write } => KIND_MIGRATION | if write { MIG_WRITE } else { 0 } | pfn_bits(pfn),
+        }
+    }
+    pub fn decode(v: u64) -> Pmd {
+        match v & KIND_MASK {
+            KIND_TABLE => Pmd::Table(bits_pfn(v)),
+            KIND_PAGE => Pmd::Huge { pfn: bits_pfn(v), flags: PteFlags::from_bits(v), invalid: v & INVALID != 0 },
+            KIND_MIGRATION => Pmd::Migration { pfn: bits_pfn(v), write: v & MIG_WRITE != 0 },
+            _ => Pmd::None,
+        }
+    }
+    /// pmd_none().
+    pub fn is_none(self) -> bool {
+        self == Pmd::None
+    }
+    /// pmd_trans_huge() (true for an invalidated huge PMD too).
+    pub fn is_trans_huge(self) -> bool {
+        matches!(self, Pmd::Huge { .. })
+    }
+    /// is_pmd_migration_entry().
+    pub fn is_migration(self) -> bool {
+        matches!(self, Pmd::Migration { .. })
+    }
+    /// is_swap_pmd(): a non-present, non-none PMD (migration entries here).
+    pub fn is_swap_pmd(self) -> bool {
+        self.is_migration()
+    }
+    /// pmd_present(): x86 counts _PAGE_PSE, so an invalidated huge PMD is present.
+    pub fn is_present(self) -> bool {
+        matches!(self, Pmd::Table(_) | Pmd::Huge { .. })
+    }
+    /// pmd_write().
+    pub fn is_write(self) -> bool {
+        matches!(self, Pmd::Huge { flags, .. } if flags.write)
+    }
+    /// pmd_page() of a huge PMD.
+    pub fn huge_pfn(self) -> Option<Pfn> {
+        match self {
+            Pmd::Huge { pfn, .. } => Some(pfn),
+            _ => None,
+        }
+    }
+    pub fn with_flags(self, f: impl FnOnce(&mut PteFlags)) -> Pmd {
+        match self {
+            Pmd::Huge { pfn, mut flags, invalid } => {
+                f(&mut flags);
+                Pmd::Huge { pfn, flags, invalid }
+            }
+            other => other,
+        }
+    }
+}
+
+impl Upper {
+    pub fn encode(self) -> u64 {
+        match self {
+            Upper::None => KIND_NONE,
+            Upper::Table(pfn) => KIND_TABLE | pfn_bits(pfn),
+        }
+    }
+    pub fn decode(v: u64) -> Upper {
+        match v & KIND_MASK {
+            KIND_TABLE => Upper::Table(bits_pfn(v)),
+            _ => Upper::None,
+        }
+    }
+}
+
+/// The contents of a frame used as a page table.
+pub struct TableBody<E: Engine> {
+    entries: Box<[E::Atomic]>,
+    /// The split page-table lock (`ptlock_ptr(page)`).
+    pub ptl: SpinLock<E>,
+    /// `pmd_huge_pte`: page tables deposited for the huge PMDs of this PMD table
+    /// (mm/pgtable-generic.c keeps them as a list on the PMD table page).
+    pub deposited: Mutex<Vec<Pfn>>,
+}
+
+impl<E: Engine> TableBody<E> {
+    pub fn new(entries: usize) -> Self {
+        TableBody {
+            entries: (0..entries).map(|_| E::Atomic::new(0)).collect(),
+            ptl: SpinLock::new(LockClass::PageTableLock),
+            deposited: Mutex::new(Vec::new()),
+        }
+    }
+    pub fn raw(&self, i: usize) -> &E::Atomic {
+        &self.entries[i]
+    }
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// A pointer to one entry of a table (`pte_t *`, `pmd_t *`): the table's frame
+/// and the index in it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Hash, Serialize)]
+pub struct EntryRef {
+    pub table: Pfn,
+    pub index: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip() {
+        let f = PteFlags { write: true, dirty: true, young: false, protnone: false, special: true };
+        for pte in [
+            Pte::None,
+            Pte::Present { pfn: Pfn(77), flags: f },
+            Pte::Swap(SwapEntry(5)),
+            Pte::Migration { pfn: Pfn(9), write: true },
+        ] {
+            assert_eq!(Pte::decode(pte.encode()), pte);
+        }
+        for pmd in [
+            Pmd::None,
+            Pmd::Table(Pfn(3)),
+            Pmd::Huge { pfn: Pfn(512), flags: f, invalid: true },
+            Pmd::Migration { pfn: Pfn(1024), write: false },
+        ] {
+            assert_eq!(Pmd::decode(pmd.encode()), pmd);
+        }
+        assert!(Pmd::Huge { pfn: Pfn(1), flags: f, invalid: true }.is_present());
+        assert!(!Pmd::Migration { pfn: Pfn(1), write: false }.is_present());
+    }
+}

@@ -1,0 +1,419 @@
+//! Reverse mapping of anonymous pages: mm/rmap.c.
+//!
+//! Models (v5.8): `__anon_vma_prepare`, `anon_vma_clone`, `anon_vma_fork`,
+//! `unlink_anon_vmas`, the mapcount side of mapping a page
+//! (`page_add_new_anon_rmap`, `do_page_add_anon_rmap`, `page_dup_rmap`,
+//! `page_remove_rmap`, `page_remove_anon_compound_rmap`,
+//! `page_move_anon_rmap`, `__page_set_anon_rmap`), the anon_vma lookups
+//! (`page_get_anon_vma`, `page_lock_anon_vma_read`), `rmap_walk_anon`,
+//! `try_to_unmap` and `try_to_unmap_one` (the parts split and migration need).
+//! The lock order lives in `sync::lock_order`.
+//!
+//! Leaves out: file rmap, KSM, `page_referenced`, munlock, reclaim's swap-out
+//! branch of try_to_unmap_one (a later issue), find_mergeable_anon_vma()
+//! (DIVERGENCE: a new VMA never shares a neighbour's anon_vma), anon_vma reuse
+//! by degree.
+
+use crate::cpu::Cpu;
+use crate::engine::{Atomic, Engine};
+use crate::fixes::Fix;
+use crate::mm_types::{AnonVma, MmStruct, Vma};
+use crate::page::{anon_mapping, pg};
+use crate::page_vma_mapped::{Pvmw, PvmwFlags};
+use crate::pgtable::Pte;
+use crate::types::{AnonVmaId, Pfn, VirtAddr};
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+
+/// `enum ttu_flags` (the bits the model uses).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TtuFlags {
+    /// TTU_MIGRATION.
+    pub migration: bool,
+    /// TTU_SPLIT_HUGE_PMD.
+    pub split_huge_pmd: bool,
+    /// TTU_SPLIT_FREEZE.
+    pub split_freeze: bool,
+    /// TTU_RMAP_LOCKED: the caller holds the anon_vma lock.
+    pub rmap_locked: bool,
+    /// TTU_SYNC: walk page tables under their locks (5.13's fix of seed 001's
+    /// race in 5.8 terms).
+    pub sync: bool,
+    /// TTU_IGNORE_MLOCK.
+    pub ignore_mlock: bool,
+}
+
+impl<E: Engine> Cpu<E> {
+    /// Models anon_vma_prepare()/__anon_vma_prepare(), mm/rmap.c, v5.8: give
+    /// the VMA an anon_vma before its first anonymous page. False on ENOMEM.
+    ///
+    /// # Locking
+    /// Takes the anon_vma lock for write, then `mm->page_table_lock`.
+    pub fn anon_vma_prepare(&self, mm: &MmStruct<E>, vma: &Arc<Vma>) -> bool {
+        if vma.anon_vma().is_some() {
+            return true;
+        }
+        let _f = self.func("__anon_vma_prepare");
+        let av = self.k.register_anon_vma(|id| AnonVma::new(id, id, None));
+        let root = self.k.anon_vma(av.root);
+        root.rwsem.down_write(self);
+        let ptl = mm.page_table_lock.lock(self);
+        if vma.anon_vma().is_none() {
+            vma.set_anon_vma(Some(av.id));
+            self.anon_vma_chain_link(vma, &av);
+        }
+        drop(ptl);
+        root.rwsem.up_write(self);
+        true
+    }
+
+    /// Models anon_vma_chain_link().
+    fn anon_vma_chain_link(&self, vma: &Arc<Vma>, av: &AnonVma<E>) {
+        vma.chains.lock().unwrap_or_else(|p| p.into_inner()).push(av.id);
+        av.vmas.lock().unwrap_or_else(|p| p.into_inner()).push(vma.clone());
+    }
+
+    /// Models anon_vma_clone(), mm/rmap.c, v5.8: link `dst` to every anon_vma
+    /// `src` is linked to (used by fork and by __split_vma()).
+    ///
+    /// # Locking
+    /// Takes each anon_vma root lock for write.
+    pub fn anon_vma_clone(&self, dst: &Arc<Vma>, src: &Arc<Vma>) {
+        let _f = self.func("anon_vma_clone");
+        let chains = src.chains.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for id in chains.iter().rev() {
+            let av = self.k.anon_vma(*id);
+            let root = self.k.anon_vma(av.root);
+            root.rwsem.down_write(self);
+            self.anon_vma_chain_link(dst, &av);
+            root.rwsem.up_write(self);
+        }
+    }
+
+    /// Models anon_vma_fork(), mm/rmap.c, v5.8: the child's VMA is linked to all
+    /// of the parent's anon_vmas and gets its own anon_vma under the same root.
+    ///
+    /// # Locking
+    /// Takes the root anon_vma lock for write.
+    pub fn anon_vma_fork(&self, vma: &Arc<Vma>, pvma: &Arc<Vma>) {
+        let _f = self.func("anon_vma_fork");
+        let Some(parent) = pvma.anon_vma() else {
+            return;
+        };
+        vma.set_anon_vma(None);
+        self.anon_vma_clone(vma, pvma);
+        let root = self.k.anon_vma(parent).root;
+        let av = self.k.register_anon_vma(|id| AnonVma::new(id, root, Some(parent)));
+        self.k.anon_vma(root).refcount.fetch_add(1, SeqCst);
+        vma.set_anon_vma(Some(av.id));
+        let rootav = self.k.anon_vma(root);
+        rootav.rwsem.down_write(self);
+        self.anon_vma_chain_link(vma, &av);
+        rootav.rwsem.up_write(self);
+    }
+
+    /// Models unlink_anon_vmas(), mm/rmap.c, v5.8: remove the VMA from the
+    /// interval trees of its anon_vmas.
+    ///
+    /// # Locking
+    /// Takes each anon_vma root lock for write.
+    pub fn unlink_anon_vmas(&self, vma: &Arc<Vma>) {
+        let _f = self.func("unlink_anon_vmas");
+        let chains = std::mem::take(&mut *vma.chains.lock().unwrap_or_else(|p| p.into_inner()));
+        for id in chains {
+            let av = self.k.anon_vma(id);
+            let root = self.k.anon_vma(av.root);
+            root.rwsem.down_write(self);
+            av.vmas.lock().unwrap_or_else(|p| p.into_inner()).retain(|v| !Arc::ptr_eq(v, vma));
+            root.rwsem.up_write(self);
+        }
+    }
+
+    /// Models __page_set_anon_rmap(), mm/rmap.c, v5.8.
+    fn __page_set_anon_rmap(&self, page: Pfn, vma: &Vma, address: VirtAddr, exclusive: bool) {
+        let head = self.compound_head(page);
+        let Some(mut av) = vma.anon_vma() else {
+            self.bug("BUG_ON(!anon_vma)", Some(page));
+        };
+        if self.page_anon(head) {
+            return;
+        }
+        // An exclusively-mapped page points at the VMA's own anon_vma; else at
+        // the root so every process of the tree is searched.
+        if !exclusive {
+            av = self.k.anon_vma(av).root;
+        }
+        let p = self.page(head);
+        p.mapping.store(anon_mapping(av));
+        p.index.store(vma.linear_page_index(address, self.k.geo.page_shift));
+    }
+
+    /// Models page_add_new_anon_rmap(), mm/rmap.c, v5.8.
+    pub fn page_add_new_anon_rmap(&self, page: Pfn, vma: &Vma, address: VirtAddr, compound: bool) {
+        crate::vm_bug_on!(self, address < vma.vm_start() || address >= vma.vm_end(), "VM_BUG_ON_VMA(address < vma->vm_start || address >= vma->vm_end, vma)");
+        self.page(page).set_flag(pg::SWAPBACKED);
+        if compound {
+            crate::vm_bug_on_page!(self, !self.page_trans_huge(page), page, "VM_BUG_ON_PAGE(!PageTransHuge(page), page)");
+            self.page(page).compound_mapcount.store_i64(0);
+        } else {
+            crate::vm_bug_on_page!(self, self.page_trans_compound(page), page, "VM_BUG_ON_PAGE(PageTransCompound(page), page)");
+            self.page(page).mapcount.store_i64(0);
+        }
+        self.__page_set_anon_rmap(page, vma, address, true);
+    }
+
+    /// Models page_add_anon_rmap()/do_page_add_anon_rmap(), mm/rmap.c, v5.8.
+    pub fn page_add_anon_rmap(&self, page: Pfn, vma: &Vma, address: VirtAddr, compound: bool) {
+        let first = if compound {
+            crate::vm_bug_on_page!(self, !self.page_locked(page), page, "VM_BUG_ON_PAGE(!PageLocked(page), page)");
+            crate::vm_bug_on_page!(self, !self.page_trans_huge(page), page, "VM_BUG_ON_PAGE(!PageTransHuge(page), page)");
+            self.page(page).compound_mapcount.add_return(1) == 0
+        } else {
+            self.page(page).mapcount.add_return(1) == 0
+        };
+        crate::vm_bug_on_page!(self, !self.page_locked(page), page, "VM_BUG_ON_PAGE(!PageLocked(page), page)");
+        if first {
+            self.__page_set_anon_rmap(page, vma, address, false);
+        }
+    }
+
+    /// Models page_dup_rmap(), include/linux/rmap.h, v5.8 (fork).
+    pub fn page_dup_rmap(&self, page: Pfn, compound: bool) {
+        if compound {
+            self.page(page).compound_mapcount.fetch_add(1);
+        } else {
+            self.page(page).mapcount.fetch_add(1);
+        }
+    }
+
+    /// Models page_remove_rmap(), mm/rmap.c, v5.8.
+    pub fn page_remove_rmap(&self, page: Pfn, compound: bool) {
+        let _f = self.func("page_remove_rmap");
+        if compound {
+            self.page_remove_anon_compound_rmap(page);
+            return;
+        }
+        // page still mapped by someone else?
+        if self.page(page).mapcount.add_return(-1) >= 0 {
+            return;
+        }
+        if self.page_trans_compound(page) {
+            let head = self.compound_head(page);
+            self.deferred_split_huge_page(head);
+        }
+    }
+
+    /// Models page_remove_anon_compound_rmap(), mm/rmap.c, v5.8.
+    fn page_remove_anon_compound_rmap(&self, page: Pfn) {
+        if self.page(page).compound_mapcount.add_return(-1) >= 0 {
+            return;
+        }
+        let nr_pmd = self.k.geo.hpage_pmd_nr();
+        if self.page(page).test_clear_flag(pg::DOUBLE_MAP) {
+            // Subpages can be mapped with PTEs too. Check how many of them are
+            // still mapped.
+            let mut nr = 0;
+            for i in 0..nr_pmd {
+                if self.page(page.add(i)).mapcount.add_return(-1) < 0 {
+                    nr += 1;
+                }
+            }
+            // Queue the page for deferred split if at least one small page of
+            // the compound page is unmapped, but at least one small page is
+            // still mapped.
+            if nr > 0 && nr < nr_pmd {
+                self.deferred_split_huge_page(page);
+            }
+        }
+    }
+
+    /// Models page_move_anon_rmap(), mm/rmap.c, v5.8: an exclusively owned page
+    /// moves to the faulting VMA's anon_vma.
+    pub fn page_move_anon_rmap(&self, page: Pfn, vma: &Vma) {
+        let head = self.compound_head(page);
+        crate::vm_bug_on_page!(self, !self.page_locked(head), head, "VM_BUG_ON_PAGE(!PageLocked(page), page)");
+        let Some(av) = vma.anon_vma() else {
+            self.bug("VM_BUG_ON_VMA(!anon_vma, vma)", Some(head));
+        };
+        self.page(head).mapping.store(anon_mapping(av));
+    }
+
+    /// page_to_pgoff(): the linear index of a (sub)page.
+    pub fn page_to_pgoff(&self, page: Pfn) -> u64 {
+        let head = self.compound_head(page);
+        self.page(head).index.load() + (page.0 - head.0)
+    }
+
+    /// hpage_nr_pages().
+    fn hpage_nr_pages(&self, page: Pfn) -> u64 {
+        if self.page_trans_huge(page) {
+            self.k.geo.hpage_pmd_nr()
+        } else {
+            1
+        }
+    }
+
+    /// Models vma_address()/__vma_address(), mm/internal.h, v5.8.
+    pub fn vma_address(&self, page: Pfn, vma: &Vma) -> VirtAddr {
+        let pgoff = self.page_to_pgoff(page) as i64;
+        let start = vma.vm_start().0 as i64 + ((pgoff - vma.vm_pgoff() as i64) << self.k.geo.page_shift);
+        VirtAddr(start.max(vma.vm_start().0 as i64) as u64)
+    }
+
+    /// The anon_vma a page's mapping points at (page_anon_vma()).
+    pub fn page_anon_vma(&self, page: Pfn) -> Option<AnonVmaId> {
+        self.page(self.compound_head(page)).anon_vma()
+    }
+
+    /// Models page_get_anon_vma(), mm/rmap.c, v5.8: a reference on the page's
+    /// anon_vma, if the page is still mapped.
+    pub fn page_get_anon_vma(&self, page: Pfn) -> Option<AnonVmaId> {
+        let av = self.page_anon_vma(page)?;
+        self.k.anon_vma(av).refcount.fetch_add(1, SeqCst);
+        if !self.page_mapped(page) {
+            self.put_anon_vma(av);
+            return None;
+        }
+        Some(av)
+    }
+
+    /// Models put_anon_vma(). DIVERGENCE: anon_vmas are never freed (they live in
+    /// an arena for the whole run); only the count moves.
+    pub fn put_anon_vma(&self, av: AnonVmaId) {
+        self.k.anon_vma(av).refcount.fetch_sub(1, SeqCst);
+    }
+
+    /// Models page_lock_anon_vma_read(), mm/rmap.c, v5.8: the page's anon_vma
+    /// with its root locked for read, if the page is mapped.
+    ///
+    /// # Locking
+    /// Takes the root anon_vma rwsem for read; release with
+    /// [`Cpu::anon_vma_unlock_read`].
+    pub fn page_lock_anon_vma_read(&self, page: Pfn) -> Option<AnonVmaId> {
+        let av = self.page_anon_vma(page)?;
+        if !self.page_mapped(page) {
+            return None;
+        }
+        let root = self.k.anon_vma(self.k.anon_vma(av).root);
+        root.rwsem.down_read(self);
+        if !self.page_mapped(page) {
+            root.rwsem.up_read(self);
+            return None;
+        }
+        Some(av)
+    }
+
+    /// anon_vma_unlock_read().
+    pub fn anon_vma_unlock_read(&self, av: AnonVmaId) {
+        let root = self.k.anon_vma(self.k.anon_vma(av).root);
+        root.rwsem.up_read(self);
+    }
+
+    /// anon_vma_lock_write().
+    ///
+    /// # Locking
+    /// Takes the root anon_vma rwsem for write.
+    pub fn anon_vma_lock_write(&self, av: AnonVmaId) {
+        let root = self.k.anon_vma(self.k.anon_vma(av).root);
+        root.rwsem.down_write(self);
+    }
+
+    /// anon_vma_unlock_write().
+    pub fn anon_vma_unlock_write(&self, av: AnonVmaId) {
+        let root = self.k.anon_vma(self.k.anon_vma(av).root);
+        root.rwsem.up_write(self);
+    }
+
+    /// Models rmap_walk_anon(), mm/rmap.c, v5.8: call `rmap_one` for every VMA
+    /// that may map the page, stopping when it returns false or `done` holds.
+    /// With `locked` the caller holds the anon_vma lock (rmap_walk_locked()).
+    pub fn rmap_walk_anon(
+        &self,
+        page: Pfn,
+        locked: bool,
+        mut rmap_one: impl FnMut(&Self, &Arc<Vma>, VirtAddr) -> bool,
+        done: impl Fn(&Self) -> bool,
+    ) {
+        let _f = self.func("rmap_walk_anon");
+        let av = if locked {
+            let av = self.page_anon_vma(page);
+            crate::vm_bug_on_page!(self, av.is_none(), page, "VM_BUG_ON_PAGE(!anon_vma, page)");
+            av
+        } else {
+            self.page_lock_anon_vma_read(page)
+        };
+        let Some(av) = av else {
+            return;
+        };
+        let pgoff_start = self.page_to_pgoff(page);
+        let pgoff_end = pgoff_start + self.hpage_nr_pages(page) - 1;
+        let vmas = self.k.anon_vma(av).vmas.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let ps = self.k.geo.page_shift;
+        for vma in vmas {
+            // anon_vma_interval_tree_foreach(): the VMA's pgoff range overlaps.
+            let v_start = vma.vm_pgoff();
+            let v_end = v_start + ((vma.vm_end().0 - vma.vm_start().0) >> ps) - 1;
+            if v_end < pgoff_start || v_start > pgoff_end {
+                continue;
+            }
+            let address = self.vma_address(page, &vma);
+            if !rmap_one(self, &vma, address) {
+                break;
+            }
+            if done(self) {
+                break;
+            }
+        }
+        if !locked {
+            self.anon_vma_unlock_read(av);
+        }
+    }
+
+    /// Models try_to_unmap(), mm/rmap.c, v5.8: returns whether the page ended
+    /// up unmapped (`!page_mapcount(page)`).
+    pub fn try_to_unmap(&self, page: Pfn, flags: TtuFlags) -> bool {
+        let _f = self.func("try_to_unmap");
+        let done = |c: &Self| c.total_mapcount(page) == 0; // page_mapcount_is_zero()
+        self.rmap_walk_anon(page, flags.rmap_locked, |c, vma, addr| c.try_to_unmap_one(page, vma, addr, flags), done);
+        self.page_mapcount(page) == 0
+    }
+
+    /// Models try_to_unmap_one(), mm/rmap.c, v5.8, for anonymous pages being
+    /// split (TTU_SPLIT_HUGE_PMD|TTU_SPLIT_FREEZE) or migrated (TTU_MIGRATION):
+    /// each PTE mapping becomes a migration entry.
+    pub fn try_to_unmap_one(&self, page: Pfn, vma: &Arc<Vma>, address: VirtAddr, flags: TtuFlags) -> bool {
+        let _f = self.func("try_to_unmap_one");
+        let mm = self.k.mm(vma.mm);
+        if flags.split_huge_pmd {
+            self.split_huge_pmd_address(&mm, vma, address, flags.split_freeze, Some(page));
+        }
+        let sync = flags.sync && self.k.cfg.fixes.applied(Fix::RmapPmdUnderPtl);
+        let mut pvmw = Pvmw::new(page, vma.clone(), mm.clone(), address, PvmwFlags { sync, migration: false });
+        let ret = true;
+        while self.page_vma_mapped_walk(&mut pvmw) {
+            let Some(pte) = pvmw.pte else {
+                // PMD-mapped THP migration arrives with move-pages.
+                self.bug("VM_BUG_ON_PAGE(!pvmw.pte, page)", Some(page));
+            };
+            let cur = self.pte_read(pte);
+            let Some(pfn) = cur.pfn() else {
+                continue;
+            };
+            let subpage = pfn;
+            let addr = pvmw.address;
+            // Nuke the page table entry.
+            let pteval = self.ptep_get_and_clear(pte);
+            self.flush_tlb_page(mm.id, addr);
+            if pteval.flags().dirty {
+                self.page(self.compound_head(page)).set_flag(pg::DIRTY);
+            }
+            if flags.migration || flags.split_freeze {
+                // Store the pfn of the page in a special migration pte.
+                self.set_pte_at(pte, Pte::Migration { pfn: subpage, write: pteval.is_write() });
+            }
+            self.page_remove_rmap(subpage, false);
+            self.put_page(page);
+        }
+        ret
+    }
+}

@@ -1,0 +1,76 @@
+//! The lock order: the one place it is written down.
+//!
+//! Models the comment at the top of mm/rmap.c (v5.8), which lists the order in
+//! which the memory-management locks nest:
+//!
+//! ```text
+//!  * inode->i_mutex	(while writing or truncating, not reading or faulting)
+//!  *   mm->mmap_lock
+//!  *     page->flags PG_locked (lock_page)
+//!  *       hugetlbfs_i_mmap_rwsem_key (in huge_pmd_share)
+//!  *         mapping->i_mmap_rwsem
+//!  *           hugetlb_fault_mutex (hugetlbfs specific page fault mutex)
+//!  *           anon_vma->rwsem
+//!  *             mm->page_table_lock or pte_lock
+//!  *               pgdat->lru_lock (in mark_page_accessed, isolate_lru_page)
+//!  *               swap_lock (in swap_duplicate, swap_info_get)
+//!  *                 ...
+//! ```
+//!
+//! Each class has a rank; a blocking acquisition of a class while holding a class
+//! of a higher rank (or the same class without a nesting annotation, as
+//! `spin_lock_nested(..., SINGLE_DEPTH_NESTING)`) is an inversion that
+//! [`super::lockdep`] reports. The deferred-split queue lock and the zone lock,
+//! which rmap.c does not list, are leaves taken inside the page-table locks
+//! (mm/huge_memory.c takes `split_queue_lock` under `lru_lock` in
+//! split_huge_page_to_list()).
+
+use serde::Serialize;
+
+/// A lock class, in the sense of lockdep.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum LockClass {
+    /// `mm->mmap_lock` (an rwsem).
+    MmapLock,
+    /// PG_locked, the page lock.
+    PageLock,
+    /// `mapping->i_mmap_rwsem`.
+    IMmapRwsem,
+    /// `anon_vma->root->rwsem`.
+    AnonVmaRwsem,
+    /// `mm->page_table_lock`, the split PMD lock and the PTE lock.
+    PageTableLock,
+    /// `pgdat->lru_lock`.
+    LruLock,
+    /// `ds_queue->split_queue_lock`.
+    SplitQueueLock,
+}
+
+impl LockClass {
+    /// Position in the order: a lock may be taken while holding only locks of a
+    /// lower rank.
+    pub fn rank(self) -> u32 {
+        match self {
+            LockClass::MmapLock => 10,
+            LockClass::PageLock => 20,
+            LockClass::IMmapRwsem => 30,
+            LockClass::AnonVmaRwsem => 40,
+            LockClass::PageTableLock => 50,
+            LockClass::LruLock => 60,
+            LockClass::SplitQueueLock => 70,
+        }
+    }
+
+    /// The kernel's name for the lock.
+    pub fn kernel_name(self) -> &'static str {
+        match self {
+            LockClass::MmapLock => "&mm->mmap_lock",
+            LockClass::PageLock => "PG_locked",
+            LockClass::IMmapRwsem => "&mapping->i_mmap_rwsem",
+            LockClass::AnonVmaRwsem => "&anon_vma->rwsem",
+            LockClass::PageTableLock => "ptlock_ptr(page)",
+            LockClass::LruLock => "&pgdat->lru_lock",
+            LockClass::SplitQueueLock => "&ds_queue->split_queue_lock",
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! Spinlocks, rw-semaphores and the page lock, built on the engine's monitor and
+//! checked by lockdep through the acquiring [`Cpu`].
+
+use super::lockdep::Acquire;
+use super::LockClass;
+use crate::cpu::Cpu;
+use crate::engine::{Engine, Monitor};
+
+fn instance_of<T>(x: &T) -> usize {
+    x as *const T as usize
+}
+
+/// `spinlock_t`. Blocking in the model: a waiter sleeps until the holder
+/// releases.
+pub struct SpinLock<E: Engine> {
+    class: LockClass,
+    locked: E::Monitor<bool>,
+}
+
+impl<E: Engine> SpinLock<E> {
+    pub fn new(class: LockClass) -> Self {
+        SpinLock { class, locked: E::Monitor::new(false) }
+    }
+
+    /// `spin_lock()`.
+    pub fn lock<'a>(&'a self, cpu: &'a Cpu<E>) -> SpinGuard<'a, E> {
+        self.acquire(cpu, Acquire::Normal)
+    }
+
+    /// `spin_lock_nested(lock, SINGLE_DEPTH_NESTING)`.
+    pub fn lock_nested<'a>(&'a self, cpu: &'a Cpu<E>) -> SpinGuard<'a, E> {
+        self.acquire(cpu, Acquire::Nested)
+    }
+
+    fn acquire<'a>(&'a self, cpu: &'a Cpu<E>, how: Acquire) -> SpinGuard<'a, E> {
+        cpu.lock_acquire(self.class, instance_of(self), how);
+        self.locked.wait_until(|l| if *l { None } else { Some(*l = true) });
+        cpu.lock_acquired(self.class, instance_of(self));
+        SpinGuard { lock: self, cpu }
+    }
+
+    /// `spin_trylock()`.
+    pub fn try_lock<'a>(&'a self, cpu: &'a Cpu<E>) -> Option<SpinGuard<'a, E>> {
+        let got = self.locked.update(|l| if *l { false } else { *l = true; true });
+        if got {
+            cpu.lock_acquired(self.class, instance_of(self));
+            Some(SpinGuard { lock: self, cpu })
+        } else {
+            None
+        }
+    }
+
+    /// `spin_is_locked()` (for `assert_spin_locked`).
+    pub fn is_locked(&self) -> bool {
+        self.locked.inspect(|l| *l)
+    }
+
+    /// Whether `cpu` holds this lock (lockdep's `lockdep_is_held`).
+    pub fn held_by(&self, cpu: &Cpu<E>) -> bool {
+        cpu.holds(instance_of(self))
+    }
+}
+
+/// A held spinlock; `spin_unlock()` on drop.
+pub struct SpinGuard<'a, E: Engine> {
+    lock: &'a SpinLock<E>,
+    cpu: &'a Cpu<E>,
+}
+
+impl<E: Engine> Drop for SpinGuard<'_, E> {
+    fn drop(&mut self) {
+        self.cpu.lock_release(instance_of(self.lock));
+        self.lock.locked.update(|l| *l = false);
+    }
+}
+
+#[derive(Default)]
+struct RwState {
+    readers: u32,
+    writer: bool,
+    writers_waiting: u32,
+}
+
+/// `struct rw_semaphore`. Readers queue behind a waiting writer, as the kernel's
+/// rwsem does, so a recursive read can deadlock exactly where it can in Linux.
+pub struct RwSem<E: Engine> {
+    class: LockClass,
+    state: E::Monitor<RwState>,
+}
+
+impl<E: Engine> RwSem<E> {
+    pub fn new(class: LockClass) -> Self {
+        RwSem { class, state: E::Monitor::new(RwState::default()) }
+    }
+
+    /// `down_read()`.
+    pub fn read<'a>(&'a self, cpu: &'a Cpu<E>) -> RwSemReadGuard<'a, E> {
+        cpu.lock_acquire(self.class, instance_of(self), Acquire::Normal);
+        self.state.wait_until(|s| {
+            if s.writer || s.writers_waiting > 0 {
+                None
+            } else {
+                s.readers += 1;
+                Some(())
+            }
+        });
+        cpu.lock_acquired(self.class, instance_of(self));
+        RwSemReadGuard { sem: self, cpu }
+    }
+
+    /// `down_write()` (`down_write_nested()` with `nested`).
+    pub fn write<'a>(&'a self, cpu: &'a Cpu<E>) -> RwSemWriteGuard<'a, E> {
+        self.write_as(cpu, Acquire::Normal)
+    }
+
+    /// `down_write_nested(sem, SINGLE_DEPTH_NESTING)`.
+    pub fn write_nested<'a>(&'a self, cpu: &'a Cpu<E>) -> RwSemWriteGuard<'a, E> {
+        self.write_as(cpu, Acquire::Nested)
+    }
+
+    fn write_as<'a>(&'a self, cpu: &'a Cpu<E>, how: Acquire) -> RwSemWriteGuard<'a, E> {
+        cpu.lock_acquire(self.class, instance_of(self), how);
+        let mut queued = false;
+        self.state.wait_until(|s| {
+            if !s.writer && s.readers == 0 {
+                if queued {
+                    s.writers_waiting -= 1;
+                }
+                s.writer = true;
+                Some(())
+            } else {
+                if !queued {
+                    s.writers_waiting += 1;
+                    queued = true;
+                }
+                None
+            }
+        });
+        cpu.lock_acquired(self.class, instance_of(self));
+        RwSemWriteGuard { sem: self, cpu }
+    }
+
+    /// `down_read()` without a guard, for locks released in another function
+    /// (the anon_vma lock of an rmap walk). Pair with [`RwSem::up_read`].
+    pub fn down_read(&self, cpu: &Cpu<E>) {
+        std::mem::forget(self.read(cpu));
+    }
+
+    /// `up_read()` of a [`RwSem::down_read`].
+    pub fn up_read(&self, cpu: &Cpu<E>) {
+        cpu.lock_release(instance_of(self));
+        self.state.update(|s| s.readers -= 1);
+    }
+
+    /// `down_write()` without a guard. Pair with [`RwSem::up_write`].
+    pub fn down_write(&self, cpu: &Cpu<E>) {
+        std::mem::forget(self.write(cpu));
+    }
+
+    /// `up_write()` of a [`RwSem::down_write`].
+    pub fn up_write(&self, cpu: &Cpu<E>) {
+        cpu.lock_release(instance_of(self));
+        self.state.update(|s| s.writer = false);
+    }
+
+    /// Whether anyone holds the semaphore (for `lockdep_assert_held`).
+    pub fn is_locked(&self) -> bool {
+        self.state.inspect(|s| s.writer || s.readers > 0)
+    }
+
+    /// Whether it is held for write.
+    pub fn is_write_locked(&self) -> bool {
+        self.state.inspect(|s| s.writer)
+    }
+}
+
+/// A read-held rwsem; `up_read()` on drop.
+pub struct RwSemReadGuard<'a, E: Engine> {
+    sem: &'a RwSem<E>,
+    cpu: &'a Cpu<E>,
+}
+
+impl<E: Engine> Drop for RwSemReadGuard<'_, E> {
+    fn drop(&mut self) {
+        self.cpu.lock_release(instance_of(self.sem));
+        self.sem.state.update(|s| s.readers -= 1);
+    }
+}
+
+/// A write-held rwsem; `up_write()` on drop.
+pub struct RwSemWriteGuard<'a, E: Engine> {
+    sem: &'a RwSem<E>,
+    cpu: &'a Cpu<E>,
+}
+
+impl<E: Engine> Drop for RwSemWriteGuard<'_, E> {
+    fn drop(&mut self) {
+        self.cpu.lock_release(instance_of(self.sem));
+        self.sem.state.update(|s| s.writer = false);
+    }
+}
+
+/// The state behind PG_locked: whether the page is locked. The page lock is not
+/// scoped (the kernel unlocks in another function than the one that locked), so
+/// it has explicit `lock_page`/`unlock_page` operations on the page (see
+/// `crate::page`).
+#[derive(Default)]
+pub struct PageLockState {
+    pub locked: bool,
+}
+
+/// Helpers for the page lock, used by `crate::page`.
+pub(crate) fn page_lock<E: Engine>(m: &E::Monitor<PageLockState>, cpu: &Cpu<E>, how: Acquire) {
+    cpu.lock_acquire(LockClass::PageLock, instance_of(m), how);
+    m.wait_until(|s| if s.locked { None } else { Some(s.locked = true) });
+    cpu.lock_acquired(LockClass::PageLock, instance_of(m));
+}
+
+pub(crate) fn page_trylock<E: Engine>(m: &E::Monitor<PageLockState>, cpu: &Cpu<E>) -> bool {
+    let got = m.update(|s| if s.locked { false } else { s.locked = true; true });
+    if got {
+        cpu.lock_acquired(LockClass::PageLock, instance_of(m));
+    }
+    got
+}
+
+pub(crate) fn page_unlock<E: Engine>(m: &E::Monitor<PageLockState>, cpu: &Cpu<E>) {
+    cpu.lock_release(instance_of(m));
+    m.update(|s| s.locked = false);
+}
+
+/// Sets PG_locked without a lock operation: __split_huge_page_tail() copies the
+/// head's PG_locked into each tail page.
+pub(crate) fn page_lock_inherit<E: Engine>(m: &E::Monitor<PageLockState>) {
+    m.update(|s| s.locked = true);
+}

@@ -1,0 +1,90 @@
+//! The thpsim scenario language (see `SCENARIO-LANGUAGE.md`, the contract).
+//!
+//! [`parse`] turns a `.thp` file into a typed, statically checked [`Scenario`]:
+//!
+//! - `lexer` splits lines into tokens (words, numbers with units,
+//!   punctuation; `#` comments);
+//! - `parser` builds the syntax tree ([`Header`], [`Item`], [`Step`],
+//!   [`Op`], ...), every step, name and quantity with its [`Span`];
+//! - `check` resolves names flow-sensitively (declared processes, mapped
+//!   regions, files, pins; `together` blocks; see that module's docs) and
+//!   provides [`check_supported`];
+//! - `error` holds [`ScenarioError`].
+//!
+//! Errors name the line and column, show the offending text through miette,
+//! and the first one (by position) is reported, later ones in `related`. No
+//! input makes the parser panic.
+//!
+//! Quantities stay unresolved ([`Quantity`]) because the units `p`, `h` and
+//! `u` follow the geometry, which the command line may override; resolve them
+//! with [`Quantity::resolve`] and a [`UnitSizes`] (e.g.
+//! [`Scenario::unit_sizes`]). At parse time every quantity must fit in 64
+//! bits with the x86_64 sizes (the largest), so it does in every geometry.
+//! Each operation and header line names the [`Feature`] it needs;
+//! [`check_supported`] rejects what the model cannot run yet.
+//!
+//! Choices where the contract is silent:
+//! - `process P` may appear anywhere, also among the header lines; header
+//!   lines must come before the first step, `together`, `expect` or `show`;
+//! - `revert NAME` may repeat with different names; every other header key,
+//!   and the same `revert NAME`, at most once;
+//! - a `file=F` mapping must be `shared`; mmap modifiers come in any order;
+//! - in a thread, later steps may restate the thread's context (`P: exit`).
+//!
+//! Extensions to the contract: the header line `memory SIZE` (the simulated
+//! machine's RAM), ranges `A[start..]` and `A[..end]`.
+//!
+//! ```
+//! let s = thpsim_scenario::parse("t.thp", "process P\nP: mmap A 2h\nP: write A[..] = 1").unwrap();
+//! assert_eq!(s.steps().count(), 2);
+//! let e = thpsim_scenario::parse("t.thp", "process P\nP: mmapp A 2h").unwrap_err();
+//! assert_eq!(e.to_string(), "line 2, column 4: unknown operation `mmapp`");
+//! ```
+
+mod ast;
+mod check;
+mod error;
+mod lexer;
+mod parser;
+
+pub use ast::*;
+pub use check::check_supported;
+pub use error::ScenarioError;
+
+/// At most this many further errors are attached to the first one.
+const MAX_RELATED: usize = 20;
+
+/// Parses and checks a scenario. `name` (usually the file name) labels the
+/// source in error reports. On failure the first error (by position) is
+/// returned, with further ones in its `related` list.
+pub fn parse(name: &str, src: &str) -> Result<Scenario, ScenarioError> {
+    let (lines, mut errors) = lexer::lex(src);
+    let parsed = parser::parse_lines(&lines);
+    errors.extend(parsed.errors);
+    errors.sort_by_key(|d| d.span.offset);
+    // A name error after a syntax error may only be a consequence of the
+    // statement that failed to parse: report it only if it comes first.
+    if let Err(d) = check::check(&parsed.items) {
+        let comes_first = match errors.first() {
+            Some(first) => d.span.offset < first.span.offset,
+            None => true,
+        };
+        if comes_first {
+            errors.insert(0, d);
+        }
+    }
+    let mut errors = errors.into_iter();
+    match errors.next() {
+        None => Ok(Scenario {
+            name: name.to_string(),
+            source: src.to_string(),
+            header: parsed.header,
+            items: parsed.items,
+        }),
+        Some(first) => {
+            let mut e = first.into_error();
+            e.related = errors.take(MAX_RELATED).map(|d| d.into_error()).collect();
+            Err(e.with_source(name, src))
+        }
+    }
+}

@@ -52,6 +52,7 @@ pub mod page_vma_mapped;
 pub mod pgtable;
 pub mod rmap;
 pub mod swapfile;
+pub mod task_mmu;
 pub mod sync;
 pub mod types;
 

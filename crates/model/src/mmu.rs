@@ -38,6 +38,13 @@ pub struct Tlb {
     map: HashMap<(MmId, u64), TlbEntry>,
 }
 
+impl Tlb {
+    /// All cached translations (for the audit).
+    pub fn entries(&self) -> Vec<((MmId, u64), TlbEntry)> {
+        self.map.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
 /// Why a user access failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

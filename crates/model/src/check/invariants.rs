@@ -23,6 +23,8 @@ pub const AUDIT_RMAP: &str = "AUDIT-RMAP";
 pub const AUDIT_VMA: &str = "AUDIT-VMA";
 pub const AUDIT_LOCKS: &str = "AUDIT-LOCKS";
 pub const AUDIT_DEFERRED: &str = "AUDIT-DEFERRED";
+pub const AUDIT_MIGRATION: &str = "AUDIT-MIGRATION";
+pub const AUDIT_TLB: &str = "AUDIT-TLB";
 pub const MEM_PRIVATE: &str = "MEM-PRIVATE";
 pub const MEM_LOST_WRITE: &str = "MEM-LOST-WRITE";
 
@@ -42,6 +44,8 @@ pub const INVARIANTS: &[Invariant] = &[
     Invariant { id: AUDIT_VMA, checked_by: "check::audit", statement: "No page-table entry maps an address outside a VMA; a huge PMD lies wholly inside one VMA; each huge PMD has a deposited page table." },
     Invariant { id: AUDIT_LOCKS, checked_by: "check::audit", statement: "At a quiescent point no lock is held and no page is locked." },
     Invariant { id: AUDIT_DEFERRED, checked_by: "check::audit", statement: "Only THPs that are still compound sit on the deferred split queue." },
+    Invariant { id: AUDIT_MIGRATION, checked_by: "check::audit", statement: "No migration entry is left in a page table at a quiescent point (a split or migration always remaps)." },
+    Invariant { id: AUDIT_TLB, checked_by: "check::audit", statement: "Every TLB entry translates to the page the page tables map, and allows a write only if the entry does (no flush was missed)." },
     Invariant { id: MEM_PRIVATE, checked_by: "check::oracle", statement: "A process's private memory shows only what it (or a device through its pins) wrote, or what it inherited at fork; unwritten memory reads 0." },
     Invariant { id: MEM_LOST_WRITE, checked_by: "check::oracle", statement: "No completed write is lost: a later read by the writer sees it unless the writer itself changed the memory since." },
 ];

@@ -1,1 +1,182 @@
-//! placeholder
+//! The memory oracle: a reference model of what each process may observe,
+//! built only from the operations a scenario performs, never from page tables
+//! or pages.
+//!
+//! Each process has private memory made of pages of bytes: fresh anonymous
+//! memory is zero, a write sets bytes, fork copies the parent's memory to the
+//! child, munmap forgets a range, MADV_DONTNEED of private memory makes it zero
+//! again, exit forgets everything. The checker compares it with what the model
+//! shows a process (every byte of every mapped page at a quiescent point, and
+//! each read).
+
+use super::{invariants as inv, Violation, ViolationKind};
+use std::collections::BTreeMap;
+
+/// One process's expected memory: page address → bytes (absent = zero).
+#[derive(Clone, Debug, Default)]
+struct ProcMem {
+    /// Mapped ranges `[start, end)`.
+    ranges: Vec<(u64, u64)>,
+    pages: BTreeMap<u64, Box<[u8]>>,
+}
+
+/// The oracle for all processes, keyed by the scenario's process names.
+#[derive(Clone, Debug)]
+pub struct MemoryOracle {
+    page_size: u64,
+    procs: BTreeMap<String, ProcMem>,
+}
+
+impl MemoryOracle {
+    pub fn new(page_size: u64) -> Self {
+        MemoryOracle { page_size, procs: BTreeMap::new() }
+    }
+
+    fn page_of(&self, addr: u64) -> (u64, usize) {
+        (addr & !(self.page_size - 1), (addr & (self.page_size - 1)) as usize)
+    }
+
+    pub fn on_spawn(&mut self, proc_: &str) {
+        self.procs.entry(proc_.to_string()).or_default();
+    }
+
+    pub fn on_mmap(&mut self, proc_: &str, start: u64, len: u64) {
+        let p = self.procs.entry(proc_.to_string()).or_default();
+        p.ranges.push((start, start + len));
+        p.pages.retain(|&a, _| a < start || a >= start + len);
+    }
+
+    pub fn on_munmap(&mut self, proc_: &str, start: u64, len: u64) {
+        let end = start + len;
+        if let Some(p) = self.procs.get_mut(proc_) {
+            p.pages.retain(|&a, _| a < start || a >= end);
+            let mut out = Vec::new();
+            for &(s, e) in &p.ranges {
+                if e <= start || s >= end {
+                    out.push((s, e));
+                } else {
+                    if s < start {
+                        out.push((s, start));
+                    }
+                    if e > end {
+                        out.push((end, e));
+                    }
+                }
+            }
+            p.ranges = out;
+        }
+    }
+
+    /// MADV_DONTNEED of private anonymous memory: it reads as zero again.
+    pub fn on_dontneed(&mut self, proc_: &str, start: u64, len: u64) {
+        if let Some(p) = self.procs.get_mut(proc_) {
+            p.pages.retain(|&a, _| a < start || a >= start + len);
+        }
+    }
+
+    pub fn on_fork(&mut self, parent: &str, child: &str) {
+        let copy = self.procs.get(parent).cloned().unwrap_or_default();
+        self.procs.insert(child.to_string(), copy);
+    }
+
+    pub fn on_exit(&mut self, proc_: &str) {
+        self.procs.remove(proc_);
+    }
+
+    /// A completed write of one byte.
+    pub fn on_write(&mut self, proc_: &str, addr: u64, value: u8) {
+        let (page, off) = self.page_of(addr);
+        let ps = self.page_size as usize;
+        let p = self.procs.entry(proc_.to_string()).or_default();
+        p.pages.entry(page).or_insert_with(|| vec![0u8; ps].into_boxed_slice())[off] = value;
+    }
+
+    /// Whether the process has `addr` mapped (as far as the scenario says).
+    pub fn is_mapped(&self, proc_: &str, addr: u64) -> bool {
+        self.procs.get(proc_).is_some_and(|p| p.ranges.iter().any(|&(s, e)| s <= addr && addr < e))
+    }
+
+    /// The byte the process must see at `addr`.
+    pub fn expected(&self, proc_: &str, addr: u64) -> u8 {
+        let (page, off) = self.page_of(addr);
+        self.procs.get(proc_).and_then(|p| p.pages.get(&page)).map_or(0, |b| b[off])
+    }
+
+    /// The mapped pages of each process (for the full check).
+    pub fn mapped_pages(&self) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for (name, p) in &self.procs {
+            for &(s, e) in &p.ranges {
+                let mut a = s;
+                while a < e {
+                    out.push((name.clone(), a));
+                    a += self.page_size;
+                }
+            }
+        }
+        out
+    }
+
+    /// Compares a read the process made with what it may see.
+    pub fn check_read(&self, proc_: &str, addr: u64, seen: u8) -> Option<Violation> {
+        let want = self.expected(proc_, addr);
+        (seen != want).then(|| violation(proc_, addr, seen, want))
+    }
+
+    /// Compares every mapped byte with `observe(process, address)`, the byte
+    /// the model would return. Reports the first difference of each page.
+    pub fn check_all(&self, mut observe: impl FnMut(&str, u64) -> u8) -> Vec<Violation> {
+        let mut out = Vec::new();
+        for (name, page) in self.mapped_pages() {
+            for off in 0..self.page_size {
+                let addr = page + off;
+                let seen = observe(&name, addr);
+                let want = self.expected(&name, addr);
+                if seen != want {
+                    out.push(violation(&name, addr, seen, want));
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
+fn violation(proc_: &str, addr: u64, seen: u8, want: u8) -> Violation {
+    let (id, what) = if want != 0 && seen != want {
+        (inv::MEM_LOST_WRITE, "a completed write is lost or overwritten")
+    } else {
+        (inv::MEM_PRIVATE, "private memory shows bytes this process never wrote or inherited")
+    };
+    Violation {
+        id,
+        kind: ViolationKind::Memory,
+        message: format!("process {proc_} at {addr:#x}: reads {seen:#04x}, expected {want:#04x}: {what}"),
+        cpu: None,
+        backtrace: Vec::new(),
+        page: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fork_copies_and_writes_stay_private() {
+        let mut o = MemoryOracle::new(64);
+        o.on_mmap("P", 0x400, 256);
+        o.on_write("P", 0x401, 7);
+        o.on_fork("P", "C");
+        o.on_write("C", 0x401, 9);
+        assert_eq!(o.expected("P", 0x401), 7);
+        assert_eq!(o.expected("C", 0x401), 9);
+        assert!(o.check_read("P", 0x401, 9).is_some());
+        o.on_dontneed("C", 0x400, 64);
+        assert_eq!(o.expected("C", 0x401), 0);
+        o.on_munmap("P", 0x440, 64);
+        assert!(!o.is_mapped("P", 0x450));
+        assert!(o.is_mapped("P", 0x400));
+        assert_eq!(o.mapped_pages().iter().filter(|(p, _)| p == "P").count(), 3);
+    }
+}

@@ -1,0 +1,100 @@
+//! What /proc shows about a process's pages: fs/proc/task_mmu.c and
+//! fs/proc/page.c.
+//!
+//! Models the observables thpsim compares with the live kernel: per base page,
+//! what maps it (none, the zero page, a base page, a THP subpage by PMD or by
+//! PTE, a migration or swap entry), which frame (for labels), the mapcount that
+//! /proc/kpagecount reports (page_mapcount(), v5.8) and the node. The walk
+//! reads entries without locks, as pagemap_read() effectively does at a
+//! quiescent point.
+
+use crate::cpu::Cpu;
+use crate::engine::{Atomic, Engine};
+use crate::mm_types::MmStruct;
+use crate::pgtable::{Pmd, Pte, Upper};
+use crate::types::{Level, Pfn, VirtAddr};
+use serde::Serialize;
+
+/// What maps a base page of a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MapKind {
+    None,
+    Zero,
+    Base,
+    ThpPmd,
+    ThpPte,
+    Hugetlb,
+    Swap,
+    Migration,
+}
+
+impl MapKind {
+    /// The scenario language's keyword.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            MapKind::None => "none",
+            MapKind::Zero => "zero",
+            MapKind::Base => "base",
+            MapKind::ThpPmd => "thp-pmd",
+            MapKind::ThpPte => "thp-pte",
+            MapKind::Hugetlb => "hugetlb",
+            MapKind::Swap => "swap",
+            MapKind::Migration => "migration",
+        }
+    }
+}
+
+/// One base page as /proc/PID/pagemap, /proc/kpagecount and /proc/kpageflags
+/// describe it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct PageInfo {
+    pub kind: MapKind,
+    /// The frame (None when nothing is mapped).
+    pub pfn: Option<Pfn>,
+    /// The THP's head frame, for THP subpages.
+    pub head: Option<Pfn>,
+    /// page_mapcount() (/proc/kpagecount).
+    pub mapcount: i64,
+    pub node: Option<u32>,
+}
+
+impl<E: Engine> Cpu<E> {
+    /// The translation of `addr` in `mm`, read without locks.
+    pub fn page_info(&self, mm: &MmStruct<E>, addr: VirtAddr) -> PageInfo {
+        let g = self.k.geo;
+        let none = PageInfo { kind: MapKind::None, pfn: None, head: None, mapcount: 0, node: None };
+        let Upper::Table(pud_t) = Upper::decode(mm.pgd.raw(g.index(Level::Pgd, addr)).load()) else {
+            return none;
+        };
+        let Upper::Table(pmd_t) = Upper::decode(self.table(pud_t).raw(g.index(Level::Pud, addr)).load()) else {
+            return none;
+        };
+        let sub = g.index(Level::Pte, addr) as u64;
+        let (kind, pfn) = match Pmd::decode(self.table(pmd_t).raw(g.index(Level::Pmd, addr)).load()) {
+            Pmd::None => return none,
+            Pmd::Huge { pfn, .. } if self.is_huge_zero_page(pfn) => (MapKind::Zero, pfn.add(sub)),
+            Pmd::Huge { pfn, .. } => (MapKind::ThpPmd, pfn.add(sub)),
+            Pmd::Migration { pfn, .. } => (MapKind::Migration, pfn.add(sub)),
+            Pmd::Table(t) => match Pte::decode(self.table(t).raw(g.index(Level::Pte, addr)).load()) {
+                Pte::None => return none,
+                Pte::Present { pfn, .. } if self.is_zero_pfn(pfn) => (MapKind::Zero, pfn),
+                Pte::Present { pfn, .. } if self.page_compound(pfn) => (MapKind::ThpPte, pfn),
+                Pte::Present { pfn, .. } => (MapKind::Base, pfn),
+                Pte::Migration { pfn, .. } => (MapKind::Migration, pfn),
+                Pte::Swap(_) => return PageInfo { kind: MapKind::Swap, ..none },
+            },
+        };
+        let head = self.page_compound(pfn).then(|| self.compound_head(pfn));
+        PageInfo { kind, pfn: Some(pfn), head, mapcount: self.page_mapcount(pfn), node: Some(self.page(pfn).node) }
+    }
+
+    /// The byte a read of `addr` would return, without faulting: a page that is
+    /// not mapped reads as zero (it would be zero-filled on demand).
+    pub fn peek_byte(&self, mm: &MmStruct<E>, addr: VirtAddr) -> u8 {
+        match self.page_info(mm, addr).pfn {
+            Some(pfn) => crate::page::read_byte(self.page(pfn).words(self.k.geo.page_size()), addr.0 & (self.k.geo.page_size() - 1)),
+            None => 0,
+        }
+    }
+}

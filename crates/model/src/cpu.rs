@@ -35,13 +35,22 @@ impl<E: Engine> Drop for FuncGuard<'_, E> {
 
 impl<E: Engine> Cpu<E> {
     pub fn new(k: Arc<Kernel<E>>, id: CpuId) -> Self {
-        Cpu { k, id, held: RefCell::new(HeldLocks::default()), stack: RefCell::new(Vec::new()) }
+        Cpu {
+            k,
+            id,
+            held: RefCell::new(HeldLocks::default()),
+            stack: RefCell::new(Vec::new()),
+        }
     }
 
     /// Enters a kernel function (for traces and reports).
     pub fn func(&self, name: &'static str) -> FuncGuard<'_, E> {
         self.stack.borrow_mut().push(name);
-        self.k.trace_event(self.id, crate::kernel::TraceEvent::Enter(name), self.stack.borrow().len());
+        self.k.trace_event(
+            self.id,
+            crate::kernel::TraceEvent::Enter(name),
+            self.stack.borrow().len(),
+        );
         FuncGuard { cpu: self }
     }
 
@@ -49,7 +58,8 @@ impl<E: Engine> Cpu<E> {
     pub fn note(&self, what: impl FnOnce() -> String) {
         if self.k.tracing() {
             let depth = self.stack.borrow().len() + 1;
-            self.k.trace_event(self.id, crate::kernel::TraceEvent::Note(what()), depth);
+            self.k
+                .trace_event(self.id, crate::kernel::TraceEvent::Note(what()), depth);
         }
     }
 
@@ -74,7 +84,11 @@ impl<E: Engine> Cpu<E> {
 
     pub(crate) fn lock_acquired(&self, class: LockClass, instance: usize) {
         let taken_in = self.stack.borrow().last().copied().unwrap_or("?");
-        self.held.borrow_mut().push(HeldLock { class, instance, taken_in });
+        self.held.borrow_mut().push(HeldLock {
+            class,
+            instance,
+            taken_in,
+        });
     }
 
     pub(crate) fn lock_release(&self, instance: usize) {
@@ -125,7 +139,11 @@ impl<E: Engine> Cpu<E> {
 
     /// Models bad_page(), mm/page_alloc.c: "BUG: Bad page state".
     pub fn bad_page(&self, pfn: Pfn, reason: &str) {
-        self.warn(invariants::BAD_PAGE, &format!("BUG: Bad page state: {reason}"), Some(pfn));
+        self.warn(
+            invariants::BAD_PAGE,
+            &format!("BUG: Bad page state: {reason}"),
+            Some(pfn),
+        );
     }
 
     /// A one-line dump_page().

@@ -116,7 +116,10 @@ pub struct StdMonitor<S> {
 
 impl<S: Send + 'static> Monitor<S> for StdMonitor<S> {
     fn new(state: S) -> Self {
-        StdMonitor { inner: std::sync::Mutex::new((state, 0)), cv: std::sync::Condvar::new() }
+        StdMonitor {
+            inner: std::sync::Mutex::new((state, 0)),
+            cv: std::sync::Condvar::new(),
+        }
     }
     fn update<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());

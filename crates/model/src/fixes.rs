@@ -73,17 +73,26 @@ impl Fix {
     /// The seed commit's title.
     pub fn title(self) -> &'static str {
         match self {
-            Fix::SplitPmdPageLock => "mm: thp: make the THP mapcount atomic against __split_huge_pmd_locked()",
+            Fix::SplitPmdPageLock => {
+                "mm: thp: make the THP mapcount atomic against __split_huge_pmd_locked()"
+            }
             Fix::RmapPmdUnderPtl => "thp: close race between split and zap huge pages",
             Fix::SplitAnonVmaWrite => "mm: thp: acquire the anon_vma rwsem for write during split",
-            Fix::MigrateUnshareHugetlbPmd => "mm: migration: fix migration of huge PMD shared pages",
-            Fix::ThpWpAccurateMapcount => "mm: thp: calculate the mapcount correctly for THP pages during WP faults",
+            Fix::MigrateUnshareHugetlbPmd => {
+                "mm: migration: fix migration of huge PMD shared pages"
+            }
+            Fix::ThpWpAccurateMapcount => {
+                "mm: thp: calculate the mapcount correctly for THP pages during WP faults"
+            }
         }
     }
 
     /// Whether the model has the code paths to revert this fix yet.
     pub fn revertible(self) -> bool {
-        matches!(self, Fix::SplitPmdPageLock | Fix::ThpWpAccurateMapcount | Fix::RmapPmdUnderPtl)
+        matches!(
+            self,
+            Fix::SplitPmdPageLock | Fix::ThpWpAccurateMapcount | Fix::RmapPmdUnderPtl
+        )
     }
 }
 

@@ -34,9 +34,19 @@ impl<E: Engine> Cpu<E> {
         let mut result = Ok(());
         for mpnt in oldmm.vma_list() {
             let flags = mpnt.vm_flags() & !vm::LOCKED;
-            let tmp = Arc::new(Vma::new(self.k.new_vma_id(), mm.id, mpnt.vm_start(), mpnt.vm_end(), mpnt.vm_pgoff(), flags));
+            let tmp = Arc::new(Vma::new(
+                self.k.new_vma_id(),
+                mm.id,
+                mpnt.vm_start(),
+                mpnt.vm_end(),
+                mpnt.vm_pgoff(),
+                flags,
+            ));
             self.anon_vma_fork(&tmp, &mpnt);
-            mm.vmas.write().unwrap_or_else(|p| p.into_inner()).push(tmp.clone());
+            mm.vmas
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(tmp.clone());
             if !self.copy_page_range(&mm, oldmm, &mpnt, &tmp) {
                 result = Err(Errno::Enomem);
                 break;

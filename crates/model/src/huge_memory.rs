@@ -89,9 +89,20 @@ impl<E: Engine> Cpu<E> {
 
     /// Models set_huge_zero_page(), mm/huge_memory.c, v5.8 (PMD lock held).
     fn set_huge_zero_page(&self, pgtable: Pfn, vma: &Vma, pmd: EntryRef, zero_page: Pfn) {
-        let flags = PteFlags { special: true, protnone: vma.vm_page_prot().protnone, ..PteFlags::default() };
+        let flags = PteFlags {
+            special: true,
+            protnone: vma.vm_page_prot().protnone,
+            ..PteFlags::default()
+        };
         self.pgtable_trans_huge_deposit(pmd, pgtable);
-        self.set_pmd_at(pmd, Pmd::Huge { pfn: zero_page, flags, invalid: false });
+        self.set_pmd_at(
+            pmd,
+            Pmd::Huge {
+                pfn: zero_page,
+                flags,
+                invalid: false,
+            },
+        );
     }
 
     // ---------------------------------------------------------------------
@@ -151,7 +162,12 @@ impl<E: Engine> Cpu<E> {
         let vma = vmf.vma.clone();
         let haddr = self.k.geo.pmd_align_down(vmf.address);
         let pmd = vmf.pmd.expect("pmd");
-        crate::vm_bug_on_page!(self, !self.page_compound(page), page, "VM_BUG_ON_PAGE(!PageCompound(page), page)");
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_compound(page),
+            page,
+            "VM_BUG_ON_PAGE(!PageCompound(page), page)"
+        );
         let Some(pgtable) = self.pte_alloc_one() else {
             self.put_page(page);
             return VmFaultT::OOM;
@@ -174,7 +190,14 @@ impl<E: Engine> Cpu<E> {
         self.page_add_new_anon_rmap(page, &vma, haddr, true);
         self.lru_cache_add(page);
         self.pgtable_trans_huge_deposit(pmd, pgtable);
-        self.set_pmd_at(pmd, Pmd::Huge { pfn: page, flags, invalid: false });
+        self.set_pmd_at(
+            pmd,
+            Pmd::Huge {
+                pfn: page,
+                flags,
+                invalid: false,
+            },
+        );
         drop(ptl);
         VmFaultT::NONE
     }
@@ -212,7 +235,11 @@ impl<E: Engine> Cpu<E> {
         let _f = self.func("do_huge_pmd_wp_page");
         let vma = vmf.vma.clone();
         let pmd = vmf.pmd.expect("pmd");
-        crate::vm_bug_on!(self, vma.anon_vma().is_none(), "VM_BUG_ON_VMA(!vma->anon_vma, vma)");
+        crate::vm_bug_on!(
+            self,
+            vma.anon_vma().is_none(),
+            "VM_BUG_ON_VMA(!vma->anon_vma, vma)"
+        );
         let page = orig_pmd.huge_pfn().expect("huge pmd");
         if !self.is_huge_zero_page(page) {
             let lock = self.pmd_lockptr(pmd);
@@ -220,7 +247,12 @@ impl<E: Engine> Cpu<E> {
             if self.pmd_read(pmd) != orig_pmd {
                 return VmFaultT::NONE;
             }
-            crate::vm_bug_on_page!(self, !self.page_compound(page) || !self.page_head(page), page, "VM_BUG_ON_PAGE(!PageCompound(page) || !PageHead(page), page)");
+            crate::vm_bug_on_page!(
+                self,
+                !self.page_compound(page) || !self.page_head(page),
+                page,
+                "VM_BUG_ON_PAGE(!PageCompound(page) || !PageHead(page), page)"
+            );
             // Lock page for reuse_swap_page()
             if !self.trylock_page(page) {
                 self.get_page(page);
@@ -250,7 +282,14 @@ impl<E: Engine> Cpu<E> {
                     self.maybe_mkwrite(f, &vma);
                 });
                 self.set_pmd_at(pmd, entry); // pmdp_set_access_flags()
-                self.flush_tlb_range(vmf.mm.id, self.k.geo.pmd_align_down(vmf.address), self.k.geo.pmd_align_down(vmf.address).add_bytes(self.k.geo.pmd_size()));
+                self.flush_tlb_range(
+                    vmf.mm.id,
+                    self.k.geo.pmd_align_down(vmf.address),
+                    self.k
+                        .geo
+                        .pmd_align_down(vmf.address)
+                        .add_bytes(self.k.geo.pmd_size()),
+                );
                 self.unlock_page(page);
                 drop(ptl);
                 return VmFaultT::WRITE;
@@ -307,11 +346,18 @@ impl<E: Engine> Cpu<E> {
             return Ok(false);
         };
         if self.is_huge_zero_page(src_page) {
-            let zero = self.mm_get_huge_zero_page(_dst).expect("huge zero page exists");
+            let zero = self
+                .mm_get_huge_zero_page(_dst)
+                .expect("huge zero page exists");
             self.set_huge_zero_page(pgtable, vma, dst_pmd, zero);
             return Ok(true);
         }
-        crate::vm_bug_on_page!(self, !self.page_head(src_page), src_page, "VM_BUG_ON_PAGE(!PageHead(src_page), src_page)");
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_head(src_page),
+            src_page,
+            "VM_BUG_ON_PAGE(!PageHead(src_page), src_page)"
+        );
         self.get_page(src_page);
         self.page_dup_rmap(src_page, true);
         self.pgtable_trans_huge_deposit(dst_pmd, pgtable);
@@ -354,7 +400,13 @@ impl<E: Engine> Cpu<E> {
     ///
     /// # Locking
     /// Takes the PMD lock.
-    pub fn zap_huge_pmd(&self, tlb: &mut MmuGather, vma: &Vma, pmd: EntryRef, addr: VirtAddr) -> bool {
+    pub fn zap_huge_pmd(
+        &self,
+        tlb: &mut MmuGather,
+        vma: &Vma,
+        pmd: EntryRef,
+        addr: VirtAddr,
+    ) -> bool {
         let _f = self.func("zap_huge_pmd");
         let _ = vma;
         let Some(ptl) = self.__pmd_trans_huge_lock(pmd) else {
@@ -371,8 +423,18 @@ impl<E: Engine> Cpu<E> {
             }
             Pmd::Huge { pfn: page, .. } => {
                 self.page_remove_rmap(page, true);
-                crate::vm_bug_on_page!(self, self.page_mapcount(page) < 0, page, "VM_BUG_ON_PAGE(page_mapcount(page) < 0, page)");
-                crate::vm_bug_on_page!(self, !self.page_head(page), page, "VM_BUG_ON_PAGE(!PageHead(page), page)");
+                crate::vm_bug_on_page!(
+                    self,
+                    self.page_mapcount(page) < 0,
+                    page,
+                    "VM_BUG_ON_PAGE(page_mapcount(page) < 0, page)"
+                );
+                crate::vm_bug_on_page!(
+                    self,
+                    !self.page_head(page),
+                    page,
+                    "VM_BUG_ON_PAGE(!PageHead(page), page)"
+                );
                 self.zap_deposited_table(pmd);
                 drop(ptl);
                 self.tlb_remove_page(tlb, page);
@@ -391,7 +453,13 @@ impl<E: Engine> Cpu<E> {
     ///
     /// # Locking
     /// Takes the PMD lock.
-    pub fn change_huge_pmd(&self, vma: &Vma, pmd: EntryRef, addr: VirtAddr, newprot: PteFlags) -> u64 {
+    pub fn change_huge_pmd(
+        &self,
+        vma: &Vma,
+        pmd: EntryRef,
+        addr: VirtAddr,
+        newprot: PteFlags,
+    ) -> u64 {
         let _f = self.func("change_huge_pmd");
         let Some(_ptl) = self.__pmd_trans_huge_lock(pmd) else {
             return 0;
@@ -408,13 +476,21 @@ impl<E: Engine> Cpu<E> {
         let entry = match entry {
             Pmd::Huge { pfn, flags, .. } => Pmd::Huge {
                 pfn,
-                flags: PteFlags { write: newprot.write, protnone: newprot.protnone, ..flags },
+                flags: PteFlags {
+                    write: newprot.write,
+                    protnone: newprot.protnone,
+                    ..flags
+                },
                 invalid: false,
             },
             other => other,
         };
         self.set_pmd_at(pmd, entry);
-        crate::vm_bug_on!(self, vma.is_anonymous() && entry.is_write(), "BUG_ON(vma_is_anonymous(vma) && !preserve_write && pmd_write(entry))");
+        crate::vm_bug_on!(
+            self,
+            vma.is_anonymous() && entry.is_write(),
+            "BUG_ON(vma_is_anonymous(vma) && !preserve_write && pmd_write(entry))"
+        );
         self.k.geo.hpage_pmd_nr()
     }
 
@@ -424,7 +500,11 @@ impl<E: Engine> Cpu<E> {
         let slot = self.table(pmd.table).raw(pmd.index);
         let old = Pmd::decode(slot.load());
         let new = match old {
-            Pmd::Huge { pfn, flags, .. } => Pmd::Huge { pfn, flags, invalid: true },
+            Pmd::Huge { pfn, flags, .. } => Pmd::Huge {
+                pfn,
+                flags,
+                invalid: true,
+            },
             other => other,
         };
         let old = Pmd::decode(slot.swap(new.encode()));
@@ -447,10 +527,27 @@ impl<E: Engine> Cpu<E> {
         let pgtable = self.pgtable_trans_huge_withdraw(pmd);
         let prot = vma.vm_page_prot();
         for i in 0..g.hpage_pmd_nr() {
-            let r = EntryRef { table: pgtable, index: i as usize };
-            crate::vm_bug_on!(self, !self.pte_read(r).is_none(), "VM_BUG_ON(!pte_none(*pte))");
-            let flags = PteFlags { special: true, protnone: prot.protnone, ..PteFlags::default() };
-            self.set_pte_at(r, Pte::Present { pfn: self.k.zero_pfn, flags });
+            let r = EntryRef {
+                table: pgtable,
+                index: i as usize,
+            };
+            crate::vm_bug_on!(
+                self,
+                !self.pte_read(r).is_none(),
+                "VM_BUG_ON(!pte_none(*pte))"
+            );
+            let flags = PteFlags {
+                special: true,
+                protnone: prot.protnone,
+                ..PteFlags::default()
+            };
+            self.set_pte_at(
+                r,
+                Pte::Present {
+                    pfn: self.k.zero_pfn,
+                    flags,
+                },
+            );
         }
         self.set_pmd_at(pmd, Pmd::Table(pgtable)); // pmd_populate()
     }
@@ -466,9 +563,21 @@ impl<E: Engine> Cpu<E> {
         let _f = self.func("__split_huge_pmd_locked");
         let g = self.k.geo;
         let nr = g.hpage_pmd_nr();
-        crate::vm_bug_on!(self, haddr.0 & (g.pmd_size() - 1) != 0, "VM_BUG_ON(haddr & ~HPAGE_PMD_MASK)");
-        crate::vm_bug_on!(self, vma.vm_start() > haddr, "VM_BUG_ON_VMA(vma->vm_start > haddr, vma)");
-        crate::vm_bug_on!(self, vma.vm_end().0 < haddr.0 + g.pmd_size(), "VM_BUG_ON_VMA(vma->vm_end < haddr + HPAGE_PMD_SIZE, vma)");
+        crate::vm_bug_on!(
+            self,
+            haddr.0 & (g.pmd_size() - 1) != 0,
+            "VM_BUG_ON(haddr & ~HPAGE_PMD_MASK)"
+        );
+        crate::vm_bug_on!(
+            self,
+            vma.vm_start() > haddr,
+            "VM_BUG_ON_VMA(vma->vm_start > haddr, vma)"
+        );
+        crate::vm_bug_on!(
+            self,
+            vma.vm_end().0 < haddr.0 + g.pmd_size(),
+            "VM_BUG_ON_VMA(vma->vm_end < haddr + HPAGE_PMD_SIZE, vma)"
+        );
         let cur = self.pmd_read(pmd);
         crate::vm_bug_on!(self, !cur.is_migration() && !cur.is_trans_huge(), "VM_BUG_ON(!is_pmd_migration_entry(*pmd) && !pmd_trans_huge(*pmd) && !pmd_devmap(*pmd))");
         if let Pmd::Huge { pfn, .. } = cur {
@@ -486,15 +595,26 @@ impl<E: Engine> Cpu<E> {
                 }
                 (pfn, flags.write, flags.young, false)
             }
-            _ => self.bug("__split_huge_pmd_locked(): pmd changed under the PMD lock", None),
+            _ => self.bug(
+                "__split_huge_pmd_locked(): pmd changed under the PMD lock",
+                None,
+            ),
         };
-        crate::vm_bug_on_page!(self, self.page_count(page) == 0, page, "VM_BUG_ON_PAGE(!page_count(page), page)");
+        crate::vm_bug_on_page!(
+            self,
+            self.page_count(page) == 0,
+            page,
+            "VM_BUG_ON_PAGE(!page_count(page), page)"
+        );
         self.page_ref_add(page, nr as i64 - 1);
         let pgtable = self.pgtable_trans_huge_withdraw(pmd);
         let prot = vma.vm_page_prot();
         for i in 0..nr {
             let entry = if freeze || pmd_migration {
-                Pte::Migration { pfn: page.add(i), write }
+                Pte::Migration {
+                    pfn: page.add(i),
+                    write,
+                }
             } else {
                 let mut flags = prot;
                 self.maybe_mkwrite(&mut flags, vma);
@@ -502,9 +622,15 @@ impl<E: Engine> Cpu<E> {
                     flags.write = false;
                 }
                 flags.young = young;
-                Pte::Present { pfn: page.add(i), flags }
+                Pte::Present {
+                    pfn: page.add(i),
+                    flags,
+                }
             };
-            let r = EntryRef { table: pgtable, index: i as usize };
+            let r = EntryRef {
+                table: pgtable,
+                index: i as usize,
+            };
             if !self.pte_read(r).is_none() {
                 self.bug("BUG_ON(!pte_none(*pte))", Some(page));
             }
@@ -552,7 +678,14 @@ impl<E: Engine> Cpu<E> {
     /// Takes the PMD lock; with the fix also the page lock (trylock under the
     /// PMD lock, else drop it, sleep on the page lock and retake it). A caller
     /// passing `page` holds that page's lock already.
-    pub fn __split_huge_pmd(&self, vma: &Vma, pmd: EntryRef, address: VirtAddr, freeze: bool, page: Option<Pfn>) {
+    pub fn __split_huge_pmd(
+        &self,
+        vma: &Vma,
+        pmd: EntryRef,
+        address: VirtAddr,
+        freeze: bool,
+        page: Option<Pfn>,
+    ) {
         let _f = self.func("__split_huge_pmd");
         let fix = self.k.cfg.fixes.applied(Fix::SplitPmdPageLock);
         let haddr = self.k.geo.pmd_align_down(address);
@@ -564,7 +697,12 @@ impl<E: Engine> Cpu<E> {
         'out: {
             if let Some(p) = page {
                 if fix {
-                    crate::vm_warn_on!(self, !self.page_locked(p), Some(p), "VM_WARN_ON_ONCE(!PageLocked(page))");
+                    crate::vm_warn_on!(
+                        self,
+                        !self.page_locked(p),
+                        Some(p),
+                        "VM_WARN_ON_ONCE(!PageLocked(page))"
+                    );
                     was_locked = true;
                 }
                 if self.pmd_read(pmd).huge_pfn() != Some(p) {
@@ -616,7 +754,14 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// Models split_huge_pmd_address(), mm/huge_memory.c, v5.8.
-    pub fn split_huge_pmd_address(&self, mm: &MmStruct<E>, vma: &Vma, address: VirtAddr, freeze: bool, page: Option<Pfn>) {
+    pub fn split_huge_pmd_address(
+        &self,
+        mm: &MmStruct<E>,
+        vma: &Vma,
+        address: VirtAddr,
+        freeze: bool,
+        page: Option<Pfn>,
+    ) {
         let Some(pmd) = self.pmd_offset(mm, address) else {
             return;
         };
@@ -626,7 +771,14 @@ impl<E: Engine> Cpu<E> {
     /// Models vma_adjust_trans_huge(), mm/huge_memory.c, v5.8: before a VMA's
     /// boundaries move to `start`/`end` (or `next` starts at `nstart`), split the
     /// huge PMDs the new boundaries would cut.
-    pub fn vma_adjust_trans_huge(&self, mm: &MmStruct<E>, vma: &Vma, start: VirtAddr, end: VirtAddr, next: Option<(&Vma, VirtAddr)>) {
+    pub fn vma_adjust_trans_huge(
+        &self,
+        mm: &MmStruct<E>,
+        vma: &Vma,
+        start: VirtAddr,
+        end: VirtAddr,
+        next: Option<(&Vma, VirtAddr)>,
+    ) {
         if vma.anon_vma().is_none() {
             return;
         }
@@ -655,7 +807,12 @@ impl<E: Engine> Cpu<E> {
 
     /// Models total_mapcount(), mm/huge_memory.c, v5.8.
     pub fn total_mapcount(&self, page: Pfn) -> i64 {
-        crate::vm_bug_on_page!(self, self.page_tail(page), page, "VM_BUG_ON_PAGE(PageTail(page), page)");
+        crate::vm_bug_on_page!(
+            self,
+            self.page_tail(page),
+            page,
+            "VM_BUG_ON_PAGE(PageTail(page), page)"
+        );
         if !self.page_compound(page) {
             return self.page(page).mapcount.load_i64() + 1;
         }
@@ -711,7 +868,11 @@ impl<E: Engine> Cpu<E> {
     /// Models can_split_huge_page(), mm/huge_memory.c, v5.8 (racy check): only
     /// the mappings and the caller hold references (no pins).
     pub fn can_split_huge_page(&self, page: Pfn, extra_pins: Option<&mut i64>) -> bool {
-        let extra = if self.page(page).test_flag(pg::SWAPCACHE) { self.k.geo.hpage_pmd_nr() as i64 } else { 0 };
+        let extra = if self.page(page).test_flag(pg::SWAPCACHE) {
+            self.k.geo.hpage_pmd_nr() as i64
+        } else {
+            0
+        };
         if let Some(e) = extra_pins {
             *e = extra;
         }
@@ -722,7 +883,12 @@ impl<E: Engine> Cpu<E> {
     /// `rmap-pmd-under-ptl`).
     fn unmap_page(&self, page: Pfn) {
         let _f = self.func("unmap_page");
-        crate::vm_bug_on_page!(self, !self.page_head(page), page, "VM_BUG_ON_PAGE(!PageHead(page), page)");
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_head(page),
+            page,
+            "VM_BUG_ON_PAGE(!PageHead(page), page)"
+        );
         let flags = TtuFlags {
             ignore_mlock: true,
             rmap_locked: true,
@@ -732,7 +898,12 @@ impl<E: Engine> Cpu<E> {
             migration: false,
         };
         let unmap_success = self.try_to_unmap(page, flags);
-        crate::vm_bug_on_page!(self, !unmap_success, page, "VM_BUG_ON_PAGE(!unmap_success, page)");
+        crate::vm_bug_on_page!(
+            self,
+            !unmap_success,
+            page,
+            "VM_BUG_ON_PAGE(!unmap_success, page)"
+        );
     }
 
     /// Models remap_page(), mm/huge_memory.c, v5.8.
@@ -751,7 +922,12 @@ impl<E: Engine> Cpu<E> {
     fn __split_huge_page_tail(&self, head: Pfn, tail: u64) {
         let page_tail = head.add(tail);
         let pt = self.page(page_tail);
-        crate::vm_bug_on_page!(self, pt.mapcount.load_i64() != -1, page_tail, "VM_BUG_ON_PAGE(atomic_read(&page_tail->_mapcount) != -1, page_tail)");
+        crate::vm_bug_on_page!(
+            self,
+            pt.mapcount.load_i64() != -1,
+            page_tail,
+            "VM_BUG_ON_PAGE(atomic_read(&page_tail->_mapcount) != -1, page_tail)"
+        );
         let hf = self.page(head).flags.load();
         pt.flags.store(hf & pg::SPLIT_COPY);
         if self.page_locked(head) {
@@ -760,7 +936,11 @@ impl<E: Engine> Cpu<E> {
         pt.mapping.store(self.page(head).mapping.load());
         pt.index.store(self.page(head).index.load() + tail);
         pt.set_compound_head(None); // clear_compound_head()
-        let extra = if !self.page_anon(head) || self.page(head).test_flag(pg::SWAPCACHE) { 1 } else { 0 };
+        let extra = if !self.page_anon(head) || self.page(head).test_flag(pg::SWAPCACHE) {
+            1
+        } else {
+            0
+        };
         self.page_ref_unfreeze(page_tail, 1 + extra);
     }
 
@@ -804,9 +984,24 @@ impl<E: Engine> Cpu<E> {
     pub fn split_huge_page_to_list(&self, page: Pfn) -> Result<(), Ebusy> {
         let _f = self.func("split_huge_page_to_list");
         let head = self.compound_head(page);
-        crate::vm_bug_on_page!(self, self.is_huge_zero_page(head), head, "VM_BUG_ON_PAGE(is_huge_zero_page(head), head)");
-        crate::vm_bug_on_page!(self, !self.page_locked(head), head, "VM_BUG_ON_PAGE(!PageLocked(head), head)");
-        crate::vm_bug_on_page!(self, !self.page_compound(head), head, "VM_BUG_ON_PAGE(!PageCompound(head), head)");
+        crate::vm_bug_on_page!(
+            self,
+            self.is_huge_zero_page(head),
+            head,
+            "VM_BUG_ON_PAGE(is_huge_zero_page(head), head)"
+        );
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_locked(head),
+            head,
+            "VM_BUG_ON_PAGE(!PageLocked(head), head)"
+        );
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_compound(head),
+            head,
+            "VM_BUG_ON_PAGE(!PageCompound(head), head)"
+        );
         if self.page(head).test_flag(pg::WRITEBACK) {
             return Err(Ebusy);
         }
@@ -823,7 +1018,12 @@ impl<E: Engine> Cpu<E> {
                 break 'out_unlock Err(Ebusy);
             }
             self.unmap_page(head);
-            crate::vm_bug_on_page!(self, self.compound_mapcount(head) != 0, head, "VM_BUG_ON_PAGE(compound_mapcount(head), head)");
+            crate::vm_bug_on_page!(
+                self,
+                self.compound_mapcount(head) != 0,
+                head,
+                "VM_BUG_ON_PAGE(compound_mapcount(head), head)"
+            );
             let lru = self.k.lru_lock.lock(self);
             let ds = &self.k.deferred_split;
             let sq = ds.split_queue_lock.lock(self);
@@ -832,7 +1032,10 @@ impl<E: Engine> Cpu<E> {
             self.note(|| format!("total_mapcount(head) == {mapcount}"));
             if mapcount == 0 && self.page_ref_freeze(head, 1 + extra_pins) {
                 if self.page(head).on_deferred_list.swap(false, SeqCst) {
-                    ds.queue.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| *p != head);
+                    ds.queue
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .retain(|p| *p != head);
                 }
                 drop(sq);
                 self.__split_huge_page(page, lru);
@@ -862,14 +1065,22 @@ impl<E: Engine> Cpu<E> {
     /// Takes `split_queue_lock`.
     pub fn deferred_split_huge_page(&self, page: Pfn) {
         let _f = self.func("deferred_split_huge_page");
-        crate::vm_bug_on_page!(self, !self.page_trans_huge(page), page, "VM_BUG_ON_PAGE(!PageTransHuge(page), page)");
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_trans_huge(page),
+            page,
+            "VM_BUG_ON_PAGE(!PageTransHuge(page), page)"
+        );
         if self.page(page).test_flag(pg::SWAPCACHE) {
             return;
         }
         let ds = &self.k.deferred_split;
         let _sq = ds.split_queue_lock.lock(self);
         if !self.page(page).on_deferred_list.swap(true, SeqCst) {
-            ds.queue.lock().unwrap_or_else(|p| p.into_inner()).push_back(page);
+            ds.queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(page);
         }
     }
 
@@ -883,7 +1094,10 @@ impl<E: Engine> Cpu<E> {
             let ds = &self.k.deferred_split;
             let _sq = ds.split_queue_lock.lock(self);
             if self.page(page).on_deferred_list.swap(false, SeqCst) {
-                ds.queue.lock().unwrap_or_else(|p| p.into_inner()).retain(|p| *p != page);
+                ds.queue
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|p| *p != page);
             }
         }
         let order = self.page(page).compound_order();
@@ -949,7 +1163,11 @@ impl<E: Engine> Cpu<E> {
     ///
     /// # Locking
     /// Takes `mmap_lock` for read, then the page lock (trylock).
-    pub fn split_huge_pages_pid(&self, mm: &Arc<MmStruct<E>>, addr: VirtAddr) -> Result<bool, Ebusy> {
+    pub fn split_huge_pages_pid(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        addr: VirtAddr,
+    ) -> Result<bool, Ebusy> {
         let _f = self.func("split_huge_pages_pid");
         let _mmap = mm.mmap_lock.read(self);
         let Some(_vma) = mm.vma_at(addr) else {

@@ -49,7 +49,11 @@ pub struct Config {
 
 impl Config {
     pub fn new(geometry: Geometry) -> Self {
-        let memory_bytes = if geometry == Geometry::TINY { 64 * geometry.pmd_size() } else { 256 << 20 };
+        let memory_bytes = if geometry == Geometry::TINY {
+            64 * geometry.pmd_size()
+        } else {
+            256 << 20
+        };
         Config {
             geometry,
             thp: ThpPolicy::Always,
@@ -139,12 +143,18 @@ impl<E: Engine> Kernel<E> {
 
     /// Records a violation.
     pub fn report(&self, v: Violation) {
-        self.reports.lock().unwrap_or_else(|p| p.into_inner()).push(v);
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(v);
     }
 
     /// The violations recorded so far.
     pub fn reports(&self) -> Vec<Violation> {
-        self.reports.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Takes the violations recorded so far.
@@ -160,7 +170,10 @@ impl<E: Engine> Kernel<E> {
     }
     pub fn trace_event(&self, cpu: CpuId, event: TraceEvent, depth: usize) {
         if self.tracing() {
-            self.trace.lock().unwrap_or_else(|p| p.into_inner()).push(TraceRecord { cpu, depth, event });
+            self.trace
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(TraceRecord { cpu, depth, event });
         }
     }
     pub fn take_trace(&self) -> Vec<TraceRecord> {
@@ -176,7 +189,10 @@ impl<E: Engine> Kernel<E> {
     }
     /// Installs the huge zero page if none is (cmpxchg); returns the winner.
     pub(crate) fn install_huge_zero(&self, pfn: Pfn) -> Result<(), Pfn> {
-        match self.huge_zero.compare_exchange(0, pfn.0 + 1, SeqCst, SeqCst) {
+        match self
+            .huge_zero
+            .compare_exchange(0, pfn.0 + 1, SeqCst, SeqCst)
+        {
             Ok(_) => Ok(()),
             Err(v) => Err(Pfn(v - 1)),
         }
@@ -199,9 +215,15 @@ impl<E: Engine> Kernel<E> {
         self.anon_vmas.read().unwrap_or_else(|p| p.into_inner())[id.0].clone()
     }
     pub fn all_anon_vmas(&self) -> Vec<Arc<AnonVma<E>>> {
-        self.anon_vmas.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.anon_vmas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
-    pub(crate) fn register_anon_vma(&self, make: impl FnOnce(AnonVmaId) -> AnonVma<E>) -> Arc<AnonVma<E>> {
+    pub(crate) fn register_anon_vma(
+        &self,
+        make: impl FnOnce(AnonVmaId) -> AnonVma<E>,
+    ) -> Arc<AnonVma<E>> {
         let mut avs = self.anon_vmas.write().unwrap_or_else(|p| p.into_inner());
         let av = Arc::new(make(AnonVmaId(avs.len())));
         avs.push(av.clone());

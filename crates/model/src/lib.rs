@@ -52,8 +52,8 @@ pub mod page_vma_mapped;
 pub mod pgtable;
 pub mod rmap;
 pub mod swapfile;
-pub mod task_mmu;
 pub mod sync;
+pub mod task_mmu;
 pub mod types;
 
 pub use cpu::Cpu;

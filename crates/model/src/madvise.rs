@@ -29,7 +29,13 @@ impl<E: Engine> Cpu<E> {
     ///
     /// # Locking
     /// Takes `mmap_lock`: for read (MADV_DONTNEED) or write (the others).
-    pub fn do_madvise(&self, mm: &Arc<MmStruct<E>>, start: VirtAddr, len: u64, advice: Advice) -> Result<(), Errno> {
+    pub fn do_madvise(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        start: VirtAddr,
+        len: u64,
+        advice: Advice,
+    ) -> Result<(), Errno> {
         let _f = self.func("do_madvise");
         let g = self.k.geo;
         if start.0 & (g.page_size() - 1) != 0 {
@@ -71,7 +77,14 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// Models madvise_vma(), mm/madvise.c, v5.8.
-    fn madvise_vma(&self, mm: &MmStruct<E>, vma: &Arc<Vma>, start: VirtAddr, end: VirtAddr, advice: Advice) -> Result<(), Errno> {
+    fn madvise_vma(
+        &self,
+        mm: &MmStruct<E>,
+        vma: &Arc<Vma>,
+        start: VirtAddr,
+        end: VirtAddr,
+        advice: Advice,
+    ) -> Result<(), Errno> {
         match advice {
             Advice::DontNeed => {
                 // madvise_dontneed_single_vma(), after can_madv_lru_vma().
@@ -82,7 +95,11 @@ impl<E: Engine> Cpu<E> {
                 Ok(())
             }
             Advice::Hugepage | Advice::NoHugepage => {
-                let a = if advice == Advice::Hugepage { HugepageAdvice::Hugepage } else { HugepageAdvice::NoHugepage };
+                let a = if advice == Advice::Hugepage {
+                    HugepageAdvice::Hugepage
+                } else {
+                    HugepageAdvice::NoHugepage
+                };
                 self.madvise_behavior(mm, vma, start, end, a);
                 Ok(())
             }
@@ -90,7 +107,14 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// Models madvise_behavior(), mm/madvise.c, v5.8, for MADV_(NO)HUGEPAGE.
-    fn madvise_behavior(&self, mm: &MmStruct<E>, vma: &Arc<Vma>, start: VirtAddr, end: VirtAddr, advice: HugepageAdvice) {
+    fn madvise_behavior(
+        &self,
+        mm: &MmStruct<E>,
+        vma: &Arc<Vma>,
+        start: VirtAddr,
+        end: VirtAddr,
+        advice: HugepageAdvice,
+    ) {
         let _f = self.func("madvise_behavior");
         let new_flags = self.hugepage_madvise(vma.vm_flags(), advice);
         if new_flags == vma.vm_flags() {

@@ -69,7 +69,16 @@ pub struct VmFault<E: Engine> {
 
 impl<E: Engine> VmFault<E> {
     pub fn new(mm: Arc<MmStruct<E>>, vma: Arc<Vma>, address: VirtAddr, flags: FaultFlags) -> Self {
-        VmFault { mm, vma, address, flags, pmd: None, orig_pmd: Pmd::None, pte: None, orig_pte: Pte::None }
+        VmFault {
+            mm,
+            vma,
+            address,
+            flags,
+            pmd: None,
+            orig_pmd: Pmd::None,
+            pte: None,
+            orig_pte: Pte::None,
+        }
     }
 }
 
@@ -125,19 +134,28 @@ impl<E: Engine> Cpu<E> {
     /// slot for `addr`, if the upper levels are present.
     pub fn pmd_offset(&self, mm: &MmStruct<E>, addr: VirtAddr) -> Option<EntryRef> {
         let g = self.k.geo;
-        let Upper::Table(pud_t) = Upper::decode(mm.pgd.raw(g.index(Level::Pgd, addr)).load()) else {
+        let Upper::Table(pud_t) = Upper::decode(mm.pgd.raw(g.index(Level::Pgd, addr)).load())
+        else {
             return None;
         };
-        let Upper::Table(pmd_t) = Upper::decode(self.table(pud_t).raw(g.index(Level::Pud, addr)).load()) else {
+        let Upper::Table(pmd_t) =
+            Upper::decode(self.table(pud_t).raw(g.index(Level::Pud, addr)).load())
+        else {
             return None;
         };
-        Some(EntryRef { table: pmd_t, index: g.index(Level::Pmd, addr) })
+        Some(EntryRef {
+            table: pmd_t,
+            index: g.index(Level::Pmd, addr),
+        })
     }
 
     /// pte_offset_map(): the PTE slot for `addr` under a PMD that points to a table.
     pub fn pte_offset(&self, pmd: Pmd, addr: VirtAddr) -> Option<EntryRef> {
         match pmd {
-            Pmd::Table(t) => Some(EntryRef { table: t, index: self.k.geo.index(Level::Pte, addr) }),
+            Pmd::Table(t) => Some(EntryRef {
+                table: t,
+                index: self.k.geo.index(Level::Pte, addr),
+            }),
             _ => None,
         }
     }
@@ -157,7 +175,12 @@ impl<E: Engine> Cpu<E> {
     pub fn pte_free(&self, pfn: Pfn) {
         let t = self.table(pfn);
         let busy = (0..t.len()).any(|i| t.raw(i).load() != 0);
-        crate::vm_bug_on_page!(self, busy, pfn, "BUG_ON(!pte_none(*pte)) freeing a page table that maps pages");
+        crate::vm_bug_on_page!(
+            self,
+            busy,
+            pfn,
+            "BUG_ON(!pte_none(*pte)) freeing a page table that maps pages"
+        );
         self.page(pfn).clear_flag(pg::TABLE);
         self.put_page(pfn);
     }
@@ -172,7 +195,10 @@ impl<E: Engine> Cpu<E> {
         let pud_t = self.upper_alloc(mm, pgd_slot)?;
         let pud_slot = self.table(pud_t).raw(g.index(Level::Pud, addr));
         let pmd_t = self.upper_alloc(mm, pud_slot)?;
-        Some(EntryRef { table: pmd_t, index: g.index(Level::Pmd, addr) })
+        Some(EntryRef {
+            table: pmd_t,
+            index: g.index(Level::Pmd, addr),
+        })
     }
 
     fn upper_alloc(&self, mm: &MmStruct<E>, slot: &E::Atomic) -> Option<Pfn> {
@@ -240,16 +266,28 @@ impl<E: Engine> Cpu<E> {
     /// Models pgtable_trans_huge_deposit(), mm/pgtable-generic.c, v5.8.
     pub fn pgtable_trans_huge_deposit(&self, pmd: EntryRef, pgtable: Pfn) {
         vm_assert_locked(self, self.pmd_lockptr(pmd));
-        self.table(pmd.table).deposited.lock().unwrap_or_else(|p| p.into_inner()).push(pgtable);
+        self.table(pmd.table)
+            .deposited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pgtable);
     }
 
     /// Models pgtable_trans_huge_withdraw(), mm/pgtable-generic.c, v5.8.
     pub fn pgtable_trans_huge_withdraw(&self, pmd: EntryRef) -> Pfn {
         vm_assert_locked(self, self.pmd_lockptr(pmd));
-        let t = self.table(pmd.table).deposited.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let t = self
+            .table(pmd.table)
+            .deposited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
         match t {
             Some(t) => t,
-            None => self.bug("pgtable_trans_huge_withdraw(): no deposited page table", None),
+            None => self.bug(
+                "pgtable_trans_huge_withdraw(): no deposited page table",
+                None,
+            ),
         }
     }
 
@@ -398,7 +436,11 @@ impl<E: Engine> Cpu<E> {
             // Use the zero page for reads.
             let entry = Pte::Present {
                 pfn: self.k.zero_pfn,
-                flags: PteFlags { special: true, protnone: vma.vm_page_prot().protnone, ..PteFlags::default() },
+                flags: PteFlags {
+                    special: true,
+                    protnone: vma.vm_page_prot().protnone,
+                    ..PteFlags::default()
+                },
             };
             let Some(pte) = self.pte_offset(self.pmd_read(pmd), vmf.address) else {
                 return VmFaultT::NONE;
@@ -476,7 +518,11 @@ impl<E: Engine> Cpu<E> {
     /// # Locking
     /// Called with the PTE lock held (`ptl`); takes the page lock (trylock under
     /// the PTE lock, else drops it, sleeps on the page lock, retakes it).
-    pub fn do_wp_page<'a>(&'a self, vmf: &mut VmFault<E>, ptl: crate::sync::SpinGuard<'a, E>) -> VmFaultT {
+    pub fn do_wp_page<'a>(
+        &'a self,
+        vmf: &mut VmFault<E>,
+        ptl: crate::sync::SpinGuard<'a, E>,
+    ) -> VmFaultT {
         let _f = self.func("do_wp_page");
         let pte = vmf.pte.expect("pte");
         let Some(page) = self.vm_normal_page(vmf.orig_pte) else {
@@ -562,7 +608,8 @@ impl<E: Engine> Cpu<E> {
         }
         self.page(new_page).set_flag(pg::UPTODATE);
         let pte = vmf.pte.unwrap_or_else(|| {
-            self.pte_offset(self.pmd_read(vmf.pmd.expect("pmd")), vmf.address).expect("pte table")
+            self.pte_offset(self.pmd_read(vmf.pmd.expect("pmd")), vmf.address)
+                .expect("pte table")
         });
         let ptl = self.pte_lockptr(pte.table).lock(self);
         let mut freed = new_page;
@@ -577,7 +624,13 @@ impl<E: Engine> Cpu<E> {
             self.flush_tlb_page(vmf.mm.id, vmf.address);
             self.page_add_new_anon_rmap(new_page, &vma, vmf.address, false);
             self.lru_cache_add(new_page);
-            self.set_pte_at(pte, Pte::Present { pfn: new_page, flags });
+            self.set_pte_at(
+                pte,
+                Pte::Present {
+                    pfn: new_page,
+                    flags,
+                },
+            );
             if let Some(old) = old_page {
                 self.page_remove_rmap(old, false);
                 freed = old;
@@ -602,7 +655,13 @@ impl<E: Engine> Cpu<E> {
     // ---------------------------------------------------------------------
 
     /// Models copy_page_range(), mm/memory.c, v5.8. Returns false on ENOMEM.
-    pub fn copy_page_range(&self, dst: &MmStruct<E>, src: &MmStruct<E>, vma: &Arc<Vma>, new_vma: &Arc<Vma>) -> bool {
+    pub fn copy_page_range(
+        &self,
+        dst: &MmStruct<E>,
+        src: &MmStruct<E>,
+        vma: &Arc<Vma>,
+        new_vma: &Arc<Vma>,
+    ) -> bool {
         let _f = self.func("copy_page_range");
         // Don't copy ptes where a page fault will fill them correctly.
         if vma.vm_flags() & vm::HUGETLB == 0 && vma.anon_vma().is_none() {
@@ -641,7 +700,11 @@ impl<E: Engine> Cpu<E> {
         let _f = self.func("copy_pmd_range");
         let cur = self.pmd_read(src_pmd);
         if cur.is_swap_pmd() || cur.is_trans_huge() {
-            crate::vm_bug_on!(self, next.0 - addr.0 != self.k.geo.pmd_size(), "VM_BUG_ON_VMA(next-addr != HPAGE_PMD_SIZE, vma)");
+            crate::vm_bug_on!(
+                self,
+                next.0 - addr.0 != self.k.geo.pmd_size(),
+                "VM_BUG_ON_VMA(next-addr != HPAGE_PMD_SIZE, vma)"
+            );
             match self.copy_huge_pmd(dst, src, dst_pmd, src_pmd, addr, vma) {
                 Err(()) => return false,
                 Ok(true) => return true,
@@ -687,8 +750,14 @@ impl<E: Engine> Cpu<E> {
         let mut a = addr;
         while a < end {
             let idx = self.k.geo.index(Level::Pte, a);
-            let s = EntryRef { table: src_t, index: idx };
-            let d = EntryRef { table: dst_t, index: idx };
+            let s = EntryRef {
+                table: src_t,
+                index: idx,
+            };
+            let d = EntryRef {
+                table: dst_t,
+                index: idx,
+            };
             let pte = self.pte_read(s);
             if !pte.is_none() {
                 self.copy_one_pte(s, d, pte, vma);
@@ -742,7 +811,14 @@ impl<E: Engine> Cpu<E> {
 
     /// Models tlb_gather_mmu(), mm/mmu_gather.c, v5.8.
     pub fn tlb_gather_mmu(&self, mm: MmId, fullmm: bool) -> MmuGather {
-        MmuGather { mm, fullmm, start: u64::MAX, end: 0, pages: Vec::new(), tables: Vec::new() }
+        MmuGather {
+            mm,
+            fullmm,
+            start: u64::MAX,
+            end: 0,
+            pages: Vec::new(),
+            tables: Vec::new(),
+        }
     }
 
     /// Models tlb_remove_tlb_entry(): the range to flush grows.
@@ -779,7 +855,14 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// Models unmap_single_vma()/unmap_page_range(), mm/memory.c, v5.8.
-    pub fn unmap_page_range(&self, tlb: &mut MmuGather, mm: &MmStruct<E>, vma: &Arc<Vma>, start: VirtAddr, end: VirtAddr) {
+    pub fn unmap_page_range(
+        &self,
+        tlb: &mut MmuGather,
+        mm: &MmStruct<E>,
+        vma: &Arc<Vma>,
+        start: VirtAddr,
+        end: VirtAddr,
+    ) {
         let _f = self.func("unmap_page_range");
         let start = start.max(vma.vm_start());
         let end = end.min(vma.vm_end());
@@ -795,7 +878,14 @@ impl<E: Engine> Cpu<E> {
 
     /// Models one iteration of zap_pmd_range(), mm/memory.c, v5.8: a huge PMD
     /// not wholly covered is split first.
-    fn zap_pmd_range(&self, tlb: &mut MmuGather, vma: &Arc<Vma>, pmd: EntryRef, addr: VirtAddr, next: VirtAddr) {
+    fn zap_pmd_range(
+        &self,
+        tlb: &mut MmuGather,
+        vma: &Arc<Vma>,
+        pmd: EntryRef,
+        addr: VirtAddr,
+        next: VirtAddr,
+    ) {
         let _f = self.func("zap_pmd_range");
         let cur = self.pmd_read(pmd);
         if cur.is_swap_pmd() || cur.is_trans_huge() {
@@ -817,7 +907,14 @@ impl<E: Engine> Cpu<E> {
     ///
     /// # Locking
     /// Takes the PTE lock.
-    fn zap_pte_range(&self, tlb: &mut MmuGather, vma: &Arc<Vma>, pmd: EntryRef, addr: VirtAddr, end: VirtAddr) {
+    fn zap_pte_range(
+        &self,
+        tlb: &mut MmuGather,
+        vma: &Arc<Vma>,
+        pmd: EntryRef,
+        addr: VirtAddr,
+        end: VirtAddr,
+    ) {
         let _f = self.func("zap_pte_range");
         let Pmd::Table(t) = self.pmd_read(pmd) else {
             return;
@@ -826,7 +923,10 @@ impl<E: Engine> Cpu<E> {
         let ps = self.k.geo.page_size();
         let mut a = addr;
         while a < end {
-            let r = EntryRef { table: t, index: self.k.geo.index(Level::Pte, a) };
+            let r = EntryRef {
+                table: t,
+                index: self.k.geo.index(Level::Pte, a),
+            };
             let ptent = self.pte_read(r);
             match ptent {
                 Pte::None => {}
@@ -866,7 +966,15 @@ impl<E: Engine> Cpu<E> {
 
     /// Models free_pgtables()/free_pgd_range(), mm/memory.c, v5.8: free the page
     /// tables that map only `[floor, ceiling)`, the hole left by an unmap.
-    pub fn free_pgtables(&self, tlb: &mut MmuGather, mm: &MmStruct<E>, start: VirtAddr, end: VirtAddr, floor: VirtAddr, ceiling: VirtAddr) {
+    pub fn free_pgtables(
+        &self,
+        tlb: &mut MmuGather,
+        mm: &MmStruct<E>,
+        start: VirtAddr,
+        end: VirtAddr,
+        floor: VirtAddr,
+        ceiling: VirtAddr,
+    ) {
         let _f = self.func("free_pgtables");
         let g = self.k.geo;
         let covers = |lo: u64, size: u64| lo >= floor.0 && lo + size <= ceiling.0;
@@ -897,7 +1005,11 @@ impl<E: Engine> Cpu<E> {
                         let empty = {
                             let tb = self.table(pmd_t);
                             (0..tb.len()).all(|i| tb.raw(i).load() == 0)
-                                && tb.deposited.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+                                && tb
+                                    .deposited
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .is_empty()
                         };
                         if empty {
                             slot.store(0);
@@ -928,5 +1040,9 @@ impl<E: Engine> Cpu<E> {
 
 /// assert_spin_locked().
 fn vm_assert_locked<E: Engine>(cpu: &Cpu<E>, lock: &SpinLock<E>) {
-    crate::vm_bug_on!(cpu, !lock.is_locked(), "assert_spin_locked(pmd_lockptr(mm, pmdp))");
+    crate::vm_bug_on!(
+        cpu,
+        !lock.is_locked(),
+        "assert_spin_locked(pmd_lockptr(mm, pmdp))"
+    );
 }

@@ -19,27 +19,61 @@ impl<E: Engine> Cpu<E> {
     /// migration entry for `old` by a PTE mapping `new`.
     pub fn remove_migration_ptes(&self, old: Pfn, new: Pfn, locked: bool) {
         let _f = self.func("remove_migration_ptes");
-        self.rmap_walk_anon(new, locked, |c, vma, addr| c.remove_migration_pte(new, vma, addr, old), |_| false);
+        self.rmap_walk_anon(
+            new,
+            locked,
+            |c, vma, addr| c.remove_migration_pte(new, vma, addr, old),
+            |_| false,
+        );
     }
 
     /// Models remove_migration_pte(), mm/migrate.c, v5.8.
     ///
     /// # Locking
     /// page_vma_mapped_walk() takes the PTE lock.
-    fn remove_migration_pte(&self, page: Pfn, vma: &std::sync::Arc<crate::mm_types::Vma>, addr: VirtAddr, old: Pfn) -> bool {
+    fn remove_migration_pte(
+        &self,
+        page: Pfn,
+        vma: &std::sync::Arc<crate::mm_types::Vma>,
+        addr: VirtAddr,
+        old: Pfn,
+    ) -> bool {
         let _f = self.func("remove_migration_pte");
-        crate::vm_bug_on_page!(self, self.page_tail(page), page, "VM_BUG_ON_PAGE(PageTail(page), page)");
+        crate::vm_bug_on_page!(
+            self,
+            self.page_tail(page),
+            page,
+            "VM_BUG_ON_PAGE(PageTail(page), page)"
+        );
         let mm = self.k.mm(vma.mm);
-        let mut pvmw = Pvmw::new(old, vma.clone(), mm, addr, PvmwFlags { sync: true, migration: true });
+        let mut pvmw = Pvmw::new(
+            old,
+            vma.clone(),
+            mm,
+            addr,
+            PvmwFlags {
+                sync: true,
+                migration: true,
+            },
+        );
         while self.page_vma_mapped_walk(&mut pvmw) {
             let Some(pte) = pvmw.pte else {
-                self.bug("remove_migration_pmd(): PMD migration entries are not modelled yet", Some(page));
+                self.bug(
+                    "remove_migration_pmd(): PMD migration entries are not modelled yet",
+                    Some(page),
+                );
             };
-            let Pte::Migration { pfn: entry_pfn, write } = self.pte_read(pte) else {
+            let Pte::Migration {
+                pfn: entry_pfn,
+                write,
+            } = self.pte_read(pte)
+            else {
                 continue;
             };
             // new = page - pvmw.page->index + linear_page_index(vma, pvmw.address)
-            let new = Pfn((page.0 as i64 - self.page_to_pgoff(old) as i64 + vma.linear_page_index(pvmw.address, self.k.geo.page_shift) as i64) as u64);
+            let new = Pfn((page.0 as i64 - self.page_to_pgoff(old) as i64
+                + vma.linear_page_index(pvmw.address, self.k.geo.page_shift) as i64)
+                as u64);
             let _ = entry_pfn;
             self.get_page(new);
             let mut flags = vma.vm_page_prot();

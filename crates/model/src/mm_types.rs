@@ -55,7 +55,14 @@ pub struct Vma {
 }
 
 impl Vma {
-    pub fn new(id: VmaId, mm: MmId, start: VirtAddr, end: VirtAddr, pgoff: u64, flags: u64) -> Self {
+    pub fn new(
+        id: VmaId,
+        mm: MmId,
+        start: VirtAddr,
+        end: VirtAddr,
+        pgoff: u64,
+        flags: u64,
+    ) -> Self {
         Vma {
             id,
             mm,
@@ -96,7 +103,8 @@ impl Vma {
         }
     }
     pub fn set_anon_vma(&self, av: Option<AnonVmaId>) {
-        self.anon_vma.store(av.map_or(0, |a| a.0 as u64 + 1), SeqCst);
+        self.anon_vma
+            .store(av.map_or(0, |a| a.0 as u64 + 1), SeqCst);
     }
     pub fn contains(&self, addr: VirtAddr) -> bool {
         self.vm_start() <= addr && addr < self.vm_end()

@@ -68,7 +68,10 @@ impl<E: Engine> Cpu<E> {
     }
 
     fn remove_vma_from_list(&self, mm: &MmStruct<E>, vma: &Arc<Vma>) {
-        mm.vmas.write().unwrap_or_else(|p| p.into_inner()).retain(|v| !Arc::ptr_eq(v, vma));
+        mm.vmas
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|v| !Arc::ptr_eq(v, vma));
         vma.dead.store(true, SeqCst);
     }
 
@@ -77,36 +80,78 @@ impl<E: Engine> Cpu<E> {
     ///
     /// # Locking
     /// Takes `mmap_lock` for write.
-    pub fn do_mmap(&self, mm: &Arc<MmStruct<E>>, len: u64, prot: Prot, align: u64) -> Result<VirtAddr, Errno> {
+    pub fn do_mmap(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        len: u64,
+        prot: Prot,
+        align: u64,
+    ) -> Result<VirtAddr, Errno> {
         let _f = self.func("do_mmap");
         if len == 0 {
             return Err(Errno::Einval);
         }
         let len = self.page_align(len);
         let _mmap = mm.mmap_lock.write(self);
-        let addr = self.get_unmapped_area(mm, len, align.max(self.k.geo.page_size())).ok_or(Errno::Enomem)?;
+        let addr = self
+            .get_unmapped_area(mm, len, align.max(self.k.geo.page_size()))
+            .ok_or(Errno::Enomem)?;
         let flags = prot.vm_bits() | vm::MAYREAD | vm::MAYWRITE | vm::MAYEXEC;
-        let vma = Arc::new(Vma::new(self.k.new_vma_id(), mm.id, addr, addr.add_bytes(len), addr.0 >> self.k.geo.page_shift, flags));
+        let vma = Arc::new(Vma::new(
+            self.k.new_vma_id(),
+            mm.id,
+            addr,
+            addr.add_bytes(len),
+            addr.0 >> self.k.geo.page_shift,
+            flags,
+        ));
         self.insert_vma(mm, vma);
         Ok(addr)
     }
 
     /// Models __split_vma(), mm/mmap.c, v5.8: split `vma` at `addr`; the new VMA
     /// is the part below `addr` if `new_below`. Returns the new VMA.
-    pub fn __split_vma(&self, mm: &MmStruct<E>, vma: &Arc<Vma>, addr: VirtAddr, new_below: bool) -> Arc<Vma> {
+    pub fn __split_vma(
+        &self,
+        mm: &MmStruct<E>,
+        vma: &Arc<Vma>,
+        addr: VirtAddr,
+        new_below: bool,
+    ) -> Arc<Vma> {
         let _f = self.func("__split_vma");
         let ps = self.k.geo.page_shift;
         let (start, end, pgoff) = (vma.vm_start(), vma.vm_end(), vma.vm_pgoff());
         let new = if new_below {
-            Vma::new(self.k.new_vma_id(), mm.id, start, addr, pgoff, vma.vm_flags())
+            Vma::new(
+                self.k.new_vma_id(),
+                mm.id,
+                start,
+                addr,
+                pgoff,
+                vma.vm_flags(),
+            )
         } else {
-            Vma::new(self.k.new_vma_id(), mm.id, addr, end, pgoff + ((addr.0 - start.0) >> ps), vma.vm_flags())
+            Vma::new(
+                self.k.new_vma_id(),
+                mm.id,
+                addr,
+                end,
+                pgoff + ((addr.0 - start.0) >> ps),
+                vma.vm_flags(),
+            )
         };
         let new = Arc::new(new);
         new.set_anon_vma(vma.anon_vma());
         self.anon_vma_clone(&new, vma);
         if new_below {
-            self.__vma_adjust(mm, vma, addr, end, pgoff + ((addr.0 - start.0) >> ps), Some(new.clone()));
+            self.__vma_adjust(
+                mm,
+                vma,
+                addr,
+                end,
+                pgoff + ((addr.0 - start.0) >> ps),
+                Some(new.clone()),
+            );
         } else {
             self.__vma_adjust(mm, vma, start, addr, pgoff, Some(new.clone()));
         }
@@ -120,7 +165,15 @@ impl<E: Engine> Cpu<E> {
     ///
     /// # Locking
     /// Called with `mmap_lock` held for write; takes the anon_vma lock for write.
-    pub fn __vma_adjust(&self, mm: &MmStruct<E>, vma: &Arc<Vma>, start: VirtAddr, end: VirtAddr, pgoff: u64, insert: Option<Arc<Vma>>) {
+    pub fn __vma_adjust(
+        &self,
+        mm: &MmStruct<E>,
+        vma: &Arc<Vma>,
+        start: VirtAddr,
+        end: VirtAddr,
+        pgoff: u64,
+        insert: Option<Arc<Vma>>,
+    ) {
         let _f = self.func("__vma_adjust");
         self.vma_adjust_trans_huge(mm, vma, start, end, None);
         let av = vma.anon_vma();
@@ -149,7 +202,9 @@ impl<E: Engine> Cpu<E> {
             a.vm_end() == b.vm_start()
                 && a.vm_flags() == b.vm_flags()
                 && a.vm_pgoff() + ((a.vm_end().0 - a.vm_start().0) >> ps) == b.vm_pgoff()
-                && (a.anon_vma() == b.anon_vma() || a.anon_vma().is_none() || b.anon_vma().is_none())
+                && (a.anon_vma() == b.anon_vma()
+                    || a.anon_vma().is_none()
+                    || b.anon_vma().is_none())
         };
         let list = mm.vma_list();
         let Some(i) = list.iter().position(|v| Arc::ptr_eq(v, vma)) else {
@@ -199,7 +254,10 @@ impl<E: Engine> Cpu<E> {
     pub fn do_munmap(&self, mm: &Arc<MmStruct<E>>, start: VirtAddr, len: u64) -> Result<(), Errno> {
         let _f = self.func("__do_munmap");
         let g = self.k.geo;
-        if start.0 & (g.page_size() - 1) != 0 || start.0 > g.task_size() || len > g.task_size() - start.0 {
+        if start.0 & (g.page_size() - 1) != 0
+            || start.0 > g.task_size()
+            || len > g.task_size() - start.0
+        {
             return Err(Errno::Einval);
         }
         let len = self.page_align(len);
@@ -223,8 +281,11 @@ impl<E: Engine> Cpu<E> {
             }
         }
         // detach_vmas_to_be_unmapped()
-        let doomed: Vec<Arc<Vma>> =
-            mm.vma_list().into_iter().filter(|v| v.vm_start() >= start && v.vm_end() <= end).collect();
+        let doomed: Vec<Arc<Vma>> = mm
+            .vma_list()
+            .into_iter()
+            .filter(|v| v.vm_start() >= start && v.vm_end() <= end)
+            .collect();
         for v in &doomed {
             self.remove_vma_from_list(mm, v);
         }
@@ -234,7 +295,13 @@ impl<E: Engine> Cpu<E> {
 
     /// Models unmap_region(), mm/mmap.c, v5.8: zap the VMAs, free the page
     /// tables of the hole, flush, free the pages.
-    pub fn unmap_region(&self, mm: &MmStruct<E>, vmas: &[Arc<Vma>], start: VirtAddr, end: VirtAddr) {
+    pub fn unmap_region(
+        &self,
+        mm: &MmStruct<E>,
+        vmas: &[Arc<Vma>],
+        start: VirtAddr,
+        end: VirtAddr,
+    ) {
         let _f = self.func("unmap_region");
         let mut tlb = self.tlb_gather_mmu(mm.id, false);
         for v in vmas {
@@ -242,9 +309,18 @@ impl<E: Engine> Cpu<E> {
         }
         // free_pgtables(): floor and ceiling are the neighbours' boundaries.
         let list = mm.vma_list();
-        let floor = list.iter().filter(|v| v.vm_end() <= start).map(|v| v.vm_end()).max().unwrap_or(VirtAddr(0));
-        let ceiling =
-            list.iter().filter(|v| v.vm_start() >= end).map(|v| v.vm_start()).min().unwrap_or(VirtAddr(self.k.geo.task_size()));
+        let floor = list
+            .iter()
+            .filter(|v| v.vm_end() <= start)
+            .map(|v| v.vm_end())
+            .max()
+            .unwrap_or(VirtAddr(0));
+        let ceiling = list
+            .iter()
+            .filter(|v| v.vm_start() >= end)
+            .map(|v| v.vm_start())
+            .min()
+            .unwrap_or(VirtAddr(self.k.geo.task_size()));
         for v in vmas {
             self.unlink_anon_vmas(v);
         }
@@ -263,7 +339,14 @@ impl<E: Engine> Cpu<E> {
         for v in &vmas {
             self.unlink_anon_vmas(v);
         }
-        self.free_pgtables(&mut tlb, mm, VirtAddr(0), VirtAddr(self.k.geo.task_size()), VirtAddr(0), VirtAddr(self.k.geo.task_size()));
+        self.free_pgtables(
+            &mut tlb,
+            mm,
+            VirtAddr(0),
+            VirtAddr(self.k.geo.task_size()),
+            VirtAddr(0),
+            VirtAddr(self.k.geo.task_size()),
+        );
         self.tlb_finish_mmu(tlb);
         for v in &vmas {
             self.remove_vma_from_list(mm, v);

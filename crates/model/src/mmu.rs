@@ -66,30 +66,81 @@ pub enum Access {
 
 impl<E: Engine> Cpu<E> {
     fn tlb(&self) -> std::sync::MutexGuard<'_, Tlb> {
-        self.k.tlbs[self.id.0].lock().unwrap_or_else(|p| p.into_inner())
+        self.k.tlbs[self.id.0]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// A user-mode load or store of one byte at `addr` in `mm`, as the CPU does
     /// it: through the TLB, else a hardware walk, else a page fault and retry.
-    pub fn user_access(&self, mm: &Arc<MmStruct<E>>, addr: VirtAddr, access: Access) -> Result<u8, AccessError> {
+    pub fn user_access(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        addr: VirtAddr,
+        access: Access,
+    ) -> Result<u8, AccessError> {
         let write = matches!(access, Access::Write(_));
-        let vpn = self.k.geo.vpn(addr);
+        let e = self.user_translate(mm, addr, write)?;
         let off = addr.0 & (self.k.geo.page_size() - 1);
+        let words = self.page(e.pfn).words(self.k.geo.page_size());
+        Ok(match access {
+            Access::Read => read_byte(words, off),
+            Access::Write(v) => {
+                write_byte(words, off, v);
+                v
+            }
+        })
+    }
+
+    /// Stores `v` into `[addr, addr + len)` (within one page), as a run of
+    /// user stores that hit one translation.
+    pub fn user_fill(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        addr: VirtAddr,
+        len: u64,
+        v: u8,
+    ) -> Result<(), AccessError> {
+        let e = self.user_translate(mm, addr, true)?;
+        let off = addr.0 & (self.k.geo.page_size() - 1);
+        let words = self.page(e.pfn).words(self.k.geo.page_size());
+        for o in off..off + len {
+            write_byte(words, o, v);
+        }
+        Ok(())
+    }
+
+    /// Loads `[addr, addr + len)` (within one page) through one translation.
+    pub fn user_load(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        addr: VirtAddr,
+        len: u64,
+    ) -> Result<Vec<u8>, AccessError> {
+        let e = self.user_translate(mm, addr, false)?;
+        let off = addr.0 & (self.k.geo.page_size() - 1);
+        let words = self.page(e.pfn).words(self.k.geo.page_size());
+        Ok((off..off + len).map(|o| read_byte(words, o)).collect())
+    }
+
+    /// The translation a user access of `addr` uses: the TLB entry, or a
+    /// hardware walk, or page faults until the walk succeeds.
+    pub fn user_translate(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        addr: VirtAddr,
+        write: bool,
+    ) -> Result<TlbEntry, AccessError> {
+        let vpn = self.k.geo.vpn(addr);
         for _attempt in 0..10_000 {
-            let hit = self.tlb().map.get(&(mm.id, vpn)).copied().filter(|e| !write || e.write);
-            let entry = match hit {
-                Some(e) => Some(e),
-                None => self.hw_walk(mm, addr, write),
-            };
-            if let Some(e) = entry {
-                let words = self.page(e.pfn).words(self.k.geo.page_size());
-                return Ok(match access {
-                    Access::Read => read_byte(words, off),
-                    Access::Write(v) => {
-                        write_byte(words, off, v);
-                        v
-                    }
-                });
+            let hit = self
+                .tlb()
+                .map
+                .get(&(mm.id, vpn))
+                .copied()
+                .filter(|e| !write || e.write);
+            if let Some(e) = hit.or_else(|| self.hw_walk(mm, addr, write)) {
+                return Ok(e);
             }
             self.do_user_addr_fault(mm, addr, write)?;
         }
@@ -104,14 +155,22 @@ impl<E: Engine> Cpu<E> {
             Upper::Table(t) => t,
             Upper::None => return None,
         };
-        let pmd_table = match Upper::decode(self.table(pud_table).raw(geo.index(Level::Pud, addr)).load()) {
+        let pmd_table = match Upper::decode(
+            self.table(pud_table)
+                .raw(geo.index(Level::Pud, addr))
+                .load(),
+        ) {
             Upper::Table(t) => t,
             Upper::None => return None,
         };
         let pmd_slot = self.table(pmd_table).raw(geo.index(Level::Pmd, addr));
         let pmd_raw = pmd_slot.load();
         let (pfn, slot, raw, allowed) = match Pmd::decode(pmd_raw) {
-            Pmd::Huge { pfn, flags, invalid: false } if !flags.protnone => {
+            Pmd::Huge {
+                pfn,
+                flags,
+                invalid: false,
+            } if !flags.protnone => {
                 let sub = geo.index(Level::Pte, addr) as u64;
                 (pfn.add(sub), pmd_slot, pmd_raw, !write || flags.write)
             }
@@ -119,7 +178,9 @@ impl<E: Engine> Cpu<E> {
                 let slot = self.table(pte_table).raw(geo.index(Level::Pte, addr));
                 let raw = slot.load();
                 match Pte::decode(raw) {
-                    Pte::Present { pfn, flags } if !flags.protnone => (pfn, slot, raw, !write || flags.write),
+                    Pte::Present { pfn, flags } if !flags.protnone => {
+                        (pfn, slot, raw, !write || flags.write)
+                    }
                     _ => return None,
                 }
             }
@@ -146,7 +207,12 @@ impl<E: Engine> Cpu<E> {
     ///
     /// # Locking
     /// Takes `mm->mmap_lock` for read.
-    pub fn do_user_addr_fault(&self, mm: &Arc<MmStruct<E>>, addr: VirtAddr, write: bool) -> Result<(), AccessError> {
+    pub fn do_user_addr_fault(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        addr: VirtAddr,
+        write: bool,
+    ) -> Result<(), AccessError> {
         let _f = self.func("do_user_addr_fault");
         let _mmap = mm.mmap_lock.read(self);
         let Some(vma) = mm.vma_at(addr) else {
@@ -176,9 +242,15 @@ impl<E: Engine> Cpu<E> {
     /// translations of `[start, end)` in `mm`.
     pub fn flush_tlb_range(&self, mm: MmId, start: VirtAddr, end: VirtAddr) {
         let _f = self.func("flush_tlb_range");
-        let (s, e) = (self.k.geo.vpn(start), self.k.geo.vpn(VirtAddr(end.0 + self.k.geo.page_size() - 1)));
+        let (s, e) = (
+            self.k.geo.vpn(start),
+            self.k.geo.vpn(VirtAddr(end.0 + self.k.geo.page_size() - 1)),
+        );
         for tlb in &self.k.tlbs {
-            tlb.lock().unwrap_or_else(|p| p.into_inner()).map.retain(|(m, v), _| *m != mm || *v < s || *v >= e);
+            tlb.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map
+                .retain(|(m, v), _| *m != mm || *v < s || *v >= e);
         }
     }
 
@@ -191,13 +263,21 @@ impl<E: Engine> Cpu<E> {
     pub fn flush_tlb_mm(&self, mm: MmId) {
         let _f = self.func("flush_tlb_mm");
         for tlb in &self.k.tlbs {
-            tlb.lock().unwrap_or_else(|p| p.into_inner()).map.retain(|(m, _), _| *m != mm);
+            tlb.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map
+                .retain(|(m, _), _| *m != mm);
         }
     }
 
     /// Whether any CPU caches a translation of `addr` in `mm` (for checkers).
     pub fn tlb_cached(&self, mm: MmId, addr: VirtAddr) -> bool {
         let vpn = self.k.geo.vpn(addr);
-        self.k.tlbs.iter().any(|t| t.lock().unwrap_or_else(|p| p.into_inner()).map.contains_key(&(mm, vpn)))
+        self.k.tlbs.iter().any(|t| {
+            t.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map
+                .contains_key(&(mm, vpn))
+        })
     }
 }

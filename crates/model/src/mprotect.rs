@@ -23,7 +23,13 @@ impl<E: Engine> Cpu<E> {
     ///
     /// # Locking
     /// Takes `mmap_lock` for write.
-    pub fn do_mprotect(&self, mm: &Arc<MmStruct<E>>, start: VirtAddr, len: u64, prot: Prot) -> Result<(), Errno> {
+    pub fn do_mprotect(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        start: VirtAddr,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), Errno> {
         let _f = self.func("do_mprotect_pkey");
         let g = self.k.geo;
         if start.0 & (g.page_size() - 1) != 0 {
@@ -67,7 +73,14 @@ impl<E: Engine> Cpu<E> {
 
     /// Models mprotect_fixup(), mm/mprotect.c, v5.8: returns the VMA that now
     /// covers exactly `[start, end)` with the new flags.
-    pub fn mprotect_fixup(&self, mm: &MmStruct<E>, vma: &Arc<Vma>, start: VirtAddr, end: VirtAddr, newflags: u64) -> Arc<Vma> {
+    pub fn mprotect_fixup(
+        &self,
+        mm: &MmStruct<E>,
+        vma: &Arc<Vma>,
+        start: VirtAddr,
+        end: VirtAddr,
+        newflags: u64,
+    ) -> Arc<Vma> {
         let _f = self.func("mprotect_fixup");
         if newflags == vma.vm_flags() {
             return vma.clone();
@@ -87,7 +100,14 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// Models change_protection()/change_protection_range(), mm/mprotect.c, v5.8.
-    pub fn change_protection(&self, mm: &MmStruct<E>, vma: &Vma, start: VirtAddr, end: VirtAddr, newprot: PteFlags) {
+    pub fn change_protection(
+        &self,
+        mm: &MmStruct<E>,
+        vma: &Vma,
+        start: VirtAddr,
+        end: VirtAddr,
+        newprot: PteFlags,
+    ) {
         let _f = self.func("change_protection");
         let g = self.k.geo;
         let mut pages = 0;
@@ -126,18 +146,31 @@ impl<E: Engine> Cpu<E> {
     ///
     /// # Locking
     /// Takes the PTE lock.
-    fn change_pte_range(&self, table: crate::types::Pfn, addr: VirtAddr, end: VirtAddr, newprot: PteFlags) -> u64 {
+    fn change_pte_range(
+        &self,
+        table: crate::types::Pfn,
+        addr: VirtAddr,
+        end: VirtAddr,
+        newprot: PteFlags,
+    ) -> u64 {
         let _f = self.func("change_pte_range");
         let _ptl = self.pte_lockptr(table).lock(self);
         let mut pages = 0;
         let mut a = addr;
         while a < end {
-            let r = EntryRef { table, index: self.k.geo.index(Level::Pte, a) };
+            let r = EntryRef {
+                table,
+                index: self.k.geo.index(Level::Pte, a),
+            };
             match self.pte_read(r) {
                 Pte::Present { pfn, flags } => {
                     // ptep_modify_prot_start()/pte_modify()/ptep_modify_prot_commit()
                     self.ptep_get_and_clear(r);
-                    let f = PteFlags { write: newprot.write, protnone: newprot.protnone, ..flags };
+                    let f = PteFlags {
+                        write: newprot.write,
+                        protnone: newprot.protnone,
+                        ..flags
+                    };
                     self.set_pte_at(r, Pte::Present { pfn, flags: f });
                     pages += 1;
                 }

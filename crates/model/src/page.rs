@@ -13,8 +13,8 @@
 use crate::cpu::Cpu;
 use crate::engine::{Atomic, Engine, Monitor};
 use crate::pgtable::TableBody;
-use crate::sync::locks::{page_lock, page_lock_inherit, page_trylock, page_unlock, PageLockState};
 use crate::sync::lockdep::Acquire;
+use crate::sync::locks::{page_lock, page_lock_inherit, page_trylock, page_unlock, PageLockState};
 use crate::types::{AnonVmaId, Pfn};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -117,7 +117,8 @@ impl<E: Engine> Page<E> {
         }
     }
     pub(crate) fn set_compound_head(&self, head: Option<Pfn>) {
-        self.compound_head.store(head.map_or(0, |h| h.0 + 1), Ordering::SeqCst);
+        self.compound_head
+            .store(head.map_or(0, |h| h.0 + 1), Ordering::SeqCst);
     }
     pub fn compound_order(&self) -> u32 {
         self.compound_order.load(Ordering::SeqCst) as u32
@@ -128,7 +129,8 @@ impl<E: Engine> Page<E> {
 
     /// The frame's bytes as words, created zeroed on first use.
     pub fn words(&self, page_size: u64) -> &[AtomicU64] {
-        self.data.get_or_init(|| (0..page_size / 8).map(|_| AtomicU64::new(0)).collect())
+        self.data
+            .get_or_init(|| (0..page_size / 8).map(|_| AtomicU64::new(0)).collect())
     }
 
     /// The page-table body of a frame used as a page table.
@@ -231,7 +233,12 @@ impl<E: Engine> Cpu<E> {
     pub fn get_page(&self, pfn: Pfn) {
         let head = self.compound_head(pfn);
         let old = self.page(head).refcount.fetch_add(1) as i64;
-        crate::vm_bug_on_page!(self, old <= 0, head, "VM_BUG_ON_PAGE(page_ref_zero_or_close_to_overflow(page))");
+        crate::vm_bug_on_page!(
+            self,
+            old <= 0,
+            head,
+            "VM_BUG_ON_PAGE(page_ref_zero_or_close_to_overflow(page))"
+        );
     }
 
     /// Models page_ref_add().
@@ -256,12 +263,20 @@ impl<E: Engine> Cpu<E> {
 
     /// Models page_ref_freeze(): `_refcount` from `count` to 0, or nothing.
     pub fn page_ref_freeze(&self, pfn: Pfn, count: i64) -> bool {
-        self.page(pfn).refcount.compare_exchange(count as u64, 0).is_ok()
+        self.page(pfn)
+            .refcount
+            .compare_exchange(count as u64, 0)
+            .is_ok()
     }
 
     /// Models page_ref_unfreeze().
     pub fn page_ref_unfreeze(&self, pfn: Pfn, count: i64) {
-        crate::vm_bug_on_page!(self, self.page(pfn).refcount.load() != 0, pfn, "VM_BUG_ON_PAGE(page_count(page) != 0, page)");
+        crate::vm_bug_on_page!(
+            self,
+            self.page(pfn).refcount.load() != 0,
+            pfn,
+            "VM_BUG_ON_PAGE(page_count(page) != 0, page)"
+        );
         self.page(pfn).refcount.store_i64(count);
     }
 
@@ -276,7 +291,12 @@ impl<E: Engine> Cpu<E> {
             return;
         }
         let new = self.page(head).refcount.add_return(-1);
-        crate::vm_bug_on_page!(self, new < 0, head, "VM_BUG_ON_PAGE(page_ref_count(page) == 0, page)");
+        crate::vm_bug_on_page!(
+            self,
+            new < 0,
+            head,
+            "VM_BUG_ON_PAGE(page_ref_count(page) == 0, page)"
+        );
         if new == 0 {
             if self.page_head(head) {
                 self.free_transhuge_page(head);
@@ -365,6 +385,8 @@ impl<E: Engine> Cpu<E> {
     /// lock (a migration-entry wait).
     pub fn wait_on_page_locked(&self, pfn: Pfn) {
         let head = self.compound_head(pfn);
-        self.page(head).lock.wait_until(|s| if s.locked { None } else { Some(()) });
+        self.page(head)
+            .lock
+            .wait_until(|s| if s.locked { None } else { Some(()) });
     }
 }

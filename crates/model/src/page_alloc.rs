@@ -50,10 +50,14 @@ impl<E: Engine> Memory<E> {
     pub fn new(geo: &Geometry, bytes: u64, nodes: u32) -> Self {
         let block_pages = geo.hpage_pmd_nr();
         let total_pages = bytes.div_ceil(geo.page_size()).max(block_pages);
-        let blocks_per_node = total_pages.div_ceil(block_pages).div_ceil(nodes as u64).max(1);
+        let blocks_per_node = total_pages
+            .div_ceil(block_pages)
+            .div_ceil(nodes as u64)
+            .max(1);
         let node_pages = blocks_per_node * block_pages;
-        let pages: Box<[Page<E>]> =
-            (0..node_pages * nodes as u64).map(|pfn| Page::new((pfn / node_pages) as u32)).collect();
+        let pages: Box<[Page<E>]> = (0..node_pages * nodes as u64)
+            .map(|pfn| Page::new((pfn / node_pages) as u32))
+            .collect();
         let zones = (0..nodes)
             .map(|n| {
                 let start = n as u64 * node_pages;
@@ -81,10 +85,19 @@ impl<E: Engine> Memory<E> {
                         fa.nr_free += block_pages;
                     }
                 }
-                Zone { node: n, start: Pfn(start), end: Pfn(end), free: E::Monitor::new(fa) }
+                Zone {
+                    node: n,
+                    start: Pfn(start),
+                    end: Pfn(end),
+                    free: E::Monitor::new(fa),
+                }
             })
             .collect();
-        Memory { pages, zones, block_pages }
+        Memory {
+            pages,
+            zones,
+            block_pages,
+        }
     }
 
     pub fn page(&self, pfn: Pfn) -> &Page<E> {
@@ -97,14 +110,18 @@ impl<E: Engine> Memory<E> {
 
     /// Free pages on all nodes.
     pub fn nr_free(&self) -> u64 {
-        self.zones.iter().map(|z| z.free.inspect(|f| f.nr_free)).sum()
+        self.zones
+            .iter()
+            .map(|z| z.free.inspect(|f| f.nr_free))
+            .sum()
     }
 
     /// Whether a frame is on a free list.
     pub fn is_free(&self, pfn: Pfn) -> bool {
         let z = &self.zones[self.page(pfn).node as usize];
         let block = pfn.0 / self.block_pages * self.block_pages;
-        z.free.inspect(|f| f.base.contains(&pfn.0) || f.blocks.contains(&block))
+        z.free
+            .inspect(|f| f.base.contains(&pfn.0) || f.blocks.contains(&block))
     }
 
     fn take(&self, node: usize, order: u32) -> Option<Pfn> {
@@ -164,7 +181,9 @@ impl<E: Engine> Cpu<E> {
         let _f = self.func("__alloc_pages_nodemask");
         let mem = &self.k.mem;
         let n = mem.zones.len();
-        let pfn = (0..n).map(|i| (node as usize + i) % n).find_map(|z| mem.take(z, order))?;
+        let pfn = (0..n)
+            .map(|i| (node as usize + i) % n)
+            .find_map(|z| mem.take(z, order))?;
         let nr = 1u64 << order;
         for i in 0..nr {
             let p = self.page(pfn.add(i));
@@ -232,7 +251,10 @@ impl<E: Engine> Cpu<E> {
         let ps = self.k.geo.page_size();
         let (d, s) = (self.page(dst).words(ps), self.page(src).words(ps));
         for (dw, sw) in d.iter().zip(s) {
-            dw.store(sw.load(std::sync::atomic::Ordering::SeqCst), std::sync::atomic::Ordering::SeqCst);
+            dw.store(
+                sw.load(std::sync::atomic::Ordering::SeqCst),
+                std::sync::atomic::Ordering::SeqCst,
+            );
         }
     }
 }

@@ -43,8 +43,23 @@ pub struct Pvmw<'a, E: Engine> {
 }
 
 impl<'a, E: Engine> Pvmw<'a, E> {
-    pub fn new(page: Pfn, vma: Arc<Vma>, mm: Arc<MmStruct<E>>, address: VirtAddr, flags: PvmwFlags) -> Self {
-        Pvmw { page, vma, mm, address, flags, pmd: None, pte: None, ptl: None }
+    pub fn new(
+        page: Pfn,
+        vma: Arc<Vma>,
+        mm: Arc<MmStruct<E>>,
+        address: VirtAddr,
+        flags: PvmwFlags,
+    ) -> Self {
+        Pvmw {
+            page,
+            vma,
+            mm,
+            address,
+            flags,
+            pmd: None,
+            pte: None,
+            ptl: None,
+        }
     }
 
     /// page_vma_mapped_walk_done(): drop the lock.
@@ -74,7 +89,11 @@ impl<E: Engine> Cpu<E> {
         };
         // pfn_in_hpage(): the PTE maps the page or one of its subpages.
         let head = pvmw.page;
-        let nr = if self.page_trans_huge(head) { self.k.geo.hpage_pmd_nr() } else { 1 };
+        let nr = if self.page_trans_huge(head) {
+            self.k.geo.hpage_pmd_nr()
+        } else {
+            1
+        };
         pfn.0 >= head.0 && pfn.0 < head.0 + nr
     }
 
@@ -146,8 +165,20 @@ impl<E: Engine> Cpu<E> {
                         pvmw.ptl = None;
                     }
                 } else if !pmde.is_present() {
-                    self.note(|| format!("page_vma_mapped_walk(): pmd {} without the lock, skipped", if pmde.is_none() { "none" } else { "not present" }));
-                    if pvmw.flags.sync && self.k.cfg.fixes.applied(Fix::RmapPmdUnderPtl) && self.page_trans_compound(pvmw.page) {
+                    self.note(|| {
+                        format!(
+                            "page_vma_mapped_walk(): pmd {} without the lock, skipped",
+                            if pmde.is_none() {
+                                "none"
+                            } else {
+                                "not present"
+                            }
+                        )
+                    });
+                    if pvmw.flags.sync
+                        && self.k.cfg.fixes.applied(Fix::RmapPmdUnderPtl)
+                        && self.page_trans_compound(pvmw.page)
+                    {
                         // Take and drop the THP pmd lock so that we cannot
                         // return while zap_huge_pmd() has cleared *pmd but not
                         // yet decremented compound_mapcount.
@@ -167,7 +198,8 @@ impl<E: Engine> Cpu<E> {
             }
             loop {
                 pvmw.address = pvmw.address.add_bytes(geo.page_size());
-                let vend = self.vma_address(pvmw.page, &pvmw.vma).0 + geo.hpage_pmd_nr() * geo.page_size();
+                let vend =
+                    self.vma_address(pvmw.page, &pvmw.vma).0 + geo.hpage_pmd_nr() * geo.page_size();
                 if pvmw.address >= pvmw.vma.vm_end() || pvmw.address.0 >= vend {
                     return self.pvmw_not_found(pvmw);
                 }
@@ -177,7 +209,10 @@ impl<E: Engine> Cpu<E> {
                     pvmw.pte = None;
                     break; // goto restart
                 }
-                let pte = pvmw.pte.map(|p| EntryRef { table: p.table, index: geo.index(Level::Pte, pvmw.address) });
+                let pte = pvmw.pte.map(|p| EntryRef {
+                    table: p.table,
+                    index: geo.index(Level::Pte, pvmw.address),
+                });
                 pvmw.pte = pte;
                 let Some(pte) = pte else {
                     break;

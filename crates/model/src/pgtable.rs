@@ -75,10 +75,16 @@ const PFN_SHIFT: u32 = 16;
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
 pub enum Pte {
     None,
-    Present { pfn: Pfn, flags: PteFlags },
+    Present {
+        pfn: Pfn,
+        flags: PteFlags,
+    },
     Swap(SwapEntry),
     /// A migration entry (`make_migration_entry(page, write)`).
-    Migration { pfn: Pfn, write: bool },
+    Migration {
+        pfn: Pfn,
+        write: bool,
+    },
 }
 
 /// A PMD (`pmd_t`).
@@ -88,9 +94,16 @@ pub enum Pmd {
     /// Points to a PTE table.
     Table(Pfn),
     /// A huge PMD mapping a PMD-size page. `invalid` after pmdp_invalidate().
-    Huge { pfn: Pfn, flags: PteFlags, invalid: bool },
+    Huge {
+        pfn: Pfn,
+        flags: PteFlags,
+        invalid: bool,
+    },
     /// A PMD migration entry.
-    Migration { pfn: Pfn, write: bool },
+    Migration {
+        pfn: Pfn,
+        write: bool,
+    },
 }
 
 /// A PUD or PGD entry.
@@ -113,14 +126,22 @@ impl Pte {
             Pte::None => KIND_NONE,
             Pte::Present { pfn, flags } => KIND_PAGE | flags.bits() | pfn_bits(pfn),
             Pte::Swap(e) => KIND_SWAP | (e.0 << PFN_SHIFT),
-            Pte::Migration { pfn, write } => KIND_MIGRATION | if write { MIG_WRITE } else { 0 } | pfn_bits(pfn),
+            Pte::Migration { pfn, write } => {
+                KIND_MIGRATION | if write { MIG_WRITE } else { 0 } | pfn_bits(pfn)
+            }
         }
     }
     pub fn decode(v: u64) -> Pte {
         match v & KIND_MASK {
-            KIND_PAGE => Pte::Present { pfn: bits_pfn(v), flags: PteFlags::from_bits(v) },
+            KIND_PAGE => Pte::Present {
+                pfn: bits_pfn(v),
+                flags: PteFlags::from_bits(v),
+            },
             KIND_SWAP => Pte::Swap(SwapEntry(v >> PFN_SHIFT)),
-            KIND_MIGRATION => Pte::Migration { pfn: bits_pfn(v), write: v & MIG_WRITE != 0 },
+            KIND_MIGRATION => Pte::Migration {
+                pfn: bits_pfn(v),
+                write: v & MIG_WRITE != 0,
+            },
             _ => Pte::None,
         }
     }
@@ -166,17 +187,28 @@ impl Pmd {
         match self {
             Pmd::None => KIND_NONE,
             Pmd::Table(pfn) => KIND_TABLE | pfn_bits(pfn),
-            Pmd::Huge { pfn, flags, invalid } => {
-                KIND_PAGE | flags.bits() | if invalid { INVALID } else { 0 } | pfn_bits(pfn)
+            Pmd::Huge {
+                pfn,
+                flags,
+                invalid,
+            } => KIND_PAGE | flags.bits() | if invalid { INVALID } else { 0 } | pfn_bits(pfn),
+            Pmd::Migration { pfn, write } => {
+                KIND_MIGRATION | if write { MIG_WRITE } else { 0 } | pfn_bits(pfn)
             }
-            Pmd::Migration { pfn, write } => KIND_MIGRATION | if write { MIG_WRITE } else { 0 } | pfn_bits(pfn),
         }
     }
     pub fn decode(v: u64) -> Pmd {
         match v & KIND_MASK {
             KIND_TABLE => Pmd::Table(bits_pfn(v)),
-            KIND_PAGE => Pmd::Huge { pfn: bits_pfn(v), flags: PteFlags::from_bits(v), invalid: v & INVALID != 0 },
-            KIND_MIGRATION => Pmd::Migration { pfn: bits_pfn(v), write: v & MIG_WRITE != 0 },
+            KIND_PAGE => Pmd::Huge {
+                pfn: bits_pfn(v),
+                flags: PteFlags::from_bits(v),
+                invalid: v & INVALID != 0,
+            },
+            KIND_MIGRATION => Pmd::Migration {
+                pfn: bits_pfn(v),
+                write: v & MIG_WRITE != 0,
+            },
             _ => Pmd::None,
         }
     }
@@ -213,9 +245,17 @@ impl Pmd {
     }
     pub fn with_flags(self, f: impl FnOnce(&mut PteFlags)) -> Pmd {
         match self {
-            Pmd::Huge { pfn, mut flags, invalid } => {
+            Pmd::Huge {
+                pfn,
+                mut flags,
+                invalid,
+            } => {
                 f(&mut flags);
-                Pmd::Huge { pfn, flags, invalid }
+                Pmd::Huge {
+                    pfn,
+                    flags,
+                    invalid,
+                }
             }
             other => other,
         }
@@ -280,24 +320,52 @@ mod tests {
 
     #[test]
     fn entries_round_trip() {
-        let f = PteFlags { write: true, dirty: true, young: false, protnone: false, special: true };
+        let f = PteFlags {
+            write: true,
+            dirty: true,
+            young: false,
+            protnone: false,
+            special: true,
+        };
         for pte in [
             Pte::None,
-            Pte::Present { pfn: Pfn(77), flags: f },
+            Pte::Present {
+                pfn: Pfn(77),
+                flags: f,
+            },
             Pte::Swap(SwapEntry(5)),
-            Pte::Migration { pfn: Pfn(9), write: true },
+            Pte::Migration {
+                pfn: Pfn(9),
+                write: true,
+            },
         ] {
             assert_eq!(Pte::decode(pte.encode()), pte);
         }
         for pmd in [
             Pmd::None,
             Pmd::Table(Pfn(3)),
-            Pmd::Huge { pfn: Pfn(512), flags: f, invalid: true },
-            Pmd::Migration { pfn: Pfn(1024), write: false },
+            Pmd::Huge {
+                pfn: Pfn(512),
+                flags: f,
+                invalid: true,
+            },
+            Pmd::Migration {
+                pfn: Pfn(1024),
+                write: false,
+            },
         ] {
             assert_eq!(Pmd::decode(pmd.encode()), pmd);
         }
-        assert!(Pmd::Huge { pfn: Pfn(1), flags: f, invalid: true }.is_present());
-        assert!(!Pmd::Migration { pfn: Pfn(1), write: false }.is_present());
+        assert!(Pmd::Huge {
+            pfn: Pfn(1),
+            flags: f,
+            invalid: true
+        }
+        .is_present());
+        assert!(!Pmd::Migration {
+            pfn: Pfn(1),
+            write: false
+        }
+        .is_present());
     }
 }

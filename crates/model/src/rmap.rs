@@ -69,8 +69,14 @@ impl<E: Engine> Cpu<E> {
 
     /// Models anon_vma_chain_link().
     fn anon_vma_chain_link(&self, vma: &Arc<Vma>, av: &AnonVma<E>) {
-        vma.chains.lock().unwrap_or_else(|p| p.into_inner()).push(av.id);
-        av.vmas.lock().unwrap_or_else(|p| p.into_inner()).push(vma.clone());
+        vma.chains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(av.id);
+        av.vmas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(vma.clone());
     }
 
     /// Models anon_vma_clone(), mm/rmap.c, v5.8: link `dst` to every anon_vma
@@ -103,7 +109,9 @@ impl<E: Engine> Cpu<E> {
         vma.set_anon_vma(None);
         self.anon_vma_clone(vma, pvma);
         let root = self.k.anon_vma(parent).root;
-        let av = self.k.register_anon_vma(|id| AnonVma::new(id, root, Some(parent)));
+        let av = self
+            .k
+            .register_anon_vma(|id| AnonVma::new(id, root, Some(parent)));
         self.k.anon_vma(root).refcount.fetch_add(1, SeqCst);
         vma.set_anon_vma(Some(av.id));
         let rootav = self.k.anon_vma(root);
@@ -124,7 +132,10 @@ impl<E: Engine> Cpu<E> {
             let av = self.k.anon_vma(id);
             let root = self.k.anon_vma(av.root);
             root.rwsem.down_write(self);
-            av.vmas.lock().unwrap_or_else(|p| p.into_inner()).retain(|v| !Arc::ptr_eq(v, vma));
+            av.vmas
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|v| !Arc::ptr_eq(v, vma));
             root.rwsem.up_write(self);
         }
     }
@@ -145,18 +156,33 @@ impl<E: Engine> Cpu<E> {
         }
         let p = self.page(head);
         p.mapping.store(anon_mapping(av));
-        p.index.store(vma.linear_page_index(address, self.k.geo.page_shift));
+        p.index
+            .store(vma.linear_page_index(address, self.k.geo.page_shift));
     }
 
     /// Models page_add_new_anon_rmap(), mm/rmap.c, v5.8.
     pub fn page_add_new_anon_rmap(&self, page: Pfn, vma: &Vma, address: VirtAddr, compound: bool) {
-        crate::vm_bug_on!(self, address < vma.vm_start() || address >= vma.vm_end(), "VM_BUG_ON_VMA(address < vma->vm_start || address >= vma->vm_end, vma)");
+        crate::vm_bug_on!(
+            self,
+            address < vma.vm_start() || address >= vma.vm_end(),
+            "VM_BUG_ON_VMA(address < vma->vm_start || address >= vma->vm_end, vma)"
+        );
         self.page(page).set_flag(pg::SWAPBACKED);
         if compound {
-            crate::vm_bug_on_page!(self, !self.page_trans_huge(page), page, "VM_BUG_ON_PAGE(!PageTransHuge(page), page)");
+            crate::vm_bug_on_page!(
+                self,
+                !self.page_trans_huge(page),
+                page,
+                "VM_BUG_ON_PAGE(!PageTransHuge(page), page)"
+            );
             self.page(page).compound_mapcount.store_i64(0);
         } else {
-            crate::vm_bug_on_page!(self, self.page_trans_compound(page), page, "VM_BUG_ON_PAGE(PageTransCompound(page), page)");
+            crate::vm_bug_on_page!(
+                self,
+                self.page_trans_compound(page),
+                page,
+                "VM_BUG_ON_PAGE(PageTransCompound(page), page)"
+            );
             self.page(page).mapcount.store_i64(0);
         }
         self.__page_set_anon_rmap(page, vma, address, true);
@@ -165,13 +191,28 @@ impl<E: Engine> Cpu<E> {
     /// Models page_add_anon_rmap()/do_page_add_anon_rmap(), mm/rmap.c, v5.8.
     pub fn page_add_anon_rmap(&self, page: Pfn, vma: &Vma, address: VirtAddr, compound: bool) {
         let first = if compound {
-            crate::vm_bug_on_page!(self, !self.page_locked(page), page, "VM_BUG_ON_PAGE(!PageLocked(page), page)");
-            crate::vm_bug_on_page!(self, !self.page_trans_huge(page), page, "VM_BUG_ON_PAGE(!PageTransHuge(page), page)");
+            crate::vm_bug_on_page!(
+                self,
+                !self.page_locked(page),
+                page,
+                "VM_BUG_ON_PAGE(!PageLocked(page), page)"
+            );
+            crate::vm_bug_on_page!(
+                self,
+                !self.page_trans_huge(page),
+                page,
+                "VM_BUG_ON_PAGE(!PageTransHuge(page), page)"
+            );
             self.page(page).compound_mapcount.add_return(1) == 0
         } else {
             self.page(page).mapcount.add_return(1) == 0
         };
-        crate::vm_bug_on_page!(self, !self.page_locked(page), page, "VM_BUG_ON_PAGE(!PageLocked(page), page)");
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_locked(page),
+            page,
+            "VM_BUG_ON_PAGE(!PageLocked(page), page)"
+        );
         if first {
             self.__page_set_anon_rmap(page, vma, address, false);
         }
@@ -231,7 +272,12 @@ impl<E: Engine> Cpu<E> {
     /// moves to the faulting VMA's anon_vma.
     pub fn page_move_anon_rmap(&self, page: Pfn, vma: &Vma) {
         let head = self.compound_head(page);
-        crate::vm_bug_on_page!(self, !self.page_locked(head), head, "VM_BUG_ON_PAGE(!PageLocked(page), page)");
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_locked(head),
+            head,
+            "VM_BUG_ON_PAGE(!PageLocked(page), page)"
+        );
         let Some(av) = vma.anon_vma() else {
             self.bug("VM_BUG_ON_VMA(!anon_vma, vma)", Some(head));
         };
@@ -256,7 +302,8 @@ impl<E: Engine> Cpu<E> {
     /// Models vma_address()/__vma_address(), mm/internal.h, v5.8.
     pub fn vma_address(&self, page: Pfn, vma: &Vma) -> VirtAddr {
         let pgoff = self.page_to_pgoff(page) as i64;
-        let start = vma.vm_start().0 as i64 + ((pgoff - vma.vm_pgoff() as i64) << self.k.geo.page_shift);
+        let start =
+            vma.vm_start().0 as i64 + ((pgoff - vma.vm_pgoff() as i64) << self.k.geo.page_shift);
         VirtAddr(start.max(vma.vm_start().0 as i64) as u64)
     }
 
@@ -347,7 +394,13 @@ impl<E: Engine> Cpu<E> {
         };
         let pgoff_start = self.page_to_pgoff(page);
         let pgoff_end = pgoff_start + self.hpage_nr_pages(page) - 1;
-        let vmas = self.k.anon_vma(av).vmas.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let vmas = self
+            .k
+            .anon_vma(av)
+            .vmas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let ps = self.k.geo.page_shift;
         for vma in vmas {
             // anon_vma_interval_tree_foreach(): the VMA's pgoff range overlaps.
@@ -374,21 +427,41 @@ impl<E: Engine> Cpu<E> {
     pub fn try_to_unmap(&self, page: Pfn, flags: TtuFlags) -> bool {
         let _f = self.func("try_to_unmap");
         let done = |c: &Self| c.total_mapcount(page) == 0; // page_mapcount_is_zero()
-        self.rmap_walk_anon(page, flags.rmap_locked, |c, vma, addr| c.try_to_unmap_one(page, vma, addr, flags), done);
+        self.rmap_walk_anon(
+            page,
+            flags.rmap_locked,
+            |c, vma, addr| c.try_to_unmap_one(page, vma, addr, flags),
+            done,
+        );
         self.page_mapcount(page) == 0
     }
 
     /// Models try_to_unmap_one(), mm/rmap.c, v5.8, for anonymous pages being
     /// split (TTU_SPLIT_HUGE_PMD|TTU_SPLIT_FREEZE) or migrated (TTU_MIGRATION):
     /// each PTE mapping becomes a migration entry.
-    pub fn try_to_unmap_one(&self, page: Pfn, vma: &Arc<Vma>, address: VirtAddr, flags: TtuFlags) -> bool {
+    pub fn try_to_unmap_one(
+        &self,
+        page: Pfn,
+        vma: &Arc<Vma>,
+        address: VirtAddr,
+        flags: TtuFlags,
+    ) -> bool {
         let _f = self.func("try_to_unmap_one");
         let mm = self.k.mm(vma.mm);
         if flags.split_huge_pmd {
             self.split_huge_pmd_address(&mm, vma, address, flags.split_freeze, Some(page));
         }
         let sync = flags.sync && self.k.cfg.fixes.applied(Fix::RmapPmdUnderPtl);
-        let mut pvmw = Pvmw::new(page, vma.clone(), mm.clone(), address, PvmwFlags { sync, migration: false });
+        let mut pvmw = Pvmw::new(
+            page,
+            vma.clone(),
+            mm.clone(),
+            address,
+            PvmwFlags {
+                sync,
+                migration: false,
+            },
+        );
         let ret = true;
         while self.page_vma_mapped_walk(&mut pvmw) {
             let Some(pte) = pvmw.pte else {
@@ -409,7 +482,13 @@ impl<E: Engine> Cpu<E> {
             }
             if flags.migration || flags.split_freeze {
                 // Store the pfn of the page in a special migration pte.
-                self.set_pte_at(pte, Pte::Migration { pfn: subpage, write: pteval.is_write() });
+                self.set_pte_at(
+                    pte,
+                    Pte::Migration {
+                        pfn: subpage,
+                        write: pteval.is_write(),
+                    },
+                );
             }
             self.page_remove_rmap(subpage, false);
             self.put_page(page);

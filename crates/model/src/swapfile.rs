@@ -18,7 +18,12 @@ impl<E: Engine> Cpu<E> {
     /// total mapcount (plus swap count).
     pub fn reuse_swap_page(&self, page: Pfn, total_map_swapcount: Option<&mut i64>) -> bool {
         let _f = self.func("reuse_swap_page");
-        crate::vm_bug_on_page!(self, !self.page_locked(page), page, "VM_BUG_ON_PAGE(!PageLocked(page), page)");
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_locked(page),
+            page,
+            "VM_BUG_ON_PAGE(!PageLocked(page), page)"
+        );
         if !self.k.cfg.fixes.applied(Fix::ThpWpAccurateMapcount) {
             // Before 6d0a07edd17c: `!PageTransCompound(page) && page_mapcount(page) == 1`.
             if self.page_trans_compound(page) {

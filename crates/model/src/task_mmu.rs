@@ -63,37 +63,75 @@ impl<E: Engine> Cpu<E> {
     /// The translation of `addr` in `mm`, read without locks.
     pub fn page_info(&self, mm: &MmStruct<E>, addr: VirtAddr) -> PageInfo {
         let g = self.k.geo;
-        let none = PageInfo { kind: MapKind::None, pfn: None, head: None, mapcount: 0, node: None };
-        let Upper::Table(pud_t) = Upper::decode(mm.pgd.raw(g.index(Level::Pgd, addr)).load()) else {
+        let none = PageInfo {
+            kind: MapKind::None,
+            pfn: None,
+            head: None,
+            mapcount: 0,
+            node: None,
+        };
+        let Upper::Table(pud_t) = Upper::decode(mm.pgd.raw(g.index(Level::Pgd, addr)).load())
+        else {
             return none;
         };
-        let Upper::Table(pmd_t) = Upper::decode(self.table(pud_t).raw(g.index(Level::Pud, addr)).load()) else {
+        let Upper::Table(pmd_t) =
+            Upper::decode(self.table(pud_t).raw(g.index(Level::Pud, addr)).load())
+        else {
             return none;
         };
         let sub = g.index(Level::Pte, addr) as u64;
-        let (kind, pfn) = match Pmd::decode(self.table(pmd_t).raw(g.index(Level::Pmd, addr)).load()) {
+        let (kind, pfn) = match Pmd::decode(self.table(pmd_t).raw(g.index(Level::Pmd, addr)).load())
+        {
             Pmd::None => return none,
             Pmd::Huge { pfn, .. } if self.is_huge_zero_page(pfn) => (MapKind::Zero, pfn.add(sub)),
             Pmd::Huge { pfn, .. } => (MapKind::ThpPmd, pfn.add(sub)),
             Pmd::Migration { pfn, .. } => (MapKind::Migration, pfn.add(sub)),
-            Pmd::Table(t) => match Pte::decode(self.table(t).raw(g.index(Level::Pte, addr)).load()) {
+            Pmd::Table(t) => match Pte::decode(self.table(t).raw(g.index(Level::Pte, addr)).load())
+            {
                 Pte::None => return none,
                 Pte::Present { pfn, .. } if self.is_zero_pfn(pfn) => (MapKind::Zero, pfn),
                 Pte::Present { pfn, .. } if self.page_compound(pfn) => (MapKind::ThpPte, pfn),
                 Pte::Present { pfn, .. } => (MapKind::Base, pfn),
                 Pte::Migration { pfn, .. } => (MapKind::Migration, pfn),
-                Pte::Swap(_) => return PageInfo { kind: MapKind::Swap, ..none },
+                Pte::Swap(_) => {
+                    return PageInfo {
+                        kind: MapKind::Swap,
+                        ..none
+                    }
+                }
             },
         };
         let head = self.page_compound(pfn).then(|| self.compound_head(pfn));
-        PageInfo { kind, pfn: Some(pfn), head, mapcount: self.page_mapcount(pfn), node: Some(self.page(pfn).node) }
+        PageInfo {
+            kind,
+            pfn: Some(pfn),
+            head,
+            mapcount: self.page_mapcount(pfn),
+            node: Some(self.page(pfn).node),
+        }
+    }
+
+    /// The bytes of the page at `page_addr` as a read would see them, without
+    /// faulting (unmapped pages read as zero).
+    pub fn peek_page(&self, mm: &MmStruct<E>, page_addr: VirtAddr) -> Vec<u8> {
+        let ps = self.k.geo.page_size();
+        match self.page_info(mm, page_addr).pfn {
+            Some(pfn) => {
+                let w = self.page(pfn).words(ps);
+                (0..ps).map(|o| crate::page::read_byte(w, o)).collect()
+            }
+            None => vec![0; ps as usize],
+        }
     }
 
     /// The byte a read of `addr` would return, without faulting: a page that is
     /// not mapped reads as zero (it would be zero-filled on demand).
     pub fn peek_byte(&self, mm: &MmStruct<E>, addr: VirtAddr) -> u8 {
         match self.page_info(mm, addr).pfn {
-            Some(pfn) => crate::page::read_byte(self.page(pfn).words(self.k.geo.page_size()), addr.0 & (self.k.geo.page_size() - 1)),
+            Some(pfn) => crate::page::read_byte(
+                self.page(pfn).words(self.k.geo.page_size()),
+                addr.0 & (self.k.geo.page_size() - 1),
+            ),
             None => 0,
         }
     }

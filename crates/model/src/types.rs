@@ -76,12 +76,24 @@ pub struct Geometry {
 
 impl Geometry {
     /// x86_64 with 4-level paging: 4 KiB pages, 512 entries a table.
-    pub const X86_64: Geometry =
-        Geometry { name: "x86_64", page_shift: 12, pte_bits: 9, pmd_bits: 9, pud_bits: 9, pgd_bits: 9 };
+    pub const X86_64: Geometry = Geometry {
+        name: "x86_64",
+        page_shift: 12,
+        pte_bits: 9,
+        pmd_bits: 9,
+        pud_bits: 9,
+        pgd_bits: 9,
+    };
     /// Small tables for exploration: 64-byte pages, 4 entries in the PTE, PMD and
     /// PUD tables (a THP has 4 subpages), a 512-entry PGD for address space.
-    pub const TINY: Geometry =
-        Geometry { name: "tiny", page_shift: 6, pte_bits: 2, pmd_bits: 2, pud_bits: 2, pgd_bits: 9 };
+    pub const TINY: Geometry = Geometry {
+        name: "tiny",
+        page_shift: 6,
+        pte_bits: 2,
+        pmd_bits: 2,
+        pud_bits: 2,
+        pgd_bits: 9,
+    };
 
     pub fn by_name(name: &str) -> Option<Geometry> {
         match name {

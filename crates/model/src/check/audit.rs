@@ -26,7 +26,14 @@ struct Tally {
 
 impl Tally {
     fn fail(&mut self, id: &'static str, message: String, page: Option<Pfn>) {
-        self.violations.push(Violation { id, kind: ViolationKind::Audit, message, cpu: None, backtrace: Vec::new(), page });
+        self.violations.push(Violation {
+            id,
+            kind: ViolationKind::Audit,
+            message,
+            cpu: None,
+            backtrace: Vec::new(),
+            page,
+        });
     }
 }
 
@@ -53,14 +60,20 @@ fn walk_mm<E: Engine>(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, g: &Geometry, t: &mut
     let vma_of = |a: VirtAddr| vmas.iter().find(|v| v.contains(a)).cloned();
     let pgd_span = 1u64 << g.pgdir_shift();
     for i in 0..g.ptrs(Level::Pgd) {
-        let Upper::Table(pud_t) = Upper::decode(mm.pgd.raw(i).load()) else { continue };
+        let Upper::Table(pud_t) = Upper::decode(mm.pgd.raw(i).load()) else {
+            continue;
+        };
         t.tables.insert(pud_t);
         for j in 0..g.ptrs(Level::Pud) {
-            let Upper::Table(pmd_t) = Upper::decode(cpu.table(pud_t).raw(j).load()) else { continue };
+            let Upper::Table(pmd_t) = Upper::decode(cpu.table(pud_t).raw(j).load()) else {
+                continue;
+            };
             t.tables.insert(pmd_t);
             let mut huge_entries = 0usize;
             for l in 0..g.ptrs(Level::Pmd) {
-                let base = VirtAddr(i as u64 * pgd_span + j as u64 * g.pud_size() + l as u64 * g.pmd_size());
+                let base = VirtAddr(
+                    i as u64 * pgd_span + j as u64 * g.pud_size() + l as u64 * g.pmd_size(),
+                );
                 match Pmd::decode(cpu.table(pmd_t).raw(l).load()) {
                     Pmd::None => {}
                     Pmd::Table(pte_t) => {
@@ -73,22 +86,44 @@ fn walk_mm<E: Engine>(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, g: &Geometry, t: &mut
                             t.fail(inv::AUDIT_VMA, format!("mm {} {:?}: huge PMD left invalidated (pmdp_invalidate without pmd_populate)", mm.id.0, base), Some(pfn));
                         }
                         match vma_of(base) {
-                            Some(v) if v.vm_end().0 >= base.0 + g.pmd_size() && v.vm_start() <= base => {
+                            Some(v)
+                                if v.vm_end().0 >= base.0 + g.pmd_size()
+                                    && v.vm_start() <= base =>
+                            {
                                 if !cpu.is_huge_zero_page(pfn) {
                                     *t.pmd_maps.entry(pfn).or_default() += 1;
                                     check_rmap(cpu, mm, &v, pfn, base, t);
                                 }
                             }
-                            _ => t.fail(inv::AUDIT_VMA, format!("mm {} {:?}: huge PMD not wholly inside one VMA", mm.id.0, base), Some(pfn)),
+                            _ => t.fail(
+                                inv::AUDIT_VMA,
+                                format!(
+                                    "mm {} {:?}: huge PMD not wholly inside one VMA",
+                                    mm.id.0, base
+                                ),
+                                Some(pfn),
+                            ),
                         }
                     }
                     Pmd::Migration { pfn, .. } => {
                         huge_entries += 1;
-                        t.fail(inv::AUDIT_MIGRATION, format!("mm {} {:?}: PMD migration entry at a quiescent point", mm.id.0, base), Some(pfn));
+                        t.fail(
+                            inv::AUDIT_MIGRATION,
+                            format!(
+                                "mm {} {:?}: PMD migration entry at a quiescent point",
+                                mm.id.0, base
+                            ),
+                            Some(pfn),
+                        );
                     }
                 }
             }
-            let deposited = cpu.table(pmd_t).deposited.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let deposited = cpu
+                .table(pmd_t)
+                .deposited
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             if deposited.len() != huge_entries {
                 t.fail(inv::AUDIT_VMA, format!("mm {}: PMD table {:?} has {huge_entries} huge PMDs but {} deposited page tables", mm.id.0, pmd_t, deposited.len()), None);
             }
@@ -96,7 +131,11 @@ fn walk_mm<E: Engine>(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, g: &Geometry, t: &mut
                 t.tables.insert(d);
                 let tb = cpu.table(d);
                 if (0..tb.len()).any(|x| tb.raw(x).load() != 0) {
-                    t.fail(inv::AUDIT_VMA, format!("mm {}: deposited page table {:?} is not empty", mm.id.0, d), None);
+                    t.fail(
+                        inv::AUDIT_VMA,
+                        format!("mm {}: deposited page table {:?} is not empty", mm.id.0, d),
+                        None,
+                    );
                 }
             }
         }
@@ -119,7 +158,11 @@ fn walk_ptes<E: Engine>(
             continue;
         }
         let Some(vma) = vma_of(addr) else {
-            t.fail(inv::AUDIT_VMA, format!("mm {} {:?}: PTE {:?} outside any VMA", mm.id.0, addr, pte), pte.pfn());
+            t.fail(
+                inv::AUDIT_VMA,
+                format!("mm {} {:?}: PTE {:?} outside any VMA", mm.id.0, addr, pte),
+                pte.pfn(),
+            );
             continue;
         };
         match pte {
@@ -129,7 +172,14 @@ fn walk_ptes<E: Engine>(
                 check_rmap(cpu, mm, &vma, pfn, addr, t);
             }
             Pte::Migration { pfn, .. } => {
-                t.fail(inv::AUDIT_MIGRATION, format!("mm {} {:?}: migration entry at a quiescent point", mm.id.0, addr), Some(pfn));
+                t.fail(
+                    inv::AUDIT_MIGRATION,
+                    format!(
+                        "mm {} {:?}: migration entry at a quiescent point",
+                        mm.id.0, addr
+                    ),
+                    Some(pfn),
+                );
             }
             _ => {}
         }
@@ -138,24 +188,60 @@ fn walk_ptes<E: Engine>(
 
 /// The page's anon_vma must reach the VMA, and the page's index must give back
 /// the address it is mapped at.
-fn check_rmap<E: Engine>(cpu: &Cpu<E>, mm: &MmStruct<E>, vma: &Arc<Vma>, pfn: Pfn, addr: VirtAddr, t: &mut Tally) {
+fn check_rmap<E: Engine>(
+    cpu: &Cpu<E>,
+    mm: &MmStruct<E>,
+    vma: &Arc<Vma>,
+    pfn: Pfn,
+    addr: VirtAddr,
+    t: &mut Tally,
+) {
     let head = match cpu.k.mem.page(pfn).tail_head() {
         Some(h) => h,
         None => pfn,
     };
     let hp = cpu.k.mem.page(head);
     let Some(av) = hp.anon_vma() else {
-        t.fail(inv::AUDIT_RMAP, format!("mm {} {:?}: mapped page is not anonymous (no anon_vma)", mm.id.0, addr), Some(pfn));
+        t.fail(
+            inv::AUDIT_RMAP,
+            format!(
+                "mm {} {:?}: mapped page is not anonymous (no anon_vma)",
+                mm.id.0, addr
+            ),
+            Some(pfn),
+        );
         return;
     };
-    let reaches = cpu.k.anon_vma(av).vmas.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|v| Arc::ptr_eq(v, vma));
+    let reaches = cpu
+        .k
+        .anon_vma(av)
+        .vmas
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .any(|v| Arc::ptr_eq(v, vma));
     if !reaches {
-        t.fail(inv::AUDIT_RMAP, format!("mm {} {:?}: the page's anon_vma does not reach the VMA mapping it", mm.id.0, addr), Some(pfn));
+        t.fail(
+            inv::AUDIT_RMAP,
+            format!(
+                "mm {} {:?}: the page's anon_vma does not reach the VMA mapping it",
+                mm.id.0, addr
+            ),
+            Some(pfn),
+        );
     }
     let pgoff = hp.index.load() + (pfn.0 - head.0);
-    let expect = vma.vm_start().0 as i128 + ((pgoff as i128 - vma.vm_pgoff() as i128) << cpu.k.geo.page_shift);
+    let expect = vma.vm_start().0 as i128
+        + ((pgoff as i128 - vma.vm_pgoff() as i128) << cpu.k.geo.page_shift);
     if expect != addr.0 as i128 {
-        t.fail(inv::AUDIT_RMAP, format!("mm {} {:?}: page index {pgoff} points at {:#x}", mm.id.0, addr, expect), Some(pfn));
+        t.fail(
+            inv::AUDIT_RMAP,
+            format!(
+                "mm {} {:?}: page index {pgoff} points at {:#x}",
+                mm.id.0, addr, expect
+            ),
+            Some(pfn),
+        );
     }
 }
 
@@ -173,18 +259,37 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
         }
         let refcount = page.refcount.load_i64();
         if k.mem.is_free(p) {
-            if refcount != 0 || page.mapcount.load_i64() != -1 || t.pte_maps.contains_key(&p) || t.pmd_maps.contains_key(&p) {
-                t.fail(inv::AUDIT_FREE, format!("free frame {pfn} is in use: refcount {refcount}, mapcount {}", page.mapcount.load_i64() + 1), Some(p));
+            if refcount != 0
+                || page.mapcount.load_i64() != -1
+                || t.pte_maps.contains_key(&p)
+                || t.pmd_maps.contains_key(&p)
+            {
+                t.fail(
+                    inv::AUDIT_FREE,
+                    format!(
+                        "free frame {pfn} is in use: refcount {refcount}, mapcount {}",
+                        page.mapcount.load_i64() + 1
+                    ),
+                    Some(p),
+                );
             }
             pfn += 1;
             continue;
         }
         if page.test_flag(pg::TABLE) {
             if !t.tables.contains(&p) {
-                t.fail(inv::AUDIT_LEAK, format!("page table frame {pfn} is reachable from no page table"), Some(p));
+                t.fail(
+                    inv::AUDIT_LEAK,
+                    format!("page table frame {pfn} is reachable from no page table"),
+                    Some(p),
+                );
             }
             if refcount != 1 {
-                t.fail(inv::AUDIT_REFCOUNT, format!("page table frame {pfn}: refcount {refcount}, expected 1"), Some(p));
+                t.fail(
+                    inv::AUDIT_REFCOUNT,
+                    format!("page table frame {pfn}: refcount {refcount}, expected 1"),
+                    Some(p),
+                );
             }
             pfn += 1;
             continue;
@@ -195,25 +300,50 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
             let pmd_maps = t.pmd_maps.get(&p).copied().unwrap_or(0);
             let compound = page.compound_mapcount.load_i64() + 1;
             if compound != pmd_maps {
-                t.fail(inv::AUDIT_COMPOUND_MAPCOUNT, format!("THP {pfn}: compound_mapcount {compound}, but {pmd_maps} huge PMDs map it"), Some(p));
+                t.fail(
+                    inv::AUDIT_COMPOUND_MAPCOUNT,
+                    format!(
+                        "THP {pfn}: compound_mapcount {compound}, but {pmd_maps} huge PMDs map it"
+                    ),
+                    Some(p),
+                );
             }
             let double_map = page.test_flag(pg::DOUBLE_MAP);
             let mut total_pte = 0;
             for i in 0..n {
                 let sub = p.add(i);
                 if i > 0 && k.mem.page(sub).tail_head() != Some(p) {
-                    t.fail(inv::AUDIT_MAPCOUNT, format!("THP {pfn}: subpage {} does not point to its head", sub.0), Some(sub));
+                    t.fail(
+                        inv::AUDIT_MAPCOUNT,
+                        format!("THP {pfn}: subpage {} does not point to its head", sub.0),
+                        Some(sub),
+                    );
                 }
                 let ptes = t.pte_maps.get(&sub).copied().unwrap_or(0);
                 total_pte += ptes;
                 let mc = k.mem.page(sub).mapcount.load_i64() + 1;
                 let want = ptes + double_map as i64;
                 if mc != want {
-                    t.fail(inv::AUDIT_MAPCOUNT, format!("THP {pfn} subpage {i}: _mapcount+1 is {mc}, but {ptes} PTEs map it{}", if double_map { " (+1 for PageDoubleMap)" } else { "" }), Some(sub));
+                    t.fail(
+                        inv::AUDIT_MAPCOUNT,
+                        format!(
+                            "THP {pfn} subpage {i}: _mapcount+1 is {mc}, but {ptes} PTEs map it{}",
+                            if double_map {
+                                " (+1 for PageDoubleMap)"
+                            } else {
+                                ""
+                            }
+                        ),
+                        Some(sub),
+                    );
                 }
             }
             if double_map && pmd_maps == 0 {
-                t.fail(inv::AUDIT_DOUBLE_MAP, format!("THP {pfn}: PageDoubleMap set but no huge PMD maps it"), Some(p));
+                t.fail(
+                    inv::AUDIT_DOUBLE_MAP,
+                    format!("THP {pfn}: PageDoubleMap set but no huge PMD maps it"),
+                    Some(p),
+                );
             }
             if !double_map && pmd_maps > 0 && total_pte > 0 {
                 t.fail(inv::AUDIT_DOUBLE_MAP, format!("THP {pfn}: mapped by {pmd_maps} PMDs and {total_pte} PTEs without PageDoubleMap"), Some(p));
@@ -223,37 +353,76 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                 t.fail(inv::AUDIT_REFCOUNT, format!("THP {pfn}: refcount {refcount}, but it has {want} mappings and no other user"), Some(p));
             }
             if want == 0 {
-                t.fail(inv::AUDIT_LEAK, format!("THP {pfn} is allocated but mapped nowhere"), Some(p));
+                t.fail(
+                    inv::AUDIT_LEAK,
+                    format!("THP {pfn} is allocated but mapped nowhere"),
+                    Some(p),
+                );
             }
             pfn += n;
             continue;
         }
         if page.tail_head().is_some() {
-            t.fail(inv::AUDIT_MAPCOUNT, format!("tail page {pfn} outside a compound page walk"), Some(p));
+            t.fail(
+                inv::AUDIT_MAPCOUNT,
+                format!("tail page {pfn} outside a compound page walk"),
+                Some(p),
+            );
             pfn += 1;
             continue;
         }
         let ptes = t.pte_maps.get(&p).copied().unwrap_or(0);
         let mc = page.mapcount.load_i64() + 1;
         if mc != ptes {
-            t.fail(inv::AUDIT_MAPCOUNT, format!("page {pfn}: _mapcount+1 is {mc}, but {ptes} PTEs map it"), Some(p));
+            t.fail(
+                inv::AUDIT_MAPCOUNT,
+                format!("page {pfn}: _mapcount+1 is {mc}, but {ptes} PTEs map it"),
+                Some(p),
+            );
         }
         if refcount != ptes {
-            t.fail(inv::AUDIT_REFCOUNT, format!("page {pfn}: refcount {refcount}, but it has {ptes} mappings and no other user"), Some(p));
+            t.fail(
+                inv::AUDIT_REFCOUNT,
+                format!(
+                    "page {pfn}: refcount {refcount}, but it has {ptes} mappings and no other user"
+                ),
+                Some(p),
+            );
         }
         if ptes == 0 {
-            t.fail(inv::AUDIT_LEAK, format!("page {pfn} is allocated but mapped nowhere"), Some(p));
+            t.fail(
+                inv::AUDIT_LEAK,
+                format!("page {pfn} is allocated but mapped nowhere"),
+                Some(p),
+            );
         }
         pfn += 1;
     }
 }
 
 fn check_deferred<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
-    let q = cpu.k.deferred_split.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let q = cpu
+        .k
+        .deferred_split
+        .queue
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     for p in q {
         let page = cpu.k.mem.page(p);
-        if !page.test_flag(pg::HEAD) || !page.on_deferred_list.load(std::sync::atomic::Ordering::SeqCst) {
-            t.fail(inv::AUDIT_DEFERRED, format!("frame {} is on the deferred split queue but is not a queued THP", p.0), Some(p));
+        if !page.test_flag(pg::HEAD)
+            || !page
+                .on_deferred_list
+                .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            t.fail(
+                inv::AUDIT_DEFERRED,
+                format!(
+                    "frame {} is on the deferred split queue but is not a queued THP",
+                    p.0
+                ),
+                Some(p),
+            );
         }
     }
 }
@@ -262,22 +431,38 @@ fn check_locks<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
     let k = &cpu.k;
     for pfn in 0..k.mem.nr_pages() {
         if k.mem.page(Pfn(pfn)).lock.inspect(|s| s.locked) {
-            t.fail(inv::AUDIT_LOCKS, format!("page {pfn} is still locked at a quiescent point"), Some(Pfn(pfn)));
+            t.fail(
+                inv::AUDIT_LOCKS,
+                format!("page {pfn} is still locked at a quiescent point"),
+                Some(Pfn(pfn)),
+            );
         }
     }
     for mm in k.all_mms() {
         if mm.mmap_lock.is_locked() {
-            t.fail(inv::AUDIT_LOCKS, format!("mm {}: mmap_lock still held", mm.id.0), None);
+            t.fail(
+                inv::AUDIT_LOCKS,
+                format!("mm {}: mmap_lock still held", mm.id.0),
+                None,
+            );
         }
     }
     for av in k.all_anon_vmas() {
         if av.rwsem.is_locked() {
-            t.fail(inv::AUDIT_LOCKS, format!("anon_vma {}: rwsem still held", av.id.0), None);
+            t.fail(
+                inv::AUDIT_LOCKS,
+                format!("anon_vma {}: rwsem still held", av.id.0),
+                None,
+            );
         }
     }
     for &tb in &t.tables.clone() {
         if cpu.table(tb).ptl.is_locked() {
-            t.fail(inv::AUDIT_LOCKS, format!("page table {}: lock still held", tb.0), None);
+            t.fail(
+                inv::AUDIT_LOCKS,
+                format!("page table {}: lock still held", tb.0),
+                None,
+            );
         }
     }
 }
@@ -288,12 +473,22 @@ fn check_tlbs<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
         .tlbs
         .iter()
         .enumerate()
-        .flat_map(|(i, tlb)| tlb.lock().unwrap_or_else(|p| p.into_inner()).entries().into_iter().map(move |e| (i, e)))
+        .flat_map(|(i, tlb)| {
+            tlb.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entries()
+                .into_iter()
+                .map(move |e| (i, e))
+        })
         .collect();
     for (cpu_id, ((mm_id, vpn), e)) in entries {
         let mm = k.mm(mm_id);
         if mm.exited.load(std::sync::atomic::Ordering::SeqCst) {
-            t.fail(inv::AUDIT_TLB, format!("CPU{cpu_id} caches a translation of exited mm {}", mm_id.0), Some(e.pfn));
+            t.fail(
+                inv::AUDIT_TLB,
+                format!("CPU{cpu_id} caches a translation of exited mm {}", mm_id.0),
+                Some(e.pfn),
+            );
             continue;
         }
         let addr = VirtAddr(vpn << k.geo.page_shift);
@@ -302,7 +497,14 @@ fn check_tlbs<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
         if info.pfn != Some(e.pfn) || (e.write && !writable) {
             t.fail(
                 inv::AUDIT_TLB,
-                format!("CPU{cpu_id}: stale TLB entry for mm {} {:?} -> frame {}{} (page tables: {:?})", mm_id.0, addr, e.pfn.0, if e.write { " writable" } else { "" }, info.pfn.map(|p| p.0)),
+                format!(
+                    "CPU{cpu_id}: stale TLB entry for mm {} {:?} -> frame {}{} (page tables: {:?})",
+                    mm_id.0,
+                    addr,
+                    e.pfn.0,
+                    if e.write { " writable" } else { "" },
+                    info.pfn.map(|p| p.0)
+                ),
                 Some(e.pfn),
             );
         }
@@ -310,10 +512,18 @@ fn check_tlbs<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
 }
 
 fn writable_at<E: Engine>(cpu: &Cpu<E>, mm: &MmStruct<E>, addr: VirtAddr) -> bool {
-    let Some(pmd) = cpu.pmd_offset(mm, addr) else { return false };
+    let Some(pmd) = cpu.pmd_offset(mm, addr) else {
+        return false;
+    };
     match cpu.pmd_read(pmd) {
-        Pmd::Huge { flags, invalid: false, .. } => flags.write,
-        v @ Pmd::Table(_) => cpu.pte_offset(v, addr).is_some_and(|p| cpu.pte_read(p).is_write()),
+        Pmd::Huge {
+            flags,
+            invalid: false,
+            ..
+        } => flags.write,
+        v @ Pmd::Table(_) => cpu
+            .pte_offset(v, addr)
+            .is_some_and(|p| cpu.pte_read(p).is_write()),
         _ => false,
     }
 }

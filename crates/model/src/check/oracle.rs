@@ -29,11 +29,17 @@ pub struct MemoryOracle {
 
 impl MemoryOracle {
     pub fn new(page_size: u64) -> Self {
-        MemoryOracle { page_size, procs: BTreeMap::new() }
+        MemoryOracle {
+            page_size,
+            procs: BTreeMap::new(),
+        }
     }
 
     fn page_of(&self, addr: u64) -> (u64, usize) {
-        (addr & !(self.page_size - 1), (addr & (self.page_size - 1)) as usize)
+        (
+            addr & !(self.page_size - 1),
+            (addr & (self.page_size - 1)) as usize,
+        )
     }
 
     pub fn on_spawn(&mut self, proc_: &str) {
@@ -88,18 +94,44 @@ impl MemoryOracle {
         let (page, off) = self.page_of(addr);
         let ps = self.page_size as usize;
         let p = self.procs.entry(proc_.to_string()).or_default();
-        p.pages.entry(page).or_insert_with(|| vec![0u8; ps].into_boxed_slice())[off] = value;
+        p.pages
+            .entry(page)
+            .or_insert_with(|| vec![0u8; ps].into_boxed_slice())[off] = value;
+    }
+
+    /// A completed store of `value` to `[start, start + len)`.
+    pub fn on_fill(&mut self, proc_: &str, start: u64, len: u64, value: u8) {
+        let ps = self.page_size;
+        let p = self.procs.entry(proc_.to_string()).or_default();
+        let mut a = start;
+        while a < start + len {
+            let page = a & !(ps - 1);
+            let end = (page + ps).min(start + len);
+            let bytes = p
+                .pages
+                .entry(page)
+                .or_insert_with(|| vec![0u8; ps as usize].into_boxed_slice());
+            for x in a..end {
+                bytes[(x - page) as usize] = value;
+            }
+            a = end;
+        }
     }
 
     /// Whether the process has `addr` mapped (as far as the scenario says).
     pub fn is_mapped(&self, proc_: &str, addr: u64) -> bool {
-        self.procs.get(proc_).is_some_and(|p| p.ranges.iter().any(|&(s, e)| s <= addr && addr < e))
+        self.procs
+            .get(proc_)
+            .is_some_and(|p| p.ranges.iter().any(|&(s, e)| s <= addr && addr < e))
     }
 
     /// The byte the process must see at `addr`.
     pub fn expected(&self, proc_: &str, addr: u64) -> u8 {
         let (page, off) = self.page_of(addr);
-        self.procs.get(proc_).and_then(|p| p.pages.get(&page)).map_or(0, |b| b[off])
+        self.procs
+            .get(proc_)
+            .and_then(|p| p.pages.get(&page))
+            .map_or(0, |b| b[off])
     }
 
     /// The mapped pages of each process (for the full check).
@@ -123,19 +155,25 @@ impl MemoryOracle {
         (seen != want).then(|| violation(proc_, addr, seen, want))
     }
 
-    /// Compares every mapped byte with `observe(process, address)`, the byte
-    /// the model would return. Reports the first difference of each page.
-    pub fn check_all(&self, mut observe: impl FnMut(&str, u64) -> u8) -> Vec<Violation> {
+    /// Compares every mapped page with `observe(process, page address)`, the
+    /// bytes the model would show. Reports the first difference of each page.
+    pub fn check_all(&self, mut observe: impl FnMut(&str, u64) -> Vec<u8>) -> Vec<Violation> {
         let mut out = Vec::new();
+        let zero = vec![0u8; self.page_size as usize];
         for (name, page) in self.mapped_pages() {
-            for off in 0..self.page_size {
-                let addr = page + off;
-                let seen = observe(&name, addr);
-                let want = self.expected(&name, addr);
-                if seen != want {
-                    out.push(violation(&name, addr, seen, want));
-                    break;
-                }
+            let seen = observe(&name, page);
+            let want = self
+                .procs
+                .get(&name)
+                .and_then(|p| p.pages.get(&page))
+                .map_or(&zero[..], |b| &b[..]);
+            if let Some(off) = (0..want.len()).find(|&i| seen.get(i) != Some(&want[i])) {
+                out.push(violation(
+                    &name,
+                    page + off as u64,
+                    seen.get(off).copied().unwrap_or(0),
+                    want[off],
+                ));
             }
         }
         out
@@ -144,14 +182,22 @@ impl MemoryOracle {
 
 fn violation(proc_: &str, addr: u64, seen: u8, want: u8) -> Violation {
     let (id, what) = if want != 0 && seen != want {
-        (inv::MEM_LOST_WRITE, "a completed write is lost or overwritten")
+        (
+            inv::MEM_LOST_WRITE,
+            "a completed write is lost or overwritten",
+        )
     } else {
-        (inv::MEM_PRIVATE, "private memory shows bytes this process never wrote or inherited")
+        (
+            inv::MEM_PRIVATE,
+            "private memory shows bytes this process never wrote or inherited",
+        )
     };
     Violation {
         id,
         kind: ViolationKind::Memory,
-        message: format!("process {proc_} at {addr:#x}: reads {seen:#04x}, expected {want:#04x}: {what}"),
+        message: format!(
+            "process {proc_} at {addr:#x}: reads {seen:#04x}, expected {want:#04x}: {what}"
+        ),
         cpu: None,
         backtrace: Vec::new(),
         page: None,

@@ -55,7 +55,11 @@ impl HeldLocks {
                 let rule = if held.class == class {
                     "a second lock of one class needs a nesting annotation".to_string()
                 } else {
-                    format!("mm/rmap.c orders {} before {}", class.kernel_name(), held.class.kernel_name())
+                    format!(
+                        "mm/rmap.c orders {} before {}",
+                        class.kernel_name(),
+                        held.class.kernel_name()
+                    )
                 };
                 return Some(format!(
                     "possible circular locking dependency detected: acquiring {} while holding {} (taken in {}()); {}",
@@ -93,7 +97,11 @@ mod tests {
     use super::*;
 
     fn held(class: LockClass, instance: usize) -> HeldLock {
-        HeldLock { class, instance, taken_in: "test" }
+        HeldLock {
+            class,
+            instance,
+            taken_in: "test",
+        }
     }
 
     #[test]
@@ -102,7 +110,9 @@ mod tests {
         h.push(held(LockClass::MmapLock, 1));
         assert!(h.check(LockClass::PageLock, 2, Acquire::Normal).is_none());
         h.push(held(LockClass::PageLock, 2));
-        assert!(h.check(LockClass::AnonVmaRwsem, 3, Acquire::Normal).is_none());
+        assert!(h
+            .check(LockClass::AnonVmaRwsem, 3, Acquire::Normal)
+            .is_none());
         h.push(held(LockClass::PageTableLock, 4));
         // A page lock under a page-table lock is an inversion ...
         let msg = h.check(LockClass::PageLock, 5, Acquire::Normal).unwrap();
@@ -110,10 +120,17 @@ mod tests {
         // ... but a trylock is not.
         assert!(h.check(LockClass::PageLock, 5, Acquire::Try).is_none());
         // A second PTL needs the nesting annotation.
-        assert!(h.check(LockClass::PageTableLock, 6, Acquire::Normal).is_some());
-        assert!(h.check(LockClass::PageTableLock, 6, Acquire::Nested).is_none());
+        assert!(h
+            .check(LockClass::PageTableLock, 6, Acquire::Normal)
+            .is_some());
+        assert!(h
+            .check(LockClass::PageTableLock, 6, Acquire::Nested)
+            .is_none());
         // The same instance twice is recursive locking.
-        assert!(h.check(LockClass::PageTableLock, 4, Acquire::Nested).unwrap().contains("recursive"));
+        assert!(h
+            .check(LockClass::PageTableLock, 4, Acquire::Nested)
+            .unwrap()
+            .contains("recursive"));
         assert!(h.release(4));
         assert!(!h.release(4));
     }

@@ -19,7 +19,10 @@ pub struct SpinLock<E: Engine> {
 
 impl<E: Engine> SpinLock<E> {
     pub fn new(class: LockClass) -> Self {
-        SpinLock { class, locked: E::Monitor::new(false) }
+        SpinLock {
+            class,
+            locked: E::Monitor::new(false),
+        }
     }
 
     /// `spin_lock()`.
@@ -34,14 +37,22 @@ impl<E: Engine> SpinLock<E> {
 
     fn acquire<'a>(&'a self, cpu: &'a Cpu<E>, how: Acquire) -> SpinGuard<'a, E> {
         cpu.lock_acquire(self.class, instance_of(self), how);
-        self.locked.wait_until(|l| if *l { None } else { Some(*l = true) });
+        self.locked
+            .wait_until(|l| if *l { None } else { Some(*l = true) });
         cpu.lock_acquired(self.class, instance_of(self));
         SpinGuard { lock: self, cpu }
     }
 
     /// `spin_trylock()`.
     pub fn try_lock<'a>(&'a self, cpu: &'a Cpu<E>) -> Option<SpinGuard<'a, E>> {
-        let got = self.locked.update(|l| if *l { false } else { *l = true; true });
+        let got = self.locked.update(|l| {
+            if *l {
+                false
+            } else {
+                *l = true;
+                true
+            }
+        });
         if got {
             cpu.lock_acquired(self.class, instance_of(self));
             Some(SpinGuard { lock: self, cpu })
@@ -90,7 +101,10 @@ pub struct RwSem<E: Engine> {
 
 impl<E: Engine> RwSem<E> {
     pub fn new(class: LockClass) -> Self {
-        RwSem { class, state: E::Monitor::new(RwState::default()) }
+        RwSem {
+            class,
+            state: E::Monitor::new(RwState::default()),
+        }
     }
 
     /// `down_read()`.
@@ -212,12 +226,25 @@ pub struct PageLockState {
 /// Helpers for the page lock, used by `crate::page`.
 pub(crate) fn page_lock<E: Engine>(m: &E::Monitor<PageLockState>, cpu: &Cpu<E>, how: Acquire) {
     cpu.lock_acquire(LockClass::PageLock, instance_of(m), how);
-    m.wait_until(|s| if s.locked { None } else { Some(s.locked = true) });
+    m.wait_until(|s| {
+        if s.locked {
+            None
+        } else {
+            Some(s.locked = true)
+        }
+    });
     cpu.lock_acquired(LockClass::PageLock, instance_of(m));
 }
 
 pub(crate) fn page_trylock<E: Engine>(m: &E::Monitor<PageLockState>, cpu: &Cpu<E>) -> bool {
-    let got = m.update(|s| if s.locked { false } else { s.locked = true; true });
+    let got = m.update(|s| {
+        if s.locked {
+            false
+        } else {
+            s.locked = true;
+            true
+        }
+    });
     if got {
         cpu.lock_acquired(LockClass::PageLock, instance_of(m));
     }

@@ -1,0 +1,44 @@
+//! Embeds the bundled scenarios (`scenarios/**/*.thp`) for `thpsim list` and
+//! `thpsim run NAME`.
+
+use std::path::{Path, PathBuf};
+
+fn collect(dir: &Path, root: &Path, out: &mut Vec<(String, PathBuf)>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = rd.filter_map(Result::ok).map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            collect(&p, root, out);
+        } else if p.extension().is_some_and(|e| e == "thp") {
+            let rel = p.strip_prefix(root).unwrap_or(&p).with_extension("");
+            out.push((rel.to_string_lossy().replace('\\', "/"), p));
+        }
+    }
+}
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("manifest dir"));
+    let root = manifest.join("../../scenarios");
+    println!("cargo:rerun-if-changed={}", root.display());
+    let mut files = Vec::new();
+    collect(&root, &root, &mut files);
+    for (_, p) in &files {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    let mut src = String::from(
+        "/// Bundled scenarios: (name, source).\npub const BUNDLED: &[(&str, &str)] = &[\n",
+    );
+    for (name, p) in &files {
+        let abs = p.canonicalize().unwrap_or(p.clone());
+        src.push_str(&format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            abs.display().to_string()
+        ));
+    }
+    src.push_str("];\n");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("out dir")).join("bundled.rs");
+    std::fs::write(out, src).expect("write bundled.rs");
+}

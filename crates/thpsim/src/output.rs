@@ -1,0 +1,206 @@
+//! Rendering a run: text for people (each step and its outcome; `show` as a
+//! compact per-page table with runs of equal pages folded into one line, like
+//! `0-511 #1 thp-pmd map=2`), JSON lines for programs.
+
+use crate::run::{Record, RunReport};
+use std::fmt::Write;
+
+fn outcome_word(o: thpsim_scenario::Outcome) -> &'static str {
+    o.keyword()
+}
+
+/// The text rendering.
+pub fn text(report: &RunReport) -> String {
+    let mut out = String::new();
+    let reverted = if report.reverted.is_empty() {
+        String::new()
+    } else {
+        format!(", reverted: {}", report.reverted.join(", "))
+    };
+    let _ = writeln!(
+        out,
+        "thpsim run {} (geometry {}, engine {}{})",
+        report.scenario, report.geometry, report.engine, reverted
+    );
+    let mut i = 0;
+    let recs = &report.records;
+    while i < recs.len() {
+        match &recs[i] {
+            Record::Step {
+                line,
+                text,
+                outcome,
+                expected,
+                value,
+                ok,
+                detail,
+                cpu,
+            } => {
+                let mut status = if *ok {
+                    outcome_word(*outcome).to_string()
+                } else {
+                    format!("FAIL: {}", outcome_word(*outcome))
+                };
+                if !ok && outcome != expected {
+                    status = format!(
+                        "FAIL: {} (expected {})",
+                        outcome_word(*outcome),
+                        outcome_word(*expected)
+                    );
+                }
+                if let Some(v) = value {
+                    let _ = write!(status, " (read {v:#04x})");
+                }
+                if let Some(d) = detail {
+                    let _ = write!(status, "{}{d}", if *ok { " " } else { ": " });
+                }
+                let cpu = if *cpu > 0 {
+                    format!("[CPU{cpu}] ")
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(out, "{line:>4}  {:<44} {status}", format!("{cpu}{text}"));
+                i += 1;
+            }
+            Record::Expect {
+                line,
+                text,
+                ok,
+                found,
+            } => {
+                let status = if *ok {
+                    "ok".to_string()
+                } else {
+                    format!("FAIL: found {found}")
+                };
+                let _ = writeln!(out, "{line:>4}  {text:<44} {status}");
+                i += 1;
+            }
+            Record::Show { line, text } => {
+                let _ = writeln!(out, "{line:>4}  {text}");
+                i += 1;
+            }
+            Record::Page { line, .. } => {
+                let mut j = i;
+                while j < recs.len() {
+                    let Record::Page { line: l2, .. } = &recs[j] else {
+                        break;
+                    };
+                    if l2 != line {
+                        break;
+                    }
+                    j += 1;
+                }
+                fold_pages(&recs[i..j], &mut out);
+                i = j;
+            }
+            Record::Violation { line, violation } => {
+                let _ = writeln!(
+                    out,
+                    "{line:>4}  VIOLATION {} ({:?}): {}",
+                    violation.id, violation.kind, violation.message
+                );
+                if !violation.backtrace.is_empty() {
+                    let cpu = violation
+                        .cpu
+                        .map_or(String::new(), |c| format!("CPU{} ", c.0));
+                    let _ = writeln!(out, "        {cpu}in {}", violation.backtrace.join(" <- "));
+                }
+                i += 1;
+            }
+        }
+    }
+    let failures: Vec<usize> = report.failures().map(record_line).collect();
+    if failures.is_empty() {
+        let _ = writeln!(out, "ok: every step, expectation and check holds");
+    } else {
+        let lines: Vec<String> = failures.iter().map(|l| l.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "FAILED: {} check(s) failed (line {})",
+            failures.len(),
+            lines.join(", ")
+        );
+    }
+    out
+}
+
+fn record_line(r: &Record) -> usize {
+    match r {
+        Record::Step { line, .. }
+        | Record::Expect { line, .. }
+        | Record::Show { line, .. }
+        | Record::Page { line, .. }
+        | Record::Violation { line, .. } => *line,
+    }
+}
+
+/// Folds runs of equal pages: same kind, label, mapcount, value and node.
+fn fold_pages(pages: &[Record], out: &mut String) {
+    let key = |r: &Record| match r {
+        Record::Page {
+            kind,
+            page,
+            mapcount,
+            value,
+            node,
+            ..
+        } => Some((*kind, page.clone(), *mapcount, *value, *node)),
+        _ => None,
+    };
+    let off = |r: &Record| {
+        if let Record::Page { offset, .. } = r {
+            *offset
+        } else {
+            0
+        }
+    };
+    let mut i = 0;
+    while i < pages.len() {
+        let k = key(&pages[i]);
+        let mut j = i + 1;
+        while j < pages.len() && key(&pages[j]) == k && off(&pages[j]) == off(&pages[j - 1]) + 1 {
+            j += 1;
+        }
+        if let Some((kind, page, mapcount, value, node)) = k {
+            let range = if j - i > 1 {
+                format!("{}-{}", off(&pages[i]), off(&pages[j - 1]))
+            } else {
+                off(&pages[i]).to_string()
+            };
+            let label = page.unwrap_or_else(|| "-".into());
+            let node = node.map_or(String::new(), |n| {
+                if n > 0 {
+                    format!(" node={n}")
+                } else {
+                    String::new()
+                }
+            });
+            let _ = writeln!(
+                out,
+                "        {range:<10} {label:<5} {:<8} map={mapcount} val={value:#04x}{node}",
+                kind.keyword()
+            );
+        }
+        i = j;
+    }
+}
+
+/// JSON lines: one object per record, then a summary.
+pub fn json(report: &RunReport) -> String {
+    let mut out = String::new();
+    for r in &report.records {
+        let _ = writeln!(out, "{}", serde_json::to_string(r).unwrap_or_default());
+    }
+    let summary = serde_json::json!({
+        "type": "summary",
+        "scenario": report.scenario,
+        "geometry": report.geometry,
+        "engine": report.engine,
+        "reverted": report.reverted,
+        "passed": report.passed(),
+        "failures": report.failures().count(),
+    });
+    let _ = writeln!(out, "{summary}");
+    out
+}

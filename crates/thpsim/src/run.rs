@@ -1,0 +1,793 @@
+//! Running a scenario on the model: the interpreter from the scenario language
+//! to the model's system calls, user accesses and kernel work, with the
+//! checkers run at every quiescent point.
+//!
+//! Steps outside `together` run one after another on CPU 0. A `together` block
+//! runs its threads on CPUs 0..n in one fixed interleaving: round robin, one
+//! step of each thread at a time (the exploration engine searches the others).
+//! After every step outside a block and after every block, the audit and the
+//! memory oracle check the whole machine.
+
+use crate::labels::Labels;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use thpsim_model::check::oracle::MemoryOracle;
+use thpsim_model::check::{audit::audit, KernelOops, Violation};
+use thpsim_model::errno::Errno;
+use thpsim_model::fixes::Fix;
+use thpsim_model::huge_memory::Ebusy;
+use thpsim_model::madvise::Advice as MAdvice;
+use thpsim_model::mm_types::MmStruct;
+use thpsim_model::mmap::Prot;
+use thpsim_model::mmu::AccessError;
+use thpsim_model::task_mmu::{MapKind, PageInfo};
+use thpsim_model::types::{CpuId, Geometry, VirtAddr};
+use thpsim_model::{Config, Cpu, Engine, Kernel, ThpPolicy};
+use thpsim_scenario::{
+    check_supported, Advice, Backing, Context, Expectation, Feature, Item, Op, Outcome, PageKind,
+    Protection, Scenario, ScenarioError, Selector, Show, Span, Step, Target, UnitSizes,
+};
+
+/// How to run.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Overrides the file's `geometry` line.
+    pub geometry: Option<thpsim_scenario::Geometry>,
+    /// Fixes to revert in addition to the file's `revert` lines.
+    pub reverts: Vec<Fix>,
+}
+
+/// One line of a run's report.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Record {
+    /// A step and its outcome.
+    Step {
+        line: usize,
+        cpu: usize,
+        text: String,
+        outcome: Outcome,
+        expected: Outcome,
+        /// The byte a `read` returned.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<u8>,
+        ok: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
+    },
+    /// An `expect` line.
+    Expect {
+        line: usize,
+        text: String,
+        ok: bool,
+        found: String,
+    },
+    /// A `show` line; its pages follow.
+    Show { line: usize, text: String },
+    /// One page of a `show`.
+    Page {
+        line: usize,
+        process: String,
+        region: String,
+        /// Page index in the region.
+        offset: u64,
+        kind: MapKind,
+        /// The frame's label (`#1`, by first appearance; a THP's subpages share
+        /// the THP's label).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        page: Option<String>,
+        /// Subpage index inside the THP.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        subpage: Option<u64>,
+        mapcount: i64,
+        value: u8,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        node: Option<u32>,
+    },
+    /// A broken invariant (kernel assertion, audit, memory oracle, lock order).
+    Violation { line: usize, violation: Violation },
+}
+
+impl Record {
+    pub fn failed(&self) -> bool {
+        match self {
+            Record::Step { ok, .. } | Record::Expect { ok, .. } => !ok,
+            Record::Page { .. } | Record::Show { .. } => false,
+            Record::Violation { .. } => true,
+        }
+    }
+}
+
+/// The result of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub scenario: String,
+    pub geometry: &'static str,
+    pub engine: &'static str,
+    pub reverted: Vec<String>,
+    pub records: Vec<Record>,
+}
+
+impl RunReport {
+    /// Whether everything held.
+    pub fn passed(&self) -> bool {
+        !self.records.iter().any(Record::failed)
+    }
+    pub fn failures(&self) -> impl Iterator<Item = &Record> {
+        self.records.iter().filter(|r| r.failed())
+    }
+}
+
+/// Checks that a scenario uses only what this version implements, and builds
+/// the machine configuration. Errors are invalid input (exit 2).
+pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes), ScenarioError> {
+    let e = |span: Span, msg: String| scn.error_at(span, msg);
+    check_supported(scn, |f| matches!(f, Feature::Core | Feature::Nodes))?;
+    for step in scn.steps() {
+        if let Op::Mmap {
+            shared: true,
+            backing,
+            ..
+        } = &step.op
+        {
+            if backing.value == Backing::Anon {
+                return Err(e(
+                    step.op_span,
+                    "`mmap ... shared` (shared anonymous memory, shmem) is not supported yet"
+                        .into(),
+                ));
+            }
+        }
+    }
+    let geo_name = opts
+        .geometry
+        .or(scn.header.geometry.as_ref().map(|g| g.value))
+        .unwrap_or(thpsim_scenario::Geometry::X86_64);
+    let geometry = match geo_name {
+        thpsim_scenario::Geometry::X86_64 => Geometry::X86_64,
+        thpsim_scenario::Geometry::Tiny => Geometry::TINY,
+    };
+    let units = geo_name.unit_sizes();
+    let mut cfg = Config::new(geometry);
+    if let Some(t) = &scn.header.thp {
+        cfg.thp = match t.value {
+            thpsim_scenario::ThpPolicy::Always => ThpPolicy::Always,
+            thpsim_scenario::ThpPolicy::Madvise => ThpPolicy::Madvise,
+            thpsim_scenario::ThpPolicy::Never => ThpPolicy::Never,
+        };
+    }
+    if let Some(z) = &scn.header.zero_page {
+        cfg.use_zero_page = z.value;
+    }
+    if let Some(n) = &scn.header.nodes {
+        if n.value == 0 || n.value > 64 {
+            return Err(e(
+                n.span,
+                format!("nodes must be between 1 and 64, not {}", n.value),
+            ));
+        }
+        cfg.nodes = n.value;
+    }
+    if let Some(m) = &scn.header.memory {
+        let bytes = scn.resolve(m, &units)?;
+        let min = 4 * geometry.pmd_size();
+        if bytes < min {
+            return Err(e(
+                m.span,
+                format!("memory must be at least 4 huge pages ({min} bytes in this geometry)"),
+            ));
+        }
+        if bytes > 64 << 30 {
+            return Err(e(m.span, "memory above 64 GiB is not supported".into()));
+        }
+        cfg.memory_bytes = bytes;
+    }
+    for r in &scn.header.reverts {
+        let Some(fix) = Fix::by_name(&r.value) else {
+            let names: Vec<_> = Fix::ALL.iter().map(|f| f.name()).collect();
+            return Err(e(
+                r.span,
+                format!(
+                    "unknown fix `{}`; `thpsim fixes` lists them: {}",
+                    r.value,
+                    names.join(", ")
+                ),
+            ));
+        };
+        if !fix.revertible() {
+            return Err(e(
+                r.span,
+                format!("reverting `{}` is not supported yet", fix.name()),
+            ));
+        }
+        cfg.fixes.revert(fix);
+    }
+    for &fix in &opts.reverts {
+        cfg.fixes.revert(fix);
+    }
+    let threads = scn
+        .items
+        .iter()
+        .map(|i| {
+            if let Item::Together(t) = i {
+                t.threads.len()
+            } else {
+                1
+            }
+        })
+        .max()
+        .unwrap_or(1);
+    cfg.cpus = threads.max(1);
+    Ok((cfg, units))
+}
+
+/// A process of the scenario.
+struct Proc<E: Engine> {
+    mm: Arc<MmStruct<E>>,
+    regions: BTreeMap<String, (u64, u64)>,
+    alive: bool,
+}
+
+/// The machine running one scenario.
+pub struct Machine<'s, E: Engine> {
+    scn: &'s Scenario,
+    pub k: Arc<Kernel<E>>,
+    cpus: Vec<Cpu<E>>,
+    procs: BTreeMap<String, Proc<E>>,
+    oracle: MemoryOracle,
+    labels: Labels,
+    units: UnitSizes,
+    records: Vec<Record>,
+    dead: bool,
+}
+
+/// What a step did.
+struct Done {
+    outcome: Outcome,
+    value: Option<u8>,
+    detail: Option<String>,
+}
+
+impl Done {
+    fn ok() -> Self {
+        Done {
+            outcome: Outcome::Ok,
+            value: None,
+            detail: None,
+        }
+    }
+    fn outcome(o: Outcome) -> Self {
+        Done {
+            outcome: o,
+            value: None,
+            detail: None,
+        }
+    }
+}
+
+fn errno_outcome(e: Errno) -> Outcome {
+    match e {
+        Errno::Enomem => Outcome::Enomem,
+        Errno::Einval | Errno::Eacces => Outcome::Einval,
+        Errno::Ebusy => Outcome::Ebusy,
+    }
+}
+
+fn access_outcome(e: AccessError) -> Outcome {
+    match e {
+        AccessError::Segv => Outcome::Segv,
+        AccessError::Sigbus => Outcome::Sigbus,
+        AccessError::Oom => Outcome::Enomem,
+    }
+}
+
+/// Silences the panic message of a kernel oops (`BUG()`), which the run
+/// reports itself; other panics print as usual.
+pub fn install_oops_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if info.payload().downcast_ref::<KernelOops>().is_none() {
+                prev(info);
+            }
+        }));
+    });
+}
+
+/// Runs a scenario on the std engine. `Err` is invalid input (exit 2).
+pub fn run(scn: &Scenario, opts: &RunOptions) -> Result<RunReport, ScenarioError> {
+    run_on::<thpsim_model::StdEngine>(scn, opts)
+}
+
+/// Runs a scenario on engine `E`.
+pub fn run_on<E: Engine>(scn: &Scenario, opts: &RunOptions) -> Result<RunReport, ScenarioError> {
+    install_oops_hook();
+    let (cfg, units) = configure(scn, opts)?;
+    let reverted = cfg.fixes.reverted().map(|f| f.name().to_string()).collect();
+    let mut m = Machine::<E>::new(scn, cfg, units);
+    m.run_items()?;
+    Ok(RunReport {
+        scenario: scn.name.clone(),
+        geometry: m.k.geo.name,
+        engine: E::NAME,
+        reverted,
+        records: m.records,
+    })
+}
+
+impl<'s, E: Engine> Machine<'s, E> {
+    pub fn new(scn: &'s Scenario, cfg: Config, units: UnitSizes) -> Self {
+        let k = Kernel::<E>::new(cfg);
+        let cpus = (0..k.cfg.cpus)
+            .map(|i| Cpu::new(k.clone(), CpuId(i)))
+            .collect();
+        let page_size = k.geo.page_size();
+        Machine {
+            scn,
+            k,
+            cpus,
+            procs: BTreeMap::new(),
+            oracle: MemoryOracle::new(page_size),
+            labels: Labels::default(),
+            units,
+            records: Vec::new(),
+            dead: false,
+        }
+    }
+
+    fn err(&self, span: Span, msg: impl Into<String>) -> ScenarioError {
+        self.scn.error_at(span, msg)
+    }
+
+    fn run_items(&mut self) -> Result<(), ScenarioError> {
+        for item in &self.scn.items {
+            if self.dead {
+                break;
+            }
+            match item {
+                Item::Process(p) => {
+                    let mm = self.cpus[0].mm_alloc();
+                    self.procs.insert(
+                        p.value.text.clone(),
+                        Proc {
+                            mm,
+                            regions: BTreeMap::new(),
+                            alive: true,
+                        },
+                    );
+                    self.oracle.on_spawn(&p.value.text);
+                }
+                Item::Step(step) => {
+                    self.step(0, step)?;
+                    self.quiesce(step.span.line);
+                }
+                Item::Together(t) => {
+                    let longest = t.threads.iter().map(|th| th.steps.len()).max().unwrap_or(0);
+                    'rounds: for round in 0..longest {
+                        for (cpu, th) in t.threads.iter().enumerate() {
+                            if let Some(step) = th.steps.get(round) {
+                                self.step(cpu, step)?;
+                                if self.dead {
+                                    break 'rounds;
+                                }
+                            }
+                        }
+                    }
+                    self.quiesce(t.span.line);
+                }
+                Item::Expect(x) => self.expect(x)?,
+                Item::Show(s) => self.show(s)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the checkers at a quiescent point.
+    fn quiesce(&mut self, line: usize) {
+        if self.dead {
+            return;
+        }
+        let cpu = &self.cpus[0];
+        let mut found = self.k.take_reports();
+        found.extend(audit(cpu));
+        let procs = &self.procs;
+        found.extend(self.oracle.check_all(|name, page| match procs.get(name) {
+            Some(p) if p.alive => cpu.peek_page(&p.mm, VirtAddr(page)),
+            _ => Vec::new(),
+        }));
+        if !found.is_empty() {
+            self.dead = true;
+        }
+        for v in found {
+            self.records.push(Record::Violation { line, violation: v });
+        }
+    }
+
+    fn proc_(&self, name: &thpsim_scenario::Name) -> Result<&Proc<E>, ScenarioError> {
+        match self.procs.get(&name.text) {
+            Some(p) if p.alive => Ok(p),
+            Some(_) => Err(self.err(name.span, format!("process `{}` has exited", name.text))),
+            None => Err(self.err(name.span, format!("process `{}` does not exist", name.text))),
+        }
+    }
+
+    /// Resolves a target to `[start, end)` in the process's address space.
+    fn range(&self, p: &Proc<E>, t: &Target) -> Result<(u64, u64), ScenarioError> {
+        let Some(&(start, len)) = p.regions.get(&t.region.text) else {
+            return Err(self.err(
+                t.region.span,
+                format!("region `{}` is not mapped in this process", t.region.text),
+            ));
+        };
+        let (s, e) = match &t.selector {
+            Selector::At(q) => {
+                let off = self.scn.resolve(q, &self.units)?;
+                (off, off + 1)
+            }
+            Selector::Range { start: s, end: e } => {
+                let s = s
+                    .as_ref()
+                    .map(|q| self.scn.resolve(q, &self.units))
+                    .transpose()?
+                    .unwrap_or(0);
+                let e = e
+                    .as_ref()
+                    .map(|q| self.scn.resolve(q, &self.units))
+                    .transpose()?
+                    .unwrap_or(len);
+                (s, e)
+            }
+        };
+        if s >= e {
+            return Err(self.err(
+                t.selector_span,
+                format!(
+                    "empty range {}: the end must be after the start",
+                    t.selector
+                ),
+            ));
+        }
+        if e > len {
+            return Err(self.err(
+                t.selector_span,
+                format!(
+                    "{} reaches past the end of `{}` ({} bytes)",
+                    t.selector, t.region.text, len
+                ),
+            ));
+        }
+        Ok((start + s, start + e))
+    }
+
+    /// Runs one step on `cpu`, catching a kernel oops.
+    fn step(&mut self, cpu: usize, step: &Step) -> Result<(), ScenarioError> {
+        let r = catch_unwind(AssertUnwindSafe(|| self.exec(cpu, step)));
+        let text = self.scn.text(step.span).to_string();
+        let line = step.span.line;
+        match r {
+            Ok(Ok(done)) => {
+                let expected = step.expected();
+                let ok = done.outcome == expected && done.detail.is_none();
+                self.records.push(Record::Step {
+                    line,
+                    cpu,
+                    text,
+                    outcome: done.outcome,
+                    expected,
+                    value: done.value,
+                    ok,
+                    detail: done.detail,
+                });
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e),
+            Err(payload) => {
+                if payload.downcast_ref::<KernelOops>().is_none() {
+                    std::panic::resume_unwind(payload);
+                }
+                self.dead = true;
+                self.records.push(Record::Step {
+                    line,
+                    cpu,
+                    text,
+                    outcome: Outcome::Ok,
+                    expected: step.expected(),
+                    value: None,
+                    ok: false,
+                    detail: Some("kernel BUG: the CPU oopsed".into()),
+                });
+                for v in self.k.take_reports() {
+                    self.records.push(Record::Violation { line, violation: v });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn exec(&mut self, cpu_idx: usize, step: &Step) -> Result<Done, ScenarioError> {
+        let pmd_size = self.k.geo.pmd_size();
+        let page_size = self.k.geo.page_size();
+        match (&step.context, &step.op) {
+            (Context::Process(pn), op) => {
+                let name = pn.text.clone();
+                let (mm, _) = {
+                    let p = self.proc_(pn)?;
+                    (p.mm.clone(), ())
+                };
+                let cpu = &self.cpus[cpu_idx];
+                match op {
+                    Op::Fork { child } => match cpu.dup_mm(&mm) {
+                        Ok(cmm) => {
+                            let regions = self.procs[&name].regions.clone();
+                            self.procs.insert(
+                                child.text.clone(),
+                                Proc {
+                                    mm: cmm,
+                                    regions,
+                                    alive: true,
+                                },
+                            );
+                            self.oracle.on_fork(&name, &child.text);
+                            Ok(Done::ok())
+                        }
+                        Err(e) => Ok(Done::outcome(errno_outcome(e))),
+                    },
+                    Op::Exit => {
+                        cpu.mmput(&mm);
+                        if let Some(p) = self.procs.get_mut(&name) {
+                            p.alive = false;
+                        }
+                        self.oracle.on_exit(&name);
+                        Ok(Done::ok())
+                    }
+                    Op::Mmap { region, size, .. } => {
+                        let len = self.scn.resolve(size, &self.units)?;
+                        if len == 0 {
+                            return Ok(Done::outcome(Outcome::Einval));
+                        }
+                        match cpu.do_mmap(&mm, len, Prot::ReadWrite, pmd_size) {
+                            Ok(addr) => {
+                                let len = len.div_ceil(page_size) * page_size;
+                                self.procs
+                                    .get_mut(&name)
+                                    .expect("proc")
+                                    .regions
+                                    .insert(region.text.clone(), (addr.0, len));
+                                self.oracle.on_mmap(&name, addr.0, len);
+                                Ok(Done::ok())
+                            }
+                            Err(e) => Ok(Done::outcome(errno_outcome(e))),
+                        }
+                    }
+                    Op::Munmap { target } => {
+                        let (s, e) = self.range(&self.procs[&name], target)?;
+                        match cpu.do_munmap(&mm, VirtAddr(s), e - s) {
+                            Ok(()) => {
+                                let ps = page_size;
+                                let (s2, e2) = (s & !(ps - 1), e.div_ceil(ps) * ps);
+                                self.oracle.on_munmap(&name, s2, e2 - s2);
+                                Ok(Done::ok())
+                            }
+                            Err(e) => Ok(Done::outcome(errno_outcome(e))),
+                        }
+                    }
+                    Op::Mprotect { target, prot } => {
+                        let (s, e) = self.range(&self.procs[&name], target)?;
+                        let prot = match prot.value {
+                            Protection::R => Prot::Read,
+                            Protection::Rw => Prot::ReadWrite,
+                            Protection::None => Prot::None,
+                        };
+                        Ok(match cpu.do_mprotect(&mm, VirtAddr(s), e - s, prot) {
+                            Ok(()) => Done::ok(),
+                            Err(e) => Done::outcome(errno_outcome(e)),
+                        })
+                    }
+                    Op::Madvise { target, advice } => {
+                        let (s, e) = self.range(&self.procs[&name], target)?;
+                        let a = match advice.value {
+                            Advice::Dontneed => MAdvice::DontNeed,
+                            Advice::Hugepage => MAdvice::Hugepage,
+                            Advice::Nohugepage => MAdvice::NoHugepage,
+                            other => {
+                                return Err(self.err(
+                                    advice.span,
+                                    format!("madvise {} is not supported yet", other.keyword()),
+                                ))
+                            }
+                        };
+                        match cpu.do_madvise(&mm, VirtAddr(s), e - s, a) {
+                            Ok(()) => {
+                                if a == MAdvice::DontNeed {
+                                    let ps = page_size;
+                                    let (s2, e2) = (s & !(ps - 1), e.div_ceil(ps) * ps);
+                                    self.oracle.on_dontneed(&name, s2, e2 - s2);
+                                }
+                                Ok(Done::ok())
+                            }
+                            Err(e) => Ok(Done::outcome(errno_outcome(e))),
+                        }
+                    }
+                    Op::Write { target, value } => {
+                        let (s, e) = self.range(&self.procs[&name], target)?;
+                        let mut a = s;
+                        while a < e {
+                            let chunk = ((a & !(page_size - 1)) + page_size).min(e) - a;
+                            if let Err(err) = cpu.user_fill(&mm, VirtAddr(a), chunk, value.value) {
+                                return Ok(Done::outcome(access_outcome(err)));
+                            }
+                            self.oracle.on_fill(&name, a, chunk, value.value);
+                            a += chunk;
+                        }
+                        Ok(Done::ok())
+                    }
+                    Op::Read { target, expect } => {
+                        let (s, e) = self.range(&self.procs[&name], target)?;
+                        let mut a = s;
+                        let mut first = None;
+                        let mut detail = None;
+                        while a < e {
+                            let chunk = ((a & !(page_size - 1)) + page_size).min(e) - a;
+                            let bytes = match cpu.user_load(&mm, VirtAddr(a), chunk) {
+                                Ok(b) => b,
+                                Err(err) => return Ok(Done::outcome(access_outcome(err))),
+                            };
+                            for (i, &b) in bytes.iter().enumerate() {
+                                let addr = a + i as u64;
+                                first.get_or_insert(b);
+                                if let Some(v) = self.oracle.check_read(&name, addr, b) {
+                                    self.k.report(v);
+                                }
+                                if let Some(x) = expect {
+                                    if b != x.value && detail.is_none() {
+                                        detail = Some(format!(
+                                            "read {b:#04x} at offset {:#x}, expected {:#04x}",
+                                            addr - s,
+                                            x.value
+                                        ));
+                                    }
+                                }
+                            }
+                            a += chunk;
+                        }
+                        Ok(Done {
+                            outcome: Outcome::Ok,
+                            value: first,
+                            detail,
+                        })
+                    }
+                    other => Err(self.err(
+                        step.op_span,
+                        format!("`{}` is not supported yet", other.keyword()),
+                    )),
+                }
+            }
+            (Context::Kernel, Op::SplitHugePage { process, target }) => {
+                let p = self.proc_(process)?;
+                let (s, _) = self.range(p, target)?;
+                let mm = p.mm.clone();
+                Ok(
+                    match self.cpus[cpu_idx].split_huge_pages_pid(&mm, VirtAddr(s)) {
+                        Ok(_) => Done::ok(),
+                        Err(Ebusy) => Done::outcome(Outcome::Ebusy),
+                    },
+                )
+            }
+            (Context::Kernel, Op::DeferredSplit) => {
+                self.cpus[cpu_idx].deferred_split_scan(usize::MAX);
+                Ok(Done::ok())
+            }
+            (_, op) => Err(self.err(
+                step.op_span,
+                format!("`{}` is not supported yet", op.keyword()),
+            )),
+        }
+    }
+
+    /// The page at a place of a process.
+    fn info_at(
+        &self,
+        process: &thpsim_scenario::Name,
+        t: &Target,
+    ) -> Result<(PageInfo, u64), ScenarioError> {
+        let p = self.proc_(process)?;
+        let (s, _) = self.range(p, t)?;
+        Ok((self.cpus[0].page_info(&p.mm, VirtAddr(s)), s))
+    }
+
+    fn expect(&mut self, x: &thpsim_scenario::Expect) -> Result<(), ScenarioError> {
+        if self.dead {
+            return Ok(());
+        }
+        let (info, _) = self.info_at(&x.process, &x.target)?;
+        let (ok, found) = match &x.what {
+            Expectation::Kind(k) => {
+                let want = kind_of(k.value);
+                (info.kind == want, info.kind.keyword().to_string())
+            }
+            Expectation::Mapcount(n) => (
+                info.mapcount == n.value as i64,
+                format!("mapcount {}", info.mapcount),
+            ),
+            Expectation::Node(n) => (
+                info.node == Some(n.value),
+                format!("node {}", info.node.map_or("-".into(), |n| n.to_string())),
+            ),
+            Expectation::Same { process, target } | Expectation::Other { process, target } => {
+                let (other, _) = self.info_at(process, target)?;
+                let same = info.pfn.is_some() && info.pfn == other.pfn;
+                let want_same = matches!(x.what, Expectation::Same { .. });
+                let (a, b) = (self.labels.peek(info.pfn), self.labels.peek(other.pfn));
+                (same == want_same, format!("{} and {}", a, b))
+            }
+        };
+        let text = self.scn.text(x.span).to_string();
+        self.records.push(Record::Expect {
+            line: x.span.line,
+            text,
+            ok,
+            found,
+        });
+        Ok(())
+    }
+
+    fn show(&mut self, s: &Show) -> Result<(), ScenarioError> {
+        if self.dead {
+            return Ok(());
+        }
+        let p = self.proc_(&s.process)?;
+        let (start, end) = self.range(p, &s.target)?;
+        let region_start = p.regions[&s.target.region.text].0;
+        let ps = self.k.geo.page_size();
+        let mm = p.mm.clone();
+        self.records.push(Record::Show {
+            line: s.span.line,
+            text: self.scn.text(s.span).to_string(),
+        });
+        let mut a = start & !(ps - 1);
+        while a < end {
+            let cpu = &self.cpus[0];
+            let info = cpu.page_info(&mm, VirtAddr(a));
+            let value = cpu.peek_byte(&mm, VirtAddr(a));
+            let label_frame = info.head.or(info.pfn);
+            let page = match info.kind {
+                MapKind::None | MapKind::Zero => None,
+                _ => label_frame.map(|f| self.labels.label(f)),
+            };
+            let subpage = match (info.head, info.pfn) {
+                (Some(h), Some(f)) => Some(f.0 - h.0),
+                _ => None,
+            };
+            self.records.push(Record::Page {
+                line: s.span.line,
+                process: s.process.text.clone(),
+                region: s.target.region.text.clone(),
+                offset: (a - region_start) / ps,
+                kind: info.kind,
+                page,
+                subpage,
+                mapcount: info.mapcount,
+                value,
+                node: info.node,
+            });
+            a += ps;
+        }
+        Ok(())
+    }
+}
+
+fn kind_of(k: PageKind) -> MapKind {
+    match k {
+        PageKind::None => MapKind::None,
+        PageKind::Zero => MapKind::Zero,
+        PageKind::Base => MapKind::Base,
+        PageKind::ThpPmd => MapKind::ThpPmd,
+        PageKind::ThpPte => MapKind::ThpPte,
+        PageKind::Hugetlb => MapKind::Hugetlb,
+        PageKind::Swap => MapKind::Swap,
+        PageKind::Migration => MapKind::Migration,
+    }
+}

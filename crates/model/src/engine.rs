@@ -63,6 +63,9 @@ pub trait Engine: Send + Sync + Sized + 'static {
     type Monitor<S: Send + 'static>: Monitor<S>;
     /// The engine's name, as shown in reports (`std`, `shuttle`).
     const NAME: &'static str;
+
+    /// Runs the closures as concurrent threads (one per CPU) and waits for all.
+    fn run_threads(threads: Vec<Box<dyn FnOnce() + Send + 'static>>);
 }
 
 /// The standard library engine: real threads, real mutexes.
@@ -73,6 +76,15 @@ impl Engine for StdEngine {
     type Atomic = std::sync::atomic::AtomicU64;
     type Monitor<S: Send + 'static> = StdMonitor<S>;
     const NAME: &'static str = "std";
+
+    fn run_threads(threads: Vec<Box<dyn FnOnce() + Send + 'static>>) {
+        let handles: Vec<_> = threads.into_iter().map(std::thread::spawn).collect();
+        for h in handles {
+            if let Err(p) = h.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+    }
 }
 
 impl Atomic for std::sync::atomic::AtomicU64 {
@@ -120,6 +132,95 @@ impl<S: Send + 'static> Monitor<S> for StdMonitor<S> {
             inner: std::sync::Mutex::new((state, 0)),
             cv: std::sync::Condvar::new(),
         }
+    }
+    fn update<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let r = f(&mut g.0);
+        let waiters = g.1;
+        drop(g);
+        if waiters > 0 {
+            self.cv.notify_all();
+        }
+        r
+    }
+    fn inspect<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        f(&g.0)
+    }
+    fn wait_until<R>(&self, mut f: impl FnMut(&mut S) -> Option<R>) -> R {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(r) = f(&mut g.0) {
+                return r;
+            }
+            g.1 += 1;
+            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            g.1 -= 1;
+        }
+    }
+}
+
+/// The exploration engine: shuttle's primitives. Every atomic access and every
+/// monitor operation is a scheduling point; shuttle's schedulers (random, PCT,
+/// DFS, replay) choose the interleaving. Only usable inside a shuttle
+/// execution.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShuttleEngine;
+
+impl Engine for ShuttleEngine {
+    type Atomic = shuttle::sync::atomic::AtomicU64;
+    type Monitor<S: Send + 'static> = ShuttleMonitor<S>;
+    const NAME: &'static str = "shuttle";
+
+    fn run_threads(threads: Vec<Box<dyn FnOnce() + Send + 'static>>) {
+        let handles: Vec<_> = threads.into_iter().map(shuttle::thread::spawn).collect();
+        for h in handles {
+            if let Err(p) = h.join() {
+                std::panic::resume_unwind(p);
+            }
+        }
+    }
+}
+
+impl Atomic for shuttle::sync::atomic::AtomicU64 {
+    fn new(v: u64) -> Self {
+        shuttle::sync::atomic::AtomicU64::new(v)
+    }
+    fn load(&self) -> u64 {
+        self.load(SC)
+    }
+    fn store(&self, v: u64) {
+        self.store(v, SC)
+    }
+    fn swap(&self, v: u64) -> u64 {
+        self.swap(v, SC)
+    }
+    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
+        self.compare_exchange(current, new, SC, SC)
+    }
+    fn fetch_add(&self, v: u64) -> u64 {
+        self.fetch_add(v, SC)
+    }
+    fn fetch_sub(&self, v: u64) -> u64 {
+        self.fetch_sub(v, SC)
+    }
+    fn fetch_or(&self, v: u64) -> u64 {
+        self.fetch_or(v, SC)
+    }
+    fn fetch_and(&self, v: u64) -> u64 {
+        self.fetch_and(v, SC)
+    }
+}
+
+/// [`Monitor`] over shuttle's `Mutex` and `Condvar`.
+pub struct ShuttleMonitor<S> {
+    inner: shuttle::sync::Mutex<(S, usize)>,
+    cv: shuttle::sync::Condvar,
+}
+
+impl<S: Send + 'static> Monitor<S> for ShuttleMonitor<S> {
+    fn new(state: S) -> Self {
+        ShuttleMonitor { inner: shuttle::sync::Mutex::new((state, 0)), cv: shuttle::sync::Condvar::new() }
     }
     fn update<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -57,5 +57,5 @@ pub mod task_mmu;
 pub mod types;
 
 pub use cpu::Cpu;
-pub use engine::{Engine, StdEngine};
+pub use engine::{Engine, ShuttleEngine, StdEngine};
 pub use kernel::{Config, Kernel, ThpPolicy};

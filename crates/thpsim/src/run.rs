@@ -3,16 +3,17 @@
 //! checkers run at every quiescent point.
 //!
 //! Steps outside `together` run one after another on CPU 0. A `together` block
-//! runs its threads on CPUs 0..n in one fixed interleaving: round robin, one
-//! step of each thread at a time (the exploration engine searches the others).
-//! After every step outside a block and after every block, the audit and the
-//! memory oracle check the whole machine.
+//! runs its threads on CPUs 0..n: under `thpsim run` in one fixed interleaving
+//! (round robin, one step of each thread at a time); under `thpsim explore` as
+//! real concurrent threads of the exploration engine, which chooses the
+//! interleaving. After every step outside a block and after every block, the
+//! audit and the memory oracle check the whole machine.
 
 use crate::labels::Labels;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use thpsim_model::check::oracle::MemoryOracle;
 use thpsim_model::check::{audit::audit, KernelOops, Violation};
 use thpsim_model::errno::Errno;
@@ -27,7 +28,7 @@ use thpsim_model::types::{CpuId, Geometry, VirtAddr};
 use thpsim_model::{Config, Cpu, Engine, Kernel, ThpPolicy};
 use thpsim_scenario::{
     check_supported, Advice, Backing, Context, Expectation, Feature, Item, Op, Outcome, PageKind,
-    Protection, Scenario, ScenarioError, Selector, Show, Span, Step, Target, UnitSizes,
+    Protection, Scenario, ScenarioError, Selector, Show, Span, Step, Target, Together, UnitSizes,
 };
 
 /// How to run.
@@ -230,17 +231,32 @@ struct Proc<E: Engine> {
     alive: bool,
 }
 
-/// The machine running one scenario.
-pub struct Machine<'s, E: Engine> {
-    scn: &'s Scenario,
-    pub k: Arc<Kernel<E>>,
-    cpus: Vec<Cpu<E>>,
+/// The scenario-level state, changed only between kernel operations.
+struct State<E: Engine> {
     procs: BTreeMap<String, Proc<E>>,
     oracle: MemoryOracle,
     labels: Labels,
-    units: UnitSizes,
     records: Vec<Record>,
+    /// The kernel oopsed or a check failed: stop.
     dead: bool,
+}
+
+/// How a `together` block runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interleaving {
+    /// One fixed interleaving: round robin, a step of each thread at a time.
+    Fixed,
+    /// Real concurrent threads of the engine.
+    Concurrent,
+}
+
+/// The machine running one scenario.
+pub struct Machine<E: Engine> {
+    scn: Arc<Scenario>,
+    pub k: Arc<Kernel<E>>,
+    units: UnitSizes,
+    interleaving: Interleaving,
+    st: Mutex<State<E>>,
 }
 
 /// What a step did.
@@ -306,75 +322,75 @@ pub fn run(scn: &Scenario, opts: &RunOptions) -> Result<RunReport, ScenarioError
 pub fn run_on<E: Engine>(scn: &Scenario, opts: &RunOptions) -> Result<RunReport, ScenarioError> {
     install_oops_hook();
     let (cfg, units) = configure(scn, opts)?;
-    let reverted = cfg.fixes.reverted().map(|f| f.name().to_string()).collect();
-    let mut m = Machine::<E>::new(scn, cfg, units);
+    let m = Arc::new(Machine::<E>::new(Arc::new(scn.clone()), cfg, units, Interleaving::Fixed));
     m.run_items()?;
-    Ok(RunReport {
-        scenario: scn.name.clone(),
-        geometry: m.k.geo.name,
-        engine: E::NAME,
-        reverted,
-        records: m.records,
-    })
+    Ok(m.report())
 }
 
-impl<'s, E: Engine> Machine<'s, E> {
-    pub fn new(scn: &'s Scenario, cfg: Config, units: UnitSizes) -> Self {
+impl<E: Engine> Machine<E> {
+    pub fn new(scn: Arc<Scenario>, cfg: Config, units: UnitSizes, interleaving: Interleaving) -> Self {
         let k = Kernel::<E>::new(cfg);
-        let cpus = (0..k.cfg.cpus)
-            .map(|i| Cpu::new(k.clone(), CpuId(i)))
-            .collect();
         let page_size = k.geo.page_size();
-        Machine {
-            scn,
-            k,
-            cpus,
+        let st = State {
             procs: BTreeMap::new(),
             oracle: MemoryOracle::new(page_size),
             labels: Labels::default(),
-            units,
             records: Vec::new(),
             dead: false,
+        };
+        Machine { scn, k, units, interleaving, st: Mutex::new(st) }
+    }
+
+    fn st(&self) -> MutexGuard<'_, State<E>> {
+        self.st.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The report of what ran so far.
+    pub fn report(&self) -> RunReport {
+        RunReport {
+            scenario: self.scn.name.clone(),
+            geometry: self.k.geo.name,
+            engine: E::NAME,
+            reverted: self.k.cfg.fixes.reverted().map(|f| f.name().to_string()).collect(),
+            records: self.st().records.clone(),
         }
+    }
+
+    /// Whether the run stopped on a failure.
+    pub fn dead(&self) -> bool {
+        self.st().dead
+    }
+
+    fn cpu(&self, i: usize) -> Cpu<E> {
+        Cpu::new(self.k.clone(), CpuId(i))
     }
 
     fn err(&self, span: Span, msg: impl Into<String>) -> ScenarioError {
         self.scn.error_at(span, msg)
     }
 
-    fn run_items(&mut self) -> Result<(), ScenarioError> {
-        for item in &self.scn.items {
-            if self.dead {
+    /// Runs every item of the scenario.
+    pub fn run_items(self: &Arc<Self>) -> Result<(), ScenarioError> {
+        let cpu0 = self.cpu(0);
+        for idx in 0..self.scn.items.len() {
+            if self.dead() {
                 break;
             }
-            match item {
+            match &self.scn.items[idx] {
                 Item::Process(p) => {
-                    let mm = self.cpus[0].mm_alloc();
-                    self.procs.insert(
-                        p.value.text.clone(),
-                        Proc {
-                            mm,
-                            regions: BTreeMap::new(),
-                            alive: true,
-                        },
-                    );
-                    self.oracle.on_spawn(&p.value.text);
+                    let mm = cpu0.mm_alloc();
+                    let mut st = self.st();
+                    st.procs.insert(p.value.text.clone(), Proc { mm, regions: BTreeMap::new(), alive: true });
+                    st.oracle.on_spawn(&p.value.text);
                 }
                 Item::Step(step) => {
-                    self.step(0, step)?;
+                    self.step(&cpu0, step)?;
                     self.quiesce(step.span.line);
                 }
                 Item::Together(t) => {
-                    let longest = t.threads.iter().map(|th| th.steps.len()).max().unwrap_or(0);
-                    'rounds: for round in 0..longest {
-                        for (cpu, th) in t.threads.iter().enumerate() {
-                            if let Some(step) = th.steps.get(round) {
-                                self.step(cpu, step)?;
-                                if self.dead {
-                                    break 'rounds;
-                                }
-                            }
-                        }
+                    match self.interleaving {
+                        Interleaving::Fixed => self.together_fixed(t)?,
+                        Interleaving::Concurrent => self.together_concurrent(idx)?,
                     }
                     self.quiesce(t.span.line);
                 }
@@ -385,42 +401,88 @@ impl<'s, E: Engine> Machine<'s, E> {
         Ok(())
     }
 
-    /// Runs the checkers at a quiescent point.
-    fn quiesce(&mut self, line: usize) {
-        if self.dead {
-            return;
+    fn together_fixed(&self, t: &Together) -> Result<(), ScenarioError> {
+        let cpus: Vec<Cpu<E>> = (0..t.threads.len()).map(|i| self.cpu(i)).collect();
+        let longest = t.threads.iter().map(|th| th.steps.len()).max().unwrap_or(0);
+        for round in 0..longest {
+            for (i, th) in t.threads.iter().enumerate() {
+                if let Some(step) = th.steps.get(round) {
+                    self.step(&cpus[i], step)?;
+                    if self.dead() {
+                        return Ok(());
+                    }
+                }
+            }
         }
-        let cpu = &self.cpus[0];
-        let mut found = self.k.take_reports();
-        found.extend(audit(cpu));
-        let procs = &self.procs;
-        found.extend(self.oracle.check_all(|name, page| match procs.get(name) {
-            Some(p) if p.alive => cpu.peek_page(&p.mm, VirtAddr(page)),
-            _ => Vec::new(),
-        }));
-        if !found.is_empty() {
-            self.dead = true;
-        }
-        for v in found {
-            self.records.push(Record::Violation { line, violation: v });
+        Ok(())
+    }
+
+    fn together_concurrent(self: &Arc<Self>, idx: usize) -> Result<(), ScenarioError> {
+        let Item::Together(t) = &self.scn.items[idx] else { return Ok(()) };
+        let errors: Arc<Mutex<Vec<ScenarioError>>> = Arc::new(Mutex::new(Vec::new()));
+        let threads: Vec<Box<dyn FnOnce() + Send + 'static>> = (0..t.threads.len())
+            .map(|i| {
+                let m = self.clone();
+                let errors = errors.clone();
+                Box::new(move || {
+                    let cpu = m.cpu(i);
+                    let Item::Together(t) = &m.scn.items[idx] else { return };
+                    for step in &t.threads[i].steps {
+                        if m.dead() {
+                            break;
+                        }
+                        if let Err(e) = m.step(&cpu, step) {
+                            errors.lock().unwrap_or_else(|p| p.into_inner()).push(e);
+                            break;
+                        }
+                    }
+                }) as Box<dyn FnOnce() + Send + 'static>
+            })
+            .collect();
+        E::run_threads(threads);
+        let mut errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
+        match errors.is_empty() {
+            true => Ok(()),
+            false => Err(errors.swap_remove(0)),
         }
     }
 
-    fn proc_(&self, name: &thpsim_scenario::Name) -> Result<&Proc<E>, ScenarioError> {
-        match self.procs.get(&name.text) {
-            Some(p) if p.alive => Ok(p),
+    /// Runs the checkers at a quiescent point.
+    fn quiesce(&self, line: usize) {
+        if self.dead() {
+            return;
+        }
+        let cpu = self.cpu(0);
+        let mut found = self.k.take_reports();
+        found.extend(audit(&cpu));
+        let mut st = self.st();
+        let procs = &st.procs;
+        let mem = st.oracle.check_all(|name, page| match procs.get(name) {
+            Some(p) if p.alive => cpu.peek_page(&p.mm, VirtAddr(page)),
+            _ => Vec::new(),
+        });
+        found.extend(mem);
+        if !found.is_empty() {
+            st.dead = true;
+        }
+        for v in found {
+            st.records.push(Record::Violation { line, violation: v });
+        }
+    }
+
+    fn proc_mm(&self, name: &thpsim_scenario::Name) -> Result<Arc<MmStruct<E>>, ScenarioError> {
+        match self.st().procs.get(&name.text) {
+            Some(p) if p.alive => Ok(p.mm.clone()),
             Some(_) => Err(self.err(name.span, format!("process `{}` has exited", name.text))),
             None => Err(self.err(name.span, format!("process `{}` does not exist", name.text))),
         }
     }
 
     /// Resolves a target to `[start, end)` in the process's address space.
-    fn range(&self, p: &Proc<E>, t: &Target) -> Result<(u64, u64), ScenarioError> {
-        let Some(&(start, len)) = p.regions.get(&t.region.text) else {
-            return Err(self.err(
-                t.region.span,
-                format!("region `{}` is not mapped in this process", t.region.text),
-            ));
+    fn range(&self, process: &str, t: &Target) -> Result<(u64, u64), ScenarioError> {
+        let region = self.st().procs.get(process).and_then(|p| p.regions.get(&t.region.text).copied());
+        let Some((start, len)) = region else {
+            return Err(self.err(t.region.span, format!("region `{}` is not mapped in this process", t.region.text)));
         };
         let (s, e) = match &t.selector {
             Selector::At(q) => {
@@ -428,59 +490,32 @@ impl<'s, E: Engine> Machine<'s, E> {
                 (off, off + 1)
             }
             Selector::Range { start: s, end: e } => {
-                let s = s
-                    .as_ref()
-                    .map(|q| self.scn.resolve(q, &self.units))
-                    .transpose()?
-                    .unwrap_or(0);
-                let e = e
-                    .as_ref()
-                    .map(|q| self.scn.resolve(q, &self.units))
-                    .transpose()?
-                    .unwrap_or(len);
+                let s = s.as_ref().map(|q| self.scn.resolve(q, &self.units)).transpose()?.unwrap_or(0);
+                let e = e.as_ref().map(|q| self.scn.resolve(q, &self.units)).transpose()?.unwrap_or(len);
                 (s, e)
             }
         };
         if s >= e {
-            return Err(self.err(
-                t.selector_span,
-                format!(
-                    "empty range {}: the end must be after the start",
-                    t.selector
-                ),
-            ));
+            return Err(self.err(t.selector_span, format!("empty range {}: the end must be after the start", t.selector)));
         }
         if e > len {
-            return Err(self.err(
-                t.selector_span,
-                format!(
-                    "{} reaches past the end of `{}` ({} bytes)",
-                    t.selector, t.region.text, len
-                ),
-            ));
+            return Err(self.err(t.selector_span, format!("{} reaches past the end of `{}` ({} bytes)", t.selector, t.region.text, len)));
         }
         Ok((start + s, start + e))
     }
 
     /// Runs one step on `cpu`, catching a kernel oops.
-    fn step(&mut self, cpu: usize, step: &Step) -> Result<(), ScenarioError> {
+    fn step(&self, cpu: &Cpu<E>, step: &Step) -> Result<(), ScenarioError> {
         let r = catch_unwind(AssertUnwindSafe(|| self.exec(cpu, step)));
         let text = self.scn.text(step.span).to_string();
         let line = step.span.line;
+        let cpu = cpu.id.0;
         match r {
             Ok(Ok(done)) => {
                 let expected = step.expected();
                 let ok = done.outcome == expected && done.detail.is_none();
-                self.records.push(Record::Step {
-                    line,
-                    cpu,
-                    text,
-                    outcome: done.outcome,
-                    expected,
-                    value: done.value,
-                    ok,
-                    detail: done.detail,
-                });
+                let rec = Record::Step { line, cpu, text, outcome: done.outcome, expected, value: done.value, ok, detail: done.detail };
+                self.st().records.push(rec);
                 Ok(())
             }
             Ok(Err(e)) => Err(e),
@@ -488,59 +523,45 @@ impl<'s, E: Engine> Machine<'s, E> {
                 if payload.downcast_ref::<KernelOops>().is_none() {
                     std::panic::resume_unwind(payload);
                 }
-                self.dead = true;
-                self.records.push(Record::Step {
-                    line,
-                    cpu,
-                    text,
-                    outcome: Outcome::Ok,
-                    expected: step.expected(),
-                    value: None,
-                    ok: false,
-                    detail: Some("kernel BUG: the CPU oopsed".into()),
-                });
-                for v in self.k.take_reports() {
-                    self.records.push(Record::Violation { line, violation: v });
+                let reports = self.k.take_reports();
+                let mut st = self.st();
+                st.dead = true;
+                let detail = Some("kernel BUG: the CPU oopsed".to_string());
+                st.records.push(Record::Step { line, cpu, text, outcome: Outcome::Ok, expected: step.expected(), value: None, ok: false, detail });
+                for v in reports {
+                    st.records.push(Record::Violation { line, violation: v });
                 }
                 Ok(())
             }
         }
     }
 
-    fn exec(&mut self, cpu_idx: usize, step: &Step) -> Result<Done, ScenarioError> {
+    fn exec(&self, cpu: &Cpu<E>, step: &Step) -> Result<Done, ScenarioError> {
         let pmd_size = self.k.geo.pmd_size();
-        let page_size = self.k.geo.page_size();
+        let ps = self.k.geo.page_size();
+        let page_span = |s: u64, e: u64| (s & !(ps - 1), e.div_ceil(ps) * ps);
         match (&step.context, &step.op) {
             (Context::Process(pn), op) => {
                 let name = pn.text.clone();
-                let (mm, _) = {
-                    let p = self.proc_(pn)?;
-                    (p.mm.clone(), ())
-                };
-                let cpu = &self.cpus[cpu_idx];
+                let mm = self.proc_mm(pn)?;
                 match op {
                     Op::Fork { child } => match cpu.dup_mm(&mm) {
                         Ok(cmm) => {
-                            let regions = self.procs[&name].regions.clone();
-                            self.procs.insert(
-                                child.text.clone(),
-                                Proc {
-                                    mm: cmm,
-                                    regions,
-                                    alive: true,
-                                },
-                            );
-                            self.oracle.on_fork(&name, &child.text);
+                            let mut st = self.st();
+                            let regions = st.procs[&name].regions.clone();
+                            st.procs.insert(child.text.clone(), Proc { mm: cmm, regions, alive: true });
+                            st.oracle.on_fork(&name, &child.text);
                             Ok(Done::ok())
                         }
                         Err(e) => Ok(Done::outcome(errno_outcome(e))),
                     },
                     Op::Exit => {
                         cpu.mmput(&mm);
-                        if let Some(p) = self.procs.get_mut(&name) {
+                        let mut st = self.st();
+                        if let Some(p) = st.procs.get_mut(&name) {
                             p.alive = false;
                         }
-                        self.oracle.on_exit(&name);
+                        st.oracle.on_exit(&name);
                         Ok(Done::ok())
                     }
                     Op::Mmap { region, size, .. } => {
@@ -550,32 +571,28 @@ impl<'s, E: Engine> Machine<'s, E> {
                         }
                         match cpu.do_mmap(&mm, len, Prot::ReadWrite, pmd_size) {
                             Ok(addr) => {
-                                let len = len.div_ceil(page_size) * page_size;
-                                self.procs
-                                    .get_mut(&name)
-                                    .expect("proc")
-                                    .regions
-                                    .insert(region.text.clone(), (addr.0, len));
-                                self.oracle.on_mmap(&name, addr.0, len);
+                                let len = len.div_ceil(ps) * ps;
+                                let mut st = self.st();
+                                st.procs.get_mut(&name).expect("proc").regions.insert(region.text.clone(), (addr.0, len));
+                                st.oracle.on_mmap(&name, addr.0, len);
                                 Ok(Done::ok())
                             }
                             Err(e) => Ok(Done::outcome(errno_outcome(e))),
                         }
                     }
                     Op::Munmap { target } => {
-                        let (s, e) = self.range(&self.procs[&name], target)?;
+                        let (s, e) = self.range(&name, target)?;
                         match cpu.do_munmap(&mm, VirtAddr(s), e - s) {
                             Ok(()) => {
-                                let ps = page_size;
-                                let (s2, e2) = (s & !(ps - 1), e.div_ceil(ps) * ps);
-                                self.oracle.on_munmap(&name, s2, e2 - s2);
+                                let (s2, e2) = page_span(s, e);
+                                self.st().oracle.on_munmap(&name, s2, e2 - s2);
                                 Ok(Done::ok())
                             }
                             Err(e) => Ok(Done::outcome(errno_outcome(e))),
                         }
                     }
                     Op::Mprotect { target, prot } => {
-                        let (s, e) = self.range(&self.procs[&name], target)?;
+                        let (s, e) = self.range(&name, target)?;
                         let prot = match prot.value {
                             Protection::R => Prot::Read,
                             Protection::Rw => Prot::ReadWrite,
@@ -587,24 +604,18 @@ impl<'s, E: Engine> Machine<'s, E> {
                         })
                     }
                     Op::Madvise { target, advice } => {
-                        let (s, e) = self.range(&self.procs[&name], target)?;
+                        let (s, e) = self.range(&name, target)?;
                         let a = match advice.value {
                             Advice::Dontneed => MAdvice::DontNeed,
                             Advice::Hugepage => MAdvice::Hugepage,
                             Advice::Nohugepage => MAdvice::NoHugepage,
-                            other => {
-                                return Err(self.err(
-                                    advice.span,
-                                    format!("madvise {} is not supported yet", other.keyword()),
-                                ))
-                            }
+                            other => return Err(self.err(advice.span, format!("madvise {} is not supported yet", other.keyword()))),
                         };
                         match cpu.do_madvise(&mm, VirtAddr(s), e - s, a) {
                             Ok(()) => {
                                 if a == MAdvice::DontNeed {
-                                    let ps = page_size;
-                                    let (s2, e2) = (s & !(ps - 1), e.div_ceil(ps) * ps);
-                                    self.oracle.on_dontneed(&name, s2, e2 - s2);
+                                    let (s2, e2) = page_span(s, e);
+                                    self.st().oracle.on_dontneed(&name, s2, e2 - s2);
                                 }
                                 Ok(Done::ok())
                             }
@@ -612,78 +623,72 @@ impl<'s, E: Engine> Machine<'s, E> {
                         }
                     }
                     Op::Write { target, value } => {
-                        let (s, e) = self.range(&self.procs[&name], target)?;
+                        let (s, e) = self.range(&name, target)?;
                         let mut a = s;
                         while a < e {
-                            let chunk = ((a & !(page_size - 1)) + page_size).min(e) - a;
+                            let chunk = ((a & !(ps - 1)) + ps).min(e) - a;
                             if let Err(err) = cpu.user_fill(&mm, VirtAddr(a), chunk, value.value) {
                                 return Ok(Done::outcome(access_outcome(err)));
                             }
-                            self.oracle.on_fill(&name, a, chunk, value.value);
+                            self.st().oracle.on_fill(&name, a, chunk, value.value);
                             a += chunk;
                         }
                         Ok(Done::ok())
                     }
                     Op::Read { target, expect } => {
-                        let (s, e) = self.range(&self.procs[&name], target)?;
+                        let (s, e) = self.range(&name, target)?;
                         let mut a = s;
                         let mut first = None;
                         let mut detail = None;
                         while a < e {
-                            let chunk = ((a & !(page_size - 1)) + page_size).min(e) - a;
+                            let chunk = ((a & !(ps - 1)) + ps).min(e) - a;
+                            // The oracle allows the memory as it was when the load
+                            // started or when it ended: a concurrent store of the
+                            // same process may land in between.
+                            let before: Vec<u8> = {
+                                let st = self.st();
+                                (a..a + chunk).map(|x| st.oracle.expected(&name, x)).collect()
+                            };
                             let bytes = match cpu.user_load(&mm, VirtAddr(a), chunk) {
                                 Ok(b) => b,
                                 Err(err) => return Ok(Done::outcome(access_outcome(err))),
                             };
+                            let st = self.st();
                             for (i, &b) in bytes.iter().enumerate() {
                                 let addr = a + i as u64;
                                 first.get_or_insert(b);
-                                if let Some(v) = self.oracle.check_read(&name, addr, b) {
-                                    self.k.report(v);
+                                if b != before[i] {
+                                    if let Some(v) = st.oracle.check_read(&name, addr, b) {
+                                        self.k.report(v);
+                                    }
                                 }
                                 if let Some(x) = expect {
                                     if b != x.value && detail.is_none() {
-                                        detail = Some(format!(
-                                            "read {b:#04x} at offset {:#x}, expected {:#04x}",
-                                            addr - s,
-                                            x.value
-                                        ));
+                                        detail = Some(format!("read {b:#04x} at offset {:#x}, expected {:#04x}", addr - s, x.value));
                                     }
                                 }
                             }
+                            drop(st);
                             a += chunk;
                         }
-                        Ok(Done {
-                            outcome: Outcome::Ok,
-                            value: first,
-                            detail,
-                        })
+                        Ok(Done { outcome: Outcome::Ok, value: first, detail })
                     }
-                    other => Err(self.err(
-                        step.op_span,
-                        format!("`{}` is not supported yet", other.keyword()),
-                    )),
+                    other => Err(self.err(step.op_span, format!("`{}` is not supported yet", other.keyword()))),
                 }
             }
             (Context::Kernel, Op::SplitHugePage { process, target }) => {
-                let p = self.proc_(process)?;
-                let (s, _) = self.range(p, target)?;
-                let mm = p.mm.clone();
-                Ok(
-                    match self.cpus[cpu_idx].split_huge_pages_pid(&mm, VirtAddr(s)) {
-                        Ok(_) => Done::ok(),
-                        Err(Ebusy) => Done::outcome(Outcome::Ebusy),
-                    },
-                )
+                let mm = self.proc_mm(process)?;
+                let (s, _) = self.range(&process.text, target)?;
+                Ok(match cpu.split_huge_pages_pid(&mm, VirtAddr(s)) {
+                    Ok(_) => Done::ok(),
+                    Err(Ebusy) => Done::outcome(Outcome::Ebusy),
+                })
             }
             (Context::Kernel, Op::DeferredSplit) => {
-                self.cpus[cpu_idx].deferred_split_scan(usize::MAX);
+                cpu.deferred_split_scan(usize::MAX);
                 Ok(Done::ok())
             }
-            (_, op) => Err(self.err(
-                step.op_span,
-                format!("`{}` is not supported yet", op.keyword()),
-            )),
+            (_, op) => Err(self.err(step.op_span, format!("`{}` is not supported yet", op.keyword()))),
         }
     }
 
@@ -693,13 +698,13 @@ impl<'s, E: Engine> Machine<'s, E> {
         process: &thpsim_scenario::Name,
         t: &Target,
     ) -> Result<(PageInfo, u64), ScenarioError> {
-        let p = self.proc_(process)?;
-        let (s, _) = self.range(p, t)?;
-        Ok((self.cpus[0].page_info(&p.mm, VirtAddr(s)), s))
+        let mm = self.proc_mm(process)?;
+        let (s, _) = self.range(&process.text, t)?;
+        Ok((self.cpu(0).page_info(&mm, VirtAddr(s)), s))
     }
 
-    fn expect(&mut self, x: &thpsim_scenario::Expect) -> Result<(), ScenarioError> {
-        if self.dead {
+    fn expect(&self, x: &thpsim_scenario::Expect) -> Result<(), ScenarioError> {
+        if self.dead() {
             return Ok(());
         }
         let (info, _) = self.info_at(&x.process, &x.target)?;
@@ -720,12 +725,13 @@ impl<'s, E: Engine> Machine<'s, E> {
                 let (other, _) = self.info_at(process, target)?;
                 let same = info.pfn.is_some() && info.pfn == other.pfn;
                 let want_same = matches!(x.what, Expectation::Same { .. });
-                let (a, b) = (self.labels.peek(info.pfn), self.labels.peek(other.pfn));
+                let st = self.st();
+                let (a, b) = (st.labels.peek(info.pfn), st.labels.peek(other.pfn));
                 (same == want_same, format!("{} and {}", a, b))
             }
         };
         let text = self.scn.text(x.span).to_string();
-        self.records.push(Record::Expect {
+        self.st().records.push(Record::Expect {
             line: x.span.line,
             text,
             ok,
@@ -734,34 +740,31 @@ impl<'s, E: Engine> Machine<'s, E> {
         Ok(())
     }
 
-    fn show(&mut self, s: &Show) -> Result<(), ScenarioError> {
-        if self.dead {
+    fn show(&self, s: &Show) -> Result<(), ScenarioError> {
+        if self.dead() {
             return Ok(());
         }
-        let p = self.proc_(&s.process)?;
-        let (start, end) = self.range(p, &s.target)?;
-        let region_start = p.regions[&s.target.region.text].0;
+        let mm = self.proc_mm(&s.process)?;
+        let (start, end) = self.range(&s.process.text, &s.target)?;
+        let region_start = self.st().procs[&s.process.text].regions[&s.target.region.text].0;
         let ps = self.k.geo.page_size();
-        let mm = p.mm.clone();
-        self.records.push(Record::Show {
-            line: s.span.line,
-            text: self.scn.text(s.span).to_string(),
-        });
+        let cpu = self.cpu(0);
+        let mut st = self.st();
+        st.records.push(Record::Show { line: s.span.line, text: self.scn.text(s.span).to_string() });
         let mut a = start & !(ps - 1);
         while a < end {
-            let cpu = &self.cpus[0];
             let info = cpu.page_info(&mm, VirtAddr(a));
             let value = cpu.peek_byte(&mm, VirtAddr(a));
             let label_frame = info.head.or(info.pfn);
             let page = match info.kind {
                 MapKind::None | MapKind::Zero => None,
-                _ => label_frame.map(|f| self.labels.label(f)),
+                _ => label_frame.map(|f| st.labels.label(f)),
             };
             let subpage = match (info.head, info.pfn) {
                 (Some(h), Some(f)) => Some(f.0 - h.0),
                 _ => None,
             };
-            self.records.push(Record::Page {
+            st.records.push(Record::Page {
                 line: s.span.line,
                 process: s.process.text.clone(),
                 region: s.target.region.text.clone(),

@@ -220,7 +220,10 @@ pub struct ShuttleMonitor<S> {
 
 impl<S: Send + 'static> Monitor<S> for ShuttleMonitor<S> {
     fn new(state: S) -> Self {
-        ShuttleMonitor { inner: shuttle::sync::Mutex::new((state, 0)), cv: shuttle::sync::Condvar::new() }
+        ShuttleMonitor {
+            inner: shuttle::sync::Mutex::new((state, 0)),
+            cv: shuttle::sync::Condvar::new(),
+        }
     }
     fn update<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());

@@ -107,7 +107,7 @@ pub struct Kernel<E: Engine> {
     pub tlbs: Vec<Mutex<Tlb>>,
     reports: Mutex<Vec<Violation>>,
     tracing: AtomicBool,
-    trace: Mutex<Vec<TraceRecord>>,
+    trace: Arc<Mutex<Vec<TraceRecord>>>,
 }
 
 impl<E: Engine> Kernel<E> {
@@ -136,7 +136,7 @@ impl<E: Engine> Kernel<E> {
             tlbs: (0..cfg.cpus).map(|_| Mutex::new(Tlb::default())).collect(),
             reports: Mutex::new(Vec::new()),
             tracing: AtomicBool::new(false),
-            trace: Mutex::new(Vec::new()),
+            trace: Arc::new(Mutex::new(Vec::new())),
             cfg,
         })
     }
@@ -175,6 +175,11 @@ impl<E: Engine> Kernel<E> {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(TraceRecord { cpu, depth, event });
         }
+    }
+    /// The trace buffer, shared so a checker outside an execution can read it
+    /// after the execution is gone.
+    pub fn trace_buffer(&self) -> Arc<Mutex<Vec<TraceRecord>>> {
+        self.trace.clone()
     }
     pub fn take_trace(&self) -> Vec<TraceRecord> {
         std::mem::take(&mut *self.trace.lock().unwrap_or_else(|p| p.into_inner()))

@@ -933,9 +933,11 @@ impl<E: Engine> Cpu<E> {
                 Pte::Present { .. } => {
                     let page = self.vm_normal_page(ptent);
                     self.ptep_get_and_clear(r);
+                    self.note(|| "ptep_get_and_clear_full()".to_string());
                     self.tlb_remove_tlb_entry(tlb, a, ps);
                     if let Some(page) = page {
                         self.page_remove_rmap(page, false);
+                        self.note(|| "page_remove_rmap()".to_string());
                         if self.page_mapcount(page) < 0 {
                             self.bad_page(page, "print_bad_pte: negative mapcount");
                         }

@@ -110,6 +110,7 @@ impl<E: Engine> Cpu<E> {
                     return false;
                 }
             } else if !v.is_present() {
+                self.note(|| "map_pte(): pte not present without the lock, skipped".to_string());
                 return false;
             }
         }
@@ -218,6 +219,9 @@ impl<E: Engine> Cpu<E> {
                     break;
                 };
                 if self.pte_read(pte).is_none() {
+                    self.note(|| {
+                        "page_vma_mapped_walk(): pte none without the lock, skipped".to_string()
+                    });
                     continue;
                 }
                 if pvmw.ptl.is_none() {

@@ -36,7 +36,8 @@ fn a_clean_thp_fault_and_fork_audit_clean() {
         let (cpu, mm, a) = machine(geo);
         cpu.user_access(&mm, a, Access::Write(7)).expect("write");
         let child = cpu.dup_mm(&mm).expect("fork");
-        cpu.user_access(&child, a.add_bytes(geo.page_size()), Access::Write(9)).expect("cow");
+        cpu.user_access(&child, a.add_bytes(geo.page_size()), Access::Write(9))
+            .expect("cow");
         assert_eq!(ids(&cpu), Vec::<&str>::new());
     }
 }
@@ -79,7 +80,9 @@ fn oracle_catches_a_foreign_byte() {
     let mut o = MemoryOracle::new(cpu.k.geo.page_size());
     o.on_mmap("P", a.0, cpu.k.geo.pmd_size());
     o.on_write("P", a.0, 7);
-    assert!(o.check_all(|_, p| cpu.peek_page(&mm, VirtAddr(p))).is_empty());
+    assert!(o
+        .check_all(|_, p| cpu.peek_page(&mm, VirtAddr(p)))
+        .is_empty());
     // Someone else's write lands in P's page.
     let pfn = cpu.page_info(&mm, a).pfn.expect("mapped");
     thpsim_model::page::write_byte(cpu.page(pfn).words(cpu.k.geo.page_size()), 3, 0x55);
@@ -100,7 +103,11 @@ fn lockdep_reports_a_deliberate_inversion() {
     let reports = cpu.k.reports();
     assert_eq!(reports.len(), 1, "{reports:?}");
     assert_eq!(reports[0].id, inv::LOCK_ORDER);
-    assert!(reports[0].message.contains("circular locking dependency"), "{}", reports[0].message);
+    assert!(
+        reports[0].message.contains("circular locking dependency"),
+        "{}",
+        reports[0].message
+    );
 }
 
 #[test]
@@ -123,6 +130,10 @@ fn a_thp_falls_back_to_base_pages_when_memory_is_fragmented() {
     }
     let mm = cpu.mm_alloc();
     let a = cpu.do_mmap(&mm, pmd, Prot::ReadWrite, pmd).expect("mmap");
-    cpu.user_access(&mm, a, Access::Write(1)).expect("base page fallback");
-    assert_eq!(cpu.page_info(&mm, a).kind, thpsim_model::task_mmu::MapKind::Base);
+    cpu.user_access(&mm, a, Access::Write(1))
+        .expect("base page fallback");
+    assert_eq!(
+        cpu.page_info(&mm, a).kind,
+        thpsim_model::task_mmu::MapKind::Base
+    );
 }

@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::process::ExitCode;
 use thpsim::run::{run, RunOptions};
-use thpsim::{bundled, output};
+use thpsim::{bundled, explore, output};
 use thpsim_model::fixes::Fix;
 
 #[derive(Parser)]
@@ -25,6 +25,13 @@ enum GeometryArg {
     Tiny,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum StrategyArg {
+    Pct,
+    Random,
+    Dfs,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a scenario on the model (one interleaving). Exit 0: everything
@@ -41,6 +48,43 @@ enum Command {
         /// Override the scenario's geometry.
         #[arg(long, value_enum)]
         geometry: Option<GeometryArg>,
+    },
+    /// Search the interleavings of the scenario's `together` blocks. Exit 0:
+    /// nothing found in the whole search; 1: a failure (printed with its
+    /// trace and replay token); 2: invalid input.
+    Explore {
+        /// A scenario file, or the name of a bundled scenario.
+        file: String,
+        #[arg(long, value_enum, default_value = "pct")]
+        strategy: StrategyArg,
+        /// How many interleavings to run.
+        #[arg(long, default_value_t = 10_000)]
+        iterations: usize,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        time: Option<f64>,
+        /// PCT's bug depth.
+        #[arg(long, default_value_t = 3)]
+        depth: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Run slice I of N (`--shard 0/4`): deterministic, with its own seed.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        #[arg(long = "revert", value_name = "NAME")]
+        revert: Vec<String>,
+        #[arg(long, value_enum)]
+        geometry: Option<GeometryArg>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay a failure from its token: the same schedule, failure and trace.
+    Replay {
+        file: String,
+        token: String,
+        #[arg(long)]
+        json: bool,
     },
     /// List the bundled scenarios.
     List,
@@ -65,14 +109,194 @@ fn load(file: &str) -> Result<(String, String), String> {
     }
 }
 
+fn parse_shard(s: &str) -> Result<(u64, u64), String> {
+    let bad = || format!("--shard takes I/N with 0 <= I < N, not `{s}`");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (u64, u64) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
 /// Prints to stdout, ignoring a closed pipe (`thpsim run x | head`).
 fn emit(s: &str) {
     let _ = std::io::stdout().lock().write_all(s.as_bytes());
 }
 
+fn parse_reverts(revert: &[String]) -> Result<Vec<Fix>, String> {
+    revert
+        .iter()
+        .map(|r| match Fix::by_name(r) {
+            Some(f) if f.revertible() => Ok(f),
+            Some(f) => Err(format!("reverting `{}` is not supported yet", f.name())),
+            None => Err(format!("unknown fix `{r}`; `thpsim fixes` lists them")),
+        })
+        .collect()
+}
+
+fn geometry_of(g: Option<GeometryArg>) -> Option<thpsim_scenario::Geometry> {
+    g.map(|g| match g {
+        GeometryArg::X86_64 => thpsim_scenario::Geometry::X86_64,
+        GeometryArg::Tiny => thpsim_scenario::Geometry::Tiny,
+    })
+}
+
+fn parse_file(file: &str) -> Result<(String, String, thpsim_scenario::Scenario), ExitCode> {
+    let (name, src) = load(file).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })?;
+    match thpsim_scenario::parse(&name, &src) {
+        Ok(s) => Ok((name, src, s)),
+        Err(e) => {
+            eprintln!("{:?}", miette::Report::new(e.with_source(&name, &src)));
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
+fn invalid(e: thpsim_scenario::ScenarioError, name: &str, src: &str) -> ExitCode {
+    eprintln!("{:?}", miette::Report::new(e.with_source(name, src)));
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
+    // A deadlock found while exploring is reported by thpsim; this keeps shuttle
+    // from printing its own hint about backtraces.
+    if std::env::var_os(shuttle::CAPTURE_BACKTRACE).is_none() {
+        std::env::set_var(shuttle::CAPTURE_BACKTRACE, "1");
+    }
     let cli = Cli::parse();
     match cli.command {
+        Command::Explore {
+            file,
+            strategy,
+            iterations,
+            time,
+            depth,
+            seed,
+            shard,
+            revert,
+            geometry,
+            json,
+        } => {
+            let (name, src, scn) = match parse_file(&file) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            let reverts = match parse_reverts(&revert) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let shard = match shard.as_deref().map(parse_shard).transpose() {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if let Some(t) = time {
+                if !(t > 0.0 && t.is_finite()) {
+                    eprintln!("error: --time must be a positive number of seconds");
+                    return ExitCode::from(2);
+                }
+            }
+            if iterations == 0 {
+                eprintln!("error: --iterations must be at least 1");
+                return ExitCode::from(2);
+            }
+            let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+                let b = indicatif::ProgressBar::new(iterations as u64);
+                b.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} {pos}/{len} interleavings {per_sec} [{elapsed_precise}]",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                );
+                b
+            });
+            let progress = bar.clone().map(|b| {
+                std::sync::Arc::new(move |n: usize| {
+                    if n % 64 == 0 {
+                        b.set_position(n as u64)
+                    }
+                }) as std::sync::Arc<dyn Fn(usize) + Send + Sync>
+            });
+            let opts = explore::ExploreOptions {
+                run: RunOptions {
+                    geometry: geometry_of(geometry),
+                    reverts,
+                },
+                strategy: match strategy {
+                    StrategyArg::Pct => explore::Strategy::Pct,
+                    StrategyArg::Random => explore::Strategy::Random,
+                    StrategyArg::Dfs => explore::Strategy::Dfs,
+                },
+                iterations,
+                time: time.map(std::time::Duration::from_secs_f64),
+                depth,
+                seed,
+                shard,
+                progress,
+            };
+            let result = explore::explore(&scn, &opts);
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            match result {
+                Err(e) => invalid(e, &name, &src),
+                Ok(r) => {
+                    if json {
+                        emit(&format!(
+                            "{}\n",
+                            serde_json::to_string(&r).unwrap_or_default()
+                        ));
+                    } else {
+                        emit(&output::explore_text(&r));
+                    }
+                    if r.found.is_some() {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    }
+                }
+            }
+        }
+        Command::Replay { file, token, json } => {
+            let (name, src, scn) = match parse_file(&file) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            match explore::replay(&scn, &token) {
+                Err(e) => invalid(e, &name, &src),
+                Ok(Err(e)) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+                Ok(Ok(found)) => {
+                    if json {
+                        emit(&format!(
+                            "{}\n",
+                            serde_json::to_string(&found).unwrap_or_default()
+                        ));
+                    } else {
+                        emit(&output::found_text(&found));
+                    }
+                    if found.report.passed() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+            }
+        }
         Command::List => {
             for (name, src) in bundled::BUNDLED {
                 emit(&format!("{name:<36} {}\n", bundled::describe(src)));

@@ -204,3 +204,71 @@ pub fn json(report: &RunReport) -> String {
     let _ = writeln!(out, "{summary}");
     out
 }
+
+/// The text rendering of an exploration.
+pub fn explore_text(r: &crate::explore::ExploreReport) -> String {
+    let mut out = String::new();
+    let reverted = if r.reverted.is_empty() {
+        String::new()
+    } else {
+        format!(", reverted: {}", r.reverted.join(", "))
+    };
+    let shard = r
+        .shard
+        .map_or(String::new(), |(i, n)| format!(", shard {i}/{n}"));
+    let _ = writeln!(
+        out,
+        "thpsim explore {} (strategy {}, seed {}, depth {}{shard}{reverted})",
+        r.scenario,
+        r.strategy.name(),
+        r.seed,
+        r.depth
+    );
+    if let Some(f) = &r.found {
+        out.push_str(&found_text(f));
+    }
+    let verdict = if r.found.is_some() {
+        "FAILED"
+    } else {
+        "ok: no failure"
+    };
+    let _ = writeln!(
+        out,
+        "{verdict}: {} interleavings run ({} distinct) with strategy {} and seed {} in {:.2}s",
+        r.executions,
+        r.distinct,
+        r.strategy.name(),
+        r.seed,
+        r.elapsed_ms as f64 / 1000.0
+    );
+    out
+}
+
+/// A failure: what failed, the interleaving as CPU columns, the token.
+pub fn found_text(f: &crate::explore::Found) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "FAILURE: {}", f.what);
+    let _ = writeln!(
+        out,
+        "\ninterleaving ({} context switches, shrunk from {}):\n",
+        f.switches_shrunk, f.switches_found
+    );
+    out.push_str(&crate::explore::render_columns(&f.trace, 5, 44));
+    for r in f.report.failures() {
+        if let Record::Violation { violation, .. } = r {
+            let cpu = violation
+                .cpu
+                .map_or(String::new(), |c| format!("CPU{} ", c.0));
+            let _ = writeln!(out, "\n{cpu}{}: {}", violation.id, violation.message);
+            if !violation.backtrace.is_empty() {
+                let _ = writeln!(out, "  in {}", violation.backtrace.join(" <- "));
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nreplay: thpsim replay {} {}",
+        f.report.scenario, f.token
+    );
+    out
+}

@@ -236,7 +236,6 @@ struct State<E: Engine> {
     procs: BTreeMap<String, Proc<E>>,
     oracle: MemoryOracle,
     labels: Labels,
-    records: Vec<Record>,
     /// The kernel oopsed or a check failed: stop.
     dead: bool,
 }
@@ -257,6 +256,7 @@ pub struct Machine<E: Engine> {
     units: UnitSizes,
     interleaving: Interleaving,
     st: Mutex<State<E>>,
+    out: Arc<Mutex<Vec<Record>>>,
 }
 
 /// What a step did.
@@ -322,23 +322,50 @@ pub fn run(scn: &Scenario, opts: &RunOptions) -> Result<RunReport, ScenarioError
 pub fn run_on<E: Engine>(scn: &Scenario, opts: &RunOptions) -> Result<RunReport, ScenarioError> {
     install_oops_hook();
     let (cfg, units) = configure(scn, opts)?;
-    let m = Arc::new(Machine::<E>::new(Arc::new(scn.clone()), cfg, units, Interleaving::Fixed));
+    let m = Arc::new(Machine::<E>::new(
+        Arc::new(scn.clone()),
+        cfg,
+        units,
+        Interleaving::Fixed,
+    ));
     m.run_items()?;
     Ok(m.report())
 }
 
 impl<E: Engine> Machine<E> {
-    pub fn new(scn: Arc<Scenario>, cfg: Config, units: UnitSizes, interleaving: Interleaving) -> Self {
+    pub fn new(
+        scn: Arc<Scenario>,
+        cfg: Config,
+        units: UnitSizes,
+        interleaving: Interleaving,
+    ) -> Self {
         let k = Kernel::<E>::new(cfg);
         let page_size = k.geo.page_size();
         let st = State {
             procs: BTreeMap::new(),
             oracle: MemoryOracle::new(page_size),
             labels: Labels::default(),
-            records: Vec::new(),
             dead: false,
         };
-        Machine { scn, k, units, interleaving, st: Mutex::new(st) }
+        Machine {
+            scn,
+            k,
+            units,
+            interleaving,
+            st: Mutex::new(st),
+            out: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Appends a record to the report.
+    fn push(&self, r: Record) {
+        self.out.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+    }
+
+    /// The report's records, shared: readable after the machine is gone (an
+    /// exploration execution that deadlocked).
+    pub fn records_buffer(&self) -> Arc<Mutex<Vec<Record>>> {
+        self.out.clone()
     }
 
     fn st(&self) -> MutexGuard<'_, State<E>> {
@@ -351,8 +378,14 @@ impl<E: Engine> Machine<E> {
             scenario: self.scn.name.clone(),
             geometry: self.k.geo.name,
             engine: E::NAME,
-            reverted: self.k.cfg.fixes.reverted().map(|f| f.name().to_string()).collect(),
-            records: self.st().records.clone(),
+            reverted: self
+                .k
+                .cfg
+                .fixes
+                .reverted()
+                .map(|f| f.name().to_string())
+                .collect(),
+            records: self.out.lock().unwrap_or_else(|p| p.into_inner()).clone(),
         }
     }
 
@@ -380,12 +413,27 @@ impl<E: Engine> Machine<E> {
                 Item::Process(p) => {
                     let mm = cpu0.mm_alloc();
                     let mut st = self.st();
-                    st.procs.insert(p.value.text.clone(), Proc { mm, regions: BTreeMap::new(), alive: true });
+                    st.procs.insert(
+                        p.value.text.clone(),
+                        Proc {
+                            mm,
+                            regions: BTreeMap::new(),
+                            alive: true,
+                        },
+                    );
                     st.oracle.on_spawn(&p.value.text);
                 }
                 Item::Step(step) => {
                     self.step(&cpu0, step)?;
-                    self.quiesce(step.span.line);
+                    // Exploration repeats the sequential steps identically in
+                    // every execution (`thpsim run` audits each of them); it
+                    // audits after each block and at the end.
+                    let last = idx + 1 == self.scn.items.len();
+                    if self.interleaving == Interleaving::Fixed || last {
+                        self.quiesce(step.span.line);
+                    } else {
+                        self.report_kernel_violations(step.span.line);
+                    }
                 }
                 Item::Together(t) => {
                     match self.interleaving {
@@ -418,7 +466,9 @@ impl<E: Engine> Machine<E> {
     }
 
     fn together_concurrent(self: &Arc<Self>, idx: usize) -> Result<(), ScenarioError> {
-        let Item::Together(t) = &self.scn.items[idx] else { return Ok(()) };
+        let Item::Together(t) = &self.scn.items[idx] else {
+            return Ok(());
+        };
         let errors: Arc<Mutex<Vec<ScenarioError>>> = Arc::new(Mutex::new(Vec::new()));
         let threads: Vec<Box<dyn FnOnce() + Send + 'static>> = (0..t.threads.len())
             .map(|i| {
@@ -426,7 +476,9 @@ impl<E: Engine> Machine<E> {
                 let errors = errors.clone();
                 Box::new(move || {
                     let cpu = m.cpu(i);
-                    let Item::Together(t) = &m.scn.items[idx] else { return };
+                    let Item::Together(t) = &m.scn.items[idx] else {
+                        return;
+                    };
                     for step in &t.threads[i].steps {
                         if m.dead() {
                             break;
@@ -439,11 +491,24 @@ impl<E: Engine> Machine<E> {
                 }) as Box<dyn FnOnce() + Send + 'static>
             })
             .collect();
+        self.k.set_tracing(true);
         E::run_threads(threads);
+        self.k.set_tracing(false);
         let mut errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
         match errors.is_empty() {
             true => Ok(()),
             false => Err(errors.swap_remove(0)),
+        }
+    }
+
+    /// Records the kernel's own reports (assertions, lockdep) without an audit.
+    fn report_kernel_violations(&self, line: usize) {
+        let found = self.k.take_reports();
+        if !found.is_empty() {
+            self.st().dead = true;
+        }
+        for v in found {
+            self.push(Record::Violation { line, violation: v });
         }
     }
 
@@ -466,7 +531,7 @@ impl<E: Engine> Machine<E> {
             st.dead = true;
         }
         for v in found {
-            st.records.push(Record::Violation { line, violation: v });
+            self.push(Record::Violation { line, violation: v });
         }
     }
 
@@ -480,9 +545,16 @@ impl<E: Engine> Machine<E> {
 
     /// Resolves a target to `[start, end)` in the process's address space.
     fn range(&self, process: &str, t: &Target) -> Result<(u64, u64), ScenarioError> {
-        let region = self.st().procs.get(process).and_then(|p| p.regions.get(&t.region.text).copied());
+        let region = self
+            .st()
+            .procs
+            .get(process)
+            .and_then(|p| p.regions.get(&t.region.text).copied());
         let Some((start, len)) = region else {
-            return Err(self.err(t.region.span, format!("region `{}` is not mapped in this process", t.region.text)));
+            return Err(self.err(
+                t.region.span,
+                format!("region `{}` is not mapped in this process", t.region.text),
+            ));
         };
         let (s, e) = match &t.selector {
             Selector::At(q) => {
@@ -490,16 +562,36 @@ impl<E: Engine> Machine<E> {
                 (off, off + 1)
             }
             Selector::Range { start: s, end: e } => {
-                let s = s.as_ref().map(|q| self.scn.resolve(q, &self.units)).transpose()?.unwrap_or(0);
-                let e = e.as_ref().map(|q| self.scn.resolve(q, &self.units)).transpose()?.unwrap_or(len);
+                let s = s
+                    .as_ref()
+                    .map(|q| self.scn.resolve(q, &self.units))
+                    .transpose()?
+                    .unwrap_or(0);
+                let e = e
+                    .as_ref()
+                    .map(|q| self.scn.resolve(q, &self.units))
+                    .transpose()?
+                    .unwrap_or(len);
                 (s, e)
             }
         };
         if s >= e {
-            return Err(self.err(t.selector_span, format!("empty range {}: the end must be after the start", t.selector)));
+            return Err(self.err(
+                t.selector_span,
+                format!(
+                    "empty range {}: the end must be after the start",
+                    t.selector
+                ),
+            ));
         }
         if e > len {
-            return Err(self.err(t.selector_span, format!("{} reaches past the end of `{}` ({} bytes)", t.selector, t.region.text, len)));
+            return Err(self.err(
+                t.selector_span,
+                format!(
+                    "{} reaches past the end of `{}` ({} bytes)",
+                    t.selector, t.region.text, len
+                ),
+            ));
         }
         Ok((start + s, start + e))
     }
@@ -514,8 +606,17 @@ impl<E: Engine> Machine<E> {
             Ok(Ok(done)) => {
                 let expected = step.expected();
                 let ok = done.outcome == expected && done.detail.is_none();
-                let rec = Record::Step { line, cpu, text, outcome: done.outcome, expected, value: done.value, ok, detail: done.detail };
-                self.st().records.push(rec);
+                let rec = Record::Step {
+                    line,
+                    cpu,
+                    text,
+                    outcome: done.outcome,
+                    expected,
+                    value: done.value,
+                    ok,
+                    detail: done.detail,
+                };
+                self.push(rec);
                 Ok(())
             }
             Ok(Err(e)) => Err(e),
@@ -527,9 +628,18 @@ impl<E: Engine> Machine<E> {
                 let mut st = self.st();
                 st.dead = true;
                 let detail = Some("kernel BUG: the CPU oopsed".to_string());
-                st.records.push(Record::Step { line, cpu, text, outcome: Outcome::Ok, expected: step.expected(), value: None, ok: false, detail });
+                self.push(Record::Step {
+                    line,
+                    cpu,
+                    text,
+                    outcome: Outcome::Ok,
+                    expected: step.expected(),
+                    value: None,
+                    ok: false,
+                    detail,
+                });
                 for v in reports {
-                    st.records.push(Record::Violation { line, violation: v });
+                    self.push(Record::Violation { line, violation: v });
                 }
                 Ok(())
             }
@@ -549,7 +659,14 @@ impl<E: Engine> Machine<E> {
                         Ok(cmm) => {
                             let mut st = self.st();
                             let regions = st.procs[&name].regions.clone();
-                            st.procs.insert(child.text.clone(), Proc { mm: cmm, regions, alive: true });
+                            st.procs.insert(
+                                child.text.clone(),
+                                Proc {
+                                    mm: cmm,
+                                    regions,
+                                    alive: true,
+                                },
+                            );
                             st.oracle.on_fork(&name, &child.text);
                             Ok(Done::ok())
                         }
@@ -573,7 +690,11 @@ impl<E: Engine> Machine<E> {
                             Ok(addr) => {
                                 let len = len.div_ceil(ps) * ps;
                                 let mut st = self.st();
-                                st.procs.get_mut(&name).expect("proc").regions.insert(region.text.clone(), (addr.0, len));
+                                st.procs
+                                    .get_mut(&name)
+                                    .expect("proc")
+                                    .regions
+                                    .insert(region.text.clone(), (addr.0, len));
                                 st.oracle.on_mmap(&name, addr.0, len);
                                 Ok(Done::ok())
                             }
@@ -609,7 +730,12 @@ impl<E: Engine> Machine<E> {
                             Advice::Dontneed => MAdvice::DontNeed,
                             Advice::Hugepage => MAdvice::Hugepage,
                             Advice::Nohugepage => MAdvice::NoHugepage,
-                            other => return Err(self.err(advice.span, format!("madvise {} is not supported yet", other.keyword()))),
+                            other => {
+                                return Err(self.err(
+                                    advice.span,
+                                    format!("madvise {} is not supported yet", other.keyword()),
+                                ))
+                            }
                         };
                         match cpu.do_madvise(&mm, VirtAddr(s), e - s, a) {
                             Ok(()) => {
@@ -647,7 +773,9 @@ impl<E: Engine> Machine<E> {
                             // same process may land in between.
                             let before: Vec<u8> = {
                                 let st = self.st();
-                                (a..a + chunk).map(|x| st.oracle.expected(&name, x)).collect()
+                                (a..a + chunk)
+                                    .map(|x| st.oracle.expected(&name, x))
+                                    .collect()
                             };
                             let bytes = match cpu.user_load(&mm, VirtAddr(a), chunk) {
                                 Ok(b) => b,
@@ -664,31 +792,47 @@ impl<E: Engine> Machine<E> {
                                 }
                                 if let Some(x) = expect {
                                     if b != x.value && detail.is_none() {
-                                        detail = Some(format!("read {b:#04x} at offset {:#x}, expected {:#04x}", addr - s, x.value));
+                                        detail = Some(format!(
+                                            "read {b:#04x} at offset {:#x}, expected {:#04x}",
+                                            addr - s,
+                                            x.value
+                                        ));
                                     }
                                 }
                             }
                             drop(st);
                             a += chunk;
                         }
-                        Ok(Done { outcome: Outcome::Ok, value: first, detail })
+                        Ok(Done {
+                            outcome: Outcome::Ok,
+                            value: first,
+                            detail,
+                        })
                     }
-                    other => Err(self.err(step.op_span, format!("`{}` is not supported yet", other.keyword()))),
+                    other => Err(self.err(
+                        step.op_span,
+                        format!("`{}` is not supported yet", other.keyword()),
+                    )),
                 }
             }
             (Context::Kernel, Op::SplitHugePage { process, target }) => {
+                // As the debugfs interface: the write succeeds whether or not
+                // the THP could be split (a racing unmap or an extra reference
+                // makes split_huge_page() return -EBUSY); `expect` shows the
+                // result.
                 let mm = self.proc_mm(process)?;
                 let (s, _) = self.range(&process.text, target)?;
-                Ok(match cpu.split_huge_pages_pid(&mm, VirtAddr(s)) {
-                    Ok(_) => Done::ok(),
-                    Err(Ebusy) => Done::outcome(Outcome::Ebusy),
-                })
+                let _: Result<bool, Ebusy> = cpu.split_huge_pages_pid(&mm, VirtAddr(s));
+                Ok(Done::ok())
             }
             (Context::Kernel, Op::DeferredSplit) => {
                 cpu.deferred_split_scan(usize::MAX);
                 Ok(Done::ok())
             }
-            (_, op) => Err(self.err(step.op_span, format!("`{}` is not supported yet", op.keyword()))),
+            (_, op) => Err(self.err(
+                step.op_span,
+                format!("`{}` is not supported yet", op.keyword()),
+            )),
         }
     }
 
@@ -725,13 +869,16 @@ impl<E: Engine> Machine<E> {
                 let (other, _) = self.info_at(process, target)?;
                 let same = info.pfn.is_some() && info.pfn == other.pfn;
                 let want_same = matches!(x.what, Expectation::Same { .. });
-                let st = self.st();
-                let (a, b) = (st.labels.peek(info.pfn), st.labels.peek(other.pfn));
+                let mut st = self.st();
+                let mut name = |p: Option<thpsim_model::types::Pfn>| {
+                    p.map_or("nothing".to_string(), |f| st.labels.label(f))
+                };
+                let (a, b) = (name(info.head.or(info.pfn)), name(other.head.or(other.pfn)));
                 (same == want_same, format!("{} and {}", a, b))
             }
         };
         let text = self.scn.text(x.span).to_string();
-        self.st().records.push(Record::Expect {
+        self.push(Record::Expect {
             line: x.span.line,
             text,
             ok,
@@ -750,7 +897,10 @@ impl<E: Engine> Machine<E> {
         let ps = self.k.geo.page_size();
         let cpu = self.cpu(0);
         let mut st = self.st();
-        st.records.push(Record::Show { line: s.span.line, text: self.scn.text(s.span).to_string() });
+        self.push(Record::Show {
+            line: s.span.line,
+            text: self.scn.text(s.span).to_string(),
+        });
         let mut a = start & !(ps - 1);
         while a < end {
             let info = cpu.page_info(&mm, VirtAddr(a));
@@ -764,7 +914,7 @@ impl<E: Engine> Machine<E> {
                 (Some(h), Some(f)) => Some(f.0 - h.0),
                 _ => None,
             };
-            st.records.push(Record::Page {
+            self.push(Record::Page {
                 line: s.span.line,
                 process: s.process.text.clone(),
                 region: s.target.region.text.clone(),

@@ -181,15 +181,12 @@ impl MemoryOracle {
 }
 
 fn violation(proc_: &str, addr: u64, seen: u8, want: u8) -> Violation {
-    let (id, what) = if want != 0 && seen != want {
-        (
-            inv::MEM_LOST_WRITE,
-            "a completed write is lost or overwritten",
-        )
+    let (id, what) = if seen == 0 && want != 0 {
+        (inv::MEM_LOST_WRITE, "a completed write is lost")
     } else {
         (
             inv::MEM_PRIVATE,
-            "private memory shows bytes this process never wrote or inherited",
+            "private memory shows a byte this process never wrote or inherited",
         )
     };
     Violation {

@@ -936,6 +936,11 @@ impl<E: Engine> Cpu<E> {
                     self.note(|| "ptep_get_and_clear_full()".to_string());
                     self.tlb_remove_tlb_entry(tlb, a, ps);
                     if let Some(page) = page {
+                        // if (!PageAnon(page)) ...; rss[mm_counter(page)]--;
+                        let _anon = self.page_anon(page);
+                        let _swapbacked = self
+                            .page(self.compound_head(page))
+                            .test_flag(pg::SWAPBACKED);
                         self.page_remove_rmap(page, false);
                         self.note(|| "page_remove_rmap()".to_string());
                         if self.page_mapcount(page) < 0 {

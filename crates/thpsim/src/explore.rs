@@ -202,6 +202,47 @@ impl<S: Scheduler> Scheduler for Recorder<S> {
     }
 }
 
+/// A uniformly random choice at every decision, from a seeded splitmix64
+/// stream (shuttle's own random scheduler prints to stderr when stopped early).
+struct Uniform {
+    state: u64,
+    left: usize,
+}
+
+impl Uniform {
+    fn next(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+impl Scheduler for Uniform {
+    fn new_execution(&mut self) -> Option<Schedule> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        Some(Schedule::new(self.state))
+    }
+
+    fn next_task(
+        &mut self,
+        runnable: &[&Task],
+        _current: Option<TaskId>,
+        _y: bool,
+    ) -> Option<TaskId> {
+        let i = (self.next() % runnable.len().max(1) as u64) as usize;
+        runnable.get(i).map(|t| t.id())
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.next()
+    }
+}
+
 /// Replays a switch list: at each point the listed task if runnable, else the
 /// default choice.
 struct SwitchReplay {
@@ -431,12 +472,12 @@ fn signature(report: &RunReport) -> Option<String> {
 
 /// A human description of the first failure.
 fn describe(report: &RunReport) -> String {
-    report
-        .failures()
-        .next()
+    // A kernel assertion says more than the step it stopped.
+    let oops = report.failures().find(|r| matches!(r, Record::Violation { violation, .. } if violation.kind == thpsim_model::check::ViolationKind::KernelBug));
+    oops.or_else(|| report.failures().next())
         .map(|r| match r {
-            Record::Violation { violation, .. } => {
-                format!("{}: {}", violation.id, violation.message)
+            Record::Violation { violation, line } => {
+                format!("line {line}: {}: {}", violation.id, violation.message)
             }
             Record::Step {
                 line,
@@ -445,16 +486,14 @@ fn describe(report: &RunReport) -> String {
                 outcome,
                 expected,
                 ..
-            } => {
-                format!(
-                    "line {line}: `{text}`: {}",
-                    detail.clone().unwrap_or_else(|| format!(
-                        "{} (expected {})",
-                        outcome.keyword(),
-                        expected.keyword()
-                    ))
-                )
-            }
+            } => format!(
+                "line {line}: `{text}`: {}",
+                detail.clone().unwrap_or_else(|| format!(
+                    "{} (expected {})",
+                    outcome.keyword(),
+                    expected.keyword()
+                ))
+            ),
             Record::Expect {
                 line, text, found, ..
             } => format!("line {line}: `{text}`: found {found}"),
@@ -596,7 +635,10 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
         ),
         Strategy::Random => drive(
             &p,
-            RandomScheduler::new_from_seed(seed, iterations),
+            Uniform {
+                state: seed,
+                left: iterations,
+            },
             opts.time,
             shared.clone(),
             opts.progress.clone(),

@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn thpsim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_thpsim")).args(args).output().expect("run thpsim")
+    Command::new(env!("CARGO_BIN_EXE_thpsim"))
+        .args(args)
+        .output()
+        .expect("run thpsim")
 }
 
 fn root() -> PathBuf {
@@ -35,7 +38,11 @@ fn every_malformed_file_exits_2_naming_its_line() {
         let out = thpsim(&["run", p.to_str().expect("utf8")]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{}: {stderr}", p.display());
-        assert!(stderr.contains(&format!("line {line},")), "{}: expected an error naming line {line}, got:\n{stderr}", p.display());
+        assert!(
+            stderr.contains(&format!("line {line},")),
+            "{}: expected an error naming line {line}, got:\n{stderr}",
+            p.display()
+        );
         assert!(!stderr.contains("panicked"), "{}: panicked", p.display());
         n += 1;
     }
@@ -44,17 +51,29 @@ fn every_malformed_file_exits_2_naming_its_line() {
 
 #[test]
 fn a_false_expect_exits_1_and_names_the_step() {
-    let p = write_tmp("false_expect.thp", "thp always\nprocess P\nP: mmap A 1h\nP: write A[0] = 1\nexpect P A[0] base\n");
+    let p = write_tmp(
+        "false_expect.thp",
+        "thp always\nprocess P\nP: mmap A 1h\nP: write A[0] = 1\nexpect P A[0] base\n",
+    );
     let out = thpsim(&["run", p.to_str().expect("utf8"), "--geometry", "tiny"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("expect P A[0] base") && stdout.contains("FAIL: found thp-pmd"), "{stdout}");
-    assert!(stdout.contains("FAILED: 1 check(s) failed (line 5)"), "{stdout}");
+    assert!(
+        stdout.contains("expect P A[0] base") && stdout.contains("FAIL: found thp-pmd"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAILED: 1 check(s) failed (line 5)"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn a_wrong_outcome_fails_the_step() {
-    let p = write_tmp("wrong_outcome.thp", "process P\nP: mmap A 1h\nP: munmap A[..]\nP: write A[0] = 1\n");
+    let p = write_tmp(
+        "wrong_outcome.thp",
+        "process P\nP: mmap A 1h\nP: munmap A[..]\nP: write A[0] = 1\n",
+    );
     let out = thpsim(&["run", p.to_str().expect("utf8")]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
@@ -66,7 +85,10 @@ fn json_lines_parse_and_show_pages() {
     let out = thpsim(&["run", "fork_share_thp", "--json", "--geometry", "tiny"]);
     assert_eq!(out.status.code(), Some(0));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let objs: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    let objs: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
     assert!(objs.iter().any(|o| o["type"] == "step"));
     let last = objs.last().expect("summary");
     assert_eq!(last["type"], "summary");
@@ -84,11 +106,17 @@ fn missing_file_and_unknown_fix_exit_2() {
 
 #[test]
 fn unsupported_features_exit_2_not_yet() {
-    let p = write_tmp("pin.thp", "process P\nP: mmap A 1h\nP: pin R = A[..] write\n");
+    let p = write_tmp(
+        "pin.thp",
+        "process P\nP: mmap A 1h\nP: pin R = A[..] write\n",
+    );
     let out = thpsim(&["run", p.to_str().expect("utf8")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr.contains("line 3") && stderr.contains("not supported yet"), "{stderr}");
+    assert!(
+        stderr.contains("line 3") && stderr.contains("not supported yet"),
+        "{stderr}"
+    );
     let p = write_tmp("shared.thp", "process P\nP: mmap A 1h shared\n");
     let out = thpsim(&["run", p.to_str().expect("utf8")]);
     assert_eq!(out.status.code(), Some(2));
@@ -102,5 +130,8 @@ fn list_and_fixes() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("fork_child_write"));
     let out = thpsim(&["fixes"]);
     let s = String::from_utf8_lossy(&out.stdout);
-    assert!(s.contains("split-pmd-page-lock") && s.contains("rmap-pmd-under-ptl"), "{s}");
+    assert!(
+        s.contains("split-pmd-page-lock") && s.contains("rmap-pmd-under-ptl"),
+        "{s}"
+    );
 }

@@ -16,14 +16,25 @@ fn run_all(geometry: Geometry) {
         }
         count += 1;
         let scn = thpsim_scenario::parse(name, src).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let report = run(&scn, &RunOptions { geometry: Some(geometry), reverts: Vec::new() })
-            .unwrap_or_else(|e| panic!("{name}: invalid: {e}"));
+        let report = run(
+            &scn,
+            &RunOptions {
+                geometry: Some(geometry),
+                reverts: Vec::new(),
+            },
+        )
+        .unwrap_or_else(|e| panic!("{name}: invalid: {e}"));
         if !report.passed() {
             failed.push(format!("{name}:\n{}", output::text(&report)));
         }
     }
     assert!(count >= 25, "the corpus has {count} scenarios");
-    assert!(failed.is_empty(), "{} scenario(s) failed on {geometry:?}:\n{}", failed.len(), failed.join("\n"));
+    assert!(
+        failed.is_empty(),
+        "{} scenario(s) failed on {geometry:?}:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! - [`labels`]: physical pages renamed by first appearance.
 //! - [`bundled`]: the scenarios shipped in `scenarios/`.
 
+pub mod bench;
 pub mod explore;
 pub mod labels;
 pub mod output;

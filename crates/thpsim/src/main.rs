@@ -86,6 +86,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmarks (figures for docs/PERFORMANCE.md). `races`: interleavings per
+    /// second with each fix, time to the first failure with it reverted.
+    Bench {
+        #[arg(value_parser = ["races"])]
+        what: String,
+        /// Seeds per strategy for the time to the first failure.
+        #[arg(long, default_value_t = 20)]
+        seeds: u64,
+        /// Interleavings of the clean search.
+        #[arg(long, default_value_t = 20_000)]
+        iterations: usize,
+        /// Give up on a seed after this many interleavings.
+        #[arg(long, default_value_t = 100_000)]
+        max_iterations: usize,
+    },
     /// List the bundled scenarios.
     List,
     /// List the seed fixes that `--revert` can switch off.
@@ -296,6 +311,15 @@ fn main() -> ExitCode {
                     }
                 }
             }
+        }
+        Command::Bench {
+            what: _,
+            seeds,
+            iterations,
+            max_iterations,
+        } => {
+            emit(&thpsim::bench::races(seeds, iterations, max_iterations));
+            ExitCode::SUCCESS
         }
         Command::List => {
             for (name, src) in bundled::BUNDLED {

@@ -1,0 +1,100 @@
+//! `thpsim bench races`: the exploration figures of docs/PERFORMANCE.md.
+//!
+//! For each bundled race scenario: interleavings per second on one core with
+//! the fix in (a clean search), and the time to the first failure with the fix
+//! reverted, median and worst over a number of seeds, per strategy.
+
+use crate::bundled::BUNDLED;
+use crate::explore::{explore, ExploreOptions, Strategy};
+use crate::run::RunOptions;
+use std::fmt::Write;
+use std::time::Instant;
+use thpsim_model::fixes::Fix;
+
+/// Which fix each race scenario exercises: its first `--revert` in the header
+/// comment.
+fn fix_of(src: &str) -> Option<Fix> {
+    src.lines()
+        .filter_map(|l| l.split("--revert ").nth(1))
+        .find_map(|rest| {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            Fix::by_name(&name)
+        })
+}
+
+/// Runs the race benchmarks and renders a markdown report.
+pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "| scenario | fix | strategy | clean search: interleavings/s | reverted: found in (median / worst over {seeds} seeds) | executions to find (median / worst) |");
+    let _ = writeln!(out, "|---|---|---|---|---|---|");
+    for (name, src) in BUNDLED.iter().filter(|(n, _)| n.starts_with("races/")) {
+        let Some(fix) = fix_of(src) else { continue };
+        let Ok(scn) = thpsim_scenario::parse(name, src) else {
+            continue;
+        };
+        for strategy in [Strategy::Pct, Strategy::Random] {
+            let opts = |reverts: Vec<Fix>, seed: u64, iterations: usize| ExploreOptions {
+                run: RunOptions {
+                    geometry: None,
+                    reverts,
+                },
+                strategy,
+                iterations,
+                seed,
+                ..ExploreOptions::default()
+            };
+            let t = Instant::now();
+            let clean = explore(&scn, &opts(Vec::new(), 0, clean_iterations));
+            let secs = t.elapsed().as_secs_f64();
+            let rate = match &clean {
+                Ok(r) if r.found.is_none() => format!("{:.0}", r.executions as f64 / secs),
+                Ok(_) => "FAILED with the fix".to_string(),
+                Err(e) => format!("invalid: {e}"),
+            };
+            let mut times = Vec::new();
+            let mut execs = Vec::new();
+            let mut missed = 0;
+            for seed in 0..seeds {
+                let t = Instant::now();
+                match explore(&scn, &opts(vec![fix], seed, max_iterations)) {
+                    Ok(r) if r.found.is_some() => {
+                        times.push(t.elapsed().as_secs_f64());
+                        execs.push(r.found.map_or(0, |f| f.at_execution));
+                    }
+                    _ => missed += 1,
+                }
+            }
+            times.sort_by(|a, b| a.total_cmp(b));
+            execs.sort_unstable();
+            let found = if times.is_empty() {
+                format!("not found in {max_iterations} interleavings ({missed}/{seeds} seeds)")
+            } else {
+                let miss = if missed > 0 {
+                    format!("; {missed} seed(s) not found in {max_iterations}")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{:.3} s / {:.3} s{miss}",
+                    times[times.len() / 2],
+                    times[times.len() - 1]
+                )
+            };
+            let ex = if execs.is_empty() {
+                "-".to_string()
+            } else {
+                format!("{} / {}", execs[execs.len() / 2], execs[execs.len() - 1])
+            };
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {rate} | {found} | {ex} |",
+                fix.name(),
+                strategy.name()
+            );
+        }
+    }
+    out
+}

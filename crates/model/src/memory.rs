@@ -972,7 +972,8 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// Models free_pgtables()/free_pgd_range(), mm/memory.c, v5.8: free the page
-    /// tables that map only `[floor, ceiling)`, the hole left by an unmap.
+    /// tables under `[start, end)` that map only `[floor, ceiling)`, the hole an
+    /// unmap leaves. Walks only the tables that exist, as free_pgd_range() does.
     pub fn free_pgtables(
         &self,
         tlb: &mut MmuGather,
@@ -985,62 +986,60 @@ impl<E: Engine> Cpu<E> {
         let _f = self.func("free_pgtables");
         let g = self.k.geo;
         let covers = |lo: u64, size: u64| lo >= floor.0 && lo + size <= ceiling.0;
-        // PTE tables.
-        let mut a = g.pmd_align_down(start).0;
-        while a < end.0 {
-            if covers(a, g.pmd_size()) {
-                if let Some(pmd) = self.pmd_offset(mm, VirtAddr(a)) {
+        let overlaps = |lo: u64, size: u64| lo < end.0 && lo + size > start.0;
+        let empty = |t: &TableBody<E>| (0..t.len()).all(|i| t.raw(i).load() == 0);
+        let pgd_span = 1u64 << g.pgdir_shift();
+        for i in 0..g.ptrs(Level::Pgd) {
+            let pgd_base = i as u64 * pgd_span;
+            if !overlaps(pgd_base, pgd_span) {
+                continue;
+            }
+            let pgd_slot = mm.pgd.raw(i);
+            let Upper::Table(pud_t) = Upper::decode(pgd_slot.load()) else {
+                continue;
+            };
+            for j in 0..g.ptrs(Level::Pud) {
+                let pud_base = pgd_base + j as u64 * g.pud_size();
+                if !overlaps(pud_base, g.pud_size()) {
+                    continue;
+                }
+                let pud_slot = self.table(pud_t).raw(j);
+                let Upper::Table(pmd_t) = Upper::decode(pud_slot.load()) else {
+                    continue;
+                };
+                for l in 0..g.ptrs(Level::Pmd) {
+                    let base = pud_base + l as u64 * g.pmd_size();
+                    if !overlaps(base, g.pmd_size()) || !covers(base, g.pmd_size()) {
+                        continue;
+                    }
+                    let pmd = EntryRef {
+                        table: pmd_t,
+                        index: l,
+                    };
                     if let Pmd::Table(t) = self.pmd_read(pmd) {
-                        let _ptl = self.pmd_lockptr(pmd).lock(self);
+                        let ptl = self.pmd_lockptr(pmd).lock(self);
                         self.set_pmd_at(pmd, Pmd::None);
-                        drop(_ptl);
+                        drop(ptl);
                         self.tlb_remove_table(tlb, t);
                     }
                 }
-            }
-            a += g.pmd_size();
-        }
-        // PMD tables, then PUD tables.
-        let pud_size = g.pud_size();
-        let mut a = start.0 & !(pud_size - 1);
-        while a < end.0 {
-            if covers(a, pud_size) {
-                let pgd_slot = mm.pgd.raw(g.index(Level::Pgd, VirtAddr(a)));
-                if let Upper::Table(pud_t) = Upper::decode(pgd_slot.load()) {
-                    let slot = self.table(pud_t).raw(g.index(Level::Pud, VirtAddr(a)));
-                    if let Upper::Table(pmd_t) = Upper::decode(slot.load()) {
-                        let empty = {
-                            let tb = self.table(pmd_t);
-                            (0..tb.len()).all(|i| tb.raw(i).load() == 0)
-                                && tb
-                                    .deposited
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .is_empty()
-                        };
-                        if empty {
-                            slot.store(0);
-                            self.tlb_remove_table(tlb, pmd_t);
-                        }
+                if covers(pud_base, g.pud_size()) {
+                    let tb = self.table(pmd_t);
+                    let no_deposit = tb
+                        .deposited
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_empty();
+                    if empty(tb) && no_deposit {
+                        pud_slot.store(0);
+                        self.tlb_remove_table(tlb, pmd_t);
                     }
                 }
             }
-            a += pud_size;
-        }
-        let pgd_span = 1u64 << g.pgdir_shift();
-        let mut a = start.0 & !(pgd_span - 1);
-        while a < end.0 {
-            if covers(a, pgd_span) {
-                let pgd_slot = mm.pgd.raw(g.index(Level::Pgd, VirtAddr(a)));
-                if let Upper::Table(pud_t) = Upper::decode(pgd_slot.load()) {
-                    let tb = self.table(pud_t);
-                    if (0..tb.len()).all(|i| tb.raw(i).load() == 0) {
-                        pgd_slot.store(0);
-                        self.tlb_remove_table(tlb, pud_t);
-                    }
-                }
+            if covers(pgd_base, pgd_span) && empty(self.table(pud_t)) {
+                pgd_slot.store(0);
+                self.tlb_remove_table(tlb, pud_t);
             }
-            a += pgd_span;
         }
     }
 }

@@ -66,6 +66,9 @@ pub struct Page<E: Engine> {
     pub lock: E::Monitor<PageLockState>,
     /// `page_deferred_list(page)` is not empty (guarded by split_queue_lock).
     pub on_deferred_list: AtomicBool,
+    /// The frame is on a free list (kept by the allocator; not a scheduling
+    /// point: only checkers read it).
+    pub free: AtomicBool,
     /// NUMA node of the frame.
     pub node: u32,
     data: OnceLock<Box<[AtomicU64]>>,
@@ -85,6 +88,7 @@ impl<E: Engine> Page<E> {
             compound_order: AtomicU64::new(0),
             lock: E::Monitor::new(PageLockState::default()),
             on_deferred_list: AtomicBool::new(false),
+            free: AtomicBool::new(true),
             node,
             data: OnceLock::new(),
             table: OnceLock::new(),
@@ -154,16 +158,26 @@ pub fn anon_mapping(av: AnonVmaId) -> u64 {
     ((av.0 as u64) << 1) | PAGE_MAPPING_ANON
 }
 
-/// Reads one byte of a frame.
+/// Reads one byte of a frame. Frame bytes are plain memory, not scheduling
+/// points: relaxed atomics (threads synchronise through the counters and
+/// entries, as the CPUs do).
 pub fn read_byte(words: &[AtomicU64], off: u64) -> u8 {
-    (words[(off / 8) as usize].load(Ordering::SeqCst) >> ((off % 8) * 8)) as u8
+    (words[(off / 8) as usize].load(Ordering::Relaxed) >> ((off % 8) * 8)) as u8
+}
+
+/// Reads a whole frame.
+pub fn read_page(words: &[AtomicU64]) -> Vec<u8> {
+    words
+        .iter()
+        .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+        .collect()
 }
 
 /// Writes one byte of a frame.
 pub fn write_byte(words: &[AtomicU64], off: u64, v: u8) {
     let shift = (off % 8) * 8;
     let w = &words[(off / 8) as usize];
-    let _ = w.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
+    let _ = w.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
         Some((old & !(0xff << shift)) | ((v as u64) << shift))
     });
 }

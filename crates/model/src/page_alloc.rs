@@ -118,15 +118,22 @@ impl<E: Engine> Memory<E> {
 
     /// Whether a frame is on a free list.
     pub fn is_free(&self, pfn: Pfn) -> bool {
-        let z = &self.zones[self.page(pfn).node as usize];
-        let block = pfn.0 / self.block_pages * self.block_pages;
-        z.free
-            .inspect(|f| f.base.contains(&pfn.0) || f.blocks.contains(&block))
+        self.page(pfn)
+            .free
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn mark(&self, pfn: Pfn, n: u64, free: bool) {
+        for i in 0..n {
+            self.page(pfn.add(i))
+                .free
+                .store(free, std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     fn take(&self, node: usize, order: u32) -> Option<Pfn> {
         let bp = self.block_pages;
-        self.zones[node].free.update(|f| {
+        let got = self.zones[node].free.update(|f| {
             if order == 0 {
                 if f.base.is_empty() {
                     let b = f.blocks.pop_first()?;
@@ -142,11 +149,16 @@ impl<E: Engine> Memory<E> {
                 f.nr_free -= bp;
                 Some(Pfn(b))
             }
-        })
+        });
+        if let Some(p) = got {
+            self.mark(p, 1 << order, false);
+        }
+        got
     }
 
     fn give(&self, pfn: Pfn, order: u32) {
         let bp = self.block_pages;
+        self.mark(pfn, 1 << order, true);
         let node = self.page(pfn).node as usize;
         self.zones[node].free.update(|f| {
             let bi = (pfn.0 / bp - f.first_block) as usize;
@@ -242,7 +254,7 @@ impl<E: Engine> Cpu<E> {
     /// Models clear_page()/clear_user_highpage().
     pub fn clear_page(&self, pfn: Pfn) {
         for w in self.page(pfn).words(self.k.geo.page_size()) {
-            w.store(0, std::sync::atomic::Ordering::SeqCst);
+            w.store(0, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -252,8 +264,8 @@ impl<E: Engine> Cpu<E> {
         let (d, s) = (self.page(dst).words(ps), self.page(src).words(ps));
         for (dw, sw) in d.iter().zip(s) {
             dw.store(
-                sw.load(std::sync::atomic::Ordering::SeqCst),
-                std::sync::atomic::Ordering::SeqCst,
+                sw.load(std::sync::atomic::Ordering::Relaxed),
+                std::sync::atomic::Ordering::Relaxed,
             );
         }
     }

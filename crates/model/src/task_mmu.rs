@@ -116,10 +116,7 @@ impl<E: Engine> Cpu<E> {
     pub fn peek_page(&self, mm: &MmStruct<E>, page_addr: VirtAddr) -> Vec<u8> {
         let ps = self.k.geo.page_size();
         match self.page_info(mm, page_addr).pfn {
-            Some(pfn) => {
-                let w = self.page(pfn).words(ps);
-                (0..ps).map(|o| crate::page::read_byte(w, o)).collect()
-            }
+            Some(pfn) => crate::page::read_page(self.page(pfn).words(ps)),
             None => vec![0; ps as usize],
         }
     }

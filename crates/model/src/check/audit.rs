@@ -430,6 +430,9 @@ fn check_deferred<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
 fn check_locks<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
     let k = &cpu.k;
     for pfn in 0..k.mem.nr_pages() {
+        if k.mem.is_free(Pfn(pfn)) {
+            continue;
+        }
         if k.mem.page(Pfn(pfn)).lock.inspect(|s| s.locked) {
             t.fail(
                 inv::AUDIT_LOCKS,

@@ -60,7 +60,7 @@ impl<E: Engine> Cpu<E> {
     /// Models transhuge_vma_suitable(), include/linux/huge_mm.h, v5.8.
     pub fn transhuge_vma_suitable(&self, vma: &Vma, haddr: VirtAddr) -> bool {
         let g = self.k.geo;
-        if ((vma.vm_start().0 >> g.page_shift) - vma.vm_pgoff()) % g.hpage_pmd_nr() != 0 {
+        if !((vma.vm_start().0 >> g.page_shift) - vma.vm_pgoff()).is_multiple_of(g.hpage_pmd_nr()) {
             return false;
         }
         haddr >= vma.vm_start() && haddr.0 + g.pmd_size() <= vma.vm_end().0
@@ -319,13 +319,13 @@ impl<E: Engine> Cpu<E> {
         src_pmd: EntryRef,
         addr: VirtAddr,
         vma: &Vma,
-    ) -> Result<bool, ()> {
+    ) -> Result<bool, crate::errno::Errno> {
         let _f = self.func("copy_huge_pmd");
         if !vma.is_anonymous() {
             return Ok(true);
         }
         let Some(pgtable) = self.pte_alloc_one() else {
-            return Err(());
+            return Err(crate::errno::Errno::Enomem);
         };
         let _dst_ptl = self.pmd_lockptr(dst_pmd).lock(self);
         let _src_ptl = self.pmd_lockptr(src_pmd).lock_nested(self);
@@ -1179,9 +1179,7 @@ impl<E: Engine> Cpu<E> {
         let head = self.compound_head(page);
         let result = if !self.page_trans_huge(head) {
             Ok(false)
-        } else if !self.can_split_huge_page(head, None) {
-            Err(Ebusy)
-        } else if !self.trylock_page(page) {
+        } else if !self.can_split_huge_page(head, None) || !self.trylock_page(page) {
             Err(Ebusy)
         } else {
             let r = self.split_huge_page_to_list(page).map(|()| true);

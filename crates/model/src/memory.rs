@@ -706,7 +706,7 @@ impl<E: Engine> Cpu<E> {
                 "VM_BUG_ON_VMA(next-addr != HPAGE_PMD_SIZE, vma)"
             );
             match self.copy_huge_pmd(dst, src, dst_pmd, src_pmd, addr, vma) {
-                Err(()) => return false,
+                Err(_) => return false,
                 Ok(true) => return true,
                 Ok(false) => {} // -EAGAIN: the PMD was split; copy the PTEs.
             }

@@ -205,7 +205,7 @@ impl<E: Engine> Cpu<E> {
                     return self.pvmw_not_found(pvmw);
                 }
                 // Did we cross page table boundary?
-                if pvmw.address.0 % geo.pmd_size() == 0 {
+                if pvmw.address.0.is_multiple_of(geo.pmd_size()) {
                     pvmw.ptl = None;
                     pvmw.pte = None;
                     break; // goto restart

@@ -40,6 +40,8 @@ impl Pfn {
     pub fn idx(self) -> usize {
         self.0 as usize
     }
+    /// The frame `n` after this one (`page + n` in C).
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, n: u64) -> Pfn {
         Pfn(self.0 + n)
     }

@@ -239,7 +239,7 @@ fn main() -> ExitCode {
             });
             let progress = bar.clone().map(|b| {
                 std::sync::Arc::new(move |n: usize| {
-                    if n % 64 == 0 {
+                    if n.is_multiple_of(64) {
                         b.set_position(n as u64)
                     }
                 }) as std::sync::Arc<dyn Fn(usize) + Send + Sync>

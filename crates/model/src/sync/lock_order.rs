@@ -4,7 +4,7 @@
 //! which the memory-management locks nest:
 //!
 //! ```text
-//!  * inode->i_mutex	(while writing or truncating, not reading or faulting)
+//!  * inode->i_mutex    (while writing or truncating, not reading or faulting)
 //!  *   mm->mmap_lock
 //!  *     page->flags PG_locked (lock_page)
 //!  *       hugetlbfs_i_mmap_rwsem_key (in huge_pmd_share)

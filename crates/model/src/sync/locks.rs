@@ -37,8 +37,14 @@ impl<E: Engine> SpinLock<E> {
 
     fn acquire<'a>(&'a self, cpu: &'a Cpu<E>, how: Acquire) -> SpinGuard<'a, E> {
         cpu.lock_acquire(self.class, instance_of(self), how);
-        self.locked
-            .wait_until(|l| if *l { None } else { Some(*l = true) });
+        self.locked.wait_until(|l| {
+            if *l {
+                None
+            } else {
+                let _: () = *l = true;
+                Some(())
+            }
+        });
         cpu.lock_acquired(self.class, instance_of(self));
         SpinGuard { lock: self, cpu }
     }
@@ -230,7 +236,8 @@ pub(crate) fn page_lock<E: Engine>(m: &E::Monitor<PageLockState>, cpu: &Cpu<E>, 
         if s.locked {
             None
         } else {
-            Some(s.locked = true)
+            let _: () = s.locked = true;
+            Some(())
         }
     });
     cpu.lock_acquired(LockClass::PageLock, instance_of(m));

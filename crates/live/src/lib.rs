@@ -1,0 +1,1 @@
+//! Placeholder: the live-kernel runner (issue 4) is being written.

@@ -87,35 +87,43 @@ impl Engine for StdEngine {
     }
 }
 
-impl Atomic for std::sync::atomic::AtomicU64 {
-    fn new(v: u64) -> Self {
-        std::sync::atomic::AtomicU64::new(v)
-    }
-    fn load(&self) -> u64 {
-        self.load(SC)
-    }
-    fn store(&self, v: u64) {
-        self.store(v, SC)
-    }
-    fn swap(&self, v: u64) -> u64 {
-        self.swap(v, SC)
-    }
-    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
-        self.compare_exchange(current, new, SC, SC)
-    }
-    fn fetch_add(&self, v: u64) -> u64 {
-        self.fetch_add(v, SC)
-    }
-    fn fetch_sub(&self, v: u64) -> u64 {
-        self.fetch_sub(v, SC)
-    }
-    fn fetch_or(&self, v: u64) -> u64 {
-        self.fetch_or(v, SC)
-    }
-    fn fetch_and(&self, v: u64) -> u64 {
-        self.fetch_and(v, SC)
-    }
+/// Implements [`Atomic`] for an `AtomicU64` type with std's method names.
+macro_rules! impl_atomic {
+    ($t:ty) => {
+        impl Atomic for $t {
+            fn new(v: u64) -> Self {
+                <$t>::new(v)
+            }
+            fn load(&self) -> u64 {
+                self.load(SC)
+            }
+            fn store(&self, v: u64) {
+                self.store(v, SC)
+            }
+            fn swap(&self, v: u64) -> u64 {
+                self.swap(v, SC)
+            }
+            fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
+                self.compare_exchange(current, new, SC, SC)
+            }
+            fn fetch_add(&self, v: u64) -> u64 {
+                self.fetch_add(v, SC)
+            }
+            fn fetch_sub(&self, v: u64) -> u64 {
+                self.fetch_sub(v, SC)
+            }
+            fn fetch_or(&self, v: u64) -> u64 {
+                self.fetch_or(v, SC)
+            }
+            fn fetch_and(&self, v: u64) -> u64 {
+                self.fetch_and(v, SC)
+            }
+        }
+    };
 }
+
+impl_atomic!(std::sync::atomic::AtomicU64);
+impl_atomic!(shuttle::sync::atomic::AtomicU64);
 
 const SC: std::sync::atomic::Ordering = std::sync::atomic::Ordering::SeqCst;
 
@@ -179,36 +187,6 @@ impl Engine for ShuttleEngine {
                 std::panic::resume_unwind(p);
             }
         }
-    }
-}
-
-impl Atomic for shuttle::sync::atomic::AtomicU64 {
-    fn new(v: u64) -> Self {
-        shuttle::sync::atomic::AtomicU64::new(v)
-    }
-    fn load(&self) -> u64 {
-        self.load(SC)
-    }
-    fn store(&self, v: u64) {
-        self.store(v, SC)
-    }
-    fn swap(&self, v: u64) -> u64 {
-        self.swap(v, SC)
-    }
-    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
-        self.compare_exchange(current, new, SC, SC)
-    }
-    fn fetch_add(&self, v: u64) -> u64 {
-        self.fetch_add(v, SC)
-    }
-    fn fetch_sub(&self, v: u64) -> u64 {
-        self.fetch_sub(v, SC)
-    }
-    fn fetch_or(&self, v: u64) -> u64 {
-        self.fetch_or(v, SC)
-    }
-    fn fetch_and(&self, v: u64) -> u64 {
-        self.fetch_and(v, SC)
     }
 }
 

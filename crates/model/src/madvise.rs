@@ -37,15 +37,9 @@ impl<E: Engine> Cpu<E> {
         advice: Advice,
     ) -> Result<(), Errno> {
         let _f = self.func("do_madvise");
-        let g = self.k.geo;
-        if start.0 & (g.page_size() - 1) != 0 {
-            return Err(Errno::Einval);
-        }
-        let len = len.div_ceil(g.page_size()) * g.page_size();
-        let end = start.add_bytes(len);
-        if end == start {
+        let Some(end) = self.syscall_range(start, len)? else {
             return Ok(());
-        }
+        };
         let (_r, _w);
         if advice == Advice::DontNeed {
             _r = Some(mm.mmap_lock.read(self));

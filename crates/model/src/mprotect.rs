@@ -31,15 +31,9 @@ impl<E: Engine> Cpu<E> {
         prot: Prot,
     ) -> Result<(), Errno> {
         let _f = self.func("do_mprotect_pkey");
-        let g = self.k.geo;
-        if start.0 & (g.page_size() - 1) != 0 {
-            return Err(Errno::Einval);
-        }
-        let len = len.div_ceil(g.page_size()) * g.page_size();
-        let end = start.add_bytes(len);
-        if end == start {
+        let Some(end) = self.syscall_range(start, len)? else {
             return Ok(());
-        }
+        };
         let _mmap = mm.mmap_lock.write(self);
         let Some(mut vma) = mm.find_vma(start) else {
             return Err(Errno::Enomem);
@@ -185,5 +179,19 @@ impl<E: Engine> Cpu<E> {
             a = a.add_bytes(self.k.geo.page_size());
         }
         pages
+    }
+}
+
+impl<E: Engine> Cpu<E> {
+    /// The checks every range system call starts with (mprotect, madvise):
+    /// `start` page-aligned, `len` rounded up to pages. `Ok(None)` for an empty
+    /// range (nothing to do), `Err(EINVAL)` for an unaligned start.
+    pub fn syscall_range(&self, start: VirtAddr, len: u64) -> Result<Option<VirtAddr>, Errno> {
+        let ps = self.k.geo.page_size();
+        if start.0 & (ps - 1) != 0 {
+            return Err(Errno::Einval);
+        }
+        let end = start.add_bytes(len.div_ceil(ps) * ps);
+        Ok((end != start).then_some(end))
     }
 }

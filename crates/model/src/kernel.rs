@@ -52,7 +52,7 @@ impl Config {
         let memory_bytes = if geometry == Geometry::TINY {
             64 * geometry.pmd_size()
         } else {
-            256 << 20
+            2 << 30
         };
         Config {
             geometry,

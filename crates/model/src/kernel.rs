@@ -107,6 +107,9 @@ pub struct Kernel<E: Engine> {
     pub tlbs: Vec<Mutex<Tlb>>,
     reports: Mutex<Vec<Violation>>,
     tracing: AtomicBool,
+    /// Advanced by each memory check: a frame whose `data_touched` is older
+    /// than the last check's epoch has not changed since.
+    data_epoch: AtomicU64,
     trace: Arc<Mutex<Vec<TraceRecord>>>,
 }
 
@@ -136,6 +139,7 @@ impl<E: Engine> Kernel<E> {
             tlbs: (0..cfg.cpus).map(|_| Mutex::new(Tlb::default())).collect(),
             reports: Mutex::new(Vec::new()),
             tracing: AtomicBool::new(false),
+            data_epoch: AtomicU64::new(1),
             trace: Arc::new(Mutex::new(Vec::new())),
             cfg,
         })
@@ -160,6 +164,17 @@ impl<E: Engine> Kernel<E> {
     /// Takes the violations recorded so far.
     pub fn take_reports(&self) -> Vec<Violation> {
         std::mem::take(&mut *self.reports.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The current data epoch.
+    pub fn data_epoch(&self) -> u64 {
+        self.data_epoch.load(SeqCst)
+    }
+
+    /// Starts a memory check: returns the epoch whose changes it covers and
+    /// moves later changes to the next epoch.
+    pub fn begin_data_check(&self) -> u64 {
+        self.data_epoch.fetch_add(1, SeqCst)
     }
 
     pub fn set_tracing(&self, on: bool) {

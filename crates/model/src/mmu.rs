@@ -18,7 +18,7 @@ use crate::cpu::Cpu;
 use crate::engine::{Atomic, Engine};
 use crate::memory::{FaultFlags, VmFault};
 use crate::mm_types::{vm, MmStruct};
-use crate::page::{read_byte, write_byte};
+use crate::page::{fill_bytes, read_byte, write_byte};
 use crate::pgtable::{Pmd, Pte, Upper};
 use crate::types::{Level, MmId, Pfn, VirtAddr};
 use serde::Serialize;
@@ -86,6 +86,7 @@ impl<E: Engine> Cpu<E> {
         Ok(match access {
             Access::Read => read_byte(words, off),
             Access::Write(v) => {
+                self.touch_data(e.pfn);
                 write_byte(words, off, v);
                 v
             }
@@ -104,9 +105,8 @@ impl<E: Engine> Cpu<E> {
         let e = self.user_translate(mm, addr, true)?;
         let off = addr.0 & (self.k.geo.page_size() - 1);
         let words = self.page(e.pfn).words(self.k.geo.page_size());
-        for o in off..off + len {
-            write_byte(words, o, v);
-        }
+        self.touch_data(e.pfn);
+        fill_bytes(words, off, off + len, v);
         Ok(())
     }
 

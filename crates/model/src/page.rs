@@ -66,6 +66,10 @@ pub struct Page<E: Engine> {
     pub lock: E::Monitor<PageLockState>,
     /// `page_deferred_list(page)` is not empty (guarded by split_queue_lock).
     pub on_deferred_list: AtomicBool,
+    /// The data epoch (see `Kernel::data_epoch`) of the last change to the
+    /// frame's bytes, so checkers can skip frames unchanged since their last
+    /// look.
+    pub data_touched: AtomicU64,
     /// The frame is on a free list (kept by the allocator; not a scheduling
     /// point: only checkers read it).
     pub free: AtomicBool,
@@ -89,6 +93,7 @@ impl<E: Engine> Page<E> {
             lock: E::Monitor::new(PageLockState::default()),
             on_deferred_list: AtomicBool::new(false),
             free: AtomicBool::new(true),
+            data_touched: AtomicU64::new(0),
             node,
             data: OnceLock::new(),
             table: OnceLock::new(),
@@ -165,6 +170,21 @@ pub fn read_byte(words: &[AtomicU64], off: u64) -> u8 {
     (words[(off / 8) as usize].load(Ordering::Relaxed) >> ((off % 8) * 8)) as u8
 }
 
+/// Writes `v` into bytes `[from, to)` of a frame: whole words where it can.
+pub fn fill_bytes(words: &[AtomicU64], from: u64, to: u64, v: u8) {
+    let word = u64::from_le_bytes([v; 8]);
+    let mut o = from;
+    while o < to {
+        if o % 8 == 0 && o + 8 <= to {
+            words[(o / 8) as usize].store(word, Ordering::Relaxed);
+            o += 8;
+        } else {
+            write_byte(words, o, v);
+            o += 1;
+        }
+    }
+}
+
 /// Reads a whole frame.
 pub fn read_page(words: &[AtomicU64]) -> Vec<u8> {
     words
@@ -186,6 +206,13 @@ impl<E: Engine> Cpu<E> {
     /// The `struct page` of a frame (`pfn_to_page`).
     pub fn page(&self, pfn: Pfn) -> &Page<E> {
         self.k.mem.page(pfn)
+    }
+
+    /// Notes that the frame's bytes change now (for incremental checkers).
+    pub fn touch_data(&self, pfn: Pfn) {
+        self.page(pfn)
+            .data_touched
+            .store(self.k.data_epoch(), Ordering::Relaxed);
     }
 
     /// Models compound_head(), include/linux/page-flags.h, v5.8.

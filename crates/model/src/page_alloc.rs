@@ -253,6 +253,7 @@ impl<E: Engine> Cpu<E> {
 
     /// Models clear_page()/clear_user_highpage().
     pub fn clear_page(&self, pfn: Pfn) {
+        self.touch_data(pfn);
         for w in self.page(pfn).words(self.k.geo.page_size()) {
             w.store(0, std::sync::atomic::Ordering::Relaxed);
         }
@@ -260,6 +261,7 @@ impl<E: Engine> Cpu<E> {
 
     /// Models copy_user_highpage(): copies the frame's bytes.
     pub fn copy_page(&self, dst: Pfn, src: Pfn) {
+        self.touch_data(dst);
         let ps = self.k.geo.page_size();
         let (d, s) = (self.page(dst).words(ps), self.page(src).words(ps));
         for (dw, sw) in d.iter().zip(s) {

@@ -236,6 +236,8 @@ struct State<E: Engine> {
     procs: BTreeMap<String, Proc<E>>,
     oracle: MemoryOracle,
     labels: Labels,
+    /// The data epoch the last memory check covered.
+    last_check_epoch: u64,
     /// The kernel oopsed or a check failed: stop.
     dead: bool,
 }
@@ -345,6 +347,7 @@ impl<E: Engine> Machine<E> {
             procs: BTreeMap::new(),
             oracle: MemoryOracle::new(page_size),
             labels: Labels::default(),
+            last_check_epoch: 0,
             dead: false,
         };
         Machine {
@@ -520,13 +523,30 @@ impl<E: Engine> Machine<E> {
         let cpu = self.cpu(0);
         let mut found = self.k.take_reports();
         found.extend(audit(&cpu));
-        let mut st = self.st();
+        let mut guard = self.st();
+        let st = &mut *guard;
+        let last = st.last_check_epoch;
+        st.last_check_epoch = self.k.begin_data_check();
         let procs = &st.procs;
-        let mem = st.oracle.check_all(|name, page| match procs.get(name) {
-            Some(p) if p.alive => cpu.peek_page(&p.mm, VirtAddr(page)),
-            _ => Vec::new(),
-        });
+        let mm_of = |name: &str| procs.get(name).filter(|p| p.alive).map(|p| p.mm.clone());
+        let mem = st.oracle.check_changed(
+            |name, page| {
+                mm_of(name)
+                    .and_then(|mm| cpu.page_info(&mm, VirtAddr(page)).pfn)
+                    .map(|f| f.0)
+            },
+            |frame| {
+                self.k
+                    .mem
+                    .page(thpsim_model::types::Pfn(frame))
+                    .data_touched
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    > last
+            },
+            |name, page| mm_of(name).map_or_else(Vec::new, |mm| cpu.peek_page(&mm, VirtAddr(page))),
+        );
         found.extend(mem);
+        let mut st = guard;
         if !found.is_empty() {
             st.dead = true;
         }

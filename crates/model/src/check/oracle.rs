@@ -10,14 +10,54 @@
 //! each read).
 
 use super::{invariants as inv, Violation, ViolationKind};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A page's expected bytes.
+#[derive(Clone, Debug)]
+enum PageData {
+    /// Every byte is this value.
+    Fill(u8),
+    Bytes(Box<[u8]>),
+}
+
+impl PageData {
+    fn byte(&self, off: usize) -> u8 {
+        match self {
+            PageData::Fill(v) => *v,
+            PageData::Bytes(b) => b[off],
+        }
+    }
+    fn bytes_mut(&mut self, page_size: usize) -> &mut [u8] {
+        if let PageData::Fill(v) = *self {
+            *self = PageData::Bytes(vec![v; page_size].into_boxed_slice());
+        }
+        match self {
+            PageData::Bytes(b) => b,
+            PageData::Fill(_) => unreachable!("just made bytes"),
+        }
+    }
+    /// The first offset where `seen` differs.
+    fn first_difference(&self, seen: &[u8]) -> Option<usize> {
+        let equal = match self {
+            PageData::Fill(v) => seen.iter().all(|b| b == v),
+            PageData::Bytes(b) => &b[..] == seen,
+        };
+        if equal {
+            return None;
+        }
+        match self {
+            PageData::Fill(v) => seen.iter().position(|b| b != v),
+            PageData::Bytes(b) => (0..b.len()).find(|&i| seen.get(i) != Some(&b[i])),
+        }
+    }
+}
 
 /// One process's expected memory: page address → bytes (absent = zero).
 #[derive(Clone, Debug, Default)]
 struct ProcMem {
     /// Mapped ranges `[start, end)`.
     ranges: Vec<(u64, u64)>,
-    pages: BTreeMap<u64, Box<[u8]>>,
+    pages: BTreeMap<u64, PageData>,
 }
 
 /// The oracle for all processes, keyed by the scenario's process names.
@@ -25,6 +65,10 @@ struct ProcMem {
 pub struct MemoryOracle {
     page_size: u64,
     procs: BTreeMap<String, ProcMem>,
+    /// Pages whose expected content changed since the last full check.
+    dirty: BTreeSet<(String, u64)>,
+    /// The frame each page showed at the last check (for incremental checks).
+    seen: HashMap<(String, u64), Option<u64>>,
 }
 
 impl MemoryOracle {
@@ -32,6 +76,8 @@ impl MemoryOracle {
         MemoryOracle {
             page_size,
             procs: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            seen: HashMap::new(),
         }
     }
 
@@ -47,12 +93,14 @@ impl MemoryOracle {
     }
 
     pub fn on_mmap(&mut self, proc_: &str, start: u64, len: u64) {
+        self.mark_dirty(proc_, start, len);
         let p = self.procs.entry(proc_.to_string()).or_default();
         p.ranges.push((start, start + len));
         p.pages.retain(|&a, _| a < start || a >= start + len);
     }
 
     pub fn on_munmap(&mut self, proc_: &str, start: u64, len: u64) {
+        self.mark_dirty(proc_, start, len);
         let end = start + len;
         if let Some(p) = self.procs.get_mut(proc_) {
             p.pages.retain(|&a, _| a < start || a >= end);
@@ -75,6 +123,7 @@ impl MemoryOracle {
 
     /// MADV_DONTNEED of private anonymous memory: it reads as zero again.
     pub fn on_dontneed(&mut self, proc_: &str, start: u64, len: u64) {
+        self.mark_dirty(proc_, start, len);
         if let Some(p) = self.procs.get_mut(proc_) {
             p.pages.retain(|&a, _| a < start || a >= start + len);
         }
@@ -87,32 +136,41 @@ impl MemoryOracle {
 
     pub fn on_exit(&mut self, proc_: &str) {
         self.procs.remove(proc_);
+        self.seen.retain(|(p, _), _| p != proc_);
+        self.dirty.retain(|(p, _)| p != proc_);
+    }
+
+    fn mark_dirty(&mut self, proc_: &str, start: u64, len: u64) {
+        let ps = self.page_size;
+        let mut a = start & !(ps - 1);
+        while a < start + len {
+            self.dirty.insert((proc_.to_string(), a));
+            a += ps;
+        }
     }
 
     /// A completed write of one byte.
     pub fn on_write(&mut self, proc_: &str, addr: u64, value: u8) {
-        let (page, off) = self.page_of(addr);
-        let ps = self.page_size as usize;
-        let p = self.procs.entry(proc_.to_string()).or_default();
-        p.pages
-            .entry(page)
-            .or_insert_with(|| vec![0u8; ps].into_boxed_slice())[off] = value;
+        self.on_fill(proc_, addr, 1, value);
     }
 
     /// A completed store of `value` to `[start, start + len)`.
     pub fn on_fill(&mut self, proc_: &str, start: u64, len: u64, value: u8) {
+        self.mark_dirty(proc_, start, len);
         let ps = self.page_size;
         let p = self.procs.entry(proc_.to_string()).or_default();
         let mut a = start;
         while a < start + len {
             let page = a & !(ps - 1);
             let end = (page + ps).min(start + len);
-            let bytes = p
-                .pages
-                .entry(page)
-                .or_insert_with(|| vec![0u8; ps as usize].into_boxed_slice());
-            for x in a..end {
-                bytes[(x - page) as usize] = value;
+            if a == page && end == page + ps {
+                p.pages.insert(page, PageData::Fill(value));
+            } else {
+                let data = p.pages.entry(page).or_insert(PageData::Fill(0));
+                let bytes = data.bytes_mut(ps as usize);
+                for x in a..end {
+                    bytes[(x - page) as usize] = value;
+                }
             }
             a = end;
         }
@@ -131,7 +189,7 @@ impl MemoryOracle {
         self.procs
             .get(proc_)
             .and_then(|p| p.pages.get(&page))
-            .map_or(0, |b| b[off])
+            .map_or(0, |b| b.byte(off))
     }
 
     /// The mapped pages of each process (for the full check).
@@ -159,23 +217,56 @@ impl MemoryOracle {
     /// bytes the model would show. Reports the first difference of each page.
     pub fn check_all(&self, mut observe: impl FnMut(&str, u64) -> Vec<u8>) -> Vec<Violation> {
         let mut out = Vec::new();
-        let zero = vec![0u8; self.page_size as usize];
         for (name, page) in self.mapped_pages() {
             let seen = observe(&name, page);
-            let want = self
-                .procs
-                .get(&name)
-                .and_then(|p| p.pages.get(&page))
-                .map_or(&zero[..], |b| &b[..]);
-            if let Some(off) = (0..want.len()).find(|&i| seen.get(i) != Some(&want[i])) {
-                out.push(violation(
-                    &name,
-                    page + off as u64,
-                    seen.get(off).copied().unwrap_or(0),
-                    want[off],
-                ));
+            if let Some(v) = self.compare(&name, page, &seen) {
+                out.push(v);
             }
         }
+        out
+    }
+
+    fn compare(&self, name: &str, page: u64, seen: &[u8]) -> Option<Violation> {
+        let data = self.procs.get(name).and_then(|p| p.pages.get(&page));
+        let zero = PageData::Fill(0);
+        let want = data.unwrap_or(&zero);
+        want.first_difference(seen).map(|off| {
+            violation(
+                name,
+                page + off as u64,
+                seen.get(off).copied().unwrap_or(0),
+                want.byte(off),
+            )
+        })
+    }
+
+    /// The same check, incremental: a page is compared again only if its
+    /// expected content changed, it now shows another frame (`frame_of`), or
+    /// that frame's bytes changed (`frame_changed`) since the last check.
+    pub fn check_changed(
+        &mut self,
+        mut frame_of: impl FnMut(&str, u64) -> Option<u64>,
+        mut frame_changed: impl FnMut(u64) -> bool,
+        mut observe: impl FnMut(&str, u64) -> Vec<u8>,
+    ) -> Vec<Violation> {
+        let mut out = Vec::new();
+        let mut seen_now = HashMap::new();
+        for (name, page) in self.mapped_pages() {
+            let key = (name.clone(), page);
+            let frame = frame_of(&name, page);
+            let same = !self.dirty.contains(&key)
+                && self.seen.get(&key) == Some(&frame)
+                && frame.is_none_or(|f| !frame_changed(f));
+            if !same {
+                let bytes = observe(&name, page);
+                if let Some(v) = self.compare(&name, page, &bytes) {
+                    out.push(v);
+                }
+            }
+            seen_now.insert(key, frame);
+        }
+        self.seen = seen_now;
+        self.dirty.clear();
         out
     }
 }

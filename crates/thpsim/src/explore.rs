@@ -158,6 +158,7 @@ fn default_choice(current: Option<usize>, runnable: &[usize]) -> usize {
 struct Shared {
     log: ExecLog,
     stop: bool,
+    failed: bool,
     executions: usize,
     distinct: HashSet<u64>,
 }
@@ -308,6 +309,10 @@ fn shuttle_config(time: Option<Duration>) -> shuttle::Config {
     c.failure_persistence = shuttle::FailurePersistence::None;
     c.max_time = time;
     c.silence_warnings = true;
+    // The model has no spin loops (every wait blocks), so a long execution is
+    // just a big scenario (x86_64 tables have 512 entries); the bound only
+    // catches a livelock.
+    c.max_steps = shuttle::MaxSteps::FailAfter(200_000_000);
     c
 }
 
@@ -358,6 +363,11 @@ fn drive<S: Scheduler + 'static>(
             sh.distinct.insert(fp);
             if failed {
                 sh.stop = true;
+                sh.failed = true;
+            }
+            // No decision at all: every execution would be this one.
+            if sh.log.points.is_empty() {
+                sh.stop = true;
             }
             if let Some(f) = &progress {
                 f(sh.executions);
@@ -367,7 +377,7 @@ fn drive<S: Scheduler + 'static>(
     let mut o = std::mem::take(&mut *outputs.lock().unwrap_or_else(|p| p.into_inner()));
     match result {
         Ok(_) => {
-            let failed = shared.lock().unwrap_or_else(|p| p.into_inner()).stop;
+            let failed = shared.lock().unwrap_or_else(|p| p.into_inner()).failed;
             (o, failed)
         }
         Err(payload) => {
@@ -382,6 +392,7 @@ fn drive<S: Scheduler + 'static>(
             let fp = sh.log.fingerprint();
             sh.distinct.insert(fp);
             sh.stop = true;
+            sh.failed = true;
             drop(sh);
             let records = o
                 .records

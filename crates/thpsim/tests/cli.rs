@@ -135,3 +135,45 @@ fn list_and_fixes() {
         "{s}"
     );
 }
+
+#[test]
+fn explore_and_replay_exit_codes() {
+    let race = root().join("scenarios/races/split_pmd_vs_wp_fault.thp");
+    let race = race.to_str().expect("utf8");
+    let out = thpsim(&[
+        "explore",
+        race,
+        "--iterations",
+        "300",
+        "--strategy",
+        "random",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("300 interleavings run") && stdout.contains("strategy random and seed 0"),
+        "{stdout}"
+    );
+    let out = thpsim(&["explore", race, "--revert", "split-pmd-page-lock", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let token = r["found"]["token"].as_str().expect("token").to_string();
+    let out = thpsim(&["replay", race, &token]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("CPU0") && stdout.contains("CPU1") && stdout.contains("MEM-PRIVATE"),
+        "{stdout}"
+    );
+    // Without `together` one execution is the whole search.
+    let out = thpsim(&["explore", "fork_child_write", "--geometry", "tiny"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 interleavings run"));
+    for bad in [
+        &["explore", race, "--shard", "3/2"][..],
+        &["explore", race, "--iterations", "0"],
+        &["replay", race, "nonsense"],
+    ] {
+        assert_eq!(thpsim(bad).status.code(), Some(2), "{bad:?}");
+    }
+}

@@ -62,8 +62,9 @@ pub struct Page<E: Engine> {
     compound_head: AtomicU64,
     /// `compound_order` of a head page.
     compound_order: AtomicU64,
-    /// PG_locked and its wait queue.
-    pub lock: E::Monitor<PageLockState>,
+    /// PG_locked and its wait queue, created on first use (most frames are
+    /// never locked; under exploration each monitor costs).
+    lock: OnceLock<E::Monitor<PageLockState>>,
     /// `page_deferred_list(page)` is not empty (guarded by split_queue_lock).
     pub on_deferred_list: AtomicBool,
     /// The data epoch (see `Kernel::data_epoch`) of the last change to the
@@ -90,7 +91,7 @@ impl<E: Engine> Page<E> {
             index: E::Atomic::new(0),
             compound_head: AtomicU64::new(0),
             compound_order: AtomicU64::new(0),
-            lock: E::Monitor::new(PageLockState::default()),
+            lock: OnceLock::new(),
             on_deferred_list: AtomicBool::new(false),
             free: AtomicBool::new(true),
             data_touched: AtomicU64::new(0),
@@ -98,6 +99,17 @@ impl<E: Engine> Page<E> {
             data: OnceLock::new(),
             table: OnceLock::new(),
         }
+    }
+
+    /// PG_locked's monitor.
+    pub fn lock_state(&self) -> &E::Monitor<PageLockState> {
+        self.lock
+            .get_or_init(|| E::Monitor::new(PageLockState::default()))
+    }
+
+    /// PageLocked() for checkers: false if the page was never locked.
+    pub fn is_locked(&self) -> bool {
+        self.lock.get().is_some_and(|m| m.inspect(|s| s.locked))
     }
 
     pub fn test_flag(&self, f: u64) -> bool {
@@ -389,7 +401,7 @@ impl<E: Engine> Cpu<E> {
     /// Takes PG_locked of the head page; see `sync::lock_order`.
     pub fn lock_page(&self, pfn: Pfn) {
         let head = self.compound_head(pfn);
-        page_lock::<E>(&self.page(head).lock, self, Acquire::Normal);
+        page_lock::<E>(self.page(head).lock_state(), self, Acquire::Normal);
     }
 
     /// Models trylock_page().
@@ -398,25 +410,25 @@ impl<E: Engine> Cpu<E> {
     /// Tries PG_locked of the head page (no ordering constraint).
     pub fn trylock_page(&self, pfn: Pfn) -> bool {
         let head = self.compound_head(pfn);
-        page_trylock::<E>(&self.page(head).lock, self)
+        page_trylock::<E>(self.page(head).lock_state(), self)
     }
 
     /// Models unlock_page().
     pub fn unlock_page(&self, pfn: Pfn) {
         let head = self.compound_head(pfn);
-        page_unlock::<E>(&self.page(head).lock, self);
+        page_unlock::<E>(self.page(head).lock_state(), self);
     }
 
     /// Models PageLocked().
     pub fn page_locked(&self, pfn: Pfn) -> bool {
         let head = self.compound_head(pfn);
-        self.page(head).lock.inspect(|s| s.locked)
+        self.page(head).is_locked()
     }
 
     /// Sets PG_locked on a tail page as __split_huge_page_tail() does by copying
     /// the head's flags.
     pub(crate) fn inherit_page_lock(&self, pfn: Pfn) {
-        page_lock_inherit::<E>(&self.page(pfn).lock);
+        page_lock_inherit::<E>(self.page(pfn).lock_state());
     }
 }
 
@@ -427,7 +439,7 @@ impl<E: Engine> Cpu<E> {
     pub fn wait_on_page_locked(&self, pfn: Pfn) {
         let head = self.compound_head(pfn);
         self.page(head)
-            .lock
+            .lock_state()
             .wait_until(|s| if s.locked { None } else { Some(()) });
     }
 }

@@ -239,7 +239,7 @@ impl<E: Engine> Cpu<E> {
             if p.refcount.load() != 0 && i == 0 {
                 self.bad_page(pfn.add(i), "nonzero _refcount");
             }
-            if p.lock.inspect(|s| s.locked) {
+            if p.is_locked() {
                 self.bad_page(pfn.add(i), "PAGE_FLAGS_CHECK_AT_FREE flag(s) set");
             }
             p.flags.store(0);

@@ -8,7 +8,7 @@
 
 use super::{invariants as inv, Violation, ViolationKind};
 use crate::cpu::Cpu;
-use crate::engine::{Atomic, Engine, Monitor};
+use crate::engine::{Atomic, Engine};
 use crate::mm_types::{MmStruct, Vma};
 use crate::page::pg;
 use crate::pgtable::{Pmd, Pte, Upper};
@@ -433,7 +433,7 @@ fn check_locks<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
         if k.mem.is_free(Pfn(pfn)) {
             continue;
         }
-        if k.mem.page(Pfn(pfn)).lock.inspect(|s| s.locked) {
+        if k.mem.page(Pfn(pfn)).is_locked() {
             t.fail(
                 inv::AUDIT_LOCKS,
                 format!("page {pfn} is still locked at a quiescent point"),

@@ -187,7 +187,7 @@ pub fn fill_bytes(words: &[AtomicU64], from: u64, to: u64, v: u8) {
     let word = u64::from_le_bytes([v; 8]);
     let mut o = from;
     while o < to {
-        if o % 8 == 0 && o + 8 <= to {
+        if o.is_multiple_of(8) && o + 8 <= to {
             words[(o / 8) as usize].store(word, Ordering::Relaxed);
             o += 8;
         } else {

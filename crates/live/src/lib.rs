@@ -1,1 +1,244 @@
-//! Placeholder: the live-kernel runner (issue 4) is being written.
+//! Runs thpsim scenarios on the running Linux kernel and observes its pages
+//! (`thpsim conform`, issue 4).
+//!
+//! [`run_live`] runs a scenario for real: one process (an *agent*) per
+//! scenario process, driven step by step by the caller (the *controller*) over
+//! a Unix socket; `P: fork C` makes P's agent call fork(); mmap, munmap,
+//! mprotect, madvise and exit are the real syscalls and reads and writes real
+//! memory accesses (a SIGSEGV/SIGBUS is caught and becomes the step's
+//! outcome). `expect` and `show` observe pages from outside through
+//! /proc/PID/pagemap, PAGEMAP_SCAN, /proc/kpageflags and /proc/kpagecount.
+//! The records follow the model's runner one to one by line: a
+//! [`LiveRecord::Step`] per step (`together` blocks run in the model's fixed
+//! round-robin order), a [`LiveRecord::Expect`] per `expect`, a
+//! [`LiveRecord::Page`] per 4 KiB page of a `show`; frames are labelled `#1`,
+//! `#2`, ... by first appearance, a THP's subpages sharing their head's label.
+//!
+//! Machine settings for the run (put back on every exit path, including
+//! Ctrl-C; see `session`):
+//! - `enabled` and `use_zero_page` from the header (default `always`, `on`, the
+//!   model's defaults);
+//! - `defrag=always`, so a THP fault compacts rather than falls back to base
+//!   pages, in every VMA;
+//! - mTHP sizes other than 2 MiB `never`, 2 MiB `inherit` (5.8 has PMD THPs only);
+//! - `shrink_underused=0` (Linux >= 6.12 splits mostly-zero THPs in the
+//!   deferred-split shrinker; 5.8 does not);
+//! - khugepaged paused: 24 h between scans, one PMD per scan. It may still run
+//!   one scan when the run's first THP-eligible VMA appears (khugepaged wakes
+//!   when its first mm registers), before anything is written there.
+//!
+//! Kernel work: `kernel: split-huge-page P A[off]` writes
+//! `PID,0xADDR,0xADDR+4096` to /sys/kernel/debug/split_huge_pages (unsupported
+//! when debugfs is missing or locked down); `kernel: deferred-split` writes 2
+//! to /proc/sys/vm/drop_caches, whose drop_slab() runs every shrinker of every
+//! memcg, the deferred-split one included.
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod agent;
+pub mod decode;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod observe;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod run;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod session;
+
+use serde::Serialize;
+use thpsim_scenario::{Outcome, Scenario};
+
+/// The result of a live run.
+#[derive(Clone, Debug, Serialize)]
+pub struct LiveReport {
+    /// `uname -r`.
+    pub kernel: String,
+    /// How the run was done: settings applied, detection methods, header
+    /// lines that apply to the model only.
+    pub notes: Vec<String>,
+    pub records: Vec<LiveRecord>,
+}
+
+/// One line of a live run's report (compare with the model's records by line).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum LiveRecord {
+    /// A step and what it did.
+    Step {
+        line: usize,
+        text: String,
+        outcome: Outcome,
+        /// The first byte a `read` returned.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        value: Option<u8>,
+    },
+    /// An `expect` line, evaluated as the model does.
+    Expect {
+        line: usize,
+        text: String,
+        ok: bool,
+        /// What was found: a kind (`thp-pmd`), `mapcount 2`, `node 0`, or the
+        /// two labels of a `same`/`other` (`#1 and #2`, `nothing`).
+        found: String,
+    },
+    /// One 4 KiB page of a `show`.
+    Page {
+        line: usize,
+        process: String,
+        region: String,
+        /// Page index in the region.
+        offset: u64,
+        /// none | zero | base | thp-pmd | thp-pte | swap | migration | hugetlb
+        kind: String,
+        /// The frame's label (none for `none` and `zero`); a THP's subpages
+        /// share the head frame's label.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        page: Option<String>,
+        /// Index of the subpage in its compound page.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        subpage: Option<u64>,
+        /// /proc/kpagecount of the frame (0 when nothing is mapped).
+        mapcount: i64,
+        /// The page's first byte as the process would read it (0 when not
+        /// present: it would be zero-filled on demand).
+        value: u8,
+    },
+}
+
+/// Why a live run could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// This machine cannot run scenarios live at all (exit 2).
+    #[error("cannot run on the live kernel: {0}")]
+    Environment(String),
+    /// A step or header line this kernel (or the live runner) cannot do.
+    #[error("line {line}: {what}")]
+    Unsupported { line: usize, what: String },
+    /// The scenario is wrong at run time (a range past a region's end, ...),
+    /// as the model would report it.
+    #[error("line {line}: {message}")]
+    Invalid { line: usize, message: String },
+    /// The kernel did something the scenario language cannot express (an
+    /// errno other than EINVAL/EACCES/ENOMEM/EBUSY), or an agent misbehaved.
+    #[error("line {line}: {what}")]
+    Failed { line: usize, what: String },
+    /// A system call of the controller failed (or an agent died).
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The run was stopped by this signal (SIGINT, SIGTERM, SIGHUP); the THP
+    /// settings were restored and the agents killed.
+    #[error("interrupted by signal {0}; THP settings restored")]
+    Interrupted(i32),
+}
+
+/// Whether this machine can run scenarios live; the error says exactly why not.
+pub fn environment() -> Result<(), LiveError> {
+    imp::environment()
+}
+
+/// Runs a scenario on the live kernel.
+///
+/// Fails with [`LiveError::Environment`] when [`environment`] does, with
+/// [`LiveError::Unsupported`] before touching anything when the scenario uses
+/// what the live runner cannot do (features of later issues, shared anonymous
+/// memory, a non-x86_64 geometry, `split-huge-page` without a writable
+/// debugfs). Runs are serialised machine-wide (a lock file), since THP
+/// settings are global.
+pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
+    imp::run_live(scn)
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod imp {
+    use super::LiveError;
+    use std::fs;
+    use std::os::unix::fs::FileExt;
+
+    pub use crate::run::run_live;
+
+    fn env(msg: impl Into<String>) -> LiveError {
+        LiveError::Environment(msg.into())
+    }
+
+    pub fn environment() -> Result<(), LiveError> {
+        // SAFETY: plain libc queries.
+        let (euid, page) = unsafe { (libc::geteuid(), libc::sysconf(libc::_SC_PAGESIZE)) };
+        if euid != 0 {
+            return Err(env(
+                "not root: the PFNs in /proc/PID/pagemap, /proc/kpageflags, /proc/kpagecount \
+                 and the THP settings in /sys need root",
+            ));
+        }
+        if page != 4096 {
+            return Err(env(format!(
+                "the page size is {page} bytes; only the x86_64 geometry (4 KiB pages) runs live"
+            )));
+        }
+        let thp = crate::session::THP;
+        let enabled = format!("{thp}/enabled");
+        if !std::path::Path::new(&enabled).exists() {
+            return Err(env(format!(
+                "no {enabled}: this kernel has no transparent huge pages (CONFIG_TRANSPARENT_HUGEPAGE)"
+            )));
+        }
+        for knob in ["enabled", "defrag", "use_zero_page"] {
+            let p = format!("{thp}/{knob}");
+            if let Err(e) = fs::OpenOptions::new().write(true).open(&p) {
+                return Err(env(format!("cannot write {p}: {e}")));
+            }
+        }
+        let pmd = fs::read_to_string(format!("{thp}/hpage_pmd_size")).unwrap_or_default();
+        if pmd.trim() != "2097152" {
+            return Err(env(format!(
+                "{thp}/hpage_pmd_size is `{}`, not 2097152: only the x86_64 geometry runs live",
+                pmd.trim()
+            )));
+        }
+        for f in ["/proc/kpageflags", "/proc/kpagecount"] {
+            if let Err(e) = fs::File::open(f) {
+                return Err(env(format!("cannot read {f}: {e}")));
+            }
+        }
+        // Does pagemap show PFNs? Look at a page of our own stack.
+        let probe = [1u8; 64];
+        let addr = std::hint::black_box(&probe).as_ptr() as u64;
+        let pm = fs::File::open("/proc/self/pagemap")
+            .map_err(|e| env(format!("cannot read /proc/self/pagemap: {e}")))?;
+        let mut b = [0u8; 8];
+        pm.read_exact_at(&mut b, addr / 4096 * 8)
+            .map_err(|e| env(format!("cannot read /proc/self/pagemap: {e}")))?;
+        let e = crate::decode::PagemapEntry(u64::from_le_bytes(b));
+        match e.pfn() {
+            Some(0) | None => Err(env(
+                "/proc/PID/pagemap does not show PFNs (it needs CAP_SYS_ADMIN in the initial \
+                 user namespace)",
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+mod imp {
+    use super::{LiveError, LiveReport};
+    use thpsim_scenario::Scenario;
+
+    pub fn environment() -> Result<(), LiveError> {
+        if cfg!(target_os = "linux") {
+            Err(LiveError::Environment(
+                "the live runner supports x86_64 only".into(),
+            ))
+        } else {
+            Err(LiveError::Environment(
+                "not Linux: the live runner needs /proc/PID/pagemap, /proc/kpageflags and THP sysfs"
+                    .into(),
+            ))
+        }
+    }
+
+    pub fn run_live(_: &Scenario) -> Result<LiveReport, LiveError> {
+        Err(environment().unwrap_err())
+    }
+}

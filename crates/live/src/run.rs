@@ -1,0 +1,975 @@
+//! The controller: interprets a scenario on the live kernel, one agent per
+//! scenario process, with the same semantics as the model's runner
+//! (crates/thpsim/src/run.rs) so that records compare one to one by line.
+
+use crate::agent::{self, NO_EXPECT};
+use crate::observe::{Observer, PageObs, ProcFiles, PAGE};
+use crate::session::{self, Session, Settings, INTERRUPTED};
+use crate::{LiveError, LiveRecord, LiveReport};
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{self, Write};
+use std::mem::{size_of, zeroed};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::Ordering;
+use thpsim_scenario::{
+    Advice, Backing, Context, Expectation, Feature, Geometry, Item, Name, Op, Outcome, Protection,
+    Scenario, Selector, Show, Span, Step, Target, ThpPolicy, UnitSizes,
+};
+
+const SPLIT_HUGE_PAGES: &str = "/sys/kernel/debug/split_huge_pages";
+const DROP_CACHES: &str = "/proc/sys/vm/drop_caches";
+/// How long an agent may take for one step.
+const STEP_TIMEOUT_MS: i32 = 300_000;
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> LiveError {
+    let context = context.into();
+    move |source| LiveError::Io { context, source }
+}
+
+fn last_err(context: impl Into<String>) -> LiveError {
+    io_err(context)(io::Error::last_os_error())
+}
+
+/// Why a scenario cannot run live, found before anything is changed.
+fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
+    let mut notes = Vec::new();
+    let unsupported = |span: Span, what: String| LiveError::Unsupported {
+        line: span.line,
+        what,
+    };
+    if let Some(g) = &scn.header.geometry {
+        if g.value != Geometry::X86_64 {
+            return Err(unsupported(
+                g.span,
+                format!(
+                    "geometry `{}`: the live kernel has the x86_64 geometry only",
+                    g.value
+                ),
+            ));
+        }
+    }
+    for (f, span) in scn.features() {
+        if f != Feature::Core {
+            return Err(unsupported(
+                span,
+                format!("`{f}` is not supported by the live runner yet"),
+            ));
+        }
+    }
+    if let Some(m) = &scn.header.memory {
+        notes.push(format!(
+            "`memory` (line {}) applies to the model only; the live kernel has the machine's memory",
+            m.span.line
+        ));
+    }
+    if !scn.header.reverts.is_empty() {
+        notes.push(
+            "`revert` lines apply to the model only: the live kernel runs with its fixes".into(),
+        );
+    }
+    let mut split = None;
+    let mut deferred = None;
+    for step in scn.steps() {
+        match &step.op {
+            Op::Mmap {
+                shared, backing, ..
+            } => {
+                if *shared || backing.value != Backing::Anon {
+                    return Err(unsupported(
+                        step.op_span,
+                        "`mmap ... shared` (shared anonymous memory, shmem) is not supported yet"
+                            .into(),
+                    ));
+                }
+            }
+            Op::Madvise { advice, .. } => {
+                if !matches!(
+                    advice.value,
+                    Advice::Hugepage | Advice::Nohugepage | Advice::Dontneed
+                ) {
+                    return Err(unsupported(
+                        advice.span,
+                        format!("madvise {} is not supported yet", advice.value),
+                    ));
+                }
+            }
+            Op::SplitHugePage { .. } => {
+                split.get_or_insert(step.span);
+            }
+            Op::DeferredSplit => {
+                deferred.get_or_insert(step.span);
+            }
+            Op::Fork { .. }
+            | Op::Exit
+            | Op::Munmap { .. }
+            | Op::Mprotect { .. }
+            | Op::Write { .. }
+            | Op::Read { .. } => {}
+            other => {
+                return Err(unsupported(
+                    step.op_span,
+                    format!(
+                        "`{}` is not supported by the live runner yet",
+                        other.keyword()
+                    ),
+                ))
+            }
+        }
+        if matches!(step.context, Context::Device) {
+            return Err(unsupported(
+                step.span,
+                "`device:` steps are not supported yet".into(),
+            ));
+        }
+    }
+    if let Some(span) = split {
+        check_writable(SPLIT_HUGE_PAGES).map_err(|why| {
+            unsupported(
+                span,
+                format!("`kernel: split-huge-page` needs {SPLIT_HUGE_PAGES}: {why}"),
+            )
+        })?;
+    }
+    if let Some(span) = deferred {
+        check_writable(DROP_CACHES).map_err(|why| {
+            unsupported(
+                span,
+                format!("`kernel: deferred-split` runs the shrinkers through {DROP_CACHES}: {why}"),
+            )
+        })?;
+    }
+    Ok(notes)
+}
+
+/// Opens a file for writing (without writing) to see whether a step could.
+fn check_writable(path: &str) -> Result<(), String> {
+    match fs::OpenOptions::new().write(true).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(if path.starts_with("/sys/kernel/debug") {
+                "missing (debugfs not mounted at /sys/kernel/debug, or a kernel without CONFIG_DEBUG_FS / CONFIG_TRANSPARENT_HUGEPAGE)".into()
+            } else {
+                "missing".into()
+            })
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let lockdown = fs::read_to_string("/sys/kernel/security/lockdown")
+                .map(|s| format!(" (lockdown: {})", s.trim()))
+                .unwrap_or_default();
+            Err(format!(
+                "not permitted: debugfs access is restricted by kernel lockdown{lockdown}"
+            ))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A scenario process: its agent and its regions.
+struct Proc {
+    pid: i32,
+    sock: OwnedFd,
+    pidfd: OwnedFd,
+    /// The keeper (the controller's child, reaped with waitpid).
+    keeper: bool,
+    /// Creation order (children are killed before their parents).
+    seq: u64,
+    regions: BTreeMap<String, (u64, u64)>,
+    alive: bool,
+}
+
+static NEXT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// An agent's reply.
+enum Reply {
+    /// `extra`: for a read, 1 + the offset of the first byte that differs
+    /// from the asserted value (0 if none). Not in the records yet (the
+    /// Step record carries the first byte only).
+    Ok {
+        value: u64,
+        #[allow(dead_code)]
+        extra: u64,
+    },
+    Errno(i32),
+    Signal(i32),
+}
+
+fn socketpair() -> Result<(OwnedFd, OwnedFd), LiveError> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds has room for two descriptors.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(last_err("socketpair"));
+    }
+    // SAFETY: both were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn pidfd_open(pid: i32) -> Result<OwnedFd, LiveError> {
+    // SAFETY: plain syscall.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(last_err(format!("pidfd_open({pid})")));
+    }
+    // SAFETY: a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+impl Proc {
+    fn send(&self, req: [u64; 4], pass: Option<RawFd>) -> Result<(), LiveError> {
+        // SAFETY: msghdr built over live buffers; cmsg buffer sized for one fd.
+        unsafe {
+            let mut iov = libc::iovec {
+                iov_base: req.as_ptr() as *mut libc::c_void,
+                iov_len: size_of::<[u64; 4]>(),
+            };
+            let mut msg: libc::msghdr = zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            let mut cbuf = [0u64; 8];
+            if let Some(fd) = pass {
+                let space = libc::CMSG_SPACE(size_of::<RawFd>() as u32) as usize;
+                msg.msg_control = cbuf.as_mut_ptr() as *mut libc::c_void;
+                msg.msg_controllen = space as _;
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_RIGHTS;
+                (*c).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
+                *(libc::CMSG_DATA(c) as *mut RawFd) = fd;
+            }
+            if libc::sendmsg(self.sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) < 0 {
+                return Err(last_err(format!("sending to agent {}", self.pid)));
+            }
+        }
+        Ok(())
+    }
+
+    fn recv(&self) -> Result<Reply, LiveError> {
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.sock.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, STEP_TIMEOUT_MS) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted && INTERRUPTED.load(Ordering::SeqCst) == 0
+                {
+                    continue;
+                }
+                return Err(interrupted_or(io_err(format!(
+                    "waiting for agent {}",
+                    self.pid
+                ))(e)));
+            }
+            if n == 0 {
+                return Err(LiveError::Io {
+                    context: format!("agent {}", self.pid),
+                    source: io::Error::new(io::ErrorKind::TimedOut, "no reply within 300 s"),
+                });
+            }
+            if fds[0].revents & libc::POLLIN == 0 {
+                return Err(interrupted_or(LiveError::Io {
+                    context: format!("agent {}", self.pid),
+                    source: io::Error::new(io::ErrorKind::BrokenPipe, "the agent died"),
+                }));
+            }
+            let mut r = [0u64; 4];
+            // SAFETY: reading into a local buffer.
+            let got = unsafe {
+                libc::recv(
+                    self.sock.as_raw_fd(),
+                    r.as_mut_ptr() as *mut libc::c_void,
+                    size_of::<[u64; 4]>(),
+                    0,
+                )
+            };
+            if got != size_of::<[u64; 4]>() as isize {
+                return Err(interrupted_or(LiveError::Io {
+                    context: format!("agent {}", self.pid),
+                    source: io::Error::new(io::ErrorKind::BrokenPipe, "short reply"),
+                }));
+            }
+            return Ok(match r[0] {
+                agent::REPLY_OK => Reply::Ok {
+                    value: r[2],
+                    extra: r[3],
+                },
+                agent::REPLY_ERRNO => Reply::Errno(r[1] as i32),
+                _ => Reply::Signal(r[1] as i32),
+            });
+        }
+    }
+
+    fn call(&self, req: [u64; 4]) -> Result<Reply, LiveError> {
+        self.send(req, None)?;
+        self.recv()
+    }
+
+    /// Waits until the agent has exited (its mm is gone), reaping it if it is
+    /// our child.
+    fn wait_exit(&self) -> Result<(), LiveError> {
+        let mut pfd = libc::pollfd {
+            fd: self.pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut pfd, 1, STEP_TIMEOUT_MS) };
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                if INTERRUPTED.load(Ordering::SeqCst) != 0 {
+                    return Err(interrupted_or(last_err("waiting for an agent")));
+                }
+                continue;
+            }
+            if n <= 0 {
+                return Err(last_err(format!("waiting for agent {} to exit", self.pid)));
+            }
+            break;
+        }
+        if self.keeper {
+            let mut status = 0;
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(self.pid, &mut status, 0) };
+            session::set_keeper(0);
+        } else {
+            session::unregister_agent(self.pid);
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self) {
+        if !self.alive {
+            return;
+        }
+        // SAFETY: signalling through our pidfd (no pid reuse race).
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        let _ = self.wait_exit();
+        self.alive = false;
+    }
+}
+
+/// A Ctrl-C turns whatever failed into `Interrupted`.
+fn interrupted_or(e: LiveError) -> LiveError {
+    match INTERRUPTED.load(Ordering::SeqCst) {
+        0 => e,
+        sig => LiveError::Interrupted(sig),
+    }
+}
+
+fn errno_outcome(line: usize, what: &str, e: i32) -> Result<Outcome, LiveError> {
+    match e {
+        libc::EINVAL | libc::EACCES => Ok(Outcome::Einval),
+        libc::ENOMEM => Ok(Outcome::Enomem),
+        libc::EBUSY => Ok(Outcome::Ebusy),
+        _ => Err(LiveError::Failed {
+            line,
+            what: format!(
+                "{what} failed with {} (not an outcome of the scenario language)",
+                io::Error::from_raw_os_error(e)
+            ),
+        }),
+    }
+}
+
+fn signal_outcome(sig: i32) -> Outcome {
+    if sig == libc::SIGBUS {
+        Outcome::Sigbus
+    } else {
+        Outcome::Segv
+    }
+}
+
+/// The state of a live run.
+struct Runner<'a> {
+    scn: &'a Scenario,
+    keeper: Proc,
+    units: UnitSizes,
+    procs: BTreeMap<String, Proc>,
+    obs: Observer,
+    labels: HashMap<u64, usize>,
+    records: Vec<LiveRecord>,
+}
+
+impl<'a> Runner<'a> {
+    fn label(&mut self, pfn: u64) -> String {
+        let n = self.labels.len() + 1;
+        format!("#{}", self.labels.entry(pfn).or_insert(n))
+    }
+
+    fn invalid(&self, span: Span, message: impl Into<String>) -> LiveError {
+        LiveError::Invalid {
+            line: span.line,
+            message: message.into(),
+        }
+    }
+
+    fn proc(&self, name: &Name) -> Result<&Proc, LiveError> {
+        match self.procs.get(&name.text) {
+            Some(p) if p.alive => Ok(p),
+            Some(_) => Err(self.invalid(name.span, format!("process `{}` has exited", name.text))),
+            None => Err(self.invalid(name.span, format!("process `{}` does not exist", name.text))),
+        }
+    }
+
+    fn resolve(&self, q: &thpsim_scenario::Quantity) -> Result<u64, LiveError> {
+        q.resolve(&self.units).map_err(|e| LiveError::Invalid {
+            line: q.span.line,
+            message: e.to_string(),
+        })
+    }
+
+    /// `[start, end)` of a target in a process's address space (as the model).
+    fn range(&self, process: &str, t: &Target) -> Result<(u64, u64), LiveError> {
+        let region = self
+            .procs
+            .get(process)
+            .and_then(|p| p.regions.get(&t.region.text).copied());
+        let Some((start, len)) = region else {
+            return Err(self.invalid(
+                t.region.span,
+                format!("region `{}` is not mapped in this process", t.region.text),
+            ));
+        };
+        let (s, e) = match &t.selector {
+            Selector::At(q) => {
+                let off = self.resolve(q)?;
+                (off, off + 1)
+            }
+            Selector::Range { start: s, end: e } => {
+                let s = s
+                    .as_ref()
+                    .map(|q| self.resolve(q))
+                    .transpose()?
+                    .unwrap_or(0);
+                let e = e
+                    .as_ref()
+                    .map(|q| self.resolve(q))
+                    .transpose()?
+                    .unwrap_or(len);
+                (s, e)
+            }
+        };
+        if s >= e {
+            return Err(self.invalid(
+                t.selector_span,
+                format!(
+                    "empty range {}: the end must be after the start",
+                    t.selector
+                ),
+            ));
+        }
+        if e > len {
+            return Err(self.invalid(
+                t.selector_span,
+                format!(
+                    "{} reaches past the end of `{}` ({} bytes)",
+                    t.selector, t.region.text, len
+                ),
+            ));
+        }
+        Ok((start + s, start + e))
+    }
+
+    /// Forks the keeper from this process: an agent that maps nothing, forks
+    /// every scenario process's agent (`process P`), and, as a child
+    /// subreaper that ignores SIGCHLD, reaps every agent whose parent is gone
+    /// (otherwise an orphan would depend on init to reap it).
+    fn spawn_keeper() -> Result<Proc, LiveError> {
+        let (ours, theirs) = socketpair()?;
+        let theirs_raw = theirs.as_raw_fd();
+        // Signals stay blocked across the fork until the agent has reset the
+        // controller's handlers (see agent_main).
+        // SAFETY: sigset operations on local sets; the child runs only
+        // async-signal-safe code (agent_main) and never returns.
+        let pid = unsafe {
+            let mut all: libc::sigset_t = zeroed();
+            let mut old: libc::sigset_t = zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            let pid = libc::fork();
+            if pid == 0 {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
+                agent::agent_main(theirs_raw)
+            }
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            pid
+        };
+        if pid < 0 {
+            return Err(last_err("fork"));
+        }
+        drop(theirs);
+        session::set_keeper(pid);
+        let p = Proc {
+            pid,
+            sock: ours,
+            pidfd: pidfd_open(pid)?,
+            keeper: true,
+            seq: 0,
+            regions: BTreeMap::new(),
+            alive: true,
+        };
+        hello(&p)?;
+        Ok(p)
+    }
+
+    /// Makes `parent`'s agent fork; the child gets a channel of its own and
+    /// `regions`. `Ok(Err(errno))` when fork() failed.
+    fn fork_from(
+        parent: &Proc,
+        regions: BTreeMap<String, (u64, u64)>,
+    ) -> Result<Result<Proc, i32>, LiveError> {
+        let (ours, theirs) = socketpair()?;
+        parent.send([agent::OP_FORK, 0, 0, 0], Some(theirs.as_raw_fd()))?;
+        let r = parent.recv()?;
+        drop(theirs);
+        let pid = match r {
+            Reply::Ok { value, .. } => value as i32,
+            Reply::Errno(e) => return Ok(Err(e)),
+            Reply::Signal(_) => {
+                return Err(LiveError::Io {
+                    context: format!("agent {}", parent.pid),
+                    source: io::Error::new(io::ErrorKind::InvalidData, "bad fork reply"),
+                })
+            }
+        };
+        let pidfd = pidfd_open(pid)?;
+        session::register_agent(pid, pidfd.as_raw_fd())?;
+        let c = Proc {
+            pid,
+            sock: ours,
+            pidfd,
+            keeper: false,
+            seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
+            regions,
+            alive: true,
+        };
+        hello(&c)?;
+        Ok(Ok(c))
+    }
+
+    /// `process P`: a fresh agent, forked by the keeper.
+    fn spawn(&mut self, name: &str) -> Result<(), LiveError> {
+        match Self::fork_from(&self.keeper, BTreeMap::new())? {
+            Ok(p) => {
+                self.procs.insert(name.to_string(), p);
+                Ok(())
+            }
+            Err(e) => Err(LiveError::Io {
+                context: format!("creating process `{name}`"),
+                source: io::Error::from_raw_os_error(e),
+            }),
+        }
+    }
+
+    fn run_items(&mut self) -> Result<(), LiveError> {
+        for item in &self.scn.items {
+            if let sig @ 1.. = INTERRUPTED.load(Ordering::SeqCst) {
+                return Err(LiveError::Interrupted(sig));
+            }
+            match item {
+                Item::Process(p) => self.spawn(&p.value.text)?,
+                Item::Step(step) => self.step(step)?,
+                Item::Together(t) => {
+                    // The model's fixed interleaving: round robin, one step
+                    // of each thread at a time.
+                    let longest = t.threads.iter().map(|th| th.steps.len()).max().unwrap_or(0);
+                    for round in 0..longest {
+                        for th in &t.threads {
+                            if let Some(step) = th.steps.get(round) {
+                                self.step(step)?;
+                            }
+                        }
+                    }
+                }
+                Item::Expect(x) => self.expect(x)?,
+                Item::Show(s) => self.show(s)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, step: &Step) -> Result<(), LiveError> {
+        let (outcome, value) = self.exec(step)?;
+        self.records.push(LiveRecord::Step {
+            line: step.span.line,
+            text: self.scn.text(step.span).to_string(),
+            outcome,
+            value,
+        });
+        Ok(())
+    }
+
+    fn exec(&mut self, step: &Step) -> Result<(Outcome, Option<u8>), LiveError> {
+        let line = step.span.line;
+        let ok = Ok((Outcome::Ok, None));
+        match (&step.context, &step.op) {
+            (Context::Process(pn), op) => {
+                let name = pn.text.clone();
+                let p = self.proc(pn)?;
+                match op {
+                    Op::Fork { child } => match Self::fork_from(p, p.regions.clone())? {
+                        Ok(c) => {
+                            self.procs.insert(child.text.clone(), c);
+                            ok
+                        }
+                        Err(e) => Ok((errno_outcome(line, "fork", e)?, None)),
+                    },
+                    Op::Exit => {
+                        p.send([agent::OP_EXIT, 0, 0, 0], None)?;
+                        p.wait_exit()?;
+                        if let Some(p) = self.procs.get_mut(&name) {
+                            p.alive = false;
+                        }
+                        ok
+                    }
+                    Op::Mmap { region, size, .. } => {
+                        let len = self.resolve(size)?;
+                        if len == 0 {
+                            return Ok((Outcome::Einval, None));
+                        }
+                        let len = len.div_ceil(PAGE) * PAGE;
+                        match p.call([agent::OP_MMAP, len, 0, 0])? {
+                            Reply::Ok { value, .. } => {
+                                if let Some(p) = self.procs.get_mut(&name) {
+                                    p.regions.insert(region.text.clone(), (value, len));
+                                }
+                                ok
+                            }
+                            Reply::Errno(e) => Ok((errno_outcome(line, "mmap", e)?, None)),
+                            Reply::Signal(_) => unreachable_reply(line),
+                        }
+                    }
+                    Op::Munmap { target } => {
+                        let (s, e) = self.range(&name, target)?;
+                        self.syscall(line, "munmap", &name, [agent::OP_MUNMAP, s, e - s, 0])
+                    }
+                    Op::Mprotect { target, prot } => {
+                        let (s, e) = self.range(&name, target)?;
+                        let prot = match prot.value {
+                            Protection::R => libc::PROT_READ,
+                            Protection::Rw => libc::PROT_READ | libc::PROT_WRITE,
+                            Protection::None => libc::PROT_NONE,
+                        };
+                        self.syscall(
+                            line,
+                            "mprotect",
+                            &name,
+                            [agent::OP_MPROTECT, s, e - s, prot as u64],
+                        )
+                    }
+                    Op::Madvise { target, advice } => {
+                        let (s, e) = self.range(&name, target)?;
+                        let adv = match advice.value {
+                            Advice::Hugepage => libc::MADV_HUGEPAGE,
+                            Advice::Nohugepage => libc::MADV_NOHUGEPAGE,
+                            Advice::Dontneed => libc::MADV_DONTNEED,
+                            other => {
+                                return Err(LiveError::Unsupported {
+                                    line,
+                                    what: format!("madvise {other} is not supported yet"),
+                                })
+                            }
+                        };
+                        self.syscall(
+                            line,
+                            "madvise",
+                            &name,
+                            [agent::OP_MADVISE, s, e - s, adv as u64],
+                        )
+                    }
+                    Op::Write { target, value } => {
+                        let (s, e) = self.range(&name, target)?;
+                        let p = self.proc(pn)?;
+                        match p.call([agent::OP_FILL, s, e - s, value.value as u64])? {
+                            Reply::Ok { .. } => ok,
+                            Reply::Signal(sig) => Ok((signal_outcome(sig), None)),
+                            Reply::Errno(_) => unreachable_reply(line),
+                        }
+                    }
+                    Op::Read { target, expect } => {
+                        let (s, e) = self.range(&name, target)?;
+                        let want = expect.as_ref().map_or(NO_EXPECT, |x| x.value as u64);
+                        let p = self.proc(pn)?;
+                        match p.call([agent::OP_READ, s, e - s, want])? {
+                            Reply::Ok { value, extra: _ } => Ok((Outcome::Ok, Some(value as u8))),
+                            Reply::Signal(sig) => Ok((signal_outcome(sig), None)),
+                            Reply::Errno(_) => unreachable_reply(line),
+                        }
+                    }
+                    other => Err(LiveError::Unsupported {
+                        line,
+                        what: format!(
+                            "`{}` is not supported by the live runner yet",
+                            other.keyword()
+                        ),
+                    }),
+                }
+            }
+            (Context::Kernel, Op::SplitHugePage { process, target }) => {
+                // As the model: the debugfs write succeeds whether or not the
+                // THP could be split; `expect` shows the result.
+                let pid = self.proc(process)?.pid;
+                let (s, _) = self.range(&process.text, target)?;
+                let page = s & !(PAGE - 1);
+                let cmd = format!("{pid},{page:#x},{:#x}", page + PAGE);
+                write_file(SPLIT_HUGE_PAGES, &cmd).map_err(|e| {
+                    if e.raw_os_error() == Some(libc::EPERM) {
+                        LiveError::Unsupported {
+                            line,
+                            what: format!(
+                                "{SPLIT_HUGE_PAGES}: debugfs access is restricted by kernel lockdown"
+                            ),
+                        }
+                    } else {
+                        io_err(format!("writing `{cmd}` to {SPLIT_HUGE_PAGES}"))(e)
+                    }
+                })?;
+                ok
+            }
+            (Context::Kernel, Op::DeferredSplit) => {
+                // drop_caches=2 runs drop_slab(): shrink_slab() over every
+                // memcg and node at priority 0, which includes the
+                // deferred-split shrinker (a SHRINKER_NONSLAB shrinker), and
+                // frees reclaimable slab (dentries, inodes) but not the page
+                // cache.
+                write_file(DROP_CACHES, "2")
+                    .map_err(io_err(format!("writing 2 to {DROP_CACHES}")))?;
+                ok
+            }
+            (_, op) => Err(LiveError::Unsupported {
+                line,
+                what: format!("`{}` is not supported by the live runner yet", op.keyword()),
+            }),
+        }
+    }
+
+    fn syscall(
+        &self,
+        line: usize,
+        what: &str,
+        name: &str,
+        req: [u64; 4],
+    ) -> Result<(Outcome, Option<u8>), LiveError> {
+        let p = &self.procs[name];
+        match p.call(req)? {
+            Reply::Ok { .. } => Ok((Outcome::Ok, None)),
+            Reply::Errno(e) => Ok((errno_outcome(line, what, e)?, None)),
+            Reply::Signal(_) => unreachable_reply(line),
+        }
+    }
+
+    fn observe(&mut self, process: &Name, t: &Target) -> Result<PageObs, LiveError> {
+        let pid = self.proc(process)?.pid;
+        let (s, _) = self.range(&process.text, t)?;
+        let mut pf = ProcFiles::open(pid)?;
+        self.obs.page(&mut pf, s)
+    }
+
+    fn expect(&mut self, x: &thpsim_scenario::Expect) -> Result<(), LiveError> {
+        let info = self.observe(&x.process, &x.target)?;
+        let (ok, found) = match &x.what {
+            Expectation::Kind(k) => {
+                let kind = info.kind.keyword();
+                (kind == k.value.keyword(), kind.to_string())
+            }
+            Expectation::Mapcount(n) => (
+                info.mapcount == n.value as i64,
+                format!("mapcount {}", info.mapcount),
+            ),
+            Expectation::Node(n) => (
+                info.node == Some(n.value),
+                format!("node {}", info.node.map_or("-".into(), |n| n.to_string())),
+            ),
+            Expectation::Same { process, target } | Expectation::Other { process, target } => {
+                let other = self.observe(process, target)?;
+                let same = info.pfn.is_some() && info.pfn == other.pfn;
+                let want_same = matches!(x.what, Expectation::Same { .. });
+                let a = match info.head.or(info.pfn) {
+                    Some(f) => self.label(f),
+                    None => "nothing".to_string(),
+                };
+                let b = match other.head.or(other.pfn) {
+                    Some(f) => self.label(f),
+                    None => "nothing".to_string(),
+                };
+                (same == want_same, format!("{a} and {b}"))
+            }
+        };
+        self.records.push(LiveRecord::Expect {
+            line: x.span.line,
+            text: self.scn.text(x.span).to_string(),
+            ok,
+            found,
+        });
+        Ok(())
+    }
+
+    fn show(&mut self, s: &Show) -> Result<(), LiveError> {
+        let pid = self.proc(&s.process)?.pid;
+        let (start, end) = self.range(&s.process.text, &s.target)?;
+        let region_start = self.procs[&s.process.text].regions[&s.target.region.text].0;
+        let mut pf = ProcFiles::open(pid)?;
+        let mut a = start & !(PAGE - 1);
+        while a < end {
+            let info = self.obs.page(&mut pf, a)?;
+            let page = match info.kind {
+                crate::decode::Kind::None | crate::decode::Kind::Zero => None,
+                _ => info.head.or(info.pfn).map(|f| self.label(f)),
+            };
+            let subpage = match (info.head, info.pfn) {
+                (Some(h), Some(f)) => Some(f - h),
+                _ => None,
+            };
+            self.records.push(LiveRecord::Page {
+                line: s.span.line,
+                process: s.process.text.clone(),
+                region: s.target.region.text.clone(),
+                offset: (a - region_start) / PAGE,
+                kind: info.kind.keyword().to_string(),
+                page,
+                subpage,
+                mapcount: info.mapcount,
+                value: info.value,
+            });
+            a += PAGE;
+        }
+        Ok(())
+    }
+
+    /// Kills every agent still alive, children before parents, then the
+    /// keeper; waits until each is gone.
+    fn shutdown(&mut self) {
+        let mut order: Vec<&mut Proc> = self.procs.values_mut().collect();
+        order.sort_by_key(|p| std::cmp::Reverse(p.seq));
+        for p in order {
+            p.kill();
+        }
+        self.keeper.kill();
+    }
+}
+
+impl Drop for Runner<'_> {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn hello(p: &Proc) -> Result<(), LiveError> {
+    match p.call([agent::OP_HELLO, 0, 0, 0])? {
+        Reply::Ok { value, .. } if value == p.pid as u64 => Ok(()),
+        _ => Err(LiveError::Io {
+            context: format!("agent {}", p.pid),
+            source: io::Error::new(io::ErrorKind::InvalidData, "bad hello"),
+        }),
+    }
+}
+
+fn unreachable_reply<T>(line: usize) -> Result<T, LiveError> {
+    Err(LiveError::Failed {
+        line,
+        what: "the agent sent a reply that does not fit the request".into(),
+    })
+}
+
+fn write_file(path: &str, s: &str) -> io::Result<()> {
+    let mut f = fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all(s.as_bytes())
+}
+
+fn kernel_release() -> String {
+    // SAFETY: uname fills the struct.
+    unsafe {
+        let mut u: libc::utsname = zeroed();
+        if libc::uname(&mut u) != 0 {
+            return String::from("unknown");
+        }
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// See [`crate::run_live`].
+pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
+    crate::environment()?;
+    let mut notes = preflight(scn)?;
+    let settings = Settings {
+        enabled: scn
+            .header
+            .thp
+            .as_ref()
+            .map_or(ThpPolicy::Always, |t| t.value)
+            .keyword()
+            .to_string(),
+        zero_page: scn
+            .header
+            .zero_page
+            .as_ref()
+            .map(|z| z.value)
+            .unwrap_or(true),
+    };
+    let obs = Observer::new()?;
+    if obs.pagemap_scan {
+        notes.push("thp-pmd vs thp-pte: PAGEMAP_SCAN (PAGE_IS_HUGE)".into());
+    } else {
+        notes.push(
+            "this kernel has no PAGEMAP_SCAN (Linux < 6.7, or THPSIM_LIVE_NO_PAGEMAP_SCAN set): \
+             thp-pmd vs thp-pte comes from smaps AnonHugePages, exact unless a VMA holds both \
+             PMD-mapped THPs and whole, in-order PTE-mapped ones"
+                .into(),
+        );
+    }
+    let mut session = Session::start(&settings)?;
+    notes.append(&mut session.notes);
+    let keeper = Runner::spawn_keeper()?;
+    let mut runner = Runner {
+        scn,
+        keeper,
+        units: UnitSizes::X86_64,
+        procs: BTreeMap::new(),
+        obs,
+        labels: HashMap::new(),
+        records: Vec::new(),
+    };
+    let result = runner.run_items();
+    runner.shutdown();
+    let records = std::mem::take(&mut runner.records);
+    drop(runner);
+    drop(session);
+    result.map_err(interrupted_or)?;
+    if let sig @ 1.. = INTERRUPTED.load(Ordering::SeqCst) {
+        return Err(LiveError::Interrupted(sig));
+    }
+    Ok(LiveReport {
+        kernel: kernel_release(),
+        notes,
+        records,
+    })
+}

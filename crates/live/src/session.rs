@@ -1,0 +1,396 @@
+//! The machine-wide state of a live run: THP sysfs knobs set for the run and
+//! always put back, one run at a time, and cleanup on SIGINT/SIGTERM/SIGHUP.
+//!
+//! - One run at a time, across threads and processes: an exclusive `flock` on
+//!   `/run/thpsim-live/lock` (or `/tmp/thpsim-live/lock`).
+//! - Before changing a knob, the original values are written to
+//!   `.../saved`; a run that was killed outright (SIGKILL, power loss) leaves
+//!   that file behind and the next run restores from it first.
+//! - On SIGINT, SIGTERM and SIGHUP, a handler (async-signal-safe: kill, open,
+//!   write, close, unlink, sigaction, raise, all on data prepared beforehand)
+//!   kills every agent, restores the knobs, removes the saved file, and passes
+//!   the signal on to the previous disposition (by default the process dies of
+//!   it). The run then fails with [`LiveError::Interrupted`] if the process
+//!   survives.
+//! - On every other exit path (success, error, panic) the [`Session`]'s Drop
+//!   restores the knobs.
+
+use crate::LiveError;
+use std::ffi::CString;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+
+pub const THP: &str = "/sys/kernel/mm/transparent_hugepage";
+
+/// Agents to kill from the signal handler (pids and pidfds; 0 = free slot).
+const MAX_AGENTS: usize = 1024;
+static AGENTS: [AtomicI32; MAX_AGENTS] = [const { AtomicI32::new(0) }; MAX_AGENTS];
+static AGENT_PIDFDS: [AtomicI32; MAX_AGENTS] = [const { AtomicI32::new(-1) }; MAX_AGENTS];
+/// The keeper: the controller's only child, ancestor and reaper of all agents.
+static KEEPER: AtomicI32 = AtomicI32::new(0);
+/// The signal that interrupted the run (0 if none).
+pub static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
+/// What the signal handler restores: prepared before the handler is installed.
+struct Emergency {
+    files: Vec<(CString, Vec<u8>)>,
+    saved: CString,
+    old: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+static EMERGENCY: AtomicPtr<Emergency> = AtomicPtr::new(std::ptr::null_mut());
+
+const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Registers the keeper for the signal handler (0: none).
+pub fn set_keeper(pid: i32) {
+    KEEPER.store(pid, Ordering::SeqCst);
+}
+
+/// Registers an agent for the signal handler.
+pub fn register_agent(pid: i32, pidfd: i32) -> Result<(), LiveError> {
+    for (i, slot) in AGENTS.iter().enumerate() {
+        if slot
+            .compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            AGENT_PIDFDS[i].store(pidfd, Ordering::SeqCst);
+            return Ok(());
+        }
+    }
+    Err(LiveError::Environment(format!(
+        "more than {MAX_AGENTS} live processes in one run"
+    )))
+}
+
+/// Forgets an agent (it exited or was killed and reaped).
+pub fn unregister_agent(pid: i32) {
+    for (i, slot) in AGENTS.iter().enumerate() {
+        if slot
+            .compare_exchange(pid, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            AGENT_PIDFDS[i].store(-1, Ordering::SeqCst);
+        }
+    }
+}
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    INTERRUPTED.store(sig, Ordering::SeqCst);
+    // Kill the agents, wait (up to a second each) until they are gone (their
+    // parents, agents or the keeper, reap them), then kill and reap the keeper.
+    // SAFETY: kill, poll and waitpid are async-signal-safe.
+    unsafe {
+        for slot in AGENTS.iter() {
+            let pid = slot.load(Ordering::SeqCst);
+            if pid > 0 {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        for (i, slot) in AGENTS.iter().enumerate() {
+            let fd = AGENT_PIDFDS[i].load(Ordering::SeqCst);
+            if slot.swap(0, Ordering::SeqCst) > 0 && fd >= 0 {
+                let mut p = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                libc::poll(&mut p, 1, 1000);
+            }
+        }
+        let keeper = KEEPER.swap(0, Ordering::SeqCst);
+        if keeper > 0 {
+            libc::kill(keeper, libc::SIGKILL);
+            let mut status = 0;
+            libc::waitpid(keeper, &mut status, 0);
+        }
+    }
+    let e = EMERGENCY.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    // SAFETY: `e` was leaked by Session::start and is never freed while a
+    // handler may run (the handler that takes it owns it; it is then leaked).
+    // Only async-signal-safe calls below.
+    unsafe {
+        if e.is_null() {
+            // The session is already gone: whoever owns the signal now gets it.
+            let mut cur: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(sig, std::ptr::null(), &mut cur);
+            if cur.sa_sigaction != on_signal as *const () as usize {
+                libc::raise(sig);
+            }
+            return;
+        }
+        let e = &*e;
+        for (path, value) in &e.files {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+            if fd >= 0 {
+                libc::write(fd, value.as_ptr() as *const libc::c_void, value.len());
+                libc::close(fd);
+            }
+        }
+        libc::unlink(e.saved.as_ptr());
+        for (s, old) in &e.old {
+            libc::sigaction(*s, old, std::ptr::null_mut());
+        }
+        // Delivered to the previous disposition once this handler returns.
+        libc::raise(sig);
+    }
+}
+
+/// A knob and the value a run gives it.
+#[derive(Clone, Debug)]
+pub struct Knob {
+    pub path: PathBuf,
+    pub value: String,
+}
+
+/// The THP settings of a run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `enabled`: always | madvise | never.
+    pub enabled: String,
+    /// `use_zero_page`: true = 1.
+    pub zero_page: bool,
+}
+
+/// The knobs a run sets, in the order they are set (restored in reverse).
+/// Knobs this kernel does not have are left out.
+pub fn knobs(s: &Settings) -> Vec<Knob> {
+    let thp = Path::new(THP);
+    let mut out = Vec::new();
+    let mut add = |rel: &str, value: &str| {
+        let path = thp.join(rel);
+        if path.exists() {
+            out.push(Knob {
+                path,
+                value: value.to_string(),
+            });
+        }
+    };
+    // khugepaged first, so it is asleep before THPs can appear: sleep a day
+    // between scans (and after allocation failures), one PMD a scan.
+    add("khugepaged/scan_sleep_millisecs", "86400000");
+    add("khugepaged/alloc_sleep_millisecs", "86400000");
+    add("khugepaged/pages_to_scan", "1");
+    // Linux >= 6.12: the deferred-split shrinker also splits "underused" THPs
+    // (mostly zero-filled); 5.8 does not.
+    add("shrink_underused", "0");
+    // Linux >= 6.8 (mTHP): only PMD-size THPs, following the global policy.
+    if let Ok(dir) = fs::read_dir(thp) {
+        let mut sizes: Vec<_> = dir
+            .filter_map(|d| d.ok())
+            .map(|d| d.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("hugepages-") && n.ends_with("kB"))
+            .collect();
+        sizes.sort();
+        for n in sizes {
+            let v = if n == "hugepages-2048kB" {
+                "inherit"
+            } else {
+                "never"
+            };
+            add(&format!("{n}/enabled"), v);
+        }
+    }
+    // Direct compaction on every THP fault: a fault gets a huge page whenever
+    // one can be made, as in the model, not only in madvised regions.
+    add("defrag", "always");
+    add("use_zero_page", if s.zero_page { "1" } else { "0" });
+    add("enabled", &s.enabled);
+    out
+}
+
+fn state_dir() -> PathBuf {
+    for base in ["/run", "/tmp"] {
+        let d = Path::new(base).join("thpsim-live");
+        if fs::create_dir_all(&d).is_ok() {
+            return d;
+        }
+    }
+    PathBuf::from("/tmp")
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> LiveError {
+    let context = context.into();
+    move |source| LiveError::Io { context, source }
+}
+
+fn write_knob(path: &Path, value: &str) -> Result<(), LiveError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(format!("opening {}", path.display())))?;
+    f.write_all(value.as_bytes())
+        .map_err(io_err(format!("writing `{value}` to {}", path.display())))
+}
+
+fn read_knob(path: &Path) -> Result<String, LiveError> {
+    let s = fs::read_to_string(path).map_err(io_err(format!("reading {}", path.display())))?;
+    Ok(crate::decode::sysfs_value(&s))
+}
+
+/// Restores the knobs listed in a saved-state file (`path\tvalue` lines).
+fn restore_saved_file(saved: &Path) -> Result<Vec<String>, LiveError> {
+    let text = match fs::read_to_string(saved) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(format!("reading {}", saved.display()))(e)),
+    };
+    let mut restored = Vec::new();
+    for line in text.lines().rev() {
+        if let Some((p, v)) = line.split_once('\t') {
+            write_knob(Path::new(p), v)?;
+            restored.push(format!("{p}={v}"));
+        }
+    }
+    fs::remove_file(saved).map_err(io_err(format!("removing {}", saved.display())))?;
+    Ok(restored)
+}
+
+/// A live run's hold on the machine. Drop restores everything.
+pub struct Session {
+    _lock: fs::File,
+    saved: PathBuf,
+    /// Original values, in the order they were set.
+    original: Vec<(PathBuf, String)>,
+    emergency: *mut Emergency,
+    /// What the session did, for the report.
+    pub notes: Vec<String>,
+}
+
+impl Session {
+    /// Takes the lock, restores a crashed run's leftovers, saves the current
+    /// knobs, installs the signal handlers and applies `settings`.
+    pub fn start(settings: &Settings) -> Result<Session, LiveError> {
+        let dir = state_dir();
+        let lock_path = dir.join("lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(format!("opening {}", lock_path.display())))?;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(io_err(format!("locking {}", lock_path.display()))(
+                io::Error::last_os_error(),
+            ));
+        }
+        let saved = dir.join("saved");
+        let mut notes = Vec::new();
+        let leftovers = restore_saved_file(&saved)?;
+        if !leftovers.is_empty() {
+            notes.push(format!(
+                "restored THP settings left behind by an interrupted run: {}",
+                leftovers.join(", ")
+            ));
+        }
+        INTERRUPTED.store(0, Ordering::SeqCst);
+
+        let knobs = knobs(settings);
+        let mut original = Vec::new();
+        for k in &knobs {
+            original.push((k.path.clone(), read_knob(&k.path)?));
+        }
+        let mut text = String::new();
+        for (p, v) in &original {
+            text.push_str(&format!("{}\t{}\n", p.display(), v));
+        }
+        let tmp = dir.join("saved.tmp");
+        fs::write(&tmp, text).map_err(io_err(format!("writing {}", tmp.display())))?;
+        fs::rename(&tmp, &saved).map_err(io_err(format!("writing {}", saved.display())))?;
+
+        // Signal handlers, with everything they need prepared now.
+        let mut old = Vec::new();
+        for &sig in &SIGNALS {
+            // SAFETY: querying a disposition.
+            let mut cur: libc::sigaction = unsafe { std::mem::zeroed() };
+            unsafe { libc::sigaction(sig, std::ptr::null(), &mut cur) };
+            if cur.sa_sigaction != libc::SIG_IGN {
+                old.push((sig, cur));
+            }
+        }
+        let to_c = |p: &Path| CString::new(p.as_os_str().as_encoded_bytes()).ok();
+        let files = original
+            .iter()
+            .rev()
+            .filter_map(|(p, v)| Some((to_c(p)?, v.clone().into_bytes())))
+            .collect();
+        let emergency = Box::into_raw(Box::new(Emergency {
+            files,
+            saved: to_c(&saved).unwrap_or_default(),
+            old: old.clone(),
+        }));
+        EMERGENCY.store(emergency, Ordering::SeqCst);
+        for (sig, _) in &old {
+            // SAFETY: installing a handler that only makes async-signal-safe calls.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_signal as *const () as usize;
+                libc::sigemptyset(&mut sa.sa_mask);
+                for s in SIGNALS {
+                    libc::sigaddset(&mut sa.sa_mask, s);
+                }
+                libc::sigaction(*sig, &sa, std::ptr::null_mut());
+            }
+        }
+
+        let session = Session {
+            _lock: lock,
+            saved,
+            original,
+            emergency,
+            notes,
+        };
+        for k in &knobs {
+            write_knob(&k.path, &k.value)?;
+        }
+        let set: Vec<String> = knobs
+            .iter()
+            .map(|k| {
+                let rel = k.path.strip_prefix(THP).unwrap_or(&k.path);
+                format!("{}={}", rel.display(), k.value)
+            })
+            .collect();
+        let mut session = session;
+        session.notes.push(format!(
+            "THP settings for the run (restored afterwards): {}",
+            set.join(", ")
+        ));
+        Ok(session)
+    }
+
+    /// Puts everything back (idempotent).
+    fn restore(&mut self) {
+        // Take the handlers' data first so a late signal does not race us.
+        let e = EMERGENCY.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        if !e.is_null() {
+            // SAFETY: restoring the dispositions saved in start().
+            unsafe {
+                for (sig, old) in &(*e).old {
+                    libc::sigaction(*sig, old, std::ptr::null_mut());
+                }
+            }
+        }
+        for (p, v) in self.original.iter().rev() {
+            if let Err(err) = write_knob(p, v) {
+                eprintln!("thpsim-live: could not restore {}: {err}", p.display());
+            }
+        }
+        let _ = fs::remove_file(&self.saved);
+        if !e.is_null() && e == self.emergency {
+            // SAFETY: we took it back from the static; no handler holds it
+            // (a handler that took it would have left null behind).
+            drop(unsafe { Box::from_raw(e) });
+        }
+        self.original.clear();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.restore();
+    }
+}

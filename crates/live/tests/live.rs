@@ -1,0 +1,424 @@
+//! Live-kernel runs of scenarios. They need root on Linux x86_64 with THP;
+//! elsewhere each test prints `skipped: <reason>` and passes.
+#![cfg(unix)]
+
+use std::path::PathBuf;
+use thpsim_live::{environment, run_live, LiveError, LiveRecord, LiveReport};
+use thpsim_scenario::Outcome;
+
+fn live() -> bool {
+    match environment() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            false
+        }
+    }
+}
+
+fn scenario_file(name: &str) -> thpsim_scenario::Scenario {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scenarios")
+        .join(name);
+    let src = std::fs::read_to_string(&path).expect("scenario file");
+    thpsim_scenario::parse(name, &src).expect("valid scenario")
+}
+
+fn scenario(src: &str) -> thpsim_scenario::Scenario {
+    thpsim_scenario::parse("inline.thp", src).expect("valid scenario")
+}
+
+fn run(scn: &thpsim_scenario::Scenario) -> LiveReport {
+    match run_live(scn) {
+        Ok(r) => r,
+        Err(e) => panic!("{}: {e}", scn.name),
+    }
+}
+
+/// Every `expect` held (these scenarios agree with the 6.x kernels too).
+fn assert_expects_hold(r: &LiveReport) {
+    for rec in &r.records {
+        if let LiveRecord::Expect {
+            line,
+            text,
+            ok,
+            found,
+        } = rec
+        {
+            assert!(
+                ok,
+                "line {line}: `{text}` failed on {}: found {found}",
+                r.kernel
+            );
+        }
+    }
+}
+
+fn steps(r: &LiveReport) -> Vec<(usize, Outcome, Option<u8>)> {
+    r.records
+        .iter()
+        .filter_map(|rec| match rec {
+            LiveRecord::Step {
+                line,
+                outcome,
+                value,
+                ..
+            } => Some((*line, *outcome, *value)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `(offset, kind, page, subpage, mapcount, value)` of the shown pages.
+type Shown = (u64, String, Option<String>, Option<u64>, i64, u8);
+
+fn pages(r: &LiveReport, process: &str) -> Vec<Shown> {
+    r.records
+        .iter()
+        .filter_map(|rec| match rec {
+            LiveRecord::Page {
+                process: p,
+                offset,
+                kind,
+                page,
+                subpage,
+                mapcount,
+                value,
+                ..
+            } if p == process => Some((
+                *offset,
+                kind.clone(),
+                page.clone(),
+                *subpage,
+                *mapcount,
+                *value,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Asserts that every step's outcome is the one the file expects.
+fn assert_outcomes(scn: &thpsim_scenario::Scenario, r: &LiveReport) {
+    let want: Vec<(usize, Outcome)> = scn.steps().map(|s| (s.span.line, s.expected())).collect();
+    let got: Vec<(usize, Outcome)> = steps(r).into_iter().map(|(l, o, _)| (l, o)).collect();
+    let mut want_sorted = want.clone();
+    want_sorted.sort_by_key(|w| w.0);
+    let mut got_sorted = got.clone();
+    got_sorted.sort_by_key(|g| g.0);
+    assert_eq!(got_sorted, want_sorted, "step outcomes of {}", scn.name);
+}
+
+#[test]
+fn thp_fault_maps_one_thp_by_pmd() {
+    if !live() {
+        return;
+    }
+    let scn = scenario_file("thp_fault.thp");
+    let r = run(&scn);
+    assert_expects_hold(&r);
+    assert_outcomes(&scn, &r);
+    let shown = pages(&r, "P");
+    assert_eq!(shown.len(), 4);
+    for (i, (off, kind, page, sub, mapcount, _)) in shown.iter().enumerate() {
+        assert_eq!(*off, i as u64);
+        assert_eq!(kind, "thp-pmd");
+        assert_eq!(
+            page.as_deref(),
+            Some("#1"),
+            "subpages share the head's label"
+        );
+        assert_eq!(*sub, Some(i as u64));
+        assert_eq!(*mapcount, 1);
+    }
+    let values: Vec<u8> = shown.iter().map(|s| s.5).collect();
+    assert_eq!(values, vec![0, 0x11, 0x33, 0]);
+    // Reads report the first byte.
+    let reads: Vec<Option<u8>> = steps(&r).iter().map(|s| s.2).collect();
+    assert!(reads.contains(&Some(0x11)) && reads.contains(&Some(0x33)));
+}
+
+#[test]
+fn fork_shares_the_thp() {
+    if !live() {
+        return;
+    }
+    let scn = scenario_file("fork_share_thp.thp");
+    let r = run(&scn);
+    assert_expects_hold(&r);
+    assert_outcomes(&scn, &r);
+    for (_, kind, page, _, mapcount, value) in pages(&r, "C") {
+        assert_eq!(kind, "thp-pmd");
+        assert_eq!(page.as_deref(), Some("#1"));
+        assert_eq!(mapcount, 2);
+        assert_eq!(value, 0x11);
+    }
+}
+
+#[test]
+fn fork_child_write_copies_one_page() {
+    if !live() {
+        return;
+    }
+    let scn = scenario_file("fork_child_write.thp");
+    let r = run(&scn);
+    assert_expects_hold(&r);
+    assert_outcomes(&scn, &r);
+}
+
+#[test]
+fn partial_munmap_leaves_a_pte_mapped_thp() {
+    if !live() {
+        return;
+    }
+    let scn = scenario_file("partial_munmap.thp");
+    let r = run(&scn);
+    assert_expects_hold(&r);
+    assert_outcomes(&scn, &r);
+    let shown = pages(&r, "P");
+    let kinds: Vec<&str> = shown.iter().map(|s| s.1.as_str()).collect();
+    assert_eq!(kinds, vec!["thp-pte", "none", "thp-pte", "thp-pte"]);
+    assert_eq!(shown[1].2, None);
+    assert_eq!(shown[0].2, shown[2].2);
+    assert_eq!(shown[2].3, Some(2));
+}
+
+#[test]
+fn deferred_split_splits_the_partially_unmapped_thp() {
+    if !live() {
+        return;
+    }
+    let scn = scenario_file("deferred_split.thp");
+    let r = run(&scn);
+    assert_expects_hold(&r);
+    assert_outcomes(&scn, &r);
+}
+
+#[test]
+fn outcomes_and_observations() {
+    if !live() {
+        return;
+    }
+    let scn = scenario(
+        "thp never\n\
+         process P\n\
+         P: mmap A 4p\n\
+         P: read A[0] == 0\n\
+         P: write A[1p] = 0x5a\n\
+         P: munmap A[1..2p] => einval\n\
+         P: mprotect A[2p..3p] r\n\
+         P: write A[2p] = 1 => segv\n\
+         P: read A[2p] == 0\n\
+         P: mprotect A[3p..4p] none\n\
+         P: read A[3p] => segv\n\
+         P: munmap A[0..1p]\n\
+         P: write A[0] = 1 => segv\n\
+         expect P A[1p] base\n\
+         expect P A[1p] mapcount 1\n\
+         expect P A[1p] node 0\n\
+         expect P A[2p] zero\n\
+         expect P A[3p] none\n\
+         expect P A[1p] other P A[2p]\n\
+         P: fork C\n\
+         expect C A[1p] same P A[1p]\n\
+         expect C A[1p] mapcount 2\n\
+         C: exit\n\
+         expect P A[1p] mapcount 1\n\
+         show P A[..]\n",
+    );
+    let r = run(&scn);
+    assert_expects_hold(&r);
+    assert_outcomes(&scn, &r);
+    let found: Vec<String> = r
+        .records
+        .iter()
+        .filter_map(|rec| match rec {
+            LiveRecord::Expect { found, .. } => Some(found.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            "base",
+            "mapcount 1",
+            "node 0",
+            "zero",
+            "none",
+            "#1 and #2",
+            "#1 and #1",
+            "mapcount 2",
+            "mapcount 1"
+        ]
+    );
+    let shown = pages(&r, "P");
+    let kinds: Vec<&str> = shown.iter().map(|s| s.1.as_str()).collect();
+    assert_eq!(kinds, vec!["none", "base", "zero", "none"]);
+    assert_eq!(shown[1].2.as_deref(), Some("#1"));
+    assert_eq!(shown[1].5, 0x5a);
+    assert_eq!(shown[2].2, None, "the zero page has no label");
+}
+
+#[test]
+fn together_runs_round_robin() {
+    if !live() {
+        return;
+    }
+    let scn = scenario(
+        "process P\n\
+         P: mmap A 1h\n\
+         P: write A[..] = 1\n\
+         P: fork C\n\
+         together\n\
+         \x20 thread P: write A[0] = 2; read A[0] == 2\n\
+         \x20 thread C: read A[0] == 1; write A[1p] = 3; read A[1p] == 3\n\
+         end\n\
+         expect P A[1p] other C A[1p]\n",
+    );
+    let r = run(&scn);
+    assert_expects_hold(&r);
+    let order: Vec<(usize, Option<u8>)> = steps(&r).iter().map(|s| (s.0, s.2)).collect();
+    // Round 0: P's write, C's read; round 1: P's read, C's write; round 2: C's read.
+    assert_eq!(
+        order[3..],
+        [
+            (6, None),
+            (7, Some(1)),
+            (6, Some(2)),
+            (7, None),
+            (7, Some(3))
+        ]
+    );
+}
+
+#[test]
+fn split_huge_page_runs_or_says_why_not() {
+    if !live() {
+        return;
+    }
+    let scn = scenario_file("split_after_fork.thp");
+    match run_live(&scn) {
+        Ok(r) => {
+            // Subpages with data stay mapped by both processes as base pages.
+            for (_, kind, _, _, mapcount, _) in pages(&r, "P") {
+                assert!(kind == "base" || kind == "zero", "{kind}");
+                assert!(mapcount >= 1);
+            }
+        }
+        Err(LiveError::Unsupported { line, what }) => {
+            assert_eq!(line, 20);
+            assert!(what.contains("split_huge_pages"), "{what}");
+            eprintln!("split-huge-page unsupported here: {what}");
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn later_features_are_unsupported_before_anything_runs() {
+    if !live() {
+        return;
+    }
+    let scn = scenario("process P\nP: mmap A 1h\nP: pin R = A[0..1p] write\n");
+    match run_live(&scn) {
+        Err(LiveError::Unsupported { line: 3, what }) => assert!(what.contains("pin"), "{what}"),
+        other => panic!("{other:?}"),
+    }
+    let scn = scenario("geometry tiny\nprocess P\nP: mmap A 1h\n");
+    assert!(matches!(
+        run_live(&scn),
+        Err(LiveError::Unsupported { line: 1, .. })
+    ));
+    let scn = scenario("process P\nP: mmap A 1h shared\n");
+    assert!(matches!(
+        run_live(&scn),
+        Err(LiveError::Unsupported { line: 2, .. })
+    ));
+}
+
+/// The machine lock of the live runner (see `session`), to read the THP
+/// settings while no run holds them.
+fn resting_settings() -> Vec<String> {
+    use std::os::fd::AsRawFd;
+    let dir = ["/run/thpsim-live", "/tmp/thpsim-live"]
+        .into_iter()
+        .find(|d| std::path::Path::new(d).join("lock").exists())
+        .unwrap_or("/run/thpsim-live");
+    let _ = std::fs::create_dir_all(dir);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(format!("{dir}/lock"))
+        .expect("lock file");
+    // SAFETY: flock on our own fd; released when `lock` is dropped.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let thp = "/sys/kernel/mm/transparent_hugepage";
+    let mut out = Vec::new();
+    for f in [
+        "enabled",
+        "defrag",
+        "use_zero_page",
+        "shrink_underused",
+        "khugepaged/scan_sleep_millisecs",
+        "khugepaged/alloc_sleep_millisecs",
+        "khugepaged/pages_to_scan",
+        "hugepages-2048kB/enabled",
+        "hugepages-64kB/enabled",
+    ] {
+        out.push(format!(
+            "{f}={}",
+            std::fs::read_to_string(format!("{thp}/{f}")).unwrap_or_default()
+        ));
+    }
+    drop(lock);
+    out
+}
+
+#[test]
+fn settings_are_restored() {
+    if !live() {
+        return;
+    }
+    let before = resting_settings();
+    // Settings unlike the usual ones, and a run that fails half-way.
+    let scn = scenario(
+        "thp never\nzero-page off\nprocess P\nP: mmap A 1h\nP: write A[0] = 1\nP: munmap A[0..1p]\nP: write A[3h] = 1\n",
+    );
+    assert!(matches!(
+        run_live(&scn),
+        Err(LiveError::Invalid { line: 7, .. })
+    ));
+    assert_eq!(resting_settings(), before);
+    run(&scenario_file("thp_zero_page_off.thp"));
+    assert_eq!(resting_settings(), before);
+}
+
+#[test]
+fn records_serialize_like_the_model() {
+    let rec = LiveRecord::Page {
+        line: 3,
+        process: "P".into(),
+        region: "A".into(),
+        offset: 1,
+        kind: "thp-pmd".into(),
+        page: Some("#1".into()),
+        subpage: Some(1),
+        mapcount: 1,
+        value: 17,
+    };
+    assert_eq!(
+        serde_json::to_string(&rec).unwrap(),
+        r##"{"type":"page","line":3,"process":"P","region":"A","offset":1,"kind":"thp-pmd","page":"#1","subpage":1,"mapcount":1,"value":17}"##
+    );
+    let step = LiveRecord::Step {
+        line: 2,
+        text: "P: read A[0]".into(),
+        outcome: Outcome::Segv,
+        value: None,
+    };
+    assert_eq!(
+        serde_json::to_string(&step).unwrap(),
+        r#"{"type":"step","line":2,"text":"P: read A[0]","outcome":"segv"}"#
+    );
+}

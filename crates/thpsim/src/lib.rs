@@ -7,6 +7,7 @@
 //! - [`bundled`]: the scenarios shipped in `scenarios/`.
 
 pub mod bench;
+pub mod conform;
 pub mod explore;
 pub mod labels;
 pub mod output;

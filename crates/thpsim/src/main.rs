@@ -79,6 +79,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the scenario on the model and on the running kernel and compare every
+    /// `show`, `expect` and step. Exit 0: they agree (expected divergences
+    /// aside); 1: they differ; 2: invalid file, or this machine cannot run it.
+    Conform {
+        file: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Replay a failure from its token: the same schedule, failure and trace.
     Replay {
         file: String,
@@ -280,6 +288,34 @@ fn main() -> ExitCode {
                         ExitCode::from(1)
                     } else {
                         ExitCode::SUCCESS
+                    }
+                }
+            }
+        }
+        Command::Conform { file, json } => {
+            let (name, src, scn) = match parse_file(&file) {
+                Ok(x) => x,
+                Err(c) => return c,
+            };
+            match thpsim::conform::conform(&scn) {
+                Err(thpsim::conform::ConformError::Invalid(e)) => invalid(e, &name, &src),
+                Err(thpsim::conform::ConformError::Environment(why)) => {
+                    eprintln!("error: cannot conform {name} here: {why}");
+                    ExitCode::from(2)
+                }
+                Ok(r) => {
+                    if json {
+                        emit(&format!(
+                            "{}\n",
+                            serde_json::to_string(&r).unwrap_or_default()
+                        ));
+                    } else {
+                        emit(&thpsim::conform::text(&r));
+                    }
+                    if r.agrees() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
                     }
                 }
             }

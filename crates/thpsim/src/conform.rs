@@ -1,0 +1,281 @@
+//! `thpsim conform`: the same scenario on the model and on the running kernel,
+//! compared observable by observable.
+//!
+//! Observables are what both sides report per line: a step's outcome and the
+//! byte a `read` returned; an `expect`'s finding; each page of a `show` (kind,
+//! label, mapcount, first byte). Where Linux 5.8 and the running kernel differ
+//! by design, the scenario marks the line with a trailing comment
+//! `# diverges: REASON`; a difference there is reported as an expected
+//! divergence, not hidden. docs/CONFORMANCE.md lists the known ones.
+
+use crate::run::{run, Record, RunOptions};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use thpsim_live::{LiveError, LiveRecord};
+use thpsim_scenario::{Scenario, ScenarioError};
+
+/// Why conform could not compare.
+#[derive(Debug, thiserror::Error)]
+pub enum ConformError {
+    /// The file is invalid (exit 2).
+    #[error(transparent)]
+    Invalid(#[from] ScenarioError),
+    /// The machine or kernel cannot run this scenario live (exit 2).
+    #[error("{0}")]
+    Environment(String),
+}
+
+/// One observable on both sides.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub line: usize,
+    /// What is observed (`read A[0]`, `show P A page 3`, ...).
+    pub what: String,
+    pub model: String,
+    pub live: String,
+    pub agree: bool,
+    /// The reason, if the line is marked as an expected divergence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_divergence: Option<String>,
+}
+
+/// The comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConformReport {
+    pub scenario: String,
+    pub kernel: String,
+    pub notes: Vec<String>,
+    pub rows: Vec<Row>,
+}
+
+impl ConformReport {
+    /// Differences not marked as expected.
+    pub fn unexpected(&self) -> impl Iterator<Item = &Row> {
+        self.rows
+            .iter()
+            .filter(|r| !r.agree && r.expected_divergence.is_none())
+    }
+    pub fn agrees(&self) -> bool {
+        self.unexpected().next().is_none()
+    }
+}
+
+/// The `# diverges: REASON` marks of a source, by line.
+pub fn divergence_marks(src: &str) -> BTreeMap<usize, String> {
+    src.lines()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            l.split_once("# diverges:")
+                .map(|(_, r)| (i + 1, r.trim().to_string()))
+        })
+        .collect()
+}
+
+fn model_observables(records: &[Record]) -> BTreeMap<(usize, usize), (String, String)> {
+    let mut out = BTreeMap::new();
+    let mut n: BTreeMap<usize, usize> = BTreeMap::new();
+    for r in records {
+        let (line, what, obs) = match r {
+            Record::Step {
+                line,
+                text,
+                outcome,
+                value,
+                ..
+            } => (*line, text.clone(), step_obs(outcome.keyword(), *value)),
+            Record::Expect {
+                line, text, found, ..
+            } => (*line, text.clone(), found.clone()),
+            Record::Page {
+                line,
+                process,
+                region,
+                offset,
+                kind,
+                page,
+                mapcount,
+                value,
+                ..
+            } => (
+                *line,
+                format!("show {process} {region} page {offset}"),
+                page_obs(kind.keyword(), page.as_deref(), *mapcount, *value),
+            ),
+            Record::Show { .. } | Record::Violation { .. } => continue,
+        };
+        let i = n.entry(line).or_default();
+        out.insert((line, *i), (what, obs));
+        *i += 1;
+    }
+    out
+}
+
+fn live_observables(records: &[LiveRecord]) -> BTreeMap<(usize, usize), (String, String)> {
+    let mut out = BTreeMap::new();
+    let mut n: BTreeMap<usize, usize> = BTreeMap::new();
+    for r in records {
+        let (line, what, obs) = match r {
+            LiveRecord::Step {
+                line,
+                text,
+                outcome,
+                value,
+            } => (*line, text.clone(), step_obs(outcome.keyword(), *value)),
+            LiveRecord::Expect {
+                line, text, found, ..
+            } => (*line, text.clone(), found.clone()),
+            LiveRecord::Page {
+                line,
+                process,
+                region,
+                offset,
+                kind,
+                page,
+                mapcount,
+                value,
+                ..
+            } => (
+                *line,
+                format!("show {process} {region} page {offset}"),
+                page_obs(kind, page.as_deref(), *mapcount, *value),
+            ),
+        };
+        let i = n.entry(line).or_default();
+        out.insert((line, *i), (what, obs));
+        *i += 1;
+    }
+    out
+}
+
+fn step_obs(outcome: &str, value: Option<u8>) -> String {
+    match value {
+        Some(v) => format!("{outcome} (read {v:#04x})"),
+        None => outcome.to_string(),
+    }
+}
+
+fn page_obs(kind: &str, label: Option<&str>, mapcount: i64, value: u8) -> String {
+    format!(
+        "{kind} {} map={mapcount} val={value:#04x}",
+        label.unwrap_or("-")
+    )
+}
+
+/// Runs the scenario on the model (x86_64) and on the running kernel and
+/// compares them.
+pub fn conform(scn: &Scenario) -> Result<ConformReport, ConformError> {
+    if scn
+        .header
+        .geometry
+        .as_ref()
+        .is_some_and(|g| g.value == thpsim_scenario::Geometry::Tiny)
+    {
+        return Err(ConformError::Environment(
+            "the running kernel has the x86_64 geometry; this scenario asks for `geometry tiny`"
+                .into(),
+        ));
+    }
+    if !scn.header.reverts.is_empty() {
+        return Err(ConformError::Environment(
+            "a scenario that reverts a fix describes a kernel that is not running here".into(),
+        ));
+    }
+    let model = run(
+        scn,
+        &RunOptions {
+            geometry: Some(thpsim_scenario::Geometry::X86_64),
+            reverts: Vec::new(),
+        },
+    )?;
+    thpsim_live::environment().map_err(|e| ConformError::Environment(e.to_string()))?;
+    let live = thpsim_live::run_live(scn).map_err(|e| match e {
+        LiveError::Invalid { line, message } => {
+            ConformError::Environment(format!("line {line}: {message}"))
+        }
+        other => ConformError::Environment(other.to_string()),
+    })?;
+    let marks = divergence_marks(&scn.source);
+    let m = model_observables(&model.records);
+    let l = live_observables(&live.records);
+    let mut keys: Vec<_> = m.keys().chain(l.keys()).copied().collect();
+    keys.sort();
+    keys.dedup();
+    let rows = keys
+        .into_iter()
+        .map(|k| {
+            let (mw, mo) = m
+                .get(&k)
+                .cloned()
+                .unwrap_or_else(|| (String::new(), "(not reached)".into()));
+            let (lw, lo) = l
+                .get(&k)
+                .cloned()
+                .unwrap_or_else(|| (String::new(), "(not reached)".into()));
+            Row {
+                line: k.0,
+                what: if mw.is_empty() { lw } else { mw },
+                agree: mo == lo,
+                model: mo,
+                live: lo,
+                expected_divergence: marks.get(&k.0).cloned(),
+            }
+        })
+        .collect();
+    Ok(ConformReport {
+        scenario: scn.name.clone(),
+        kernel: live.kernel,
+        notes: live.notes,
+        rows,
+    })
+}
+
+/// The text rendering: the differences side by side, then a verdict.
+pub fn text(r: &ConformReport) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "thpsim conform {} (model: Linux 5.8; live: Linux {})",
+        r.scenario, r.kernel
+    );
+    let diffs: Vec<&Row> = r.rows.iter().filter(|x| !x.agree).collect();
+    if !diffs.is_empty() {
+        let _ = writeln!(
+            out,
+            "{:>4}  {:<34} {:<32} {:<32} {}",
+            "line", "observable", "model (5.8)", "live", ""
+        );
+        for d in &diffs {
+            let tag = match &d.expected_divergence {
+                Some(reason) => format!("expected divergence: {reason}"),
+                None => "DIFFERS".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "{:>4}  {:<34} {:<32} {:<32} {tag}",
+                d.line, d.what, d.model, d.live
+            );
+        }
+    }
+    let n_expected = diffs
+        .iter()
+        .filter(|d| d.expected_divergence.is_some())
+        .count();
+    let n_unexpected = diffs.len() - n_expected;
+    if n_unexpected == 0 {
+        let _ = writeln!(
+            out,
+            "agree: {} observables compared, {} expected divergence(s)",
+            r.rows.len(),
+            n_expected
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "DIFFER: {n_unexpected} of {} observables differ ({} expected divergence(s))",
+            r.rows.len(),
+            n_expected
+        );
+    }
+    out
+}

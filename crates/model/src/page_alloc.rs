@@ -40,6 +40,8 @@ pub struct Zone<E: Engine> {
 /// All physical memory.
 pub struct Memory<E: Engine> {
     pages: Box<[Page<E>]>,
+    /// Frames not on a free list (the zero page included).
+    allocated: std::sync::Mutex<BTreeSet<u64>>,
     pub zones: Vec<Zone<E>>,
     block_pages: u64,
 }
@@ -97,6 +99,7 @@ impl<E: Engine> Memory<E> {
             pages,
             zones,
             block_pages,
+            allocated: std::sync::Mutex::new(BTreeSet::from([0])),
         }
     }
 
@@ -124,11 +127,28 @@ impl<E: Engine> Memory<E> {
     }
 
     fn mark(&self, pfn: Pfn, n: u64, free: bool) {
+        let mut allocated = self.allocated.lock().unwrap_or_else(|p| p.into_inner());
         for i in 0..n {
             self.page(pfn.add(i))
                 .free
                 .store(free, std::sync::atomic::Ordering::SeqCst);
+            if free {
+                allocated.remove(&(pfn.0 + i));
+            } else {
+                allocated.insert(pfn.0 + i);
+            }
         }
+    }
+
+    /// The frames in use, in order (for checkers: cheaper than scanning all
+    /// of memory).
+    pub fn allocated(&self) -> Vec<Pfn> {
+        self.allocated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|&p| Pfn(p))
+            .collect()
     }
 
     fn take(&self, node: usize, order: u32) -> Option<Pfn> {

@@ -249,12 +249,29 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
     let k = &cpu.k;
     let nr = k.geo.hpage_pmd_nr();
     let huge_zero = k.huge_zero_pfn();
-    let mut pfn = 0;
-    while pfn < k.mem.nr_pages() {
-        let p = Pfn(pfn);
+    // Mapped frames that are free: use after free.
+    for (&p, _) in t.pte_maps.iter().chain(t.pmd_maps.iter()) {
+        if k.mem.is_free(p) {
+            t.violations.push(Violation {
+                id: inv::AUDIT_FREE,
+                kind: ViolationKind::Audit,
+                message: format!("free frame {} is mapped", p.0),
+                cpu: None,
+                backtrace: Vec::new(),
+                page: Some(p),
+            });
+        }
+    }
+    let allocated = k.mem.allocated();
+    let mut next = 0;
+    for &p in &allocated {
+        if p.0 < next {
+            continue; // a tail page already checked with its head
+        }
+        let pfn = p.0;
         let page = k.mem.page(p);
         if p == k.zero_pfn || Some(p) == huge_zero {
-            pfn += if Some(p) == huge_zero { nr } else { 1 };
+            next = pfn + if Some(p) == huge_zero { nr } else { 1 };
             continue;
         }
         let refcount = page.refcount.load_i64();
@@ -273,7 +290,7 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                     Some(p),
                 );
             }
-            pfn += 1;
+            next = pfn + 1;
             continue;
         }
         if page.test_flag(pg::TABLE) {
@@ -291,7 +308,7 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                     Some(p),
                 );
             }
-            pfn += 1;
+            next = pfn + 1;
             continue;
         }
         if page.test_flag(pg::HEAD) {
@@ -359,7 +376,7 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                     Some(p),
                 );
             }
-            pfn += n;
+            next = pfn + n;
             continue;
         }
         if page.tail_head().is_some() {
@@ -368,7 +385,7 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                 format!("tail page {pfn} outside a compound page walk"),
                 Some(p),
             );
-            pfn += 1;
+            next = pfn + 1;
             continue;
         }
         let ptes = t.pte_maps.get(&p).copied().unwrap_or(0);
@@ -396,7 +413,7 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                 Some(p),
             );
         }
-        pfn += 1;
+        next = pfn + 1;
     }
 }
 
@@ -429,10 +446,7 @@ fn check_deferred<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
 
 fn check_locks<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
     let k = &cpu.k;
-    for pfn in 0..k.mem.nr_pages() {
-        if k.mem.is_free(Pfn(pfn)) {
-            continue;
-        }
+    for pfn in k.mem.allocated().into_iter().map(|p| p.0) {
         if k.mem.page(Pfn(pfn)).is_locked() {
             t.fail(
                 inv::AUDIT_LOCKS,

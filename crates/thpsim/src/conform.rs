@@ -71,21 +71,81 @@ pub fn divergence_marks(src: &str) -> BTreeMap<usize, String> {
         .collect()
 }
 
-fn model_observables(records: &[Record]) -> BTreeMap<(usize, usize), (String, String)> {
-    let mut out = BTreeMap::new();
-    let mut n: BTreeMap<usize, usize> = BTreeMap::new();
+/// Frame labels renumbered by first appearance within each `show` line: which
+/// pages share a frame is comparable between two kernels, the frame's global
+/// number is not (it depends on which freed frame an allocator hands out next).
+#[derive(Default)]
+struct LocalLabels(BTreeMap<usize, BTreeMap<String, String>>);
+
+impl LocalLabels {
+    fn get(&mut self, line: usize, label: Option<&str>) -> Option<String> {
+        let m = self.0.entry(line).or_default();
+        let n = m.len() + 1;
+        label.map(|l| {
+            m.entry(l.to_string())
+                .or_insert_with(|| format!("#{n}"))
+                .clone()
+        })
+    }
+}
+
+/// `expect ... same|other ...`: only the verdict compares (see LocalLabels).
+fn expect_obs(text: &str, ok: bool, found: &str) -> String {
+    if text.contains(" same ") || text.contains(" other ") {
+        if ok {
+            "holds".to_string()
+        } else {
+            "does not hold".to_string()
+        }
+    } else {
+        found.to_string()
+    }
+}
+
+/// Observables keyed by (line, index within the line).
+type Observables = BTreeMap<(usize, usize), (String, String)>;
+
+fn push(
+    out: &mut Observables,
+    n: &mut BTreeMap<usize, usize>,
+    line: usize,
+    what: String,
+    obs: String,
+) {
+    let i = n.entry(line).or_default();
+    out.insert((line, *i), (what, obs));
+    *i += 1;
+}
+
+fn model_observables(records: &[Record]) -> Observables {
+    let (mut out, mut n, mut labels) = (BTreeMap::new(), BTreeMap::new(), LocalLabels::default());
     for r in records {
-        let (line, what, obs) = match r {
+        match r {
             Record::Step {
                 line,
                 text,
                 outcome,
                 value,
                 ..
-            } => (*line, text.clone(), step_obs(outcome.keyword(), *value)),
+            } => push(
+                &mut out,
+                &mut n,
+                *line,
+                text.clone(),
+                step_obs(outcome.keyword(), *value),
+            ),
             Record::Expect {
-                line, text, found, ..
-            } => (*line, text.clone(), found.clone()),
+                line,
+                text,
+                found,
+                ok,
+            } => push(
+                &mut out,
+                &mut n,
+                *line,
+                text.clone(),
+                expect_obs(text, *ok, found),
+            ),
             Record::Page {
                 line,
                 process,
@@ -96,34 +156,51 @@ fn model_observables(records: &[Record]) -> BTreeMap<(usize, usize), (String, St
                 mapcount,
                 value,
                 ..
-            } => (
-                *line,
-                format!("show {process} {region} page {offset}"),
-                page_obs(kind.keyword(), page.as_deref(), *mapcount, *value),
-            ),
-            Record::Show { .. } | Record::Violation { .. } => continue,
-        };
-        let i = n.entry(line).or_default();
-        out.insert((line, *i), (what, obs));
-        *i += 1;
+            } => {
+                let label = labels.get(*line, page.as_deref());
+                let obs = page_obs(kind.keyword(), label.as_deref(), *mapcount, *value);
+                push(
+                    &mut out,
+                    &mut n,
+                    *line,
+                    format!("show {process} {region} page {offset}"),
+                    obs,
+                )
+            }
+            Record::Show { .. } | Record::Violation { .. } => {}
+        }
     }
     out
 }
 
-fn live_observables(records: &[LiveRecord]) -> BTreeMap<(usize, usize), (String, String)> {
-    let mut out = BTreeMap::new();
-    let mut n: BTreeMap<usize, usize> = BTreeMap::new();
+fn live_observables(records: &[LiveRecord]) -> Observables {
+    let (mut out, mut n, mut labels) = (BTreeMap::new(), BTreeMap::new(), LocalLabels::default());
     for r in records {
-        let (line, what, obs) = match r {
+        match r {
             LiveRecord::Step {
                 line,
                 text,
                 outcome,
                 value,
-            } => (*line, text.clone(), step_obs(outcome.keyword(), *value)),
+            } => push(
+                &mut out,
+                &mut n,
+                *line,
+                text.clone(),
+                step_obs(outcome.keyword(), *value),
+            ),
             LiveRecord::Expect {
-                line, text, found, ..
-            } => (*line, text.clone(), found.clone()),
+                line,
+                text,
+                found,
+                ok,
+            } => push(
+                &mut out,
+                &mut n,
+                *line,
+                text.clone(),
+                expect_obs(text, *ok, found),
+            ),
             LiveRecord::Page {
                 line,
                 process,
@@ -134,15 +211,18 @@ fn live_observables(records: &[LiveRecord]) -> BTreeMap<(usize, usize), (String,
                 mapcount,
                 value,
                 ..
-            } => (
-                *line,
-                format!("show {process} {region} page {offset}"),
-                page_obs(kind, page.as_deref(), *mapcount, *value),
-            ),
-        };
-        let i = n.entry(line).or_default();
-        out.insert((line, *i), (what, obs));
-        *i += 1;
+            } => {
+                let label = labels.get(*line, page.as_deref());
+                let obs = page_obs(kind, label.as_deref(), *mapcount, *value);
+                push(
+                    &mut out,
+                    &mut n,
+                    *line,
+                    format!("show {process} {region} page {offset}"),
+                    obs,
+                )
+            }
+        }
     }
     out
 }

@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod conform;
 pub mod explore;
+pub mod generate;
 pub mod labels;
 pub mod output;
 pub mod run;

@@ -83,9 +83,21 @@ enum Command {
     /// `show`, `expect` and step. Exit 0: they agree (expected divergences
     /// aside); 1: they differ; 2: invalid file, or this machine cannot run it.
     Conform {
-        file: String,
+        /// A scenario file (not with --generate).
+        #[arg(required_unless_present = "generate")]
+        file: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Instead of a file: generate N scenarios (differential fuzzing) and
+        /// compare each; the first that differs is printed with its text.
+        #[arg(long, value_name = "N", conflicts_with = "file")]
+        generate: Option<u64>,
+        /// The first seed of --generate (scenario i uses seed S + i).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Steps per generated scenario.
+        #[arg(long, default_value_t = 25)]
+        steps: usize,
     },
     /// Replay a failure from its token: the same schedule, failure and trace.
     Replay {
@@ -143,6 +155,52 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
         return Err(bad());
     }
     Ok((i, n))
+}
+
+/// `thpsim conform --generate N --seed S`: generated scenarios on the model and
+/// the running kernel; stops at the first that differs and prints it.
+fn conform_generated(n: u64, seed: u64, steps: usize, json: bool) -> ExitCode {
+    if let Err(e) = thpsim_live::environment() {
+        eprintln!("error: cannot conform here: {e}");
+        return ExitCode::from(2);
+    }
+    for s in seed..seed.saturating_add(n) {
+        let src = thpsim::generate::generate(s, steps);
+        let name = format!("generated-seed-{s}.thp");
+        let scn = match thpsim_scenario::parse(&name, &src) {
+            Ok(x) => x,
+            Err(e) => {
+                eprintln!("internal error: seed {s} generated an invalid scenario: {e}\n{src}");
+                return ExitCode::from(2);
+            }
+        };
+        match thpsim::conform::conform(&scn) {
+            Ok(r) if r.agrees() => {}
+            Ok(r) => {
+                if json {
+                    emit(&format!(
+                        "{}\n",
+                        serde_json::to_string(&r).unwrap_or_default()
+                    ));
+                } else {
+                    emit(&format!(
+                        "seed {s} differs:\n{src}\n{}",
+                        thpsim::conform::text(&r)
+                    ));
+                }
+                return ExitCode::from(1);
+            }
+            Err(e) => {
+                eprintln!("error: seed {s}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    emit(&format!(
+        "agree: {n} generated scenarios (seeds {seed}..{}, {steps} steps each)\n",
+        seed.saturating_add(n)
+    ));
+    ExitCode::SUCCESS
 }
 
 /// Prints to stdout, ignoring a closed pipe (`thpsim run x | head`).
@@ -292,7 +350,18 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Conform { file, json } => {
+        Command::Conform {
+            file: None,
+            generate: Some(n),
+            seed,
+            steps,
+            json,
+        } => conform_generated(n, seed, steps, json),
+        Command::Conform { file, json, .. } => {
+            let Some(file) = file else {
+                eprintln!("error: conform needs a FILE or --generate N");
+                return ExitCode::from(2);
+            };
             let (name, src, scn) = match parse_file(&file) {
                 Ok(x) => x,
                 Err(c) => return c,

@@ -198,26 +198,42 @@ impl<E: Engine> Cpu<E> {
     pub fn vma_merge(&self, mm: &MmStruct<E>, vma: &Arc<Vma>) {
         let _f = self.func("vma_merge");
         let ps = self.k.geo.page_shift;
-        let mergeable = |a: &Arc<Vma>, b: &Arc<Vma>| {
+        // is_mergeable_anon_vma(): a missing anon_vma on one side merges only
+        // if the neighbour's anon_vma_chain is singular (5.8 refuses a
+        // never-faulted neighbour, whose chain is empty, and one whose chain
+        // came from fork).
+        let anon_ok = |this: &Arc<Vma>, neighbour: &Arc<Vma>| {
+            this.anon_vma() == neighbour.anon_vma()
+                || ((this.anon_vma().is_none() || neighbour.anon_vma().is_none())
+                    && neighbour
+                        .chains
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .len()
+                        == 1)
+        };
+        let mergeable = |a: &Arc<Vma>, b: &Arc<Vma>, neighbour_is_a: bool| {
             a.vm_end() == b.vm_start()
                 && a.vm_flags() == b.vm_flags()
                 && a.vm_pgoff() + ((a.vm_end().0 - a.vm_start().0) >> ps) == b.vm_pgoff()
-                && (a.anon_vma() == b.anon_vma()
-                    || a.anon_vma().is_none()
-                    || b.anon_vma().is_none())
+                && if neighbour_is_a {
+                    anon_ok(b, a)
+                } else {
+                    anon_ok(a, b)
+                }
         };
         let list = mm.vma_list();
         let Some(i) = list.iter().position(|v| Arc::ptr_eq(v, vma)) else {
             return;
         };
         let mut keep = vma.clone();
-        if i > 0 && mergeable(&list[i - 1], vma) {
+        if i > 0 && mergeable(&list[i - 1], vma, true) {
             let prev = list[i - 1].clone();
             self.merge_into(mm, &prev, vma);
             keep = prev;
         }
         if let Some(next) = list.get(i + 1) {
-            if mergeable(&keep, next) {
+            if mergeable(&keep, next, false) {
                 self.merge_into(mm, &keep, next);
             }
         }

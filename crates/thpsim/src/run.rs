@@ -757,16 +757,17 @@ impl<E: Engine> Machine<E> {
                                 ))
                             }
                         };
-                        match cpu.do_madvise(&mm, VirtAddr(s), e - s, a) {
-                            Ok(()) => {
-                                if a == MAdvice::DontNeed {
-                                    let (s2, e2) = page_span(s, e);
-                                    self.st().oracle.on_dontneed(&name, s2, e2 - s2);
-                                }
-                                Ok(Done::ok())
-                            }
-                            Err(e) => Ok(Done::outcome(errno_outcome(e))),
+                        let r = cpu.do_madvise(&mm, VirtAddr(s), e - s, a);
+                        // MADV_DONTNEED over a hole zaps the mapped parts and
+                        // then returns ENOMEM (madvise_vma() goes on past holes).
+                        if a == MAdvice::DontNeed && matches!(r, Ok(()) | Err(Errno::Enomem)) {
+                            let (s2, e2) = page_span(s, e);
+                            self.st().oracle.on_dontneed(&name, s2, e2 - s2);
                         }
+                        Ok(match r {
+                            Ok(()) => Done::ok(),
+                            Err(e) => Done::outcome(errno_outcome(e)),
+                        })
                     }
                     Op::Write { target, value } => {
                         let (s, e) = self.range(&name, target)?;

@@ -237,6 +237,28 @@ unsafe fn map_region(len: u64) -> Result<u64, u64> {
     Ok(start)
 }
 
+/// Registers this process's mm with khugepaged (MMF_VM_HUGEPAGE) without
+/// leaving a mapping behind: MADV_HUGEPAGE on a fresh PMD-aligned region
+/// (hugepage_madvise() -> khugepaged_enter_vma()), then munmap it. The mm
+/// stays on khugepaged's list until it exits, and every process it forks is
+/// registered at fork (khugepaged_fork()).
+///
+/// The keeper does this first, while khugepaged is asleep for the run: a
+/// registration wakes khugepaged only when its list was empty
+/// (__khugepaged_enter()), and that wake-up scan (`pages_to_scan` = 1, one
+/// PMD) then starts at the head of the list, the keeper's mm. No agent's
+/// registration can wake it afterwards. Best effort: with THP `never` no mm
+/// registers, and khugepaged does not run at all.
+///
+/// # Safety
+/// Only syscalls; async-signal-safe, so it may run in a forked child.
+pub unsafe fn register_with_khugepaged() {
+    if let Ok(start) = map_region(PMD) {
+        libc::madvise(start as *mut c_void, PMD as usize, libc::MADV_HUGEPAGE);
+        libc::munmap(start as *mut c_void, PMD as usize);
+    }
+}
+
 fn sys_result(r: c_int) -> [u64; 4] {
     if r == 0 {
         [REPLY_OK, 0, 0, 0]

@@ -42,6 +42,7 @@ mod observe;
 mod run;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod session;
+pub mod vmstat;
 
 use serde::Serialize;
 use thpsim_scenario::{Outcome, Scenario};
@@ -55,6 +56,11 @@ pub struct LiveReport {
     /// lines that apply to the model only.
     pub notes: Vec<String>,
     pub records: Vec<LiveRecord>,
+    /// Background work that ran during the run and may have changed what it
+    /// observed (a khugepaged collapse, a split by reclaim or compaction),
+    /// each with the line it happened at. When this is not empty the records
+    /// do not describe the scenario alone: compare nothing, run it again.
+    pub interference: Vec<String>,
 }
 
 /// One line of a live run's report (compare with the model's records by line).
@@ -136,6 +142,24 @@ pub enum LiveError {
 /// Whether this machine can run scenarios live; the error says exactly why not.
 pub fn environment() -> Result<(), LiveError> {
     imp::environment()
+}
+
+/// The environment variable that lets tests run on the live kernel.
+pub const LIVE_TESTS_VAR: &str = "THPSIM_LIVE";
+
+/// Whether the test suite may run scenarios on this machine's kernel: only
+/// when asked (`THPSIM_LIVE=1`; a live run changes the machine's THP and
+/// khugepaged settings for its duration and drops caches for
+/// `kernel: deferred-split`, putting the settings back afterwards) and when
+/// [`environment`] allows it. The error says which.
+pub fn live_tests_enabled() -> Result<(), String> {
+    match std::env::var(LIVE_TESTS_VAR).as_deref() {
+        Ok("1") => environment().map_err(|e| e.to_string()),
+        _ => Err(format!(
+            "live-kernel tests are opt-in: set {LIVE_TESTS_VAR}=1 to run them (they change THP \
+             and khugepaged settings for each run and put them back)"
+        )),
+    }
 }
 
 /// Runs a scenario on the live kernel.

@@ -5,6 +5,7 @@
 use crate::agent::{self, NO_EXPECT};
 use crate::observe::{Observer, PageObs, ProcFiles, PAGE};
 use crate::session::{self, Session, Settings, INTERRUPTED};
+use crate::vmstat::Snapshot;
 use crate::{LiveError, LiveRecord, LiveReport};
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -414,6 +415,10 @@ struct Runner<'a> {
     obs: Observer,
     labels: HashMap<u64, usize>,
     records: Vec<LiveRecord>,
+    /// The event counters when last looked at.
+    last: Snapshot,
+    /// Background events seen during the run (see `vmstat`).
+    interference: Vec<String>,
 }
 
 impl<'a> Runner<'a> {
@@ -516,6 +521,7 @@ impl<'a> Runner<'a> {
             if pid == 0 {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1);
+                agent::register_with_khugepaged();
                 agent::agent_main(theirs_raw)
             }
             libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
@@ -616,7 +622,18 @@ impl<'a> Runner<'a> {
     }
 
     fn step(&mut self, step: &Step) -> Result<(), LiveError> {
+        let before = Snapshot::now();
+        self.watch(step.span.line, "before the step", &before, false);
         let (outcome, value) = self.exec(step)?;
+        let after = Snapshot::now();
+        let splits = matches!(
+            (&step.context, &step.op),
+            (
+                Context::Kernel,
+                Op::SplitHugePage { .. } | Op::DeferredSplit
+            )
+        );
+        self.watch(step.span.line, "during the step", &after, splits);
         self.records.push(LiveRecord::Step {
             line: step.span.line,
             text: self.scn.text(step.span).to_string(),
@@ -624,6 +641,16 @@ impl<'a> Runner<'a> {
             value,
         });
         Ok(())
+    }
+
+    /// Records the background events since the last snapshot (see
+    /// `vmstat`) and moves the snapshot on to `now`.
+    fn watch(&mut self, line: usize, when: &str, now: &Snapshot, splits_expected: bool) {
+        for what in self.last.interference(now, splits_expected) {
+            self.interference
+                .push(format!("line {line}, {when}: {what}"));
+        }
+        self.last = *now;
     }
 
     fn exec(&mut self, step: &Step) -> Result<(Outcome, Option<u8>), LiveError> {
@@ -957,8 +984,14 @@ pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
         obs,
         labels: HashMap::new(),
         records: Vec::new(),
+        last: Snapshot::now(),
+        interference: Vec::new(),
     };
     let result = runner.run_items();
+    let end = Snapshot::now();
+    let last_line = runner.scn.source.lines().count();
+    runner.watch(last_line, "after the last step", &end, false);
+    let interference = std::mem::take(&mut runner.interference);
     runner.shutdown();
     let records = std::mem::take(&mut runner.records);
     drop(runner);
@@ -971,5 +1004,6 @@ pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
         kernel: kernel_release(),
         notes,
         records,
+        interference,
     })
 }

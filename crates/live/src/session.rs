@@ -171,9 +171,11 @@ pub fn knobs(s: &Settings) -> Vec<Knob> {
     };
     // khugepaged first, so it is asleep before THPs can appear: sleep a day
     // between scans (and after allocation failures), one PMD a scan.
+    // pages_to_scan first: writing a sleep knob wakes khugepaged for one
+    // scan, which should then cover a single PMD.
+    add("khugepaged/pages_to_scan", "1");
     add("khugepaged/scan_sleep_millisecs", "86400000");
     add("khugepaged/alloc_sleep_millisecs", "86400000");
-    add("khugepaged/pages_to_scan", "1");
     // Linux >= 6.12: the deferred-split shrinker also splits "underused" THPs
     // (mostly zero-filled); 5.8 does not.
     add("shrink_underused", "0");

@@ -1,13 +1,14 @@
-//! Live-kernel runs of scenarios. They need root on Linux x86_64 with THP;
-//! elsewhere each test prints `skipped: <reason>` and passes.
+//! Live-kernel runs of scenarios. They run when `THPSIM_LIVE=1` is set and
+//! this is root on Linux x86_64 with THP; otherwise each test prints
+//! `skipped: <reason>` and passes.
 #![cfg(unix)]
 
 use std::path::PathBuf;
-use thpsim_live::{environment, run_live, LiveError, LiveRecord, LiveReport};
+use thpsim_live::{run_live, LiveError, LiveRecord, LiveReport};
 use thpsim_scenario::Outcome;
 
 fn live() -> bool {
-    match environment() {
+    match thpsim_live::live_tests_enabled() {
         Ok(()) => true,
         Err(e) => {
             eprintln!("skipped: {e}");
@@ -420,5 +421,69 @@ fn records_serialize_like_the_model() {
     assert_eq!(
         serde_json::to_string(&step).unwrap(),
         r#"{"type":"step","line":2,"text":"P: read A[0]","outcome":"segv"}"#
+    );
+}
+
+/// A collapse behind the runner's back (another thread of this process
+/// collapsing its own memory with MADV_COLLAPSE while a scenario runs) is
+/// reported as interference, not silently compared; a quiet run reports none.
+#[test]
+fn background_collapse_is_reported_as_interference() {
+    if !live() {
+        return;
+    }
+    let mut src = String::from("thp never\nprocess P\nP: mmap A 1h\n");
+    for i in 0..200 {
+        src.push_str(&format!("P: write A[{}p] = 0x11\n", i % 4));
+    }
+    let scn = scenario(&src);
+    let quiet = run(&scn);
+    assert!(quiet.interference.is_empty(), "{:?}", quiet.interference);
+
+    const PMD: usize = 2 << 20;
+    const MADV_COLLAPSE: libc::c_int = 25;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let collapses = std::sync::atomic::AtomicU64::new(0);
+    let report = std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: a private mapping of this thread's own, unmapped at the end.
+            unsafe {
+                let raw = libc::mmap(
+                    std::ptr::null_mut(),
+                    2 * PMD,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                assert_ne!(raw, libc::MAP_FAILED);
+                let a = ((raw as usize + PMD - 1) & !(PMD - 1)) as *mut u8;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    libc::madvise(a.cast(), PMD, libc::MADV_NOHUGEPAGE);
+                    libc::madvise(a.cast(), PMD, libc::MADV_DONTNEED);
+                    for i in (0..PMD).step_by(4096) {
+                        a.add(i).write_volatile(1);
+                    }
+                    libc::madvise(a.cast(), PMD, libc::MADV_HUGEPAGE);
+                    if libc::madvise(a.cast(), PMD, MADV_COLLAPSE) == 0 {
+                        collapses.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                libc::munmap(raw, 2 * PMD);
+            }
+        });
+        let r = run_live(&scn);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    });
+    let report = report.expect("live run");
+    if collapses.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        eprintln!("skipped: MADV_COLLAPSE is not available on this kernel");
+        return;
+    }
+    assert!(
+        report.interference.iter().any(|w| w.contains("collapse")),
+        "a collapse during the run must be reported: {:?}",
+        report.interference
     );
 }

@@ -23,7 +23,18 @@ pub enum ConformError {
     /// The machine or kernel cannot run this scenario live (exit 2).
     #[error("{0}")]
     Environment(String),
+    /// Background work (khugepaged, reclaim, compaction) changed the live
+    /// run in every attempt: nothing was compared (exit 2).
+    #[error(
+        "background work interfered with the live run in each of {attempts} attempts, so \
+         nothing was compared: {}",
+        what.join("; ")
+    )]
+    Interference { attempts: u32, what: Vec<String> },
 }
+
+/// Live runs tried before giving up on interference.
+pub const LIVE_ATTEMPTS: u32 = 3;
 
 /// One observable on both sides.
 #[derive(Clone, Debug, Serialize)]
@@ -268,12 +279,32 @@ pub fn conform(scn: &Scenario) -> Result<ConformReport, ConformError> {
         },
     )?;
     thpsim_live::environment().map_err(|e| ConformError::Environment(e.to_string()))?;
-    let live = thpsim_live::run_live(scn).map_err(|e| match e {
-        LiveError::Invalid { line, message } => {
-            ConformError::Environment(format!("line {line}: {message}"))
+    let mut attempt = 0;
+    let live = loop {
+        attempt += 1;
+        let live = thpsim_live::run_live(scn).map_err(|e| match e {
+            LiveError::Invalid { line, message } => {
+                ConformError::Environment(format!("line {line}: {message}"))
+            }
+            other => ConformError::Environment(other.to_string()),
+        })?;
+        if live.interference.is_empty() {
+            break live;
         }
-        other => ConformError::Environment(other.to_string()),
-    })?;
+        if attempt == LIVE_ATTEMPTS {
+            return Err(ConformError::Interference {
+                attempts: attempt,
+                what: live.interference,
+            });
+        }
+    };
+    let mut notes = live.notes;
+    if attempt > 1 {
+        notes.push(format!(
+            "background work interfered with {} earlier live run(s); this one ran undisturbed",
+            attempt - 1
+        ));
+    }
     let marks = divergence_marks(&scn.source);
     let m = model_observables(&model.records);
     let l = live_observables(&live.records);
@@ -304,7 +335,7 @@ pub fn conform(scn: &Scenario) -> Result<ConformReport, ConformError> {
     Ok(ConformReport {
         scenario: scn.name.clone(),
         kernel: live.kernel,
-        notes: live.notes,
+        notes,
         rows,
     })
 }
@@ -322,8 +353,8 @@ pub fn text(r: &ConformReport) -> String {
     if !diffs.is_empty() {
         let _ = writeln!(
             out,
-            "{:>4}  {:<34} {:<32} {:<32} {}",
-            "line", "observable", "model (5.8)", "live", ""
+            "{:>4}  {:<34} {:<32} {:<32} ",
+            "line", "observable", "model (5.8)", "live"
         );
         for d in &diffs {
             let tag = match &d.expected_divergence {

@@ -372,6 +372,10 @@ fn main() -> ExitCode {
                     eprintln!("error: cannot conform {name} here: {why}");
                     ExitCode::from(2)
                 }
+                Err(e @ thpsim::conform::ConformError::Interference { .. }) => {
+                    eprintln!("error: cannot conform {name} now: {e}");
+                    ExitCode::from(2)
+                }
                 Ok(r) => {
                     if json {
                         emit(&format!(

@@ -149,15 +149,15 @@ impl<E: Engine> Cpu<E> {
     /// A one-line dump_page().
     pub fn dump_page(&self, pfn: Pfn) -> String {
         let p = self.page(pfn);
-        let head = self.compound_head(pfn);
+        let head = p.tail_head_peek().unwrap_or(pfn);
         format!(
             "pfn:{} refcount:{} mapcount:{} compound_mapcount:{} head:{} flags:{:#x}",
             pfn.0,
-            self.page(head).refcount.load_i64(),
-            p.mapcount.load_i64() + 1,
-            self.page(head).compound_mapcount.load_i64() + 1,
+            self.page(head).refcount.peek_i64(),
+            p.mapcount.peek_i64() + 1,
+            self.page(head).compound_mapcount.peek_i64() + 1,
             head.0,
-            self.page(head).flags.load(),
+            self.page(head).flags.peek(),
         )
     }
 }

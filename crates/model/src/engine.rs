@@ -30,9 +30,20 @@ pub trait Atomic: Send + Sync + 'static {
     fn fetch_or(&self, v: u64) -> u64;
     fn fetch_and(&self, v: u64) -> u64;
 
+    /// Reads the word without a scheduling point: for checkers, which must
+    /// never add interleavings, and for state only the running CPU can
+    /// change. The same as [`Atomic::load`] on engines without scheduling.
+    fn peek(&self) -> u64 {
+        self.load()
+    }
+
     /// The word read as a signed counter (`atomic_read`).
     fn load_i64(&self) -> i64 {
         self.load() as i64
+    }
+    /// [`Atomic::peek`] of a signed counter.
+    fn peek_i64(&self) -> i64 {
+        self.peek() as i64
     }
     /// `atomic_set` of a signed counter.
     fn store_i64(&self, v: i64) {
@@ -66,6 +77,12 @@ pub trait Engine: Send + Sync + Sized + 'static {
 
     /// Runs the closures as concurrent threads (one per CPU) and waits for all.
     fn run_threads(threads: Vec<Box<dyn FnOnce() + Send + 'static>>);
+
+    /// A point where another CPU may run, for shared state that is not an
+    /// [`Atomic`] (a user access of a page, a TLB shootdown reaching another
+    /// CPU). Nothing on engines without scheduling.
+    #[inline]
+    fn schedule_point() {}
 }
 
 /// The standard library engine: real threads, real mutexes.
@@ -123,7 +140,6 @@ macro_rules! impl_atomic {
 }
 
 impl_atomic!(std::sync::atomic::AtomicU64);
-impl_atomic!(shuttle::sync::atomic::AtomicU64);
 
 const SC: std::sync::atomic::Ordering = std::sync::atomic::Ordering::SeqCst;
 
@@ -176,9 +192,13 @@ impl<S: Send + 'static> Monitor<S> for StdMonitor<S> {
 pub struct ShuttleEngine;
 
 impl Engine for ShuttleEngine {
-    type Atomic = shuttle::sync::atomic::AtomicU64;
+    type Atomic = ShuttleAtomic;
     type Monitor<S: Send + 'static> = ShuttleMonitor<S>;
     const NAME: &'static str = "shuttle";
+
+    fn schedule_point() {
+        shuttle_engine::runtime::thread::switch();
+    }
 
     fn run_threads(threads: Vec<Box<dyn FnOnce() + Send + 'static>>) {
         let handles: Vec<_> = threads.into_iter().map(shuttle::thread::spawn).collect();
@@ -187,6 +207,53 @@ impl Engine for ShuttleEngine {
                 std::panic::resume_unwind(p);
             }
         }
+    }
+}
+
+/// The exploration engine's atomic word: a std atomic behind a shuttle
+/// scheduling point. Each operation is one point (as with shuttle's own
+/// atomics, which do the same and also keep vector clocks the model does not
+/// use); [`Atomic::peek`] is none.
+pub struct ShuttleAtomic(std::sync::atomic::AtomicU64);
+
+impl Atomic for ShuttleAtomic {
+    fn new(v: u64) -> Self {
+        ShuttleAtomic(std::sync::atomic::AtomicU64::new(v))
+    }
+    fn load(&self) -> u64 {
+        ShuttleEngine::schedule_point();
+        self.0.load(SC)
+    }
+    fn store(&self, v: u64) {
+        ShuttleEngine::schedule_point();
+        self.0.store(v, SC)
+    }
+    fn swap(&self, v: u64) -> u64 {
+        ShuttleEngine::schedule_point();
+        self.0.swap(v, SC)
+    }
+    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
+        ShuttleEngine::schedule_point();
+        self.0.compare_exchange(current, new, SC, SC)
+    }
+    fn fetch_add(&self, v: u64) -> u64 {
+        ShuttleEngine::schedule_point();
+        self.0.fetch_add(v, SC)
+    }
+    fn fetch_sub(&self, v: u64) -> u64 {
+        ShuttleEngine::schedule_point();
+        self.0.fetch_sub(v, SC)
+    }
+    fn fetch_or(&self, v: u64) -> u64 {
+        ShuttleEngine::schedule_point();
+        self.0.fetch_or(v, SC)
+    }
+    fn fetch_and(&self, v: u64) -> u64 {
+        ShuttleEngine::schedule_point();
+        self.0.fetch_and(v, SC)
+    }
+    fn peek(&self) -> u64 {
+        self.0.load(SC)
     }
 }
 

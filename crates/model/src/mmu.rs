@@ -36,6 +36,9 @@ pub struct TlbEntry {
 #[derive(Default, Debug)]
 pub struct Tlb {
     map: HashMap<(MmId, u64), TlbEntry>,
+    /// Shootdowns that reached this TLB so far: a hardware walk that saw it
+    /// change drops its translation and walks again (see `hw_walk`).
+    flushes: u64,
 }
 
 impl Tlb {
@@ -80,6 +83,8 @@ impl<E: Engine> Cpu<E> {
         access: Access,
     ) -> Result<u8, AccessError> {
         let write = matches!(access, Access::Write(_));
+        // Another CPU may run between two user instructions.
+        E::schedule_point();
         let e = self.user_translate(mm, addr, write)?;
         let off = addr.0 & (self.k.geo.page_size() - 1);
         let words = self.page(e.pfn).words(self.k.geo.page_size());
@@ -102,6 +107,7 @@ impl<E: Engine> Cpu<E> {
         len: u64,
         v: u8,
     ) -> Result<(), AccessError> {
+        E::schedule_point();
         let e = self.user_translate(mm, addr, true)?;
         let off = addr.0 & (self.k.geo.page_size() - 1);
         let words = self.page(e.pfn).words(self.k.geo.page_size());
@@ -117,6 +123,7 @@ impl<E: Engine> Cpu<E> {
         addr: VirtAddr,
         len: u64,
     ) -> Result<Vec<u8>, AccessError> {
+        E::schedule_point();
         let e = self.user_translate(mm, addr, false)?;
         let off = addr.0 & (self.k.geo.page_size() - 1);
         let words = self.page(e.pfn).words(self.k.geo.page_size());
@@ -124,7 +131,10 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// The translation a user access of `addr` uses: the TLB entry, or a
-    /// hardware walk, or page faults until the walk succeeds.
+    /// hardware walk, or page faults until the walk succeeds. The caller has
+    /// offered the scheduling point of the instruction; from the lookup to
+    /// the data access nothing else runs on this CPU, as within one
+    /// instruction (a shootdown waits for the instruction to retire).
     pub fn user_translate(
         &self,
         mm: &Arc<MmStruct<E>>,
@@ -149,7 +159,27 @@ impl<E: Engine> Cpu<E> {
 
     /// The hardware page walk: no locks; sets accessed/dirty atomically; fills
     /// the TLB. Returns `None` when the access must fault.
+    ///
+    /// The walk and the fill are one step of the CPU: a shootdown of this
+    /// TLB is handled before or after it, never in between. The model's walk
+    /// has scheduling points (each entry load), so a shootdown that reaches
+    /// this TLB during the walk (`Tlb::flushes` moved) means the walk may
+    /// have read an entry from before the change that flush announces: the
+    /// translation is dropped and the walk starts again.
     fn hw_walk(&self, mm: &Arc<MmStruct<E>>, addr: VirtAddr, write: bool) -> Option<TlbEntry> {
+        loop {
+            let flushes = self.tlb().flushes;
+            let e = self.hw_walk_once(mm, addr, write)?;
+            let mut tlb = self.tlb();
+            if tlb.flushes == flushes {
+                tlb.map.insert((mm.id, self.k.geo.vpn(addr)), e);
+                return Some(e);
+            }
+        }
+    }
+
+    /// One walk of [`Cpu::hw_walk`]: the translation, not yet cached.
+    fn hw_walk_once(&self, mm: &Arc<MmStruct<E>>, addr: VirtAddr, write: bool) -> Option<TlbEntry> {
         let geo = self.k.geo;
         let pud_table = match Upper::decode(mm.pgd.raw(geo.index(Level::Pgd, addr)).load()) {
             Upper::Table(t) => t,
@@ -195,11 +225,9 @@ impl<E: Engine> Cpu<E> {
         let dirty = 1 << 4;
         let want = raw | young | if write { dirty } else { 0 };
         if want != raw && slot.compare_exchange(raw, want).is_err() {
-            return self.hw_walk(mm, addr, write);
+            return self.hw_walk_once(mm, addr, write);
         }
-        let e = TlbEntry { pfn, write };
-        self.tlb().map.insert((mm.id, geo.vpn(addr)), e);
-        Some(e)
+        Some(TlbEntry { pfn, write })
     }
 
     /// Models do_user_addr_fault(), arch/x86/mm/fault.c, v5.8: find the VMA under
@@ -246,11 +274,27 @@ impl<E: Engine> Cpu<E> {
             self.k.geo.vpn(start),
             self.k.geo.vpn(VirtAddr(end.0 + self.k.geo.page_size() - 1)),
         );
-        for tlb in &self.k.tlbs {
-            tlb.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .map
-                .retain(|(m, v), _| *m != mm || *v < s || *v >= e);
+        self.shootdown(|(m, v)| *m != mm || *v < s || *v >= e);
+    }
+
+    /// The shootdown of flush_tlb_mm_range(), arch/x86/mm/tlb.c, v5.8: this
+    /// CPU's TLB first (flush_tlb_func_local()), then every other CPU's
+    /// (flush_tlb_others(): an IPI each, waited for). Each other CPU handles
+    /// its IPI between two of its own steps, so reaching it is a scheduling
+    /// point: until then it may still use the translations being flushed.
+    /// Every other CPU is reached, as if all were in `mm_cpumask(mm)`; one
+    /// whose TLB holds nothing of `mm` is unaffected, as a CPU outside the
+    /// mask would be.
+    fn shootdown(&self, keep: impl Fn(&(MmId, u64)) -> bool) {
+        let me = self.id.0;
+        let order = std::iter::once(me).chain((0..self.k.tlbs.len()).filter(|&c| c != me));
+        for c in order {
+            if c != me {
+                E::schedule_point();
+            }
+            let mut tlb = self.k.tlbs[c].lock().unwrap_or_else(|p| p.into_inner());
+            tlb.map.retain(|k, _| keep(k));
+            tlb.flushes += 1;
         }
     }
 
@@ -262,12 +306,7 @@ impl<E: Engine> Cpu<E> {
     /// Models flush_tlb_mm(): every CPU drops all translations of `mm`.
     pub fn flush_tlb_mm(&self, mm: MmId) {
         let _f = self.func("flush_tlb_mm");
-        for tlb in &self.k.tlbs {
-            tlb.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .map
-                .retain(|(m, _), _| *m != mm);
-        }
+        self.shootdown(|(m, _)| *m != mm);
     }
 
     /// Whether any CPU caches a translation of `addr` in `mm` (for checkers).

@@ -59,9 +59,11 @@ pub struct Page<E: Engine> {
     /// `page->index`: the linear page index of an anonymous page.
     pub index: E::Atomic,
     /// `compound_head` of a tail page: head pfn + 1; 0 when not a tail.
-    compound_head: AtomicU64,
-    /// `compound_order` of a head page.
-    compound_order: AtomicU64,
+    /// Read without a lock all over mm/ (compound_head() is a READ_ONCE) and
+    /// changed by __split_huge_page_tail(), so an engine atomic.
+    compound_head: E::Atomic,
+    /// `compound_order` of a head page (read locklessly, as compound_head).
+    compound_order: E::Atomic,
     /// PG_locked and its wait queue, created on first use (most frames are
     /// never locked; under exploration each monitor costs).
     lock: OnceLock<E::Monitor<PageLockState>>,
@@ -89,8 +91,8 @@ impl<E: Engine> Page<E> {
             compound_mapcount: E::Atomic::new(u64::MAX),
             mapping: E::Atomic::new(0),
             index: E::Atomic::new(0),
-            compound_head: AtomicU64::new(0),
-            compound_order: AtomicU64::new(0),
+            compound_head: E::Atomic::new(0),
+            compound_order: E::Atomic::new(0),
             lock: OnceLock::new(),
             on_deferred_list: AtomicBool::new(false),
             free: AtomicBool::new(true),
@@ -115,6 +117,10 @@ impl<E: Engine> Page<E> {
     pub fn test_flag(&self, f: u64) -> bool {
         self.flags.load() & f != 0
     }
+    /// [`Page::test_flag`] for checkers (no scheduling point).
+    pub fn test_flag_peek(&self, f: u64) -> bool {
+        self.flags.peek() & f != 0
+    }
     pub fn set_flag(&self, f: u64) {
         self.flags.fetch_or(f);
     }
@@ -132,20 +138,30 @@ impl<E: Engine> Page<E> {
 
     /// The tail page's head, if it is a tail (PageTail()).
     pub fn tail_head(&self) -> Option<Pfn> {
-        match self.compound_head.load(Ordering::SeqCst) {
+        match self.compound_head.load() {
+            0 => None,
+            h => Some(Pfn(h - 1)),
+        }
+    }
+    /// [`Page::tail_head`] for checkers (no scheduling point).
+    pub fn tail_head_peek(&self) -> Option<Pfn> {
+        match self.compound_head.peek() {
             0 => None,
             h => Some(Pfn(h - 1)),
         }
     }
     pub(crate) fn set_compound_head(&self, head: Option<Pfn>) {
-        self.compound_head
-            .store(head.map_or(0, |h| h.0 + 1), Ordering::SeqCst);
+        self.compound_head.store(head.map_or(0, |h| h.0 + 1));
     }
     pub fn compound_order(&self) -> u32 {
-        self.compound_order.load(Ordering::SeqCst) as u32
+        self.compound_order.load() as u32
+    }
+    /// [`Page::compound_order`] for checkers (no scheduling point).
+    pub fn compound_order_peek(&self) -> u32 {
+        self.compound_order.peek() as u32
     }
     pub(crate) fn set_compound_order(&self, order: u32) {
-        self.compound_order.store(order as u64, Ordering::SeqCst);
+        self.compound_order.store(order as u64);
     }
 
     /// The frame's bytes as words, created zeroed on first use.
@@ -161,7 +177,13 @@ impl<E: Engine> Page<E> {
 
     /// The anon_vma this page's mapping points at (PageAnon() pages only).
     pub fn anon_vma(&self) -> Option<AnonVmaId> {
-        let m = self.mapping.load();
+        Self::decode_anon_vma(self.mapping.load())
+    }
+    /// [`Page::anon_vma`] for checkers (no scheduling point).
+    pub fn anon_vma_peek(&self) -> Option<AnonVmaId> {
+        Self::decode_anon_vma(self.mapping.peek())
+    }
+    fn decode_anon_vma(m: u64) -> Option<AnonVmaId> {
         if m & PAGE_MAPPING_ANON != 0 {
             Some(AnonVmaId((m >> 1) as usize))
         } else {

@@ -60,12 +60,12 @@ fn walk_mm<E: Engine>(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, g: &Geometry, t: &mut
     let vma_of = |a: VirtAddr| vmas.iter().find(|v| v.contains(a)).cloned();
     let pgd_span = 1u64 << g.pgdir_shift();
     for i in 0..g.ptrs(Level::Pgd) {
-        let Upper::Table(pud_t) = Upper::decode(mm.pgd.raw(i).load()) else {
+        let Upper::Table(pud_t) = Upper::decode(mm.pgd.raw(i).peek()) else {
             continue;
         };
         t.tables.insert(pud_t);
         for j in 0..g.ptrs(Level::Pud) {
-            let Upper::Table(pmd_t) = Upper::decode(cpu.table(pud_t).raw(j).load()) else {
+            let Upper::Table(pmd_t) = Upper::decode(cpu.table(pud_t).raw(j).peek()) else {
                 continue;
             };
             t.tables.insert(pmd_t);
@@ -74,7 +74,7 @@ fn walk_mm<E: Engine>(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, g: &Geometry, t: &mut
                 let base = VirtAddr(
                     i as u64 * pgd_span + j as u64 * g.pud_size() + l as u64 * g.pmd_size(),
                 );
-                match Pmd::decode(cpu.table(pmd_t).raw(l).load()) {
+                match Pmd::decode(cpu.table(pmd_t).raw(l).peek()) {
                     Pmd::None => {}
                     Pmd::Table(pte_t) => {
                         t.tables.insert(pte_t);
@@ -130,7 +130,7 @@ fn walk_mm<E: Engine>(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, g: &Geometry, t: &mut
             for d in deposited {
                 t.tables.insert(d);
                 let tb = cpu.table(d);
-                if (0..tb.len()).any(|x| tb.raw(x).load() != 0) {
+                if (0..tb.len()).any(|x| tb.raw(x).peek() != 0) {
                     t.fail(
                         inv::AUDIT_VMA,
                         format!("mm {}: deposited page table {:?} is not empty", mm.id.0, d),
@@ -153,7 +153,7 @@ fn walk_ptes<E: Engine>(
 ) {
     for m in 0..g.ptrs(Level::Pte) {
         let addr = base.add_bytes(m as u64 * g.page_size());
-        let pte = Pte::decode(cpu.table(pte_t).raw(m).load());
+        let pte = Pte::decode(cpu.table(pte_t).raw(m).peek());
         if pte.is_none() {
             continue;
         }
@@ -196,12 +196,12 @@ fn check_rmap<E: Engine>(
     addr: VirtAddr,
     t: &mut Tally,
 ) {
-    let head = match cpu.k.mem.page(pfn).tail_head() {
+    let head = match cpu.k.mem.page(pfn).tail_head_peek() {
         Some(h) => h,
         None => pfn,
     };
     let hp = cpu.k.mem.page(head);
-    let Some(av) = hp.anon_vma() else {
+    let Some(av) = hp.anon_vma_peek() else {
         t.fail(
             inv::AUDIT_RMAP,
             format!(
@@ -230,7 +230,7 @@ fn check_rmap<E: Engine>(
             Some(pfn),
         );
     }
-    let pgoff = hp.index.load() + (pfn.0 - head.0);
+    let pgoff = hp.index.peek() + (pfn.0 - head.0);
     let expect = vma.vm_start().0 as i128
         + ((pgoff as i128 - vma.vm_pgoff() as i128) << cpu.k.geo.page_shift);
     if expect != addr.0 as i128 {
@@ -274,10 +274,10 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
             next = pfn + if Some(p) == huge_zero { nr } else { 1 };
             continue;
         }
-        let refcount = page.refcount.load_i64();
+        let refcount = page.refcount.peek_i64();
         if k.mem.is_free(p) {
             if refcount != 0
-                || page.mapcount.load_i64() != -1
+                || page.mapcount.peek_i64() != -1
                 || t.pte_maps.contains_key(&p)
                 || t.pmd_maps.contains_key(&p)
             {
@@ -285,7 +285,7 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                     inv::AUDIT_FREE,
                     format!(
                         "free frame {pfn} is in use: refcount {refcount}, mapcount {}",
-                        page.mapcount.load_i64() + 1
+                        page.mapcount.peek_i64() + 1
                     ),
                     Some(p),
                 );
@@ -293,7 +293,7 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
             next = pfn + 1;
             continue;
         }
-        if page.test_flag(pg::TABLE) {
+        if page.test_flag_peek(pg::TABLE) {
             if !t.tables.contains(&p) {
                 t.fail(
                     inv::AUDIT_LEAK,
@@ -311,11 +311,11 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
             next = pfn + 1;
             continue;
         }
-        if page.test_flag(pg::HEAD) {
-            let order = page.compound_order();
+        if page.test_flag_peek(pg::HEAD) {
+            let order = page.compound_order_peek();
             let n = 1u64 << order;
             let pmd_maps = t.pmd_maps.get(&p).copied().unwrap_or(0);
-            let compound = page.compound_mapcount.load_i64() + 1;
+            let compound = page.compound_mapcount.peek_i64() + 1;
             if compound != pmd_maps {
                 t.fail(
                     inv::AUDIT_COMPOUND_MAPCOUNT,
@@ -325,11 +325,11 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                     Some(p),
                 );
             }
-            let double_map = page.test_flag(pg::DOUBLE_MAP);
+            let double_map = page.test_flag_peek(pg::DOUBLE_MAP);
             let mut total_pte = 0;
             for i in 0..n {
                 let sub = p.add(i);
-                if i > 0 && k.mem.page(sub).tail_head() != Some(p) {
+                if i > 0 && k.mem.page(sub).tail_head_peek() != Some(p) {
                     t.fail(
                         inv::AUDIT_MAPCOUNT,
                         format!("THP {pfn}: subpage {} does not point to its head", sub.0),
@@ -338,7 +338,7 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                 }
                 let ptes = t.pte_maps.get(&sub).copied().unwrap_or(0);
                 total_pte += ptes;
-                let mc = k.mem.page(sub).mapcount.load_i64() + 1;
+                let mc = k.mem.page(sub).mapcount.peek_i64() + 1;
                 let want = ptes + double_map as i64;
                 if mc != want {
                     t.fail(
@@ -379,7 +379,7 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
             next = pfn + n;
             continue;
         }
-        if page.tail_head().is_some() {
+        if page.tail_head_peek().is_some() {
             t.fail(
                 inv::AUDIT_MAPCOUNT,
                 format!("tail page {pfn} outside a compound page walk"),
@@ -389,7 +389,7 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
             continue;
         }
         let ptes = t.pte_maps.get(&p).copied().unwrap_or(0);
-        let mc = page.mapcount.load_i64() + 1;
+        let mc = page.mapcount.peek_i64() + 1;
         if mc != ptes {
             t.fail(
                 inv::AUDIT_MAPCOUNT,
@@ -427,7 +427,7 @@ fn check_deferred<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
         .clone();
     for p in q {
         let page = cpu.k.mem.page(p);
-        if !page.test_flag(pg::HEAD)
+        if !page.test_flag_peek(pg::HEAD)
             || !page
                 .on_deferred_list
                 .load(std::sync::atomic::Ordering::SeqCst)

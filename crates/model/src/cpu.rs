@@ -25,11 +25,29 @@ pub struct Cpu<E: Engine> {
 /// Pops the function from the CPU's stack when dropped.
 pub struct FuncGuard<'a, E: Engine> {
     cpu: &'a Cpu<E>,
+    active: bool,
 }
 
 impl<E: Engine> Drop for FuncGuard<'_, E> {
     fn drop(&mut self) {
         self.cpu.stack.borrow_mut().pop();
+        if self.active {
+            self.cpu.k.coverage.leave(self.cpu.id.0);
+        }
+    }
+}
+
+/// Marks the CPU active (for coverage: inside a user access) until dropped.
+pub struct ActiveGuard<'a, E: Engine> {
+    cpu: &'a Cpu<E>,
+    active: bool,
+}
+
+impl<E: Engine> Drop for ActiveGuard<'_, E> {
+    fn drop(&mut self) {
+        if self.active {
+            self.cpu.k.coverage.leave(self.cpu.id.0);
+        }
     }
 }
 
@@ -43,7 +61,7 @@ impl<E: Engine> Cpu<E> {
         }
     }
 
-    /// Enters a kernel function (for traces and reports).
+    /// Enters a kernel function (for traces, reports and coverage).
     pub fn func(&self, name: &'static str) -> FuncGuard<'_, E> {
         self.stack.borrow_mut().push(name);
         self.k.trace_event(
@@ -51,7 +69,22 @@ impl<E: Engine> Cpu<E> {
             crate::kernel::TraceEvent::Enter(name),
             self.stack.borrow().len(),
         );
-        FuncGuard { cpu: self }
+        self.k.coverage.call(self.id.0, name);
+        let active = self.k.coverage.enter(self.id.0);
+        FuncGuard { cpu: self, active }
+    }
+
+    /// The CPU runs user code that touches shared state (a user access), for
+    /// coverage's overlap of CPUs.
+    pub fn user_active(&self) -> ActiveGuard<'_, E> {
+        let active = self.k.coverage.enter(self.id.0);
+        ActiveGuard { cpu: self, active }
+    }
+
+    /// Passes a named mark of a kernel path (coverage; also a trace note).
+    pub fn mark(&self, mark: crate::coverage::Mark) {
+        self.k.coverage.mark(self.id.0, mark);
+        self.note(|| mark.name.to_string());
     }
 
     /// Records a step that matters for a race trace (`pmd none, skipped`).

@@ -21,6 +21,7 @@
 //! THP migration (with move-pages), NUMA hinting, userfaultfd, memcg, defrag
 //! (allocation never stalls).
 
+use crate::coverage::Mark;
 use crate::cpu::Cpu;
 use crate::engine::{Atomic, Engine};
 use crate::fixes::Fix;
@@ -245,6 +246,9 @@ impl<E: Engine> Cpu<E> {
             let lock = self.pmd_lockptr(pmd);
             let mut ptl = lock.lock(self);
             if self.pmd_read(pmd) != orig_pmd {
+                self.mark(Mark::gives_up(
+                    "do_huge_pmd_wp_page: pmd changed, fault retried",
+                ));
                 return VmFaultT::NONE;
             }
             crate::vm_bug_on_page!(
@@ -263,6 +267,9 @@ impl<E: Engine> Cpu<E> {
                     drop(ptl);
                     self.unlock_page(page);
                     self.put_page(page);
+                    self.mark(Mark::gives_up(
+                        "do_huge_pmd_wp_page: pmd changed while waiting for the page lock",
+                    ));
                     return VmFaultT::NONE;
                 }
                 self.put_page(page);
@@ -276,6 +283,7 @@ impl<E: Engine> Cpu<E> {
                 self.page_mapcount(page) == 1 && self.page_count(page) == 1
             };
             if reuse {
+                self.mark(Mark::reached("do_huge_pmd_wp_page: THP reused"));
                 let entry = orig_pmd.with_flags(|f| {
                     f.young = true;
                     f.dirty = true;
@@ -298,6 +306,7 @@ impl<E: Engine> Cpu<E> {
             drop(ptl);
         }
         // fallback:
+        self.mark(Mark::reached("do_huge_pmd_wp_page: fallback, PMD split"));
         self.__split_huge_pmd(&vma, pmd, vmf.address, false, None);
         VmFaultT::FALLBACK
     }
@@ -706,6 +715,9 @@ impl<E: Engine> Cpu<E> {
                     was_locked = true;
                 }
                 if self.pmd_read(pmd).huge_pfn() != Some(p) {
+                    self.mark(Mark::reached(
+                        "__split_huge_pmd: pmd no longer maps the page",
+                    ));
                     break 'out;
                 }
             }
@@ -731,6 +743,7 @@ impl<E: Engine> Cpu<E> {
                         }
                     }
                 } else if !cur.is_migration() {
+                    self.mark(Mark::reached("__split_huge_pmd: pmd no longer huge"));
                     break 'out;
                 }
                 break;
@@ -1003,20 +1016,30 @@ impl<E: Engine> Cpu<E> {
             "VM_BUG_ON_PAGE(!PageCompound(head), head)"
         );
         if self.page(head).test_flag(pg::WRITEBACK) {
+            self.mark(Mark::gives_up(
+                "split_huge_page_to_list: EBUSY: PageWriteback",
+            ));
             return Err(Ebusy);
         }
         // The caller does not necessarily hold an mmap_lock that would prevent
         // the anon_vma disappearing so we first we take a reference to it and
         // then lock the anon_vma for write.
         let Some(anon_vma) = self.page_get_anon_vma(head) else {
+            self.mark(Mark::gives_up(
+                "split_huge_page_to_list: EBUSY: no anon_vma",
+            ));
             return Err(Ebusy);
         };
         self.anon_vma_lock_write(anon_vma);
         let mut extra_pins = 0;
         let ret = 'out_unlock: {
             if !self.can_split_huge_page(head, Some(&mut extra_pins)) {
+                self.mark(Mark::gives_up(
+                    "split_huge_page_to_list: EBUSY: can_split_huge_page() (pinned or busy)",
+                ));
                 break 'out_unlock Err(Ebusy);
             }
+            self.mark(Mark::reached("split_huge_page_to_list: unmap_page reached"));
             self.unmap_page(head);
             crate::vm_bug_on_page!(
                 self,
@@ -1039,6 +1062,7 @@ impl<E: Engine> Cpu<E> {
                 }
                 drop(sq);
                 self.__split_huge_page(page, lru);
+                self.mark(Mark::reached("split_huge_page_to_list: split"));
                 Ok(())
             } else {
                 if mapcount != 0 {
@@ -1046,6 +1070,9 @@ impl<E: Engine> Cpu<E> {
                 }
                 drop(sq);
                 drop(lru);
+                self.mark(Mark::gives_up(
+                    "split_huge_page_to_list: EBUSY: page_ref_freeze() failed",
+                ));
                 self.remap_page(head);
                 Err(Ebusy)
             }
@@ -1125,10 +1152,16 @@ impl<E: Engine> Cpu<E> {
                     list.push(page);
                 } else {
                     // We lost race with put_compound_page().
+                    self.mark(Mark::reached(
+                        "deferred_split_scan: lost race with put_compound_page()",
+                    ));
                     self.page(page).on_deferred_list.store(false, SeqCst);
                 }
                 left -= 1;
             }
+        }
+        if list.is_empty() {
+            self.mark(Mark::gives_up("deferred_split_scan: nothing queued"));
         }
         let mut split = 0;
         for &page in &list {
@@ -1137,6 +1170,8 @@ impl<E: Engine> Cpu<E> {
                     split += 1;
                 }
                 self.unlock_page(page);
+            } else {
+                self.mark(Mark::gives_up("deferred_split_scan: trylock_page() failed"));
             }
         }
         // list_splice_tail(): pages not split go back on the queue. Only the
@@ -1170,16 +1205,23 @@ impl<E: Engine> Cpu<E> {
     ) -> Result<bool, Ebusy> {
         let _f = self.func("split_huge_pages_pid");
         let _mmap = mm.mmap_lock.read(self);
+        let no_thp = Mark::gives_up("split_huge_pages_pid: no THP mapped there");
         let Some(_vma) = mm.vma_at(addr) else {
+            self.mark(no_thp);
             return Ok(false);
         };
         let Some(page) = self.follow_page(mm, addr) else {
+            self.mark(no_thp);
             return Ok(false);
         };
         let head = self.compound_head(page);
         let result = if !self.page_trans_huge(head) {
+            self.mark(no_thp);
             Ok(false)
         } else if !self.can_split_huge_page(head, None) || !self.trylock_page(page) {
+            self.mark(Mark::gives_up(
+                "split_huge_pages_pid: EBUSY: extra references or page lock busy",
+            ));
             Err(Ebusy)
         } else {
             let r = self.split_huge_page_to_list(page).map(|()| true);

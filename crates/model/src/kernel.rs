@@ -111,6 +111,8 @@ pub struct Kernel<E: Engine> {
     /// than the last check's epoch has not changed since.
     data_epoch: AtomicU64,
     trace: Arc<Mutex<Vec<TraceRecord>>>,
+    /// What executions reached (off unless the runner turns it on).
+    pub coverage: crate::coverage::Coverage,
 }
 
 impl<E: Engine> Kernel<E> {
@@ -141,6 +143,7 @@ impl<E: Engine> Kernel<E> {
             tracing: AtomicBool::new(false),
             data_epoch: AtomicU64::new(1),
             trace: Arc::new(Mutex::new(Vec::new())),
+            coverage: crate::coverage::Coverage::default(),
             cfg,
         })
     }

@@ -26,11 +26,13 @@
 //! - [`swapfile`]: the reuse rule [mm/swapfile.c].
 //! - [`mmap`], [`mprotect`], [`madvise`], [`khugepaged`], [`fork`]: system
 //!   calls [mm/mmap.c, mprotect.c, madvise.c, khugepaged.c, kernel/fork.c].
-//! - [`kernel`]: the machine; [`fixes`]: the seed fixes as switches.
+//! - [`kernel`]: the machine; [`fixes`]: the seed fixes as switches;
+//!   [`coverage`]: what an execution reached (for the explorer).
 //! - [`check`]: the oracles (invariants, audit, memory oracle), apart from the
 //!   code they check.
 
 pub mod check;
+pub mod coverage;
 pub mod cpu;
 pub mod engine;
 pub mod errno;

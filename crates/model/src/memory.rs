@@ -14,6 +14,7 @@
 //! userfaultfd, NUMA hinting faults, mmu notifiers (no secondary MMU yet), RSS
 //! counters, `VM_FAULT_RETRY`.
 
+use crate::coverage::Mark;
 use crate::cpu::Cpu;
 use crate::engine::{Atomic, Engine};
 use crate::mm_types::{vm, MmStruct, Vma};
@@ -553,6 +554,7 @@ impl<E: Engine> Cpu<E> {
                     self.page_move_anon_rmap(page, &vmf.vma);
                 }
                 self.unlock_page(page);
+                self.mark(Mark::reached("do_wp_page: page reused"));
                 self.wp_page_reuse(vmf, ptl);
                 return VmFaultT::WRITE;
             }
@@ -560,6 +562,7 @@ impl<E: Engine> Cpu<E> {
         }
         self.get_page(page);
         drop(ptl);
+        self.mark(Mark::reached("do_wp_page: page copied"));
         self.wp_page_copy(vmf, Some(page))
     }
 

@@ -85,6 +85,7 @@ impl<E: Engine> Cpu<E> {
         let write = matches!(access, Access::Write(_));
         // Another CPU may run between two user instructions.
         E::schedule_point();
+        let _active = self.user_active();
         let e = self.user_translate(mm, addr, write)?;
         let off = addr.0 & (self.k.geo.page_size() - 1);
         let words = self.page(e.pfn).words(self.k.geo.page_size());
@@ -108,6 +109,7 @@ impl<E: Engine> Cpu<E> {
         v: u8,
     ) -> Result<(), AccessError> {
         E::schedule_point();
+        let _active = self.user_active();
         let e = self.user_translate(mm, addr, true)?;
         let off = addr.0 & (self.k.geo.page_size() - 1);
         let words = self.page(e.pfn).words(self.k.geo.page_size());
@@ -124,6 +126,7 @@ impl<E: Engine> Cpu<E> {
         len: u64,
     ) -> Result<Vec<u8>, AccessError> {
         E::schedule_point();
+        let _active = self.user_active();
         let e = self.user_translate(mm, addr, false)?;
         let off = addr.0 & (self.k.geo.page_size() - 1);
         let words = self.page(e.pfn).words(self.k.geo.page_size());

@@ -110,7 +110,9 @@ impl<E: Engine> Cpu<E> {
                     return false;
                 }
             } else if !v.is_present() {
-                self.note(|| "map_pte(): pte not present without the lock, skipped".to_string());
+                self.mark(crate::coverage::Mark::reached(
+                    "map_pte(): pte not present without the lock, skipped",
+                ));
                 return false;
             }
         }

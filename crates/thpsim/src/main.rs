@@ -57,10 +57,11 @@ enum Command {
         file: String,
         #[arg(long, value_enum, default_value = "pct")]
         strategy: StrategyArg,
-        /// How many interleavings to run.
-        #[arg(long, default_value_t = 10_000)]
-        iterations: usize,
-        /// Stop after this many seconds.
+        /// How many interleavings to run (default 10000; with --time alone,
+        /// no bound but the time).
+        #[arg(long)]
+        iterations: Option<usize>,
+        /// Stop after this many seconds (alone: search for that long).
         #[arg(long)]
         time: Option<f64>,
         /// PCT's bug depth.
@@ -283,23 +284,46 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            if let Some(t) = time {
-                if !(t > 0.0 && t.is_finite()) {
-                    eprintln!("error: --time must be a positive number of seconds");
+            let time = match time.map(std::time::Duration::try_from_secs_f64) {
+                None => None,
+                Some(Ok(t)) if !t.is_zero() => Some(t),
+                Some(_) => {
+                    eprintln!(
+                        "error: --time must be a positive number of seconds (at most {})",
+                        u64::MAX
+                    );
                     return ExitCode::from(2);
                 }
-            }
-            if iterations == 0 {
+            };
+            if iterations == Some(0) {
                 eprintln!("error: --iterations must be at least 1");
                 return ExitCode::from(2);
             }
+            if depth == 0 {
+                eprintln!("error: --depth must be at least 1");
+                return ExitCode::from(2);
+            }
+            // --time alone bounds the search by time only.
+            let iterations = match (iterations, time) {
+                (Some(n), _) => n,
+                (None, Some(_)) => usize::MAX,
+                (None, None) => explore::ExploreOptions::default().iterations,
+            };
             let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
-                let b = indicatif::ProgressBar::new(iterations as u64);
+                let bounded = iterations != usize::MAX;
+                let b = if bounded {
+                    indicatif::ProgressBar::new(iterations as u64)
+                } else {
+                    indicatif::ProgressBar::new_spinner()
+                };
+                let template = if bounded {
+                    "{spinner} {pos}/{len} interleavings {per_sec} [{elapsed_precise}]"
+                } else {
+                    "{spinner} {pos} interleavings {per_sec} [{elapsed_precise}]"
+                };
                 b.set_style(
-                    indicatif::ProgressStyle::with_template(
-                        "{spinner} {pos}/{len} interleavings {per_sec} [{elapsed_precise}]",
-                    )
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    indicatif::ProgressStyle::with_template(template)
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
                 );
                 b
             });
@@ -321,7 +345,7 @@ fn main() -> ExitCode {
                     StrategyArg::Dfs => explore::Strategy::Dfs,
                 },
                 iterations,
-                time: time.map(std::time::Duration::from_secs_f64),
+                time,
                 depth,
                 seed,
                 shard,

@@ -34,6 +34,7 @@ pub fn text(report: &RunReport) -> String {
                 value,
                 ok,
                 detail,
+                note,
                 cpu,
             } => {
                 let mut status = if *ok {
@@ -53,6 +54,9 @@ pub fn text(report: &RunReport) -> String {
                 }
                 if let Some(d) = detail {
                     let _ = write!(status, "{}{d}", if *ok { " " } else { ": " });
+                }
+                if let Some(n) = note {
+                    let _ = write!(status, " ({n})");
                 }
                 let cpu = if *cpu > 0 {
                     format!("[CPU{cpu}] ")
@@ -226,6 +230,10 @@ pub fn explore_text(r: &crate::explore::ExploreReport) -> String {
     );
     if let Some(f) = &r.found {
         out.push_str(&found_text(f));
+        out.push('\n');
+    }
+    for b in &r.coverage {
+        out.push_str(&crate::explore::coverage::text(b));
     }
     let verdict = if r.found.is_some() {
         "FAILED"

@@ -16,6 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
 use thpsim_model::check::oracle::MemoryOracle;
 use thpsim_model::check::{audit::audit, KernelOops, Violation};
+use thpsim_model::coverage::ExecCoverage;
 use thpsim_model::errno::Errno;
 use thpsim_model::fixes::Fix;
 use thpsim_model::huge_memory::Ebusy;
@@ -55,8 +56,13 @@ pub enum Record {
         #[serde(skip_serializing_if = "Option::is_none")]
         value: Option<u8>,
         ok: bool,
+        /// Why the step failed.
         #[serde(skip_serializing_if = "Option::is_none")]
         detail: Option<String>,
+        /// What the step did that its outcome does not say (`kernel:
+        /// split-huge-page` is `ok` whether or not the THP was split).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        note: Option<String>,
     },
     /// An `expect` line.
     Expect {
@@ -259,6 +265,8 @@ pub struct Machine<E: Engine> {
     interleaving: Interleaving,
     st: Mutex<State<E>>,
     out: Arc<Mutex<Vec<Record>>>,
+    /// What each concurrent `together` block reached (item index, coverage).
+    coverage: Mutex<Vec<(usize, ExecCoverage)>>,
 }
 
 /// What a step did.
@@ -266,6 +274,7 @@ struct Done {
     outcome: Outcome,
     value: Option<u8>,
     detail: Option<String>,
+    note: Option<String>,
 }
 
 impl Done {
@@ -274,6 +283,7 @@ impl Done {
             outcome: Outcome::Ok,
             value: None,
             detail: None,
+            note: None,
         }
     }
     fn outcome(o: Outcome) -> Self {
@@ -281,6 +291,7 @@ impl Done {
             outcome: o,
             value: None,
             detail: None,
+            note: None,
         }
     }
 }
@@ -357,6 +368,7 @@ impl<E: Engine> Machine<E> {
             interleaving,
             st: Mutex::new(st),
             out: Arc::new(Mutex::new(Vec::new())),
+            coverage: Mutex::new(Vec::new()),
         }
     }
 
@@ -369,6 +381,12 @@ impl<E: Engine> Machine<E> {
     /// exploration execution that deadlocked).
     pub fn records_buffer(&self) -> Arc<Mutex<Vec<Record>>> {
         self.out.clone()
+    }
+
+    /// What the concurrent `together` blocks reached so far, by item index
+    /// (see `thpsim_model::coverage`); taken, so each block is counted once.
+    pub fn take_coverage(&self) -> Vec<(usize, ExecCoverage)> {
+        std::mem::take(&mut *self.coverage.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     fn st(&self) -> MutexGuard<'_, State<E>> {
@@ -495,8 +513,15 @@ impl<E: Engine> Machine<E> {
             })
             .collect();
         self.k.set_tracing(true);
+        self.k.coverage.set_enabled(true);
         E::run_threads(threads);
+        self.k.coverage.set_enabled(false);
         self.k.set_tracing(false);
+        let reached = self.k.coverage.take();
+        self.coverage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((idx, reached));
         let mut errors = std::mem::take(&mut *errors.lock().unwrap_or_else(|p| p.into_inner()));
         match errors.is_empty() {
             true => Ok(()),
@@ -635,6 +660,7 @@ impl<E: Engine> Machine<E> {
                     value: done.value,
                     ok,
                     detail: done.detail,
+                    note: done.note,
                 };
                 self.push(rec);
                 Ok(())
@@ -657,6 +683,7 @@ impl<E: Engine> Machine<E> {
                     value: None,
                     ok: false,
                     detail,
+                    note: None,
                 });
                 for v in reports {
                     self.push(Record::Violation { line, violation: v });
@@ -828,6 +855,7 @@ impl<E: Engine> Machine<E> {
                             outcome: Outcome::Ok,
                             value: first,
                             detail,
+                            note: None,
                         })
                     }
                     other => Err(self.err(
@@ -843,12 +871,25 @@ impl<E: Engine> Machine<E> {
                 // result.
                 let mm = self.proc_mm(process)?;
                 let (s, _) = self.range(&process.text, target)?;
-                let _: Result<bool, Ebusy> = cpu.split_huge_pages_pid(&mm, VirtAddr(s));
-                Ok(Done::ok())
+                let r: Result<bool, Ebusy> = cpu.split_huge_pages_pid(&mm, VirtAddr(s));
+                Ok(Done {
+                    note: Some(
+                        match r {
+                            Ok(true) => "the THP was split",
+                            Ok(false) => "no THP mapped there: nothing split",
+                            Err(Ebusy) => "not split: split_huge_page() returned -EBUSY",
+                        }
+                        .to_string(),
+                    ),
+                    ..Done::ok()
+                })
             }
             (Context::Kernel, Op::DeferredSplit) => {
-                cpu.deferred_split_scan(usize::MAX);
-                Ok(Done::ok())
+                let n = cpu.deferred_split_scan(usize::MAX);
+                Ok(Done {
+                    note: Some(format!("{n} THP{} split", if n == 1 { "" } else { "s" })),
+                    ..Done::ok()
+                })
             }
             (_, op) => Err(self.err(
                 step.op_span,

@@ -172,8 +172,93 @@ fn explore_and_replay_exit_codes() {
     for bad in [
         &["explore", race, "--shard", "3/2"][..],
         &["explore", race, "--iterations", "0"],
+        &["explore", race, "--depth", "0"],
+        &["explore", race, "--time", "1e20"],
+        &["explore", race, "--time", "0"],
+        &["explore", race, "--time", "-1"],
         &["replay", race, "nonsense"],
     ] {
         assert_eq!(thpsim(bad).status.code(), Some(2), "{bad:?}");
     }
+}
+
+#[test]
+fn explore_prints_its_coverage_in_text_and_json() {
+    let race = root().join("scenarios/races/split_page_vs_zap.thp");
+    let race = race.to_str().expect("utf8");
+    let out = thpsim(&["explore", race, "--iterations", "200"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    for want in [
+        "coverage of the together block at line",
+        "split_huge_page_to_list",
+        "zap_pte_range",
+        "split_huge_page_to_list: unmap_page reached",
+        "CPU0 and CPU1 ran at the same time in",
+    ] {
+        assert!(stdout.contains(want), "no `{want}` in:\n{stdout}");
+    }
+    let out = thpsim(&["explore", race, "--iterations", "200", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let block = &r["coverage"][0];
+    assert_eq!(block["executions"], 200);
+    let fns = block["functions"].as_array().expect("functions");
+    assert!(fns.iter().any(|f| f["name"] == "split_huge_page_to_list"));
+    assert!(block["marks"].as_array().is_some_and(|m| !m.is_empty()));
+    assert!(block["overlaps"][0]["executions"]
+        .as_u64()
+        .is_some_and(|n| n > 0));
+}
+
+/// A race whose splitter finds nothing to split in every execution is not a
+/// clean search of the split path: explore says so.
+#[test]
+fn explore_warns_when_a_thread_always_gives_up() {
+    let p = write_tmp(
+        "gives_up.thp",
+        "geometry tiny\nthp never\nprocess P\nP: mmap A 1h\nP: write A[..] = 1\n\
+         together\n  thread P: write A[1p] = 2\n  thread kernel: split-huge-page P A[0]\nend\n",
+    );
+    let out = thpsim(&["explore", p.to_str().expect("utf8"), "--iterations", "100"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(
+            "warning: CPU1 (`kernel: split-huge-page P A[0]`) gave up early in every execution \
+             (100 of 100): split_huge_pages_pid: no THP mapped there"
+        ),
+        "{stdout}"
+    );
+    // `thpsim run` says whether the split happened.
+    let out = thpsim(&["run", p.to_str().expect("utf8")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ok (no THP mapped there: nothing split)"),
+        "{stdout}"
+    );
+}
+
+/// `--time` alone bounds the search by time, not by the default 10,000.
+#[test]
+fn explore_time_alone_searches_for_that_long() {
+    let p = write_tmp(
+        "quick.thp",
+        "geometry tiny\nthp never\nprocess P\nP: mmap A 1p\nP: mmap B 1p\n\
+         together\n  thread P: write A[0] = 1\n  thread P: write B[0] = 2\nend\n",
+    );
+    let out = thpsim(&[
+        "explore",
+        p.to_str().expect("utf8"),
+        "--time",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let elapsed = r["elapsed_ms"].as_u64().expect("elapsed");
+    assert!(
+        elapsed >= 2000,
+        "stopped after {elapsed} ms and {} interleavings",
+        r["executions"]
+    );
 }

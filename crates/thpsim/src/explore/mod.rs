@@ -13,6 +13,8 @@
 //! the lowest runnable one); a switch `k:t` says that at point `k` task `t`
 //! runs instead. The token is `thp1-<geometry>-<reverted fixes>-<switches>`.
 
+pub mod coverage;
+
 use crate::run::{
     configure, install_oops_hook, Interleaving, Machine, Record, RunOptions, RunReport,
 };
@@ -117,6 +119,9 @@ pub struct ExploreReport {
     pub distinct: usize,
     pub elapsed_ms: u128,
     pub found: Option<Found>,
+    /// What the search reached, per `together` block (with warnings when it
+    /// did not race the threads).
+    pub coverage: Vec<coverage::BlockCoverage>,
 }
 
 /// What one execution did.
@@ -161,6 +166,8 @@ struct Shared {
     failed: bool,
     executions: usize,
     distinct: HashSet<u64>,
+    /// What the executions reached.
+    coverage: coverage::CoverageTotals,
 }
 
 /// Wraps a shuttle scheduler: records every decision; stops when told.
@@ -359,6 +366,9 @@ fn drive<S: Scheduler + 'static>(
             o.report = Some(report);
             let mut sh = sh2.lock().unwrap_or_else(|p| p.into_inner());
             sh.executions += 1;
+            for (item, reached) in m.take_coverage() {
+                sh.coverage.add(item, &reached);
+            }
             let fp = sh.log.fingerprint();
             sh.distinct.insert(fp);
             if failed {
@@ -450,13 +460,21 @@ impl QuietPanics {
     fn new() -> Self {
         static ONCE: std::sync::Once = std::sync::Once::new();
         ONCE.call_once(|| {
-            // Let shuttle install its hook first, then wrap it.
+            // Let shuttle install its hook (once per process), then replace
+            // it: while exploring, panics are the explorer's to report; at any
+            // other time they go to the hook that was there before shuttle's
+            // (shuttle's would print a schedule for a panic outside any
+            // execution).
+            let original: Arc<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send> =
+                Arc::from(std::panic::take_hook());
+            let o = original.clone();
+            std::panic::set_hook(Box::new(move |info| o(info)));
             shuttle::Runner::new(RandomScheduler::new_from_seed(0, 1), shuttle_config(None))
                 .run(|| {});
-            let prev = std::panic::take_hook();
+            drop(std::panic::take_hook());
             std::panic::set_hook(Box::new(move |info| {
                 if !QUIET.load(std::sync::atomic::Ordering::SeqCst) {
-                    prev(info);
+                    original(info);
                 }
             }));
         });
@@ -662,9 +680,14 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
             opts.progress.clone(),
         ),
     };
-    let (executions, distinct, first) = {
+    let (executions, distinct, first, reached) = {
         let sh = shared.lock().unwrap_or_else(|p| p.into_inner());
-        (sh.executions, sh.distinct.len(), sh.log.switches())
+        (
+            sh.executions,
+            sh.distinct.len(),
+            sh.log.switches(),
+            sh.coverage.report(scn),
+        )
     };
     let found = if failed {
         let report = outputs.report.clone();
@@ -697,6 +720,7 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
         distinct,
         elapsed_ms: start.elapsed().as_millis(),
         found,
+        coverage: reached,
     })
 }
 

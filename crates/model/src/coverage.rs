@@ -1,0 +1,168 @@
+//! What an execution reached: the kernel functions each CPU entered, the named
+//! marks it passed, and which CPUs were inside kernel code (or a user access)
+//! at the same time.
+//!
+//! Models: nothing in the kernel; this is the explorer's evidence that a clean
+//! search ran the race path (DESIGN.md, "What a search must say"). It is off
+//! unless the runner turns it on, it is written only by the CPU that runs (so
+//! it is plain std state, never a scheduling point), and it never changes what
+//! the model does.
+//!
+//! A mark is a named point on a path, placed where the kernel decides
+//! something a race depends on (`split_huge_page_to_list: unmap_page
+//! reached`). A *give-up* mark is one where the path stops before doing its
+//! work (`split_huge_page_to_list: EBUSY: extra references`): a thread that
+//! gives up in every execution never raced the other threads on the path the
+//! scenario is about, and the explorer says so.
+
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// A named point on a kernel path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Mark {
+    pub name: &'static str,
+    /// The path stops here without doing its work.
+    pub gives_up: bool,
+}
+
+impl Mark {
+    /// A point reached on the way.
+    pub const fn reached(name: &'static str) -> Mark {
+        Mark {
+            name,
+            gives_up: false,
+        }
+    }
+    /// A point where the path gives up.
+    pub const fn gives_up(name: &'static str) -> Mark {
+        Mark {
+            name,
+            gives_up: true,
+        }
+    }
+}
+
+/// What one execution reached (per CPU).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecCoverage {
+    /// Calls of each kernel function, by CPU.
+    pub calls: BTreeMap<(usize, &'static str), u64>,
+    /// Passes through each mark, by CPU.
+    pub marks: BTreeMap<(usize, Mark), u64>,
+    /// Pairs of CPUs `(a, b)`, `a < b`, that were both active (inside a kernel
+    /// function or a user access) at some moment.
+    pub overlaps: BTreeSet<(usize, usize)>,
+}
+
+/// The coverage sink of one machine.
+#[derive(Default)]
+pub struct Coverage {
+    on: AtomicBool,
+    data: Mutex<ExecCoverage>,
+    /// Per CPU: how deep it is in active code (kernel functions, user accesses).
+    active: Mutex<Vec<u32>>,
+}
+
+impl Coverage {
+    /// Starts recording (the runner turns it on for `together` blocks).
+    pub fn set_enabled(&self, on: bool) {
+        self.on.store(on, Ordering::Relaxed);
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ExecCoverage> {
+        self.data.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A kernel function entered on `cpu`.
+    pub fn call(&self, cpu: usize, name: &'static str) {
+        if self.enabled() {
+            *self.lock().calls.entry((cpu, name)).or_default() += 1;
+        }
+    }
+
+    /// A mark passed on `cpu`.
+    pub fn mark(&self, cpu: usize, mark: Mark) {
+        if self.enabled() {
+            *self.lock().marks.entry((cpu, mark)).or_default() += 1;
+        }
+    }
+
+    /// `cpu` enters active code (nested entries count once). Returns whether
+    /// it was recorded (coverage on): only then must [`Coverage::leave`]
+    /// follow.
+    pub fn enter(&self, cpu: usize) -> bool {
+        if !self.enabled() {
+            return false;
+        }
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if active.len() <= cpu {
+            active.resize(cpu + 1, 0);
+        }
+        active[cpu] += 1;
+        if active[cpu] == 1 {
+            let others: Vec<usize> = (0..active.len())
+                .filter(|&c| c != cpu && active[c] > 0)
+                .collect();
+            drop(active);
+            if !others.is_empty() {
+                let mut d = self.lock();
+                for c in others {
+                    d.overlaps.insert((c.min(cpu), c.max(cpu)));
+                }
+            }
+        }
+        true
+    }
+
+    /// `cpu` leaves active code.
+    pub fn leave(&self, cpu: usize) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = active.get_mut(cpu) {
+            *a = a.saturating_sub(1);
+        }
+    }
+
+    /// What was recorded so far.
+    pub fn snapshot(&self) -> ExecCoverage {
+        self.lock().clone()
+    }
+
+    /// What was recorded so far, and starts afresh.
+    pub fn take(&self) -> ExecCoverage {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_only_when_on_and_sees_overlaps() {
+        let c = Coverage::default();
+        c.call(0, "f");
+        assert!(!c.enter(0));
+        assert_eq!(c.snapshot(), ExecCoverage::default());
+        c.set_enabled(true);
+        assert!(c.enter(0));
+        c.call(0, "f");
+        c.call(0, "f");
+        c.mark(1, Mark::gives_up("g"));
+        c.enter(1); // CPU0 is still active
+        let s = c.snapshot();
+        assert_eq!(s.calls[&(0, "f")], 2);
+        assert_eq!(s.marks[&(1, Mark::gives_up("g"))], 1);
+        assert!(s.overlaps.contains(&(0, 1)));
+        c.leave(0);
+        c.leave(1);
+        c.enter(2);
+        assert_eq!(c.snapshot().overlaps.len(), 1, "CPU2 ran alone");
+    }
+}

@@ -1,0 +1,298 @@
+//! What a search reached, summed over its executions: per `together` block,
+//! how many executions entered each kernel function and passed each mark on
+//! each CPU, how often each pair of CPUs ran at the same time, and the
+//! warnings that keep "clean" from meaning "never reached" (a pair of CPUs
+//! that never overlapped; a CPU that gave up early in every execution).
+//!
+//! The model records each execution (`thpsim_model::coverage`); this module
+//! only adds them up and words the result.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use thpsim_model::coverage::ExecCoverage;
+use thpsim_scenario::{Item, Scenario};
+
+/// One CPU of a block.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThreadInfo {
+    pub cpu: usize,
+    /// The thread's steps, as written.
+    pub steps: String,
+}
+
+/// A kernel function or a mark, per CPU.
+#[derive(Clone, Debug, Serialize)]
+pub struct Reach {
+    pub name: String,
+    /// For marks: the path gives up there.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gives_up: bool,
+    /// Executions that reached it, by CPU (index = CPU).
+    pub executions: Vec<u64>,
+    /// Calls (or passes) over all executions and CPUs.
+    pub total: u64,
+}
+
+/// Two CPUs inside kernel code or a user access at the same moment.
+#[derive(Clone, Debug, Serialize)]
+pub struct Overlap {
+    pub cpus: (usize, usize),
+    /// Executions in which they overlapped.
+    pub executions: u64,
+}
+
+/// The coverage of one `together` block.
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockCoverage {
+    /// The block's line.
+    pub line: usize,
+    pub threads: Vec<ThreadInfo>,
+    /// Executions that ran the block to its end.
+    pub executions: u64,
+    pub functions: Vec<Reach>,
+    pub marks: Vec<Reach>,
+    pub overlaps: Vec<Overlap>,
+    pub warnings: Vec<String>,
+}
+
+/// Running totals of one block.
+#[derive(Clone, Debug, Default)]
+struct Totals {
+    executions: u64,
+    /// (name, cpu) -> (executions, calls)
+    functions: BTreeMap<(&'static str, usize), (u64, u64)>,
+    /// (name, gives_up, cpu) -> (executions, passes)
+    marks: BTreeMap<(&'static str, bool, usize), (u64, u64)>,
+    overlaps: BTreeMap<(usize, usize), u64>,
+}
+
+/// The sums over a search, by block (item index).
+#[derive(Clone, Debug, Default)]
+pub struct CoverageTotals {
+    blocks: BTreeMap<usize, Totals>,
+}
+
+impl CoverageTotals {
+    /// Adds one execution's record of one block.
+    pub fn add(&mut self, item: usize, e: &ExecCoverage) {
+        let t = self.blocks.entry(item).or_default();
+        t.executions += 1;
+        for (&(cpu, name), &n) in &e.calls {
+            let c = t.functions.entry((name, cpu)).or_default();
+            c.0 += 1;
+            c.1 += n;
+        }
+        for (&(cpu, mark), &n) in &e.marks {
+            let c = t.marks.entry((mark.name, mark.gives_up, cpu)).or_default();
+            c.0 += 1;
+            c.1 += n;
+        }
+        for &pair in &e.overlaps {
+            *t.overlaps.entry(pair).or_default() += 1;
+        }
+    }
+
+    /// The report, with the scenario's block texts and the warnings.
+    pub fn report(&self, scn: &Scenario) -> Vec<BlockCoverage> {
+        let mut out = Vec::new();
+        for (i, it) in scn.items.iter().enumerate() {
+            let (Item::Together(item), Some(t)) = (it, self.blocks.get(&i)) else {
+                continue;
+            };
+            let ncpu = item.threads.len();
+            let threads: Vec<ThreadInfo> = item
+                .threads
+                .iter()
+                .enumerate()
+                .map(|(cpu, th)| ThreadInfo {
+                    cpu,
+                    steps: th
+                        .steps
+                        .iter()
+                        .map(|s| scn.text(s.span).to_string())
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                })
+                .collect();
+            let mut functions: BTreeMap<&str, Reach> = BTreeMap::new();
+            for (&(name, cpu), &(ex, calls)) in &t.functions {
+                let r = functions.entry(name).or_insert_with(|| Reach {
+                    name: name.to_string(),
+                    gives_up: false,
+                    executions: vec![0; ncpu],
+                    total: 0,
+                });
+                if let Some(x) = r.executions.get_mut(cpu) {
+                    *x = ex;
+                }
+                r.total += calls;
+            }
+            let mut marks: BTreeMap<(&str, bool), Reach> = BTreeMap::new();
+            for (&(name, gives_up, cpu), &(ex, n)) in &t.marks {
+                let r = marks.entry((name, gives_up)).or_insert_with(|| Reach {
+                    name: name.to_string(),
+                    gives_up,
+                    executions: vec![0; ncpu],
+                    total: 0,
+                });
+                if let Some(x) = r.executions.get_mut(cpu) {
+                    *x = ex;
+                }
+                r.total += n;
+            }
+            let mut overlaps = Vec::new();
+            let mut warnings = Vec::new();
+            for a in 0..ncpu {
+                for b in a + 1..ncpu {
+                    let n = t.overlaps.get(&(a, b)).copied().unwrap_or(0);
+                    overlaps.push(Overlap {
+                        cpus: (a, b),
+                        executions: n,
+                    });
+                    if n == 0 && t.executions > 0 {
+                        warnings.push(format!(
+                            "CPU{a} and CPU{b} never ran at the same time (inside kernel code or \
+                             a user access) in any of the {} executions: the search did not race \
+                             them",
+                            t.executions
+                        ));
+                    }
+                }
+            }
+            for r in marks.values().filter(|r| r.gives_up) {
+                for (cpu, &ex) in r.executions.iter().enumerate() {
+                    if t.executions > 0 && ex == t.executions {
+                        warnings.push(format!(
+                            "CPU{cpu} (`{}`) gave up early in every execution ({ex} of {}): {}",
+                            threads[cpu].steps, t.executions, r.name
+                        ));
+                    }
+                }
+            }
+            out.push(BlockCoverage {
+                line: item.span.line,
+                threads,
+                executions: t.executions,
+                functions: functions.into_values().collect(),
+                marks: marks.into_values().collect(),
+                overlaps,
+                warnings,
+            });
+        }
+        out
+    }
+}
+
+/// The text table of a block's coverage.
+pub fn text(b: &BlockCoverage) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "coverage of the together block at line {} ({} executions):",
+        b.line, b.executions
+    );
+    for t in &b.threads {
+        let _ = writeln!(out, "  CPU{}  {}", t.cpu, t.steps);
+    }
+    let w = b
+        .functions
+        .iter()
+        .chain(&b.marks)
+        .map(|r| r.name.len() + if r.gives_up { 9 } else { 0 })
+        .max()
+        .unwrap_or(0)
+        .max(44)
+        + 2;
+    let cpus: String = b
+        .threads
+        .iter()
+        .map(|t| format!("{:>8}", format!("CPU{}", t.cpu)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  {:<w$}{cpus}{:>10}",
+        "kernel function (executions that entered it)", "calls"
+    );
+    let row = |out: &mut String, r: &Reach, tag: &str| {
+        let counts: String = r
+            .executions
+            .iter()
+            .map(|&n| {
+                if n == 0 {
+                    format!("{:>8}", "-")
+                } else {
+                    format!("{n:>8}")
+                }
+            })
+            .collect();
+        let name = format!("{tag}{}", r.name);
+        let _ = writeln!(out, "  {name:<w$}{counts}{:>10}", r.total);
+    };
+    for r in &b.functions {
+        row(&mut out, r, "");
+    }
+    if !b.marks.is_empty() {
+        let _ = writeln!(out, "  {:<w$}{cpus}{:>10}", "mark", "passes");
+        for r in &b.marks {
+            row(&mut out, r, if r.gives_up { "gave up: " } else { "" });
+        }
+    }
+    for o in &b.overlaps {
+        let _ = writeln!(
+            out,
+            "  CPU{} and CPU{} ran at the same time in {} of {} executions",
+            o.cpus.0, o.cpus.1, o.executions, b.executions
+        );
+    }
+    for w in &b.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thpsim_model::coverage::Mark;
+
+    fn scn() -> Scenario {
+        thpsim_scenario::parse(
+            "t.thp",
+            "process P\nP: mmap A 1h\nP: write A[..] = 1\ntogether\n  thread P: read A[0]\n  thread kernel: split-huge-page P A[0]\nend\n",
+        )
+        .expect("parses")
+    }
+
+    #[test]
+    fn warns_when_cpus_never_overlap_or_one_always_gives_up() {
+        let mut t = CoverageTotals::default();
+        let mut e = ExecCoverage::default();
+        e.calls.insert((0, "do_user_addr_fault"), 2);
+        e.marks
+            .insert((1, Mark::gives_up("split_huge_pages_pid: EBUSY")), 1);
+        let idx = 3;
+        t.add(idx, &e);
+        t.add(idx, &e);
+        let r = t.report(&scn());
+        assert_eq!(r.len(), 1);
+        let b = &r[0];
+        assert_eq!((b.line, b.executions), (4, 2));
+        assert_eq!(b.functions[0].executions, vec![2, 0]);
+        assert_eq!(b.functions[0].total, 4);
+        assert_eq!(b.warnings.len(), 2, "{:?}", b.warnings);
+        assert!(b.warnings[0].contains("never ran at the same time"));
+        assert!(b.warnings[1].contains("CPU1 (`kernel: split-huge-page P A[0]`) gave up early"));
+        let txt = text(b);
+        assert!(
+            txt.contains("gave up: split_huge_pages_pid: EBUSY"),
+            "{txt}"
+        );
+
+        // One execution that overlapped and did not give up: no warning.
+        let mut f = ExecCoverage::default();
+        f.overlaps.insert((0, 1));
+        t.add(idx, &f);
+        assert!(t.report(&scn())[0].warnings.is_empty());
+    }
+}

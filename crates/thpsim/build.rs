@@ -1,9 +1,10 @@
 //! Embeds the bundled scenarios (`scenarios/**/*.thp`) for `thpsim list` and
-//! `thpsim run NAME`.
+//! `thpsim run NAME`, and the model's sources (`crates/model/src/**/*.rs`) for
+//! `thpsim divergences`, which lists their `DIVERGENCE:` marks.
 
 use std::path::{Path, PathBuf};
 
-fn collect(dir: &Path, root: &Path, out: &mut Vec<(String, PathBuf)>) {
+fn collect(dir: &Path, root: &Path, ext: &str, out: &mut Vec<(String, PathBuf)>) {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return;
     };
@@ -11,8 +12,8 @@ fn collect(dir: &Path, root: &Path, out: &mut Vec<(String, PathBuf)>) {
     entries.sort();
     for p in entries {
         if p.is_dir() {
-            collect(&p, root, out);
-        } else if p.extension().is_some_and(|e| e == "thp") {
+            collect(&p, root, ext, out);
+        } else if p.extension().is_some_and(|e| e == ext) {
             let rel = p.strip_prefix(root).unwrap_or(&p).with_extension("");
             out.push((rel.to_string_lossy().replace('\\', "/"), p));
         }
@@ -24,7 +25,7 @@ fn main() {
     let root = manifest.join("../../scenarios");
     println!("cargo:rerun-if-changed={}", root.display());
     let mut files = Vec::new();
-    collect(&root, &root, &mut files);
+    collect(&root, &root, "thp", &mut files);
     for (_, p) in &files {
         println!("cargo:rerun-if-changed={}", p.display());
     }
@@ -39,6 +40,26 @@ fn main() {
         ));
     }
     src.push_str("];\n");
-    let out = PathBuf::from(std::env::var("OUT_DIR").expect("out dir")).join("bundled.rs");
-    std::fs::write(out, src).expect("write bundled.rs");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("out dir"));
+    std::fs::write(out_dir.join("bundled.rs"), src).expect("write bundled.rs");
+
+    let model = manifest.join("../model/src");
+    println!("cargo:rerun-if-changed={}", model.display());
+    let mut files = Vec::new();
+    collect(&model, &model, "rs", &mut files);
+    let mut src = String::from(
+        "/// The model's sources: (path from the repository root, text).\n\
+         pub const MODEL_SOURCES: &[(&str, &str)] = &[\n",
+    );
+    for (name, p) in &files {
+        println!("cargo:rerun-if-changed={}", p.display());
+        let abs = p.canonicalize().unwrap_or(p.clone());
+        src.push_str(&format!(
+            "    ({:?}, include_str!({:?})),\n",
+            format!("crates/model/src/{name}.rs"),
+            abs.display().to_string()
+        ));
+    }
+    src.push_str("];\n");
+    std::fs::write(out_dir.join("model_sources.rs"), src).expect("write model_sources.rs");
 }

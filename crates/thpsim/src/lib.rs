@@ -5,9 +5,11 @@
 //! - [`output`]: the text and JSON renderings of a run.
 //! - [`labels`]: physical pages renamed by first appearance.
 //! - [`bundled`]: the scenarios shipped in `scenarios/`.
+//! - [`divergences`]: the model's `DIVERGENCE:` marks (`thpsim divergences`).
 
 pub mod bench;
 pub mod conform;
+pub mod divergences;
 pub mod explore;
 pub mod generate;
 pub mod labels;

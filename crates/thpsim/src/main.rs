@@ -126,6 +126,16 @@ enum Command {
     List,
     /// List the seed fixes that `--revert` can switch off.
     Fixes,
+    /// List where the model departs from Linux 5.8 on purpose (the
+    /// `DIVERGENCE:` marks of its sources).
+    Divergences {
+        /// As the Markdown table of docs/ARCHITECTURE.md.
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn load(file: &str) -> Result<(String, String), String> {
@@ -458,6 +468,17 @@ fn main() -> ExitCode {
             for (name, src) in bundled::BUNDLED {
                 emit(&format!("{name:<36} {}\n", bundled::describe(src)));
             }
+            ExitCode::SUCCESS
+        }
+        Command::Divergences { markdown, json } => {
+            let list = thpsim::divergences::list();
+            emit(&if json {
+                format!("{}\n", serde_json::to_string(&list).unwrap_or_default())
+            } else if markdown {
+                thpsim::divergences::markdown(&list)
+            } else {
+                thpsim::divergences::text(&list)
+            });
             ExitCode::SUCCESS
         }
         Command::Fixes => {

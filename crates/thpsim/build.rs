@@ -62,4 +62,31 @@ fn main() {
     }
     src.push_str("];\n");
     std::fs::write(out_dir.join("model_sources.rs"), src).expect("write model_sources.rs");
+
+    // The code a replay token depends on: the model, the interpreter and the
+    // explorer. A token records this hash; another build refuses it.
+    let mut code = files.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>();
+    let thpsim_src = manifest.join("src");
+    code.push(thpsim_src.join("run.rs"));
+    let mut explore = Vec::new();
+    collect(&thpsim_src.join("explore"), &thpsim_src, "rs", &mut explore);
+    code.extend(explore.into_iter().map(|(_, p)| p));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in &code {
+        println!("cargo:rerun-if-changed={}", p.display());
+        let text = std::fs::read(p).expect("read source");
+        for b in text {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    std::fs::write(
+        out_dir.join("code_hash.rs"),
+        format!(
+            "/// FNV-1a of the model's, the interpreter's and the explorer's sources.\n\
+             pub const CODE_HASH: u32 = {:#010x};\n",
+            (h ^ (h >> 32)) as u32
+        ),
+    )
+    .expect("write code_hash.rs");
 }

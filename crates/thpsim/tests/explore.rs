@@ -10,6 +10,8 @@ use thpsim_model::fixes::Fix;
 /// Race scenario, the fix it exercises.
 const RACES: &[(&str, Fix)] = &[
     ("split_pmd_vs_wp_fault", Fix::SplitPmdPageLock),
+    ("split_pmd_vs_wp_fault_dontneed", Fix::SplitPmdPageLock),
+    ("split_pmd_vs_wp_fault_munmap", Fix::SplitPmdPageLock),
     ("split_page_vs_zap", Fix::RmapPmdUnderPtl),
 ];
 
@@ -78,49 +80,109 @@ fn races_are_found_with_the_fix_reverted() {
                 )
             });
             assert!(found.switches_shrunk <= found.switches_found);
-            assert!(found.token.starts_with("thp1-t-"), "{}", found.token);
+            assert!(found.token.starts_with("thp2-t-"), "{}", found.token);
             assert!(!found.trace.is_empty());
         }
     }
 }
 
+/// The trace of a replay, as the text report prints it.
+fn trace_text(found: &thpsim::explore::Found) -> String {
+    format!("{}\n{}\n", found.what, render_columns(&found.trace, 5, 44))
+}
+
 #[test]
 fn committed_tokens_replay_the_committed_traces() {
     let bless = std::env::var_os("THPSIM_BLESS").is_some();
-    for (name, _) in RACES {
+    for (name, fix) in RACES {
         let scn = scenario(name);
         let tok_path = root().join(format!("tests/replay/{name}.token"));
-        let token = std::fs::read_to_string(&tok_path).expect("token");
-        let found = replay(&scn, token.trim())
-            .expect("valid")
-            .expect("token parses");
-        assert!(!found.report.passed(), "{name}: the token no longer fails");
-        let trace = format!("{}\n{}\n", found.what, render_columns(&found.trace, 5, 44));
         let trace_path = root().join(format!("tests/replay/{name}.trace"));
-        if bless {
-            std::fs::write(&trace_path, &trace).expect("write trace");
-        }
-        let want = std::fs::read_to_string(&trace_path)
-            .expect("committed trace (THPSIM_BLESS=1 writes it)");
-        assert_eq!(trace, want, "{name}: the replayed trace changed");
+        let committed = std::fs::read_to_string(&tok_path).expect("token");
+        let committed = committed.trim();
+        let token = match replay(&scn, committed).expect("valid") {
+            Ok(found) => {
+                // The token is this build's: it replays the committed trace.
+                let want = std::fs::read_to_string(&trace_path)
+                    .expect("committed trace (THPSIM_BLESS=1 writes it)");
+                if !bless {
+                    assert_eq!(
+                        trace_text(&found),
+                        want,
+                        "{name}: the replayed trace changed"
+                    );
+                }
+                committed.to_string()
+            }
+            Err(why) => {
+                // Another build made it: refused, and saying so.
+                assert!(
+                    why.contains("another build") || why.contains("of format"),
+                    "{name}: the committed token is refused for another reason: {why}"
+                );
+                let r = explore(&scn, &opts(Strategy::Pct, 20_000, 1, vec![*fix])).expect("valid");
+                r.found.expect("the race is found").token
+            }
+        };
+        let found = replay(&scn, &token)
+            .expect("valid")
+            .expect("this build's token");
+        assert!(!found.report.passed(), "{name}: the token no longer fails");
         // Twice: replay is deterministic.
-        let again = replay(&scn, token.trim()).expect("valid").expect("parses");
+        let again = replay(&scn, &token).expect("valid").expect("parses");
         assert_eq!(
-            format!("{}\n{}\n", again.what, render_columns(&again.trace, 5, 44)),
-            want
+            trace_text(&again),
+            trace_text(&found),
+            "{name}: replay is not deterministic"
         );
+        assert_eq!(again.token, token, "{name}: replay changed the schedule");
+        if bless {
+            std::fs::write(&tok_path, format!("{token}\n")).expect("write token");
+            std::fs::write(&trace_path, trace_text(&found)).expect("write trace");
+        }
     }
 }
 
 #[test]
 fn bad_tokens_are_refused() {
     let scn = scenario("split_pmd_vs_wp_fault");
+    let r = explore(
+        &scn,
+        &opts(Strategy::Pct, 20_000, 1, vec![Fix::SplitPmdPageLock]),
+    )
+    .expect("valid");
+    let good = r.found.expect("found").token;
+    // A token of another version of the scenario: one statement changed.
+    let mut src = scn.source.clone();
+    src = src.replacen("P: write A[..] = 0x11", "P: write A[..] = 0x12", 1);
+    assert_ne!(
+        src, scn.source,
+        "the scenario has the statement the test edits"
+    );
+    let modified = thpsim_scenario::parse("modified.thp", &src).expect("parses");
+    let why = replay(&modified, &good).expect("valid").unwrap_err();
+    assert!(why.contains("another version of this scenario"), "{why}");
+    // Schedules that do not fit: a switch past the last decision, a CPU that
+    // does not exist; and one that does not fail (no switch at all).
+    let (head, _) = good.rsplit_once('-').expect("token body");
+    for (body, reason) in [
+        ("999999:1", "does not fit"),
+        ("1:7", "does not fit"),
+        ("0", "without a failure"),
+    ] {
+        let why = replay(&scn, &format!("{head}-{body}"))
+            .expect("valid")
+            .unwrap_err();
+        assert!(why.contains(reason), "{body}: {why}");
+    }
     for bad in [
         "",
         "thp2-t-0-0",
-        "thp1-q-0-0",
-        "thp1-t-zz-0",
-        "thp1-t-0-1:x",
+        "thp1-t-1-29:2",
+        "thp2-q-0-00000000-00000000-0",
+        "thp2-t-zz-00000000-00000000-0",
+        "thp2-t-4-00000000-00000000-0",
+        "thp2-t-0-00000000-00000000-1:x",
     ] {
         assert!(
             replay(&scn, bad).expect("valid scenario").is_err(),

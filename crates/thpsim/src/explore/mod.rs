@@ -11,9 +11,11 @@
 //! point where two or more CPUs could run) the
 //! default is to keep running the current CPU (or, if it blocked or finished,
 //! the lowest runnable one); a switch `k:t` says that at point `k` task `t`
-//! runs instead. The token is `thp1-<geometry>-<reverted fixes>-<switches>`.
+//! runs instead. The replay token (`token`) carries the schedule, the
+//! geometry, the reverted fixes and hashes of the build and the scenario.
 
 pub mod coverage;
+pub mod token;
 
 use crate::run::{
     configure, install_oops_hook, Interleaving, Machine, Record, RunOptions, RunReport,
@@ -27,7 +29,6 @@ use std::hash::{Hash, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use thpsim_model::fixes::Fix;
 use thpsim_model::kernel::{TraceEvent, TraceRecord};
 use thpsim_model::{Config, ShuttleEngine};
 use thpsim_scenario::{Scenario, ScenarioError, UnitSizes};
@@ -587,56 +588,6 @@ fn prepare(scn: &Scenario, opts: &RunOptions) -> Result<Prepared, ScenarioError>
     })
 }
 
-/// The replay token of a schedule.
-pub fn token(cfg: &Config, sw: &Switches) -> String {
-    let geo = if cfg.geometry.name == "tiny" {
-        "t"
-    } else {
-        "x"
-    };
-    let mut mask = 0u32;
-    for f in cfg.fixes.reverted() {
-        mask |= 1 << f.seed();
-    }
-    let body: Vec<String> = sw.0.iter().map(|(k, t)| format!("{k}:{t}")).collect();
-    format!(
-        "thp1-{geo}-{mask:x}-{}",
-        if body.is_empty() {
-            "0".to_string()
-        } else {
-            body.join(",")
-        }
-    )
-}
-
-/// Parses a replay token.
-pub fn parse_token(tok: &str) -> Result<(thpsim_scenario::Geometry, Vec<Fix>, Switches), String> {
-    let bad = || format!("`{tok}` is not a thpsim replay token (thp1-GEOMETRY-FIXES-SWITCHES)");
-    let mut parts = tok.trim().splitn(4, '-');
-    if parts.next() != Some("thp1") {
-        return Err(bad());
-    }
-    let geo = match parts.next() {
-        Some("t") => thpsim_scenario::Geometry::Tiny,
-        Some("x") => thpsim_scenario::Geometry::X86_64,
-        _ => return Err(bad()),
-    };
-    let mask = u32::from_str_radix(parts.next().ok_or_else(bad)?, 16).map_err(|_| bad())?;
-    let fixes = Fix::ALL
-        .into_iter()
-        .filter(|f| mask & (1 << f.seed()) != 0)
-        .collect();
-    let body = parts.next().ok_or_else(bad)?;
-    let mut sw = Vec::new();
-    if body != "0" {
-        for pair in body.split(',') {
-            let (k, t) = pair.split_once(':').ok_or_else(bad)?;
-            sw.push((k.parse().map_err(|_| bad())?, t.parse().map_err(|_| bad())?));
-        }
-    }
-    Ok((geo, fixes, Switches(sw)))
-}
-
 /// Explores the interleavings of a scenario.
 pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, ScenarioError> {
     install_oops_hook();
@@ -694,13 +645,7 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
         let sig = report.as_ref().and_then(signature).unwrap_or_default();
         let found_switches = first.0.len();
         let shrunk = shrink(&p, first, &sig);
-        Some(finish(
-            &p,
-            shrunk,
-            found_switches,
-            executions,
-            outputs.error,
-        ))
+        Some(finish(&p, shrunk, found_switches, executions, outputs.error).0)
     } else {
         None
     };
@@ -731,7 +676,7 @@ fn finish(
     found_switches: usize,
     at: usize,
     error: Option<String>,
-) -> Found {
+) -> (Found, Switches) {
     let (o, actual, _failed) = replay_switches(p, &sw);
     let trace = o
         .trace
@@ -749,32 +694,55 @@ fn finish(
     if let Some(e) = error {
         what = format!("{what} ({e})");
     }
-    Found {
+    let found = Found {
         what,
-        token: token(&p.cfg, &actual),
+        token: token::encode(&p.cfg, &p.scn.source, &actual),
         report,
         trace,
         switches_found: found_switches,
         switches_shrunk: actual.0.len(),
         at_execution: at,
-    }
+    };
+    (found, actual)
 }
 
 /// Replays a token: the same schedule, the same failure, the same trace.
+/// `Ok(Err(why))` when the token does not belong to this build and scenario,
+/// or its schedule is not a failing schedule of this scenario.
 pub fn replay(scn: &Scenario, tok: &str) -> Result<Result<Found, String>, ScenarioError> {
     install_oops_hook();
     let _quiet = QuietPanics::new();
-    let (geo, fixes, sw) = match parse_token(tok) {
-        Ok(x) => x,
+    let t = match token::parse(tok).and_then(|t| token::check(&t, &scn.source).map(|()| t)) {
+        Ok(t) => t,
         Err(e) => return Ok(Err(e)),
     };
     let opts = RunOptions {
-        geometry: Some(geo),
-        reverts: fixes,
+        geometry: Some(t.geometry),
+        reverts: t.fixes.clone(),
     };
     let p = prepare(scn, &opts)?;
-    let n = sw.0.len();
-    Ok(Ok(finish(&p, sw, n, 1, None)))
+    let n = t.switches.0.len();
+    let (found, actual) = finish(&p, t.switches.clone(), n, 1, None);
+    if actual != t.switches {
+        return Ok(Err(format!(
+            "the token's schedule does not fit this scenario: {} of its {} switches never \
+             happened (a switch names a decision point or a CPU this scenario does not reach)",
+            t.switches
+                .0
+                .iter()
+                .filter(|s| !actual.0.contains(s))
+                .count(),
+            t.switches.0.len()
+        )));
+    }
+    if found.report.passed() {
+        return Ok(Err(
+            "the token's schedule runs without a failure: it is not a failing schedule of \
+             this scenario"
+                .to_string(),
+        ));
+    }
+    Ok(Ok(found))
 }
 
 /// Draws a trace as CPU columns, kernel functions indented by call depth.

@@ -388,6 +388,7 @@ fn errno_outcome(line: usize, what: &str, e: i32) -> Result<Outcome, LiveError> 
         libc::EINVAL | libc::EACCES => Ok(Outcome::Einval),
         libc::ENOMEM => Ok(Outcome::Enomem),
         libc::EBUSY => Ok(Outcome::Ebusy),
+        libc::EFAULT => Ok(Outcome::Efault),
         _ => Err(LiveError::Failed {
             line,
             what: format!(

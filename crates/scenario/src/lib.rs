@@ -44,12 +44,14 @@
 mod ast;
 mod check;
 mod error;
+mod kernel;
 mod lexer;
 mod parser;
 
 pub use ast::*;
 pub use check::check_supported;
 pub use error::ScenarioError;
+pub use kernel::{Release, SeedFix, SEED_FIXES};
 
 /// At most this many further errors are attached to the first one.
 const MAX_RELATED: usize = 20;
@@ -64,7 +66,8 @@ pub fn parse(name: &str, src: &str) -> Result<Scenario, ScenarioError> {
     errors.sort_by_key(|d| d.span.offset);
     // A name error after a syntax error may only be a consequence of the
     // statement that failed to parse: report it only if it comes first.
-    if let Err(d) = check::check(&parsed.items) {
+    let units = parsed.header.geometry().unit_sizes();
+    if let Err(d) = check::check(&parsed.header, &parsed.items, &units) {
         let comes_first = match errors.first() {
             Some(first) => d.span.offset < first.span.offset,
             None => true,

@@ -129,12 +129,23 @@ fn memory_management() {
         assert!(matches!(&st.op, Op::Madvise { advice: a, .. } if a.value == advice));
         assert_eq!(st.op.feature(), feature);
     }
-    let (s, st) = one_step(P, "P: move-pages A[0..1h] node=1");
-    let Op::MovePages { node, .. } = &st.op else {
+    let nodes = format!("nodes 2\n{P}");
+    let (s, st) = one_step(&nodes, "P: move-pages A[0..1h] node=1");
+    let Op::MovePages { node, all, .. } = &st.op else {
         panic!()
     };
-    assert_eq!((node.value, s.text(node.span)), (1, "1"));
+    assert_eq!((node.value, s.text(node.span), *all), (1, "1", false));
     assert_eq!(st.op.feature(), Feature::MovePages);
+    assert_eq!(
+        st.features().iter().map(|f| f.0).collect::<Vec<_>>(),
+        vec![Feature::MovePages]
+    );
+    let (_, st) = one_step(&nodes, "P: move-pages A[0..1h] node=1 all");
+    assert!(matches!(&st.op, Op::MovePages { all: true, .. }));
+    assert_eq!(
+        st.features().iter().map(|f| f.0).collect::<Vec<_>>(),
+        vec![Feature::MovePages, Feature::MovePagesAll]
+    );
     let (_, st) = one_step(P, "P: mlock A[..]");
     assert_eq!(st.op.feature(), Feature::Mlock);
     let (s, st) = one_step(P, "P: munlock A[1p..]");

@@ -462,7 +462,7 @@ fn contexts() {
         "kernel: write A[0] = 1",
         1,
         9,
-        "`write` needs a process or `device` context, not `kernel`",
+        "`write` needs a process, `device` or `mirror` context, not `kernel`",
     );
     at(
         &format!("{P}P: deferred-split"),
@@ -674,7 +674,7 @@ fn statement_shape() {
         20,
         "`expect` takes no outcome",
     );
-    at(&format!("{P}P: exit =>"), 3, 11, "expected the outcome (ok | segv | sigbus | enomem | einval | ebusy) at the end of the statement");
+    at(&format!("{P}P: exit =>"), 3, 11, "expected the outcome (ok | segv | sigbus | enomem | einval | ebusy | efault) at the end of the statement");
     at(
         &format!("{P}P: move-pages A[..] node 1"),
         3,

@@ -163,7 +163,7 @@ impl State {
                 ),
             )
             .help(format!(
-                "offsets in `{r}[...]` are relative to the start of the {what}; in this geometry it ends at {len}"
+                "offsets in `{r}[...]` are relative to the start of the {what}"
             )));
         }
         Ok(())

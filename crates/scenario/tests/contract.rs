@@ -219,6 +219,21 @@ fn header_block_values() {
     assert_eq!(swap, Some(64 << 20));
     assert_eq!(h.reverts.len(), 1);
     assert_eq!(h.reverts[0].value, "NAME");
+    assert_eq!(h.kernel(), thpsim_scenario::KernelVersion::V5_8);
+    assert!(h.kernel.is_some());
+    assert_eq!(
+        s.khugepaged_limits(None).unwrap(),
+        thpsim_scenario::KhugepagedLimits {
+            max_ptes_none: 511,
+            max_ptes_swap: 64,
+            max_ptes_shared: 256
+        }
+    );
+    let memory = h
+        .memory
+        .as_ref()
+        .map(|q| q.resolve(&thpsim_scenario::UnitSizes::X86_64).unwrap());
+    assert_eq!(memory, Some(2 << 30));
     assert!(s.items.is_empty());
 }
 

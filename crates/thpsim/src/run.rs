@@ -125,9 +125,18 @@ impl RunReport {
 /// the machine configuration. Errors are invalid input (exit 2).
 pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes), ScenarioError> {
     let e = |span: Span, msg: String| scn.error_at(span, msg);
+    let geo_name = opts
+        .geometry
+        .or(scn.header.geometry.as_ref().map(|g| g.value))
+        .unwrap_or(thpsim_scenario::Geometry::X86_64);
+    if geo_name != scn.header.geometry() {
+        // The parser checked pins, mirrors and khugepaged limits in the
+        // file's geometry; this one is invalid input first, as there.
+        scn.check_geometry(geo_name)?;
+    }
     // The khugepaged limits only steer khugepaged scans, which this version
     // does not run (`kernel: khugepaged` is not supported yet): the line is
-    // accepted, checked against the geometry below, and has no effect.
+    // accepted (checked against the geometry above) and has no effect.
     check_supported(scn, |f| {
         matches!(
             f,
@@ -150,19 +159,11 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
             }
         }
     }
-    let geo_name = opts
-        .geometry
-        .or(scn.header.geometry.as_ref().map(|g| g.value))
-        .unwrap_or(thpsim_scenario::Geometry::X86_64);
     let geometry = match geo_name {
         thpsim_scenario::Geometry::X86_64 => Geometry::X86_64,
         thpsim_scenario::Geometry::Tiny => Geometry::TINY,
     };
     let units = geo_name.unit_sizes();
-    if geo_name != scn.header.geometry() {
-        // The parser checked pins, mirrors and limits in the file's geometry.
-        scn.check_geometry(geo_name)?;
-    }
     let mut cfg = Config::new(geometry);
     if let Some(t) = &scn.header.thp {
         cfg.thp = match t.value {

@@ -356,6 +356,13 @@ impl Parser {
     }
 
     fn unknown_statement(&self, first: &Token, w: &str, seg: &[Token]) -> Diag {
+        // `mirror read M[0]`: the context, not the operation.
+        if let Some(op) = seg.get(1).and_then(|t| t.word()) {
+            if w == "mirror" && MIRROR_OPS.contains(&op) {
+                return Diag::new(first.span, "missing `:` after `mirror`")
+                    .help(format!("a step is written `mirror: {op} M[...]`"));
+            }
+        }
         if PROCESS_OPS.contains(&w) || KERNEL_OPS.contains(&w) {
             let ctx = if KERNEL_OPS.contains(&w) {
                 "kernel"

@@ -1119,6 +1119,18 @@ fn mirrors() {
     );
     // Contexts.
     at(
+        &format!("{P}mirror read M[0]"),
+        3,
+        1,
+        "missing `:` after `mirror`",
+    );
+    at(
+        &format!("{P}mirror M = A[..]"),
+        3,
+        1,
+        "`mirror` needs a context",
+    );
+    at(
         "process mirror",
         1,
         9,

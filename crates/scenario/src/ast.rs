@@ -317,8 +317,8 @@ keyword_enum! {
         /// `kernel 3.16`: the pre-4.5 THP design.
         Kernel316 = "kernel 3.16",
         /// The `khugepaged max_ptes_...` header line. Only khugepaged scans
-        /// read these limits (in 5.8 MADV_COLLAPSE does not exist, and the
-        /// fault path ignores them), so a runner without `kernel: khugepaged`
+        /// read these limits (faults never do, and MADV_COLLAPSE, which 5.8
+        /// does not have, ignores them), so a runner without `kernel: khugepaged`
         /// may accept the line as it is without effect there; a runner with
         /// khugepaged must apply [`crate::Scenario::khugepaged_limits`]. A
         /// runner on a real kernel must write them to sysfs (whose khugepaged

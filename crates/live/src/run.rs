@@ -388,6 +388,7 @@ fn errno_outcome(line: usize, what: &str, e: i32) -> Result<Outcome, LiveError> 
         libc::EINVAL | libc::EACCES => Ok(Outcome::Einval),
         libc::ENOMEM => Ok(Outcome::Enomem),
         libc::EBUSY => Ok(Outcome::Ebusy),
+        libc::EFAULT => Ok(Outcome::Efault),
         _ => Err(LiveError::Failed {
             line,
             what: format!(
@@ -1006,4 +1007,35 @@ pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
         records,
         interference,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The later language features are refused before anything is touched
+    /// (preflight only reads the scenario for these).
+    #[test]
+    fn later_language_features_are_unsupported_in_preflight() {
+        let p = "process P\nP: mmap A 1h\n";
+        for (src, line) in [
+            ("kernel 3.16\nprocess P\n".to_string(), 1),
+            (format!("khugepaged max_ptes_none=0\n{p}"), 1),
+            (format!("{p}P: mirror M = A[..]\nmirror: read M[0]\n"), 3),
+            (format!("{p}P: pin R = A[..] write fast\n"), 3),
+            (format!("{p}P: pin R = A[..]\n"), 3),
+            (format!("{p}expect P A[0] mlocked\n"), 3),
+        ] {
+            let scn = thpsim_scenario::parse("t.thp", &src).expect("valid");
+            match preflight(&scn) {
+                Err(LiveError::Unsupported { line: l, what }) => {
+                    assert_eq!(l, line, "{src}: {what}");
+                    assert!(what.contains("not supported"), "{what}");
+                }
+                other => panic!("{src}: {other:?}"),
+            }
+        }
+        let scn = thpsim_scenario::parse("t.thp", &format!("kernel 5.8\n{p}")).expect("valid");
+        assert!(preflight(&scn).is_ok());
+    }
 }

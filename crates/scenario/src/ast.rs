@@ -179,6 +179,9 @@ keyword_enum! {
         Einval = "einval",
         /// The call fails with EBUSY.
         Ebusy = "ebusy",
+        /// The call fails with EFAULT (e.g. a pin over addresses with nothing
+        /// mapped).
+        Efault = "efault",
     }
 }
 
@@ -231,6 +234,42 @@ keyword_enum! {
         Swap = "swap",
         /// A migration entry.
         Migration = "migration",
+        /// A page of a VM_LOCKED mapping that is PageMlocked. Unlike the kinds
+        /// above this is a property, not what is mapped: a `thp-pmd` subpage
+        /// of an mlocked range is also `mlocked`.
+        Mlocked = "mlocked",
+    }
+}
+
+impl PageKind {
+    /// The later-issue feature that checking this kind needs
+    /// ([`Feature::Core`] if none): `mlocked` needs [`Feature::Mlock`].
+    pub fn feature(self) -> Feature {
+        match self {
+            PageKind::Mlocked => Feature::Mlock,
+            PageKind::None
+            | PageKind::Zero
+            | PageKind::Base
+            | PageKind::ThpPmd
+            | PageKind::ThpPte
+            | PageKind::Hugetlb
+            | PageKind::Swap
+            | PageKind::Migration => Feature::Core,
+        }
+    }
+}
+
+keyword_enum! {
+    /// The kernel design the model follows (`kernel` header line). Which seed
+    /// fixes each one has is [`KernelVersion::has_fix`].
+    pub enum KernelVersion {
+        /// Linux 5.8 (the default): THPs mapped by PMDs and PTEs, split under
+        /// the PMD lock.
+        V5_8 = "5.8",
+        /// Linux 3.16, the pre-4.5 THP design: a THP is mapped only by huge
+        /// PMDs and `split_huge_page` splits every PMD mapping itself under
+        /// the anon_vma lock.
+        V3_16 = "3.16",
     }
 }
 
@@ -242,10 +281,19 @@ keyword_enum! {
         Core = "core",
         /// `pin` / `unpin` (GUP).
         Pin = "pin",
+        /// `pin ... fast`: pin_user_pages_fast() (the lockless walk first).
+        PinFast = "pin ... fast",
+        /// `pin` without `write`: a read-only long-term pin.
+        PinReadOnly = "read-only pin",
+        /// `mirror` and `mirror:` steps: secondary MMUs kept coherent by mmu
+        /// notifiers.
+        Mirror = "mirror",
         /// `device:` steps (DMA through pins).
         Device = "device",
         /// `move-pages` (migration).
         MovePages = "move-pages",
+        /// `move-pages ... all` (MPOL_MF_MOVE_ALL).
+        MovePagesAll = "move-pages ... all",
         /// hugetlb mappings and files, a hugetlb pool.
         Hugetlb = "hugetlb",
         /// `memfd` and `mmap ... file=F`.
@@ -266,6 +314,16 @@ keyword_enum! {
         Free = "madvise free",
         /// More than one NUMA node (`nodes N` with N > 1).
         Nodes = "nodes > 1",
+        /// `kernel 3.16`: the pre-4.5 THP design.
+        Kernel316 = "kernel 3.16",
+        /// The `khugepaged max_ptes_...` header line. Only khugepaged scans
+        /// read these limits (faults never do, and MADV_COLLAPSE, which 5.8
+        /// does not have, ignores them), so a runner without `kernel: khugepaged`
+        /// may accept the line as it is without effect there; a runner with
+        /// khugepaged must apply [`crate::Scenario::khugepaged_limits`]. A
+        /// runner on a real kernel must write them to sysfs (whose khugepaged
+        /// runs in the background) or reject the line.
+        KhugepagedLimits = "khugepaged limits",
     }
 }
 
@@ -354,6 +412,12 @@ impl UnitSizes {
         pmd_bytes: 256,
         pud_bytes: 1024,
     };
+
+    /// HPAGE_PMD_NR: base pages in a PMD-size huge page (512 on x86_64, 4 on
+    /// tiny).
+    pub fn hpage_pmd_nr(&self) -> u64 {
+        self.pmd_bytes / self.page_bytes.max(1)
+    }
 }
 
 /// A size or offset as written: a sum of terms such as `1h+3p+17`, not yet
@@ -451,12 +515,14 @@ impl fmt::Display for Selector {
 }
 
 /// A place or range in a region (`A[1p]`, `A[0..2h]`), or, for `device:`
-/// steps, in the pages a pin holds (`R[1p]`).
+/// steps, in the pages a pin holds (`R[1p]`), or, for `mirror:` steps, in the
+/// range a mirror covers (`M[1p]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Target {
     /// From the name to the closing bracket.
     pub span: Span,
-    /// The region (or, for `device:` steps, the pin).
+    /// The region (or, for `device:` steps, the pin; for `mirror:` steps,
+    /// the mirror).
     pub region: Name,
     /// The brackets.
     pub selector: Selector,
@@ -491,14 +557,170 @@ pub struct Header {
     pub memory: Option<Quantity>,
     /// `revert NAME` lines: fixed races to reopen (`thpsim fixes` lists them).
     pub reverts: Vec<Spanned<String>>,
+    /// `kernel 5.8|3.16`: the kernel design the model follows.
+    pub kernel: Option<Spanned<KernelVersion>>,
+    /// `khugepaged max_ptes_none=N ...`: khugepaged's limits as written.
+    pub khugepaged: Option<KhugepagedSettings>,
+}
+
+/// The `khugepaged` header line: the limits it sets, each at most once, none
+/// resolved (the defaults follow the geometry, see
+/// [`Header::khugepaged_limits`]). Each value's span covers `key=N`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct KhugepagedSettings {
+    /// The whole line, from `khugepaged`.
+    pub span: Span,
+    /// `max_ptes_none=N`: how many empty (or zero-page) PTEs a collapse may fill.
+    pub max_ptes_none: Option<Spanned<u64>>,
+    /// `max_ptes_swap=N`: how many swapped-out PTEs a collapse may swap in.
+    pub max_ptes_swap: Option<Spanned<u64>>,
+    /// `max_ptes_shared=N`: how many pages mapped by other processes a
+    /// collapse may copy.
+    pub max_ptes_shared: Option<Spanned<u64>>,
+}
+
+impl KhugepagedSettings {
+    /// The keys of the line, in the order of [`KhugepagedSettings::settings`].
+    pub const KEYS: [&'static str; 3] = ["max_ptes_none", "max_ptes_swap", "max_ptes_shared"];
+
+    /// Each key with its value, if set.
+    pub fn settings(&self) -> [(&'static str, Option<&Spanned<u64>>); 3] {
+        [
+            (Self::KEYS[0], self.max_ptes_none.as_ref()),
+            (Self::KEYS[1], self.max_ptes_swap.as_ref()),
+            (Self::KEYS[2], self.max_ptes_shared.as_ref()),
+        ]
+    }
+}
+
+/// khugepaged's limits, resolved for one geometry and kernel
+/// (/sys/kernel/mm/transparent_hugepage/khugepaged/max_ptes_*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub struct KhugepagedLimits {
+    /// max_ptes_none.
+    pub max_ptes_none: u64,
+    /// max_ptes_swap.
+    pub max_ptes_swap: u64,
+    /// max_ptes_shared.
+    pub max_ptes_shared: u64,
+}
+
+impl KhugepagedLimits {
+    /// The limits as the kernel derives them from HPAGE_PMD_NR when nothing
+    /// is set. 5.8 (khugepaged_init()): NR-1, NR/8, NR/2 (511, 64, 256 on
+    /// x86_64; 3, 0, 2 on tiny). 3.16 has only max_ptes_none (NR-1); its scan
+    /// gives up on any swap entry and on any page with another reference, so
+    /// its swap and shared limits are 0.
+    pub fn defaults(u: &UnitSizes, kernel: KernelVersion) -> Self {
+        let nr = u.hpage_pmd_nr();
+        match kernel {
+            KernelVersion::V5_8 => KhugepagedLimits {
+                max_ptes_none: nr.saturating_sub(1),
+                max_ptes_swap: nr / 8,
+                max_ptes_shared: nr / 2,
+            },
+            KernelVersion::V3_16 => KhugepagedLimits {
+                max_ptes_none: nr.saturating_sub(1),
+                max_ptes_swap: 0,
+                max_ptes_shared: 0,
+            },
+        }
+    }
+
+    /// The largest value a limit may take: HPAGE_PMD_NR-1 (the sysfs store
+    /// rejects more with EINVAL).
+    pub fn max(u: &UnitSizes) -> u64 {
+        u.hpage_pmd_nr().saturating_sub(1)
+    }
 }
 
 impl Header {
+    /// The geometry (`geometry` line), or the default `x86_64`.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry.as_ref().map_or(Geometry::X86_64, |g| g.value)
+    }
+
+    /// The THP policy (`thp` line), or the default `always`.
+    pub fn thp(&self) -> ThpPolicy {
+        self.thp.as_ref().map_or(ThpPolicy::Always, |t| t.value)
+    }
+
+    /// The huge zero page setting (`zero-page` line), or the default `on`.
+    pub fn zero_page(&self) -> bool {
+        self.zero_page.as_ref().is_none_or(|z| z.value)
+    }
+
+    /// The number of NUMA nodes (`nodes` line), or the default 1.
+    pub fn nodes(&self) -> u32 {
+        self.nodes.as_ref().map_or(1, |n| n.value)
+    }
+
+    /// Free hugetlb pages per node (`hugetlb-pool` line), or the default 0.
+    pub fn hugetlb_pool(&self) -> u64 {
+        self.hugetlb_pool.as_ref().map_or(0, |p| p.value)
+    }
+
+    /// The swap device's size (`swap` line), or `None`: no swap (the default).
+    pub fn swap(&self) -> Option<&Quantity> {
+        self.swap.as_ref()
+    }
+
+    /// The kernel design (`kernel` line), or the default 5.8.
+    pub fn kernel(&self) -> KernelVersion {
+        self.kernel
+            .as_ref()
+            .map_or(KernelVersion::V5_8, |k| k.value)
+    }
+
+    /// khugepaged's limits for a geometry: what the `khugepaged` line sets,
+    /// the kernel's defaults ([`KhugepagedLimits::defaults`]) for the rest.
+    /// A value above HPAGE_PMD_NR-1 in this geometry is an error at that
+    /// value (without source text; [`Scenario::khugepaged_limits`] gives one
+    /// with it).
+    pub fn khugepaged_limits(&self, u: &UnitSizes) -> Result<KhugepagedLimits, ScenarioError> {
+        let mut limits = KhugepagedLimits::defaults(u, self.kernel());
+        let Some(k) = &self.khugepaged else {
+            return Ok(limits);
+        };
+        let max = KhugepagedLimits::max(u);
+        for (key, value) in k.settings() {
+            let Some(v) = value else { continue };
+            if v.value > max {
+                return Err(ScenarioError::new(
+                    v.span,
+                    format!(
+                        "{key}={} is above HPAGE_PMD_NR-1 = {max} in this geometry",
+                        v.value
+                    ),
+                )
+                .with_help(format!(
+                    "a huge page has {} base pages here; the kernel rejects larger values with EINVAL",
+                    u.hpage_pmd_nr()
+                )));
+            }
+            match key {
+                "max_ptes_none" => limits.max_ptes_none = v.value,
+                "max_ptes_swap" => limits.max_ptes_swap = v.value,
+                _ => limits.max_ptes_shared = v.value,
+            }
+        }
+        Ok(limits)
+    }
+
     /// The features the header needs, each with the span of its value:
     /// `swap` → [`Feature::Swap`], `nodes N>1` → [`Feature::Nodes`],
-    /// `hugetlb-pool N>0` → [`Feature::Hugetlb`].
+    /// `hugetlb-pool N>0` → [`Feature::Hugetlb`], `kernel 3.16` →
+    /// [`Feature::Kernel316`], `khugepaged ...` → [`Feature::KhugepagedLimits`].
     pub fn features(&self) -> Vec<(Feature, Span)> {
         let mut out = Vec::new();
+        if let Some(k) = &self.kernel {
+            if k.value == KernelVersion::V3_16 {
+                out.push((Feature::Kernel316, k.span));
+            }
+        }
+        if let Some(k) = &self.khugepaged {
+            out.push((Feature::KhugepagedLimits, k.span));
+        }
         if let Some(n) = &self.nodes {
             if n.value > 1 {
                 out.push((Feature::Nodes, n.span));
@@ -569,12 +791,38 @@ impl Scenario {
         self.source.get(span.offset..span.end()).unwrap_or("")
     }
 
-    /// Every feature the scenario uses (header and steps), each with the span
-    /// of its first use in source order ([`Feature::Core`] omitted).
+    /// khugepaged's limits in the header's geometry, or in `geometry` when
+    /// given (a command-line override); see [`Header::khugepaged_limits`].
+    pub fn khugepaged_limits(
+        &self,
+        geometry: Option<Geometry>,
+    ) -> Result<KhugepagedLimits, ScenarioError> {
+        self.header
+            .khugepaged_limits(&self.unit_sizes(geometry))
+            .map_err(|e| e.with_source(&self.name, &self.source))
+    }
+
+    /// Repeats the static checks that depend on the geometry for another one
+    /// (a command-line override): khugepaged limits within HPAGE_PMD_NR-1,
+    /// `device:` accesses inside their pin and `mirror:` accesses inside
+    /// their mirror. [`crate::parse`] has made them in the header's geometry.
+    pub fn check_geometry(&self, geometry: Geometry) -> Result<(), ScenarioError> {
+        crate::check::check(&self.header, &self.items, &geometry.unit_sizes())
+            .map_err(|d| d.into_error().with_source(&self.name, &self.source))
+    }
+
+    /// Every feature the scenario uses (header, steps and `expect` lines),
+    /// each with the span of its first use in source order ([`Feature::Core`]
+    /// omitted).
     pub fn features(&self) -> Vec<(Feature, Span)> {
         let mut all = self.header.features();
         for step in self.steps() {
             all.extend(step.features());
+        }
+        for item in &self.items {
+            if let Item::Expect(e) = item {
+                all.extend(e.features());
+            }
         }
         all.sort_by_key(|(_, s)| s.offset);
         let mut seen = Vec::new();
@@ -649,6 +897,8 @@ pub enum Context {
     Kernel,
     /// `device`: a DMA engine using pinned pages.
     Device,
+    /// `mirror`: secondary MMUs (accesses through their own translation cache).
+    Mirror,
 }
 
 impl Context {
@@ -667,6 +917,7 @@ impl fmt::Display for Context {
             Context::Process(n) => write!(f, "{n}"),
             Context::Kernel => f.write_str("kernel"),
             Context::Device => f.write_str("device"),
+            Context::Mirror => f.write_str("mirror"),
         }
     }
 }
@@ -701,6 +952,15 @@ impl Step {
             Op::Mmap { backing, .. } => out = vec![(self.op.feature(), backing.span)],
             Op::Madvise { advice, .. } => out = vec![(self.op.feature(), advice.span)],
             Op::Memfd { hugetlb: true, .. } => out.push((Feature::Hugetlb, self.op_span)),
+            Op::MovePages { all: true, .. } => out.push((Feature::MovePagesAll, self.op_span)),
+            Op::Pin { write, fast, .. } => {
+                if !write {
+                    out.push((Feature::PinReadOnly, self.op_span));
+                }
+                if *fast {
+                    out.push((Feature::PinFast, self.op_span));
+                }
+            }
             _ => {}
         }
         out
@@ -768,12 +1028,15 @@ pub enum Op {
         /// The advice.
         advice: Spanned<Advice>,
     },
-    /// `P: move-pages RANGE node=N`.
+    /// `P: move-pages RANGE node=N [all]`: move_pages(2) with MPOL_MF_MOVE, or
+    /// MPOL_MF_MOVE_ALL with `all`.
     MovePages {
         /// The range.
         target: Target,
-        /// The destination node.
+        /// The destination node (below `nodes N`).
         node: Spanned<u32>,
+        /// MPOL_MF_MOVE_ALL: also pages mapped by other processes.
+        all: bool,
     },
     /// `P: mlock RANGE`.
     Mlock {
@@ -799,14 +1062,17 @@ pub enum Op {
         /// The byte the read must return, if asserted.
         expect: Option<Spanned<u8>>,
     },
-    /// `P: pin R = RANGE [write]`.
+    /// `P: pin R = RANGE [write] [fast]`: pin_user_pages(FOLL_LONGTERM), or
+    /// pin_user_pages_fast() with `fast`.
     Pin {
         /// The pin's name.
         pin: Name,
         /// The pinned range.
         target: Target,
-        /// FOLL_WRITE.
+        /// FOLL_WRITE (without it, a read-only long-term pin).
         write: bool,
+        /// pin_user_pages_fast(): the lockless page-table walk first.
+        fast: bool,
     },
     /// `P: unpin R`.
     Unpin {
@@ -823,6 +1089,29 @@ pub enum Op {
     /// `device: read R[off] [== BYTE]`.
     DeviceRead {
         /// Place in the pinned pages.
+        target: Target,
+        /// The byte the read must return, if asserted.
+        expect: Option<Spanned<u8>>,
+    },
+    /// `P: mirror M = RANGE`: registers the secondary MMU `M` over that range
+    /// of the process (an mmu notifier).
+    Mirror {
+        /// The mirror's name.
+        mirror: Name,
+        /// The mirrored range.
+        target: Target,
+    },
+    /// `mirror: write M[...] = BYTE` (the target's name is the mirror; offsets
+    /// are relative to the mirror's start).
+    MirrorWrite {
+        /// Place or range in the mirrored range.
+        target: Target,
+        /// The byte written.
+        value: Spanned<u8>,
+    },
+    /// `mirror: read M[off] [== BYTE]`.
+    MirrorRead {
+        /// Place in the mirrored range.
         target: Target,
         /// The byte the read must return, if asserted.
         expect: Option<Spanned<u8>>,
@@ -853,7 +1142,8 @@ pub enum Op {
 }
 
 impl Op {
-    /// The keyword of the operation as written (`device:` ops are `write`/`read`).
+    /// The keyword of the operation as written (`device:` and `mirror:` ops
+    /// are `write`/`read`).
     pub fn keyword(&self) -> &'static str {
         match self {
             Op::Fork { .. } => "fork",
@@ -866,8 +1156,9 @@ impl Op {
             Op::MovePages { .. } => "move-pages",
             Op::Mlock { .. } => "mlock",
             Op::Munlock { .. } => "munlock",
-            Op::Write { .. } | Op::DeviceWrite { .. } => "write",
-            Op::Read { .. } | Op::DeviceRead { .. } => "read",
+            Op::Write { .. } | Op::DeviceWrite { .. } | Op::MirrorWrite { .. } => "write",
+            Op::Read { .. } | Op::DeviceRead { .. } | Op::MirrorRead { .. } => "read",
+            Op::Mirror { .. } => "mirror",
             Op::Pin { .. } => "pin",
             Op::Unpin { .. } => "unpin",
             Op::SplitHugePage { .. } => "split-huge-page",
@@ -878,12 +1169,15 @@ impl Op {
     }
 
     /// The later-issue feature this operation needs ([`Feature::Core`] if none).
-    /// `memfd F SIZE hugetlb` also needs [`Feature::Hugetlb`]; see
-    /// [`Step::features`].
+    /// `memfd F SIZE hugetlb` also needs [`Feature::Hugetlb`], `move-pages
+    /// ... all` [`Feature::MovePagesAll`], a pin without
+    /// `write` [`Feature::PinReadOnly`], a pin with `fast`
+    /// [`Feature::PinFast`]; see [`Step::features`].
     pub fn feature(&self) -> Feature {
         match self {
             Op::Pin { .. } | Op::Unpin { .. } => Feature::Pin,
             Op::DeviceWrite { .. } | Op::DeviceRead { .. } => Feature::Device,
+            Op::Mirror { .. } | Op::MirrorWrite { .. } | Op::MirrorRead { .. } => Feature::Mirror,
             Op::MovePages { .. } => Feature::MovePages,
             Op::Mmap { backing, .. } => match backing.value {
                 Backing::Anon => Feature::Core,
@@ -925,6 +1219,9 @@ impl Op {
             | Op::Pin { target, .. }
             | Op::DeviceWrite { target, .. }
             | Op::DeviceRead { target, .. }
+            | Op::Mirror { target, .. }
+            | Op::MirrorWrite { target, .. }
+            | Op::MirrorRead { target, .. }
             | Op::SplitHugePage { target, .. }
             | Op::Khugepaged { target, .. }
             | Op::Reclaim { target, .. } => Some(target),
@@ -951,10 +1248,23 @@ pub struct Expect {
     pub what: Expectation,
 }
 
+impl Expect {
+    /// The features checking this needs: `mlocked` needs [`Feature::Mlock`].
+    pub fn features(&self) -> Vec<(Feature, Span)> {
+        match &self.what {
+            Expectation::Kind(k) if k.value.feature() != Feature::Core => {
+                vec![(k.value.feature(), k.span)]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// What an `expect` asserts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum Expectation {
-    /// `none | zero | base | thp-pmd | thp-pte | hugetlb | swap | migration`.
+    /// `none | zero | base | thp-pmd | thp-pte | hugetlb | swap | migration`,
+    /// or `mlocked`.
     Kind(Spanned<PageKind>),
     /// `mapcount N`: the subpage's mapcount as /proc/kpagecount reports it.
     Mapcount(Spanned<u64>),

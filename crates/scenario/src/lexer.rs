@@ -3,8 +3,10 @@
 //! Words are `[A-Za-z_][A-Za-z0-9_-]*` (keywords such as `move-pages` and
 //! `thp-pmd` contain hyphens; the parser checks that names do not). Numbers are
 //! decimal or `0x` hex with an optional unit suffix; in hex, `b` is a digit, so
-//! `0x1b` is 27 bytes. `#` starts a comment. Any other character is an error
-//! that poisons its line (the parser skips it) without stopping the lexer.
+//! `0x1b` is 27 bytes. A number followed by `.` and a digit is a dotted
+//! number such as `5.8` (a kernel version; `1..2` stays a range). `#` starts
+//! a comment. Any other character is an error that poisons its line (the
+//! parser skips it) without stopping the lexer.
 
 use crate::ast::{Span, Unit};
 use crate::error::Diag;
@@ -22,6 +24,8 @@ pub(crate) struct Number {
 pub(crate) enum TokenKind {
     Word(String),
     Number(Number),
+    /// A dotted number such as `5.8` or `3.16` (the text is the token's).
+    Dotted,
     Colon,
     Semi,
     LBracket,
@@ -130,12 +134,29 @@ fn lex_line(text: &str, line_offset: usize, line_no: usize) -> (Line, Option<Dia
             {
                 j += 1;
             }
+            let mut dotted = false;
+            while chars.get(j).is_some_and(|c| c.1 == '.')
+                && chars.get(j + 1).is_some_and(|c| c.1.is_ascii_digit())
+            {
+                dotted = true;
+                j += 1;
+                while chars
+                    .get(j)
+                    .is_some_and(|c| c.1.is_ascii_alphanumeric() || c.1 == '_')
+                {
+                    j += 1;
+                }
+            }
             let word = text_of(start, j);
-            match number(&word) {
-                Ok(n) => TokenKind::Number(n),
-                Err((msg, help)) => {
-                    let d = Diag::new(span_of(start, j), msg).help(help);
-                    return (poisoned(tokens), Some(d));
+            if dotted {
+                TokenKind::Dotted
+            } else {
+                match number(&word) {
+                    Ok(n) => TokenKind::Number(n),
+                    Err((msg, help)) => {
+                        let d = Diag::new(span_of(start, j), msg).help(help);
+                        return (poisoned(tokens), Some(d));
+                    }
                 }
             }
         } else {
@@ -314,6 +335,22 @@ mod tests {
                 Word("x".into()),
             ]
         );
+        assert_eq!(
+            kinds("kernel 5.8 3.16 A[1..2]"),
+            vec![
+                Word("kernel".into()),
+                Dotted,
+                Dotted,
+                Word("A".into()),
+                LBracket,
+                num(1, Unit::Bytes),
+                DotDot,
+                num(2, Unit::Bytes),
+                RBracket,
+            ]
+        );
+        let (lines, _) = lex("kernel 3.16.1x");
+        assert_eq!(lines[0].tokens[1].text, "3.16.1x");
         assert_eq!(
             kinds("move-pages thp-pmd x86_64"),
             vec![

@@ -28,12 +28,17 @@ pub(crate) const PROCESS_OPS: &[&str] = &[
     "read",
     "pin",
     "unpin",
+    "mirror",
 ];
 /// Operations of the `kernel` context.
 pub(crate) const KERNEL_OPS: &[&str] =
     &["split-huge-page", "khugepaged", "reclaim", "deferred-split"];
 /// Operations of the `device` context.
 pub(crate) const DEVICE_OPS: &[&str] = &["write", "read"];
+/// Operations of the `mirror` context.
+pub(crate) const MIRROR_OPS: &[&str] = &["write", "read"];
+/// The contexts that are not process names.
+pub(crate) const CONTEXTS: &[&str] = &["kernel", "device", "mirror"];
 /// Header keys.
 pub(crate) const HEADER_KEYS: &[&str] = &[
     "geometry",
@@ -44,6 +49,8 @@ pub(crate) const HEADER_KEYS: &[&str] = &[
     "swap",
     "memory",
     "revert",
+    "kernel",
+    "khugepaged",
 ];
 /// Statement keywords (besides header keys and steps).
 const STATEMENTS: &[&str] = &["process", "together", "thread", "end", "expect", "show"];
@@ -201,6 +208,17 @@ impl<'t> Cursor<'t> {
     }
 }
 
+/// `khugepaged` starts the header line (not kernel work missing its `kernel:`)
+/// when it stands alone, sets something (`=`) or names a `max_ptes_` key.
+fn khugepaged_header_form(seg: &[Token]) -> bool {
+    seg.len() == 1
+        || seg.iter().any(|t| t.kind == TokenKind::Eq)
+        || seg
+            .get(1)
+            .and_then(|t| t.word())
+            .is_some_and(|w| w.starts_with("max_ptes"))
+}
+
 fn is_step(seg: &[Token]) -> bool {
     matches!(seg.get(1).map(|t| &t.kind), Some(TokenKind::Colon))
 }
@@ -319,6 +337,18 @@ impl Parser {
                     target,
                 }));
             }
+            "kernel" if seg.get(1).is_some_and(|t| t.word().is_some()) => {
+                let op = seg.get(1).and_then(|t| t.word()).unwrap_or("");
+                return Err(Diag::new(first.span, "missing `:` after `kernel`").help(format!(
+                    "kernel work is written `kernel: {op} ...`; the header line `kernel {}` selects the kernel design",
+                    KernelVersion::keywords()
+                )));
+            }
+            // `khugepaged KEY=N ...` is the header line; `khugepaged P A[..]`
+            // is kernel work without its context.
+            "khugepaged" if !khugepaged_header_form(seg) => {
+                return Err(self.unknown_statement(first, "khugepaged", seg))
+            }
             w if HEADER_KEYS.contains(&w) => self.header_line(first, &mut c)?,
             w => return Err(self.unknown_statement(first, w, seg)),
         }
@@ -326,6 +356,13 @@ impl Parser {
     }
 
     fn unknown_statement(&self, first: &Token, w: &str, seg: &[Token]) -> Diag {
+        // `mirror read M[0]`: the context, not the operation.
+        if let Some(op) = seg.get(1).and_then(|t| t.word()) {
+            if w == "mirror" && MIRROR_OPS.contains(&op) {
+                return Diag::new(first.span, "missing `:` after `mirror`")
+                    .help(format!("a step is written `mirror: {op} M[...]`"));
+            }
+        }
         if PROCESS_OPS.contains(&w) || KERNEL_OPS.contains(&w) {
             let ctx = if KERNEL_OPS.contains(&w) {
                 "kernel"
@@ -432,6 +469,14 @@ impl Parser {
                 dup(h.memory.as_ref().map(|v| v.span))?;
                 h.memory = Some(quantity(c, "a memory size")?);
             }
+            "kernel" => {
+                dup(h.kernel.as_ref().map(|v| v.span))?;
+                h.kernel = Some(kernel_version(c)?);
+            }
+            "khugepaged" => {
+                dup(h.khugepaged.as_ref().map(|v| v.span))?;
+                h.khugepaged = Some(khugepaged_settings(c, key.span)?);
+            }
             _ => {
                 // revert NAME
                 let t = match c.peek() {
@@ -461,7 +506,9 @@ impl Parser {
                 .help("write `together` on the line before, and `end` after the last thread"));
         }
         if c.peek().is_none() {
-            return Err(c.expected("the thread's context (a process, `kernel` or `device`)"));
+            return Err(
+                c.expected("the thread's context (a process, `kernel`, `device` or `mirror`)")
+            );
         }
         let ctx_span = c.peek().map(|t| t.span).unwrap_or_default();
         let ctx = context(&mut c)?;
@@ -540,10 +587,10 @@ fn name(c: &mut Cursor<'_>, what: &str) -> PResult<Name> {
     }
 }
 
-/// A process name (not `kernel` or `device`).
+/// A process name (not `kernel`, `device` or `mirror`).
 fn process_name(c: &mut Cursor<'_>, what: &str) -> PResult<Name> {
     let n = name(c, what)?;
-    if n.text == "kernel" || n.text == "device" {
+    if CONTEXTS.contains(&n.text.as_str()) {
         return Err(Diag::new(
             n.span,
             format!("`{}` is a context, not a process name", n.text),
@@ -561,13 +608,14 @@ fn context(c: &mut Cursor<'_>) -> PResult<Context> {
     let ctx = match t.word() {
         Some("kernel") => Context::Kernel,
         Some("device") => Context::Device,
+        Some("mirror") => Context::Mirror,
         Some(w) if is_name(w) => Context::Process(Name {
             text: w.to_string(),
             span: t.span,
         }),
         _ => {
             return Err(Diag::new(t.span, format!("unknown context `{}`", t.text))
-                .help("a context is a process name, `kernel` or `device`"))
+                .help("a context is a process name, `kernel`, `device` or `mirror`"))
         }
     };
     c.bump();
@@ -621,6 +669,7 @@ fn op(c: &mut Cursor<'_>, ctx: &Context, word: &str, op_tok: &Token) -> PResult<
         Context::Process(_) => PROCESS_OPS,
         Context::Kernel => KERNEL_OPS,
         Context::Device => DEVICE_OPS,
+        Context::Mirror => MIRROR_OPS,
     };
     if !allowed.contains(&word) {
         let span = op_tok.span;
@@ -631,7 +680,7 @@ fn op(c: &mut Cursor<'_>, ctx: &Context, word: &str, op_tok: &Token) -> PResult<
             ))
         } else if PROCESS_OPS.contains(&word) {
             let also = if DEVICE_OPS.contains(&word) {
-                " or `device`"
+                ", `device` or `mirror`"
             } else {
                 ""
             };
@@ -664,6 +713,14 @@ fn op(c: &mut Cursor<'_>, ctx: &Context, word: &str, op_tok: &Token) -> PResult<
         },
         (Context::Device, _) => Op::DeviceRead {
             target: parse_target(c, Want::Place, "read", "pin")?,
+            expect: compare_byte(c)?,
+        },
+        (Context::Mirror, "write") => Op::MirrorWrite {
+            target: parse_target(c, Want::Either, "write", "mirror")?,
+            value: assign_byte(c, "write")?,
+        },
+        (Context::Mirror, _) => Op::MirrorRead {
+            target: parse_target(c, Want::Place, "read", "mirror")?,
             expect: compare_byte(c)?,
         },
         (_, "fork") => Op::Fork {
@@ -711,10 +768,9 @@ fn op(c: &mut Cursor<'_>, ctx: &Context, word: &str, op_tok: &Token) -> PResult<
             if c.eat(&TokenKind::Eq).is_none() {
                 return Err(c.expected("`=` after `node`"));
             }
-            Op::MovePages {
-                target,
-                node: node_number(c)?,
-            }
+            let node = node_number(c)?;
+            let all = c.eat_word("all").is_some();
+            Op::MovePages { target, node, all }
         }
         (_, "write") => Op::Write {
             target: parse_target(c, Want::Either, word, "region")?,
@@ -724,14 +780,16 @@ fn op(c: &mut Cursor<'_>, ctx: &Context, word: &str, op_tok: &Token) -> PResult<
             target: parse_target(c, Want::Place, word, "region")?,
             expect: compare_byte(c)?,
         },
-        (_, "pin") => {
-            let pin = name(c, "pin")?;
+        (_, "pin") => pin(c)?,
+        (_, "mirror") => {
+            let mirror = name(c, "mirror")?;
             if c.eat(&TokenKind::Eq).is_none() {
-                return Err(c.expected("`=` after the pin's name (`pin R = A[0..1h]`)"));
+                return Err(c.expected("`=` after the mirror's name (`mirror M = A[0..1h]`)"));
             }
-            let target = parse_target(c, Want::Range, word, "region")?;
-            let write = c.eat_word("write").is_some();
-            Op::Pin { pin, target, write }
+            Op::Mirror {
+                mirror,
+                target: parse_target(c, Want::Range, word, "region")?,
+            }
         }
         (_, "unpin") => Op::Unpin {
             pin: name(c, "pin")?,
@@ -751,6 +809,112 @@ fn op(c: &mut Cursor<'_>, ctx: &Context, word: &str, op_tok: &Token) -> PResult<
         _ => Op::DeferredSplit,
     };
     Ok(op)
+}
+
+/// `pin R = RANGE [write] [fast]` (modifiers in any order, each at most once).
+fn pin(c: &mut Cursor<'_>) -> PResult<Op> {
+    let pin = name(c, "pin")?;
+    if c.eat(&TokenKind::Eq).is_none() {
+        return Err(c.expected("`=` after the pin's name (`pin R = A[0..1h]`)"));
+    }
+    let target = parse_target(c, Want::Range, "pin", "region")?;
+    let mut write: Option<Span> = None;
+    let mut fast: Option<Span> = None;
+    while let Some(t) = c.peek() {
+        let Some(w) = t.word() else { break };
+        let slot = match w {
+            "write" => &mut write,
+            "fast" => &mut fast,
+            _ => {
+                let d = Diag::new(t.span, format!("unknown pin option `{w}`"));
+                return Err(match suggest(w, ["write", "fast"]) {
+                    Some(s) => d.help(format!("did you mean `{s}`?")),
+                    None => d.help("pin options: write | fast (`pin R = A[0..1h] write fast`)"),
+                });
+            }
+        };
+        if let Some(first) = slot {
+            return Err(Diag::new(t.span, format!("`{w}` is given twice"))
+                .help(format!("first at column {}", first.column)));
+        }
+        *slot = Some(t.span);
+        c.bump();
+    }
+    Ok(Op::Pin {
+        pin,
+        target,
+        write: write.is_some(),
+        fast: fast.is_some(),
+    })
+}
+
+/// `kernel 5.8 | 3.16` (the cursor is after `kernel`).
+fn kernel_version(c: &mut Cursor<'_>) -> PResult<Spanned<KernelVersion>> {
+    let what = format!("the kernel version ({})", KernelVersion::keywords());
+    let Some(t) = c.peek() else {
+        return Err(c.expected(&what));
+    };
+    if !matches!(t.kind, TokenKind::Dotted | TokenKind::Number(_)) {
+        return Err(c.expected(&what));
+    }
+    match KernelVersion::from_keyword(&t.text) {
+        Some(v) => {
+            c.bump();
+            Ok(Spanned::new(v, t.span))
+        }
+        None => Err(
+            Diag::new(t.span, format!("unknown kernel version `{}`", t.text)).help(format!(
+                "the model follows one of: {} (default 5.8)",
+                KernelVersion::keywords()
+            )),
+        ),
+    }
+}
+
+/// `khugepaged KEY=N ...` (the cursor is after `khugepaged`): any subset of
+/// the keys, each at most once, at least one.
+fn khugepaged_settings(c: &mut Cursor<'_>, key: Span) -> PResult<KhugepagedSettings> {
+    let keys = KhugepagedSettings::KEYS;
+    let all = keys.map(|k| format!("{k}=N")).join(" | ");
+    let mut k = KhugepagedSettings {
+        span: key,
+        ..KhugepagedSettings::default()
+    };
+    if c.peek().is_none() {
+        return Err(c.expected(&format!("a khugepaged setting ({all})")));
+    }
+    while let Some(t) = c.peek() {
+        if t.kind == TokenKind::Arrow {
+            break;
+        }
+        let Some(w) = t.word() else {
+            return Err(c.expected(&format!("a khugepaged setting ({all})")));
+        };
+        let slot = match w {
+            "max_ptes_none" => &mut k.max_ptes_none,
+            "max_ptes_swap" => &mut k.max_ptes_swap,
+            "max_ptes_shared" => &mut k.max_ptes_shared,
+            _ => {
+                let d = Diag::new(t.span, format!("unknown khugepaged setting `{w}`"));
+                return Err(match suggest(w, keys) {
+                    Some(s) => d.help(format!("did you mean `{s}`? ({all})")),
+                    None => d.help(format!("khugepaged settings: {all}")),
+                });
+            }
+        };
+        if let Some(first) = slot {
+            return Err(Diag::new(t.span, format!("`{w}` is given twice"))
+                .help(format!("first at column {}", first.span.column)));
+        }
+        c.bump();
+        if c.eat(&TokenKind::Eq).is_none() {
+            return Err(c.expected(&format!("`=` after `{w}` (`{w}=N`)")));
+        }
+        let n = count(c, &format!("the value of `{w}` (a number of PTEs)"))?;
+        *slot = Some(Spanned::new(n.value, t.span.to(n.span)));
+    }
+    k.span = c.span_from(key);
+    Ok(k)
 }
 
 /// `mmap A SIZE [shared] [hugetlb | file=F]` (modifiers in any order).
@@ -855,6 +1019,19 @@ fn number_token<'t>(c: &mut Cursor<'t>, what: &str) -> PResult<(&'t Token, Numbe
             TokenKind::Number(n) => {
                 c.bump();
                 Ok((t, n))
+            }
+            TokenKind::Dotted => {
+                // `0.1`: a number has no fraction; point at the dot.
+                let dot = t.text.find('.').unwrap_or(0);
+                let span = Span {
+                    offset: t.span.offset + dot,
+                    len: 1,
+                    line: t.span.line,
+                    column: t.span.column + dot,
+                };
+                Err(Diag::new(span, "unexpected `.`").help(
+                    "numbers have no fraction; a range is written `A[start..end]`, with two dots",
+                ))
             }
             _ => Err(c.expected(what)),
         },
@@ -1013,7 +1190,7 @@ fn parse_target(c: &mut Cursor<'_>, want: Want, op: &str, what: &str) -> PResult
 
 /// `expect P A[off] WHAT` (the cursor is after `expect`).
 fn expect(c: &mut Cursor<'_>, start: Span) -> PResult<Expect> {
-    const WHAT: &str = "none | zero | base | thp-pmd | thp-pte | hugetlb | swap | migration | mapcount N | same P A[off] | other P A[off] | node N";
+    const WHAT: &str = "none | zero | base | thp-pmd | thp-pte | hugetlb | swap | migration | mlocked | mapcount N | same P A[off] | other P A[off] | node N";
     let process = process_name(c, "process")?;
     let target = parse_target(c, Want::Place, "expect", "region")?;
     let Some(t) = c.peek() else {

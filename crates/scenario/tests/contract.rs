@@ -2,7 +2,7 @@
 //!
 //! The blocks below are copied verbatim from the contract. Each block is
 //! checked line by line, after a prelude that declares what the line names
-//! (process `P`, child `C`, region `A`, file `F`, pin `R` on region `B`), except the header
+//! (process `P`, child `C`, region `A`, file `F`, pin `R` and mirror `M` on region `B`), except the header
 //! block and the `together` block, which are checked whole. Two bits of the
 //! contract's notation are expanded: `[shared]` (optional word) gives both
 //! variants, and `X / Y` (two examples on one line) gives both examples.
@@ -18,6 +18,9 @@ nodes 2                # NUMA nodes (default 1)
 hugetlb-pool 8         # free PMD-size hugetlb pages per node (default 0)
 swap 64m               # swap device size (default: none)
 revert NAME            # reopen a fixed race (repeatable); `thpsim fixes` lists NAMEs
+kernel 5.8             # the kernel design the model follows: 5.8 (default) | 3.16 (the pre-4.5 THP design)
+khugepaged max_ptes_none=511 max_ptes_swap=64 max_ptes_shared=256   # any subset; defaults as the kernel derives them
+memory 2g              # the machine's physical memory (default chosen by the runner)
 "#;
 
 const BLOCK_1: &str = r#"process P                          # declare a process (the first one needs this)
@@ -33,7 +36,7 @@ P: memfd F 1u hugetlb              # create a shared memory file, hugetlb-backed
 P: munmap A[0..1p]
 P: mprotect A[1h..2h] r            # r | rw | none
 P: madvise A[..] hugepage          # hugepage | nohugepage | dontneed | pageout | collapse | free
-P: move-pages A[0..1h] node=1      # migrate to a NUMA node
+P: move-pages A[0..1h] node=1      # migrate to a NUMA node (MPOL_MF_MOVE); `node=1 all` is MPOL_MF_MOVE_ALL
 P: mlock A[..] / P: munlock A[..]
 "#;
 
@@ -44,9 +47,16 @@ P: read A[1p]                      # read, value only reported
 "#;
 
 const BLOCK_4: &str = r#"P: pin R = A[0..1h] write          # pin_user_pages(FOLL_WRITE|FOLL_LONGTERM); R names the pin
+P: pin R = A[0..1h] write fast     # the same through pin_user_pages_fast (the lockless walk first)
+P: pin R = A[0..1h]                # a read-only long-term pin (FOLL_LONGTERM without FOLL_WRITE)
 P: unpin R
 device: write R[1p] = 0x44         # DMA into the pinned pages
 device: read R[1p] == 0x44
+"#;
+
+const BLOCK_MIRROR: &str = r#"P: mirror M = A[0..1h]             # register secondary MMU M over that range of P
+mirror: read M[1p] == 0x44         # access through M's own translation cache, faulting on a miss
+mirror: write M[1p] = 0x45
 "#;
 
 const BLOCK_5: &str = r#"kernel: split-huge-page P A[0]     # as debugfs split_huge_pages for that address
@@ -71,7 +81,15 @@ show P A[0..2h]                    # report the state of each page (for conforma
 "#;
 
 const BLOCKS: &[&str] = &[
-    BLOCK_0, BLOCK_1, BLOCK_2, BLOCK_3, BLOCK_4, BLOCK_5, BLOCK_6, BLOCK_7,
+    BLOCK_0,
+    BLOCK_1,
+    BLOCK_2,
+    BLOCK_3,
+    BLOCK_4,
+    BLOCK_MIRROR,
+    BLOCK_5,
+    BLOCK_6,
+    BLOCK_7,
 ];
 
 /// Expands the contract's notation: `X / Y` and an optional `[word]`.
@@ -92,6 +110,10 @@ fn variants(line: &str) -> Vec<String> {
 /// What a line needs declared before it (it must not redeclare what it makes).
 fn prelude(line: &str) -> String {
     let mut p = String::from("process P\n");
+    if line.contains("node=") {
+        // A `move-pages` target must be below `nodes N`.
+        p += "nodes 2\n";
+    }
     if !line.contains("memfd F") {
         p += "P: memfd F 1u\n";
     }
@@ -101,8 +123,12 @@ fn prelude(line: &str) -> String {
     if !line.contains("fork C") {
         p += "P: fork C\n";
     }
+    p += "P: mmap B 1u\n";
     if !line.contains("pin R =") {
-        p += "P: mmap B 1u\nP: pin R = B[..] write\n";
+        p += "P: pin R = B[..] write\n";
+    }
+    if !line.contains("mirror M =") {
+        p += "P: mirror M = B[..]\n";
     }
     p
 }
@@ -193,6 +219,21 @@ fn header_block_values() {
     assert_eq!(swap, Some(64 << 20));
     assert_eq!(h.reverts.len(), 1);
     assert_eq!(h.reverts[0].value, "NAME");
+    assert_eq!(h.kernel(), thpsim_scenario::KernelVersion::V5_8);
+    assert!(h.kernel.is_some());
+    assert_eq!(
+        s.khugepaged_limits(None).unwrap(),
+        thpsim_scenario::KhugepagedLimits {
+            max_ptes_none: 511,
+            max_ptes_swap: 64,
+            max_ptes_shared: 256
+        }
+    );
+    let memory = h
+        .memory
+        .as_ref()
+        .map(|q| q.resolve(&thpsim_scenario::UnitSizes::X86_64).unwrap());
+    assert_eq!(memory, Some(2 << 30));
     assert!(s.items.is_empty());
 }
 

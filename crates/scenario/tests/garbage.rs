@@ -19,12 +19,14 @@ impl Rng {
 }
 
 const VALID: &str = "geometry tiny\nthp always\nzero-page off\nnodes 2\nhugetlb-pool 4\nswap 1m\nmemory 64m\nrevert split-pmd-page-lock\n\
+kernel 5.8\nkhugepaged max_ptes_none=3 max_ptes_swap=0 max_ptes_shared=2\n\
 process P\nP: mmap A 2h\nP: mmap H 1u hugetlb shared\nP: memfd F 1u\nP: mmap M 1u file=F shared\nP: fork C\n\
 P: madvise A[..] hugepage\nP: write A[0..2h] = 0x11\nP: read A[1p+17] == 0x11\nP: pin R = A[0..1h] write\n\
-device: write R[1p] = 0x44; device: read R[1p] == 0x44\nP: unpin R\nP: mprotect A[1h..2h] r\nP: move-pages A[0..1h] node=1\n\
+device: write R[1p] = 0x44; device: read R[1p] == 0x44\nP: unpin R\nP: pin S = A[..] write fast\nP: pin T = A[1h..]\nP: mirror N = A[1p..]\nmirror: write N[1p] = 0x45; mirror: read N[0] == 0\n\
+P: mprotect A[1h..2h] r\nP: move-pages A[0..1h] node=1\nP: move-pages A[..] node=0 all => efault\n\
 P: mlock A[..]; P: munlock A[..]\ntogether\n  thread P: write A[1p] = 0x33; read A[1p] == 0x33\n  thread C: munmap A[..]\n\
   thread kernel: split-huge-page C A[0]\nend\nkernel: khugepaged P A[..]\nkernel: reclaim P A[..] => ok\nkernel: deferred-split\n\
-expect P A[0] thp-pmd\nexpect P A[1p] mapcount 2\nexpect P A[1p] same C A[1p]\nexpect P A[1p] node 1\nshow P A[0..2h]\nC: exit\n";
+expect P A[0] thp-pmd\nexpect P A[1p] mapcount 2\nexpect P A[1p] same C A[1p]\nexpect P A[1p] node 1\nexpect P A[0] mlocked\nshow P A[0..2h]\nC: exit\n";
 
 const SOUP: &[&str] = &[
     "P",
@@ -98,6 +100,19 @@ const SOUP: &[&str] = &[
     "..]",
     "[..",
     "1h+3p+17",
+    "kernel 5.8",
+    "3.16",
+    "khugepaged",
+    "max_ptes_none=1",
+    "max_ptes_shared",
+    "mirror",
+    "M",
+    "fast",
+    "all",
+    "efault",
+    "mlocked",
+    "0.5",
+    ".",
 ];
 
 #[test]

@@ -124,6 +124,79 @@ fn unsupported_features_exit_2_not_yet() {
 }
 
 #[test]
+fn later_language_features_exit_2_not_yet() {
+    for (name, src, line, what) in [
+        (
+            "k316.thp",
+            "kernel 3.16\nprocess P\nP: mmap A 1h\n",
+            1,
+            "`kernel 3.16` is not supported yet",
+        ),
+        (
+            "mirror.thp",
+            "process P\nP: mmap A 1h\nP: mirror M = A[..]\nmirror: write M[0] = 1\n",
+            3,
+            "`mirror` is not supported yet",
+        ),
+        (
+            "pin_fast.thp",
+            "process P\nP: mmap A 1h\nP: pin R = A[..] write fast\n",
+            3,
+            "not supported yet",
+        ),
+        (
+            "pin_read.thp",
+            "process P\nP: mmap A 1h\nP: pin R = A[..]\n",
+            3,
+            "not supported yet",
+        ),
+    ] {
+        let p = write_tmp(name, src);
+        let out = thpsim(&["run", p.to_str().expect("utf8")]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("line {line},")) && stderr.contains(what),
+            "{name}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn khugepaged_limits_follow_the_geometry() {
+    // Accepted (no khugepaged runs, so they change nothing) where they fit ...
+    let p = write_tmp(
+        "limits.thp",
+        "kernel 5.8\nkhugepaged max_ptes_none=511 max_ptes_swap=64\nprocess P\nP: mmap A 1h\nP: write A[0] = 1\nexpect P A[0] thp-pmd\n",
+    );
+    let p = p.to_str().expect("utf8");
+    let out = thpsim(&["run", p]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // ... and invalid input in a geometry where HPAGE_PMD_NR-1 is smaller.
+    let out = thpsim(&["run", p, "--geometry", "tiny"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("line 2, column 12") && stderr.contains("HPAGE_PMD_NR-1 = 3"),
+        "{stderr}"
+    );
+    // The same for pins and mirrors, whose lengths follow the geometry.
+    let p = write_tmp(
+        "device_geometry.thp",
+        "process P\nP: mmap A 1u\nP: pin R = A[0..4h] write\ndevice: read R[1k]\n",
+    );
+    let out = thpsim(&["run", p.to_str().expect("utf8"), "--geometry", "tiny"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 4,"), "{stderr}");
+}
+
+#[test]
 fn list_and_fixes() {
     let out = thpsim(&["list"]);
     assert_eq!(out.status.code(), Some(0));

@@ -15,15 +15,14 @@
 //! geometry, the reverted fixes and hashes of the build and the scenario.
 
 pub mod coverage;
+pub mod sched;
 pub mod token;
 
 use crate::run::{
     configure, install_oops_hook, Interleaving, Machine, Record, RunOptions, RunReport,
 };
 use serde::Serialize;
-use shuttle::scheduler::{
-    DfsScheduler, PctScheduler, RandomScheduler, Schedule, Scheduler, Task, TaskId,
-};
+use shuttle::scheduler::{DfsScheduler, RandomScheduler, Schedule, Scheduler, Task, TaskId};
 use std::collections::{BTreeSet, HashSet};
 use std::hash::{Hash, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -183,9 +182,11 @@ impl<S: Scheduler> Scheduler for Recorder<S> {
         if sh.stop {
             return None;
         }
-        sh.log = ExecLog::default();
         drop(sh);
-        self.inner.new_execution()
+        // The log keeps the last execution's decisions when the search ends.
+        let next = self.inner.new_execution()?;
+        self.shared.lock().unwrap_or_else(|p| p.into_inner()).log = ExecLog::default();
+        Some(next)
     }
 
     fn next_task(
@@ -208,47 +209,6 @@ impl<S: Scheduler> Scheduler for Recorder<S> {
 
     fn next_u64(&mut self) -> u64 {
         self.inner.next_u64()
-    }
-}
-
-/// A uniformly random choice at every decision, from a seeded splitmix64
-/// stream (shuttle's own random scheduler prints to stderr when stopped early).
-struct Uniform {
-    state: u64,
-    left: usize,
-}
-
-impl Uniform {
-    fn next(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-}
-
-impl Scheduler for Uniform {
-    fn new_execution(&mut self) -> Option<Schedule> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        Some(Schedule::new(self.state))
-    }
-
-    fn next_task(
-        &mut self,
-        runnable: &[&Task],
-        _current: Option<TaskId>,
-        _y: bool,
-    ) -> Option<TaskId> {
-        let i = (self.next() % runnable.len().max(1) as u64) as usize;
-        runnable.get(i).map(|t| t.id())
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        self.next()
     }
 }
 
@@ -550,6 +510,24 @@ fn replay_switches(p: &Prepared, sw: &Switches) -> (Outputs, Switches, bool) {
     (o, actual, failed)
 }
 
+/// The decisions of the default schedule (no switch).
+fn probe_decisions(p: &Prepared) -> usize {
+    let shared = Arc::new(Mutex::new(Shared::default()));
+    let sched = SwitchReplay {
+        switches: Default::default(),
+        point: 0,
+        started: false,
+    };
+    drive(p, sched, None, shared.clone(), None);
+    let n = shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .log
+        .points
+        .len();
+    n
+}
+
 /// Removes switches while the same failure still occurs.
 fn shrink(p: &Prepared, start: Switches, sig: &str) -> Switches {
     let mut best = start;
@@ -593,39 +571,36 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
     install_oops_hook();
     let _quiet = QuietPanics::new();
     let p = prepare(scn, &opts.run)?;
-    let seed = match opts.shard {
-        Some((i, _)) => opts.seed ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        None => opts.seed,
-    };
-    let iterations = match opts.shard {
-        Some((i, n)) => {
-            opts.iterations / n as usize + usize::from((i as usize) < opts.iterations % n as usize)
-        }
-        None => opts.iterations,
-    };
+    let seed = opts.seed;
+    let mut slice = sched::Slice::all(opts.iterations);
+    if let Some((i, n)) = opts.shard {
+        slice = slice.shard(i, n);
+    }
     let shared = Arc::new(Mutex::new(Shared::default()));
     let start = Instant::now();
     let (outputs, failed) = match opts.strategy {
-        Strategy::Pct => drive(
-            &p,
-            PctScheduler::new_from_seed(seed, opts.depth, iterations),
-            opts.time,
-            shared.clone(),
-            opts.progress.clone(),
-        ),
+        Strategy::Pct => {
+            // PCT draws its change points from the decisions of an execution:
+            // count them once in the default schedule (every shard the same).
+            let k = probe_decisions(&p);
+            drive(
+                &p,
+                sched::Pct::new(seed, opts.depth, k as u64, slice),
+                opts.time,
+                shared.clone(),
+                opts.progress.clone(),
+            )
+        }
         Strategy::Random => drive(
             &p,
-            Uniform {
-                state: seed,
-                left: iterations,
-            },
+            sched::Uniform::new(seed, slice),
             opts.time,
             shared.clone(),
             opts.progress.clone(),
         ),
         Strategy::Dfs => drive(
             &p,
-            DfsScheduler::new(Some(iterations), false),
+            DfsScheduler::new(slice.len().map(|n| n as usize), false),
             opts.time,
             shared.clone(),
             opts.progress.clone(),

@@ -178,7 +178,7 @@ struct Recorder<S> {
 
 impl<S: Scheduler> Scheduler for Recorder<S> {
     fn new_execution(&mut self) -> Option<Schedule> {
-        let mut sh = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let sh = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         if sh.stop {
             return None;
         }
@@ -600,7 +600,7 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
         ),
         Strategy::Dfs => drive(
             &p,
-            DfsScheduler::new(slice.len().map(|n| n as usize), false),
+            DfsScheduler::new(slice.count().map(|n| n as usize), false),
             opts.time,
             shared.clone(),
             opts.progress.clone(),

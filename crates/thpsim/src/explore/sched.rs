@@ -66,7 +66,7 @@ impl Slice {
         }
     }
     /// How many executions the slice holds (`None`: unbounded).
-    pub fn len(&self) -> Option<u64> {
+    pub fn count(&self) -> Option<u64> {
         self.end
             .map(|end| end.saturating_sub(self.start).div_ceil(self.step))
     }
@@ -226,8 +226,8 @@ mod tests {
             .collect();
         seen.sort();
         assert_eq!(seen, (0..10).collect::<Vec<_>>());
-        assert_eq!(all.shard(1, 4).len(), Some(3));
-        assert_eq!(all.shard(3, 4).len(), Some(2));
+        assert_eq!(all.shard(1, 4).count(), Some(3));
+        assert_eq!(all.shard(3, 4).count(), Some(2));
         // Shards of shards (jobs inside a shard) partition the shard.
         let s = all.shard(1, 2);
         let mut sub: Vec<u64> = (0..3)

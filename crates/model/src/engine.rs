@@ -15,8 +15,125 @@
 //!   which the model's locks (spinlock, rwsem, page lock) are built as *blocking*
 //!   primitives (waiters sleep; nobody spins).
 //!
+//! Under exploration every scheduling point also says what the step after it
+//! touches ([`footprint`]), so the explorer can tell which steps commute.
+//!
 //! Leaves out: memory orderings. Every access is sequentially consistent; the
 //! model explores interleavings, not weak-memory reorderings.
+
+/// What the step after each scheduling point touches, for the explorer's
+/// partial-order reduction (two steps that touch different objects, or only
+/// read the same one, commute).
+///
+/// A *step* runs from one scheduling point of a thread to its next. It begins
+/// with the operation the point was offered for ([`footprint::op`], set just
+/// before the point) and may touch state that is no scheduling point of its
+/// own ([`footprint::hidden`]: frame bytes, TLBs, the arenas of mms and
+/// anon_vmas). State guarded by a model lock needs no note: every access to
+/// it follows the lock operation, which conflicts with the other holders'.
+///
+/// Objects are numbered in the order they are created within an execution
+/// ([`footprint::next_id`], reset at the start of each), so the same object
+/// has the same number in every execution that created the same objects in
+/// the same order; a few fixed objects have numbers of their own
+/// ([`footprint::Obj`]). Only engines with `FOOTPRINTS` record anything; the
+/// state is per OS thread (one execution at a time runs on one).
+pub mod footprint {
+    use std::cell::{Cell, RefCell};
+
+    /// An object a step touches.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub enum Obj {
+        /// An engine atomic or monitor, by creation number.
+        Id(u32),
+        /// A CPU's TLB.
+        Tlb(u32),
+        /// The bytes of a frame.
+        Frame(u64),
+        /// The arena of mms or of anon_vmas (creation).
+        Arena(u8),
+        /// Anything: a point whose step the engine cannot describe (thread
+        /// creation and exit, the engine's own bookkeeping).
+        All,
+        /// Nothing: a step that touches no shared state.
+        Nothing,
+    }
+
+    /// One access.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct Access {
+        pub obj: Obj,
+        pub write: bool,
+    }
+
+    thread_local! {
+        static NEXT: Cell<u32> = const { Cell::new(0) };
+        static OP: Cell<Option<Access>> = const { Cell::new(None) };
+        static HIDDEN: RefCell<Vec<Access>> = const { RefCell::new(Vec::new()) };
+        static ON: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Starts an execution: numbering from 0, nothing pending, recording on.
+    pub fn reset() {
+        NEXT.with(|n| n.set(0));
+        OP.with(|o| o.set(None));
+        HIDDEN.with(|h| h.borrow_mut().clear());
+        ON.with(|o| o.set(true));
+    }
+
+    /// Stops recording (outside exploration).
+    pub fn stop() {
+        ON.with(|o| o.set(false));
+        HIDDEN.with(|h| h.borrow_mut().clear());
+    }
+
+    /// The number of the next object created.
+    pub fn next_id() -> u32 {
+        NEXT.with(|n| {
+            let v = n.get();
+            n.set(v.wrapping_add(1));
+            v
+        })
+    }
+
+    /// The operation the coming scheduling point is offered for.
+    #[inline]
+    pub fn op(obj: Obj, write: bool) {
+        OP.with(|o| o.set(Some(Access { obj, write })));
+    }
+
+    /// The coming scheduling point's step touches nothing (a parked thread
+    /// resuming only to retry).
+    #[inline]
+    pub fn op_none() {
+        OP.with(|o| {
+            o.set(Some(Access {
+                obj: Obj::Nothing,
+                write: false,
+            }))
+        });
+    }
+
+    /// Takes the pending operation (the explorer, at a scheduling point);
+    /// `None` when the point was not annotated (then the step may touch
+    /// anything).
+    pub fn take_op() -> Option<Access> {
+        OP.with(|o| o.take())
+    }
+
+    /// A step touches `obj` without a scheduling point of its own.
+    #[inline]
+    pub fn hidden(obj: Obj, write: bool) {
+        if ON.with(|o| o.get()) {
+            HIDDEN.with(|h| h.borrow_mut().push(Access { obj, write }));
+        }
+    }
+
+    /// Takes the hidden accesses recorded since the last call.
+    pub fn take_hidden() -> Vec<Access> {
+        HIDDEN.with(|h| std::mem::take(&mut *h.borrow_mut()))
+    }
+}
 
 /// A 64-bit atomic word. All operations are sequentially consistent.
 pub trait Atomic: Send + Sync + 'static {
@@ -83,6 +200,26 @@ pub trait Engine: Send + Sync + Sized + 'static {
     /// CPU). Nothing on engines without scheduling.
     #[inline]
     fn schedule_point() {}
+
+    /// Whether this engine records step footprints ([`footprint`]).
+    const FOOTPRINTS: bool = false;
+
+    /// A scheduling point whose step begins by touching `obj`.
+    #[inline]
+    fn schedule_point_on(obj: footprint::Obj, write: bool) {
+        if Self::FOOTPRINTS {
+            footprint::op(obj, write);
+        }
+        Self::schedule_point();
+    }
+
+    /// A step touches `obj`, which is no scheduling point of its own.
+    #[inline]
+    fn touch(obj: footprint::Obj, write: bool) {
+        if Self::FOOTPRINTS {
+            footprint::hidden(obj, write);
+        }
+    }
 }
 
 /// The standard library engine: real threads, real mutexes.
@@ -195,6 +332,7 @@ impl Engine for ShuttleEngine {
     type Atomic = ShuttleAtomic;
     type Monitor<S: Send + 'static> = ShuttleMonitor<S>;
     const NAME: &'static str = "shuttle";
+    const FOOTPRINTS: bool = true;
 
     fn schedule_point() {
         shuttle_engine::runtime::thread::switch();
@@ -213,86 +351,126 @@ impl Engine for ShuttleEngine {
 /// The exploration engine's atomic word: a std atomic behind a shuttle
 /// scheduling point. Each operation is one point (as with shuttle's own
 /// atomics, which do the same and also keep vector clocks the model does not
-/// use); [`Atomic::peek`] is none.
-pub struct ShuttleAtomic(std::sync::atomic::AtomicU64);
+/// use) and names the word and whether it writes ([`footprint`]);
+/// [`Atomic::peek`] is none.
+pub struct ShuttleAtomic {
+    v: std::sync::atomic::AtomicU64,
+    id: u32,
+}
 
-impl Atomic for ShuttleAtomic {
-    fn new(v: u64) -> Self {
-        ShuttleAtomic(std::sync::atomic::AtomicU64::new(v))
-    }
-    fn load(&self) -> u64 {
-        ShuttleEngine::schedule_point();
-        self.0.load(SC)
-    }
-    fn store(&self, v: u64) {
-        ShuttleEngine::schedule_point();
-        self.0.store(v, SC)
-    }
-    fn swap(&self, v: u64) -> u64 {
-        ShuttleEngine::schedule_point();
-        self.0.swap(v, SC)
-    }
-    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
-        ShuttleEngine::schedule_point();
-        self.0.compare_exchange(current, new, SC, SC)
-    }
-    fn fetch_add(&self, v: u64) -> u64 {
-        ShuttleEngine::schedule_point();
-        self.0.fetch_add(v, SC)
-    }
-    fn fetch_sub(&self, v: u64) -> u64 {
-        ShuttleEngine::schedule_point();
-        self.0.fetch_sub(v, SC)
-    }
-    fn fetch_or(&self, v: u64) -> u64 {
-        ShuttleEngine::schedule_point();
-        self.0.fetch_or(v, SC)
-    }
-    fn fetch_and(&self, v: u64) -> u64 {
-        ShuttleEngine::schedule_point();
-        self.0.fetch_and(v, SC)
-    }
-    fn peek(&self) -> u64 {
-        self.0.load(SC)
+impl ShuttleAtomic {
+    #[inline]
+    fn point(&self, write: bool) {
+        ShuttleEngine::schedule_point_on(footprint::Obj::Id(self.id), write);
     }
 }
 
-/// [`Monitor`] over shuttle's `Mutex` and `Condvar`.
+impl Atomic for ShuttleAtomic {
+    fn new(v: u64) -> Self {
+        ShuttleAtomic {
+            v: std::sync::atomic::AtomicU64::new(v),
+            id: footprint::next_id(),
+        }
+    }
+    fn load(&self) -> u64 {
+        self.point(false);
+        self.v.load(SC)
+    }
+    fn store(&self, v: u64) {
+        self.point(true);
+        self.v.store(v, SC)
+    }
+    fn swap(&self, v: u64) -> u64 {
+        self.point(true);
+        self.v.swap(v, SC)
+    }
+    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
+        self.point(true);
+        self.v.compare_exchange(current, new, SC, SC)
+    }
+    fn fetch_add(&self, v: u64) -> u64 {
+        self.point(true);
+        self.v.fetch_add(v, SC)
+    }
+    fn fetch_sub(&self, v: u64) -> u64 {
+        self.point(true);
+        self.v.fetch_sub(v, SC)
+    }
+    fn fetch_or(&self, v: u64) -> u64 {
+        self.point(true);
+        self.v.fetch_or(v, SC)
+    }
+    fn fetch_and(&self, v: u64) -> u64 {
+        self.point(true);
+        self.v.fetch_and(v, SC)
+    }
+    fn peek(&self) -> u64 {
+        self.v.load(SC)
+    }
+}
+
+/// [`Monitor`] for the exploration engine: the state behind one scheduling
+/// point per operation, and waiters that block (shuttle's task states, so a
+/// thread waiting for a state is not runnable, never spins, and shuttle sees
+/// a deadlock when every thread waits). Every execution runs on one OS
+/// thread, so the std mutexes inside are never contended.
 pub struct ShuttleMonitor<S> {
-    inner: shuttle::sync::Mutex<(S, usize)>,
-    cv: shuttle::sync::Condvar,
+    state: std::sync::Mutex<S>,
+    waiters: std::sync::Mutex<Vec<shuttle_engine::runtime::task::TaskId>>,
+    id: u32,
+}
+
+impl<S> ShuttleMonitor<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, S> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Makes every waiter runnable again (each retries its condition).
+    fn wake(&self) {
+        let waiters = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|p| p.into_inner()));
+        if !waiters.is_empty() {
+            shuttle_engine::runtime::execution::ExecutionState::with(|s| {
+                for t in waiters {
+                    s.get_mut(t).unblock();
+                }
+            });
+        }
+    }
 }
 
 impl<S: Send + 'static> Monitor<S> for ShuttleMonitor<S> {
     fn new(state: S) -> Self {
         ShuttleMonitor {
-            inner: shuttle::sync::Mutex::new((state, 0)),
-            cv: shuttle::sync::Condvar::new(),
+            state: std::sync::Mutex::new(state),
+            waiters: std::sync::Mutex::new(Vec::new()),
+            id: footprint::next_id(),
         }
     }
     fn update<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let r = f(&mut g.0);
-        let waiters = g.1;
-        drop(g);
-        if waiters > 0 {
-            self.cv.notify_all();
-        }
+        ShuttleEngine::schedule_point_on(footprint::Obj::Id(self.id), true);
+        let r = f(&mut self.lock());
+        self.wake();
         r
     }
     fn inspect<R>(&self, f: impl FnOnce(&S) -> R) -> R {
-        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        f(&g.0)
+        ShuttleEngine::schedule_point_on(footprint::Obj::Id(self.id), false);
+        f(&self.lock())
     }
     fn wait_until<R>(&self, mut f: impl FnMut(&mut S) -> Option<R>) -> R {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        use shuttle_engine::runtime::execution::ExecutionState;
         loop {
-            if let Some(r) = f(&mut g.0) {
+            ShuttleEngine::schedule_point_on(footprint::Obj::Id(self.id), true);
+            if let Some(r) = f(&mut self.lock()) {
                 return r;
             }
-            g.1 += 1;
-            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
-            g.1 -= 1;
+            let me = ExecutionState::me();
+            self.waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(me);
+            ExecutionState::with(|s| s.current_mut().block(false));
+            // Resuming only leads to the retry above, which has its own point.
+            footprint::op_none();
+            shuttle_engine::runtime::thread::switch();
         }
     }
 }

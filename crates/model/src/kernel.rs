@@ -228,6 +228,7 @@ impl<E: Engine> Kernel<E> {
         self.mms.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
     pub(crate) fn register_mm(&self, make: impl FnOnce(MmId) -> MmStruct<E>) -> Arc<MmStruct<E>> {
+        E::touch(crate::engine::footprint::Obj::Arena(0), true);
         let mut mms = self.mms.write().unwrap_or_else(|p| p.into_inner());
         let mm = Arc::new(make(MmId(mms.len())));
         mms.push(mm.clone());
@@ -247,6 +248,7 @@ impl<E: Engine> Kernel<E> {
         &self,
         make: impl FnOnce(AnonVmaId) -> AnonVma<E>,
     ) -> Arc<AnonVma<E>> {
+        E::touch(crate::engine::footprint::Obj::Arena(1), true);
         let mut avs = self.anon_vmas.write().unwrap_or_else(|p| p.into_inner());
         let av = Arc::new(make(AnonVmaId(avs.len())));
         avs.push(av.clone());
@@ -254,6 +256,7 @@ impl<E: Engine> Kernel<E> {
     }
 
     pub(crate) fn new_vma_id(&self) -> VmaId {
+        E::touch(crate::engine::footprint::Obj::Arena(2), true);
         VmaId(self.next_vma.fetch_add(1, SeqCst))
     }
 }

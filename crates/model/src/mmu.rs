@@ -15,6 +15,7 @@
 //! caches, stack expansion, protection keys.
 
 use crate::cpu::Cpu;
+use crate::engine::footprint::Obj;
 use crate::engine::{Atomic, Engine};
 use crate::memory::{FaultFlags, VmFault};
 use crate::mm_types::{vm, MmStruct};
@@ -69,6 +70,7 @@ pub enum Access {
 
 impl<E: Engine> Cpu<E> {
     fn tlb(&self) -> std::sync::MutexGuard<'_, Tlb> {
+        E::touch(Obj::Tlb(self.id.0 as u32), true);
         self.k.tlbs[self.id.0]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -84,11 +86,12 @@ impl<E: Engine> Cpu<E> {
     ) -> Result<u8, AccessError> {
         let write = matches!(access, Access::Write(_));
         // Another CPU may run between two user instructions.
-        E::schedule_point();
+        E::schedule_point_on(Obj::Tlb(self.id.0 as u32), false);
         let _active = self.user_active();
         let e = self.user_translate(mm, addr, write)?;
         let off = addr.0 & (self.k.geo.page_size() - 1);
         let words = self.page(e.pfn).words(self.k.geo.page_size());
+        E::touch(Obj::Frame(e.pfn.0), write);
         Ok(match access {
             Access::Read => read_byte(words, off),
             Access::Write(v) => {
@@ -108,11 +111,12 @@ impl<E: Engine> Cpu<E> {
         len: u64,
         v: u8,
     ) -> Result<(), AccessError> {
-        E::schedule_point();
+        E::schedule_point_on(Obj::Tlb(self.id.0 as u32), false);
         let _active = self.user_active();
         let e = self.user_translate(mm, addr, true)?;
         let off = addr.0 & (self.k.geo.page_size() - 1);
         let words = self.page(e.pfn).words(self.k.geo.page_size());
+        E::touch(Obj::Frame(e.pfn.0), true);
         self.touch_data(e.pfn);
         fill_bytes(words, off, off + len, v);
         Ok(())
@@ -125,11 +129,12 @@ impl<E: Engine> Cpu<E> {
         addr: VirtAddr,
         len: u64,
     ) -> Result<Vec<u8>, AccessError> {
-        E::schedule_point();
+        E::schedule_point_on(Obj::Tlb(self.id.0 as u32), false);
         let _active = self.user_active();
         let e = self.user_translate(mm, addr, false)?;
         let off = addr.0 & (self.k.geo.page_size() - 1);
         let words = self.page(e.pfn).words(self.k.geo.page_size());
+        E::touch(Obj::Frame(e.pfn.0), false);
         Ok((off..off + len).map(|o| read_byte(words, o)).collect())
     }
 
@@ -293,7 +298,9 @@ impl<E: Engine> Cpu<E> {
         let order = std::iter::once(me).chain((0..self.k.tlbs.len()).filter(|&c| c != me));
         for c in order {
             if c != me {
-                E::schedule_point();
+                E::schedule_point_on(Obj::Tlb(c as u32), true);
+            } else {
+                E::touch(Obj::Tlb(c as u32), true);
             }
             let mut tlb = self.k.tlbs[c].lock().unwrap_or_else(|p| p.into_inner());
             tlb.map.retain(|k, _| keep(k));

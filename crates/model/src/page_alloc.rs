@@ -13,6 +13,7 @@
 //! flags beyond "zeroed".
 
 use crate::cpu::Cpu;
+use crate::engine::footprint::Obj;
 use crate::engine::{Atomic, Engine, Monitor};
 use crate::page::{pg, Page};
 use crate::types::{Geometry, Pfn};
@@ -274,6 +275,7 @@ impl<E: Engine> Cpu<E> {
     /// Models clear_page()/clear_user_highpage().
     pub fn clear_page(&self, pfn: Pfn) {
         self.touch_data(pfn);
+        E::touch(Obj::Frame(pfn.0), true);
         for w in self.page(pfn).words(self.k.geo.page_size()) {
             w.store(0, std::sync::atomic::Ordering::Relaxed);
         }
@@ -283,6 +285,8 @@ impl<E: Engine> Cpu<E> {
     pub fn copy_page(&self, dst: Pfn, src: Pfn) {
         self.touch_data(dst);
         let ps = self.k.geo.page_size();
+        E::touch(Obj::Frame(src.0), false);
+        E::touch(Obj::Frame(dst.0), true);
         let (d, s) = (self.page(dst).words(ps), self.page(src).words(ps));
         for (dw, sw) in d.iter().zip(s) {
             dw.store(

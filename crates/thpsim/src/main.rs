@@ -27,8 +27,15 @@ enum GeometryArg {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum StrategyArg {
+    /// Probabilistic concurrency testing (a bug depth: --depth).
     Pct,
+    /// A uniformly random choice at every decision.
     Random,
+    /// Every schedule with at most --preemptions preemptions, less those
+    /// equivalent to one already run: a complete search of that bound.
+    Bounded,
+    /// Retired: it only varied the last few decisions (use `bounded`).
+    #[value(hide = true)]
     Dfs,
 }
 
@@ -67,6 +74,9 @@ enum Command {
         /// PCT's bug depth.
         #[arg(long, default_value_t = 3)]
         depth: usize,
+        /// The preemption bound of `--strategy bounded`.
+        #[arg(long, default_value_t = 2)]
+        preemptions: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Run slice I of N (`--shard 0/4`): deterministic, with its own seed.
@@ -270,6 +280,7 @@ fn main() -> ExitCode {
             iterations,
             time,
             depth,
+            preemptions,
             seed,
             shard,
             revert,
@@ -313,10 +324,21 @@ fn main() -> ExitCode {
                 eprintln!("error: --depth must be at least 1");
                 return ExitCode::from(2);
             }
-            // --time alone bounds the search by time only.
+            if matches!(strategy, StrategyArg::Dfs) {
+                eprintln!(
+                    "error: --strategy dfs is retired: it only ever varied the last few \
+                     decisions, so a clean run said almost nothing; --strategy bounded \
+                     --preemptions K searches every schedule of that bound"
+                );
+                return ExitCode::from(2);
+            }
+            let bounded = matches!(strategy, StrategyArg::Bounded);
+            // --time alone bounds the search by time only; a bounded search
+            // ends when it is exhaustive.
             let iterations = match (iterations, time) {
                 (Some(n), _) => n,
                 (None, Some(_)) => usize::MAX,
+                (None, None) if bounded => usize::MAX,
                 (None, None) => explore::ExploreOptions::default().iterations,
             };
             let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
@@ -352,6 +374,7 @@ fn main() -> ExitCode {
                 strategy: match strategy {
                     StrategyArg::Pct => explore::Strategy::Pct,
                     StrategyArg::Random => explore::Strategy::Random,
+                    StrategyArg::Bounded => explore::Strategy::Bounded { preemptions },
                     StrategyArg::Dfs => explore::Strategy::Dfs,
                 },
                 iterations,

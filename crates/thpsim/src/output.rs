@@ -235,6 +235,30 @@ pub fn explore_text(r: &crate::explore::ExploreReport) -> String {
     for b in &r.coverage {
         out.push_str(&crate::explore::coverage::text(b));
     }
+    if let (Some(b), None) = (&r.bounded, &r.found) {
+        let _ = if b.complete {
+            writeln!(
+                out,
+                "ok: exhaustive up to {} preemption{}: {} schedules, {} pruned, no failure ({:.2}s)",
+                b.preemptions,
+                if b.preemptions == 1 { "" } else { "s" },
+                b.schedules,
+                b.pruned,
+                r.elapsed_ms as f64 / 1000.0
+            )
+        } else {
+            writeln!(
+                out,
+                "ok: no failure, but NOT exhaustive: the search up to {} preemptions stopped \
+                 after {} schedules ({} pruned) in {:.2}s, before the bound was covered",
+                b.preemptions,
+                b.schedules,
+                b.pruned,
+                r.elapsed_ms as f64 / 1000.0
+            )
+        };
+        return out;
+    }
     let verdict = if r.found.is_some() {
         "FAILED"
     } else {

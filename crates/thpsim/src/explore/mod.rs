@@ -14,6 +14,7 @@
 //! runs instead. The replay token (`token`) carries the schedule, the
 //! geometry, the reverted fixes and hashes of the build and the scenario.
 
+pub mod bounded;
 pub mod coverage;
 pub mod sched;
 pub mod token;
@@ -42,6 +43,9 @@ pub enum Strategy {
     Random,
     /// Depth-first enumeration of all schedules (bounded by the iterations).
     Dfs,
+    /// Every schedule with at most `preemptions` preemptions, less those
+    /// equivalent to one already run (`bounded`).
+    Bounded { preemptions: usize },
 }
 
 impl Strategy {
@@ -50,6 +54,7 @@ impl Strategy {
             Strategy::Pct => "pct",
             Strategy::Random => "random",
             Strategy::Dfs => "dfs",
+            Strategy::Bounded { .. } => "bounded",
         }
     }
 }
@@ -119,6 +124,9 @@ pub struct ExploreReport {
     pub distinct: usize,
     pub elapsed_ms: u128,
     pub found: Option<Found>,
+    /// The counts of a bounded search.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bounded: Option<bounded::BoundedStats>,
     /// What the search reached, per `together` block (with warnings when it
     /// did not race the threads).
     pub coverage: Vec<coverage::BlockCoverage>,
@@ -578,7 +586,20 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
     }
     let shared = Arc::new(Mutex::new(Shared::default()));
     let start = Instant::now();
+    let bounded_stats = Arc::new(Mutex::new(bounded::BoundedStats::default()));
     let (outputs, failed) = match opts.strategy {
+        Strategy::Bounded { preemptions } => {
+            let limit = (opts.iterations != usize::MAX).then_some(opts.iterations as u64);
+            let r = drive(
+                &p,
+                bounded::Bounded::new(preemptions, limit, bounded_stats.clone()),
+                opts.time,
+                shared.clone(),
+                opts.progress.clone(),
+            );
+            thpsim_model::engine::footprint::stop();
+            r
+        }
         Strategy::Pct => {
             // PCT draws its change points from the decisions of an execution:
             // count them once in the default schedule (every shard the same).
@@ -640,6 +661,19 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
         distinct,
         elapsed_ms: start.elapsed().as_millis(),
         found,
+        bounded: match opts.strategy {
+            Strategy::Bounded { preemptions } => {
+                let mut b = *bounded_stats.lock().unwrap_or_else(|p| p.into_inner());
+                b.preemptions = preemptions;
+                // The search also ends when an execution had no decision.
+                if executions == 1 && b.schedules == 0 {
+                    b.schedules = 1;
+                    b.complete = true;
+                }
+                Some(b)
+            }
+            _ => None,
+        },
         coverage: reached,
     })
 }

@@ -1,0 +1,459 @@
+//! The bounded-exhaustive strategy: every schedule of the `together` blocks
+//! with at most K preemptions (iterative context bounding, as CHESS does),
+//! less the schedules that are equivalent to one already run.
+//!
+//! **The tree.** A *decision* is a scheduling point where two or more threads
+//! could run. Choosing a thread other than the running one while the running
+//! one could go on is a *preemption*; choosing when the running thread blocked
+//! or finished is free. The search is a depth-first walk of the decision tree:
+//! each execution replays the choices of the current path, then takes the
+//! default (keep running the current thread, or the lowest runnable one) to
+//! the end; the next execution backtracks to the deepest decision with an
+//! untried choice the budget allows.
+//!
+//! **The reduction.** Each step of a thread (from one of its scheduling
+//! points to the next) touches objects the model names
+//! (`thpsim_model::engine::footprint`: the atomic or lock the point was for,
+//! and the frame bytes, TLBs and arenas the step touched on the way). Two
+//! steps are *dependent* when they touch a common object and one of them
+//! writes it. Two schedule prefixes that order every pair of dependent steps
+//! the same way (the same Mazurkiewicz trace) reach the same state. At each
+//! decision the search computes the trace's fingerprint: every step as (its
+//! thread, its index in that thread, what it touched, and for each other
+//! thread how many of that thread's steps happen before it), summed. If an
+//! equivalent prefix was met before with the same running thread and at
+//! least as many preemptions left, every continuation from here within the
+//! bound was already run from there (the walk is depth first, so that subtree
+//! is finished): this decision's alternatives are *pruned*. The reduction
+//! never loses a schedule of the bound: the equivalent node had at least the
+//! budget this one has.
+//!
+//! The fingerprint is 128 bits; two different traces could collide with a
+//! probability of about n²/2¹²⁸ for n decisions, which the report does not
+//! hide (it is far below anything a run could reach).
+
+use shuttle::scheduler::{Schedule, Scheduler, Task, TaskId};
+use std::collections::HashMap;
+use thpsim_model::engine::footprint::{self, Access, Obj};
+
+/// One decision on the current path.
+#[derive(Debug)]
+struct Node {
+    /// The runnable threads: the running one first when it could go on,
+    /// then the others in ascending order.
+    options: Vec<usize>,
+    /// The running thread could go on (so every other choice preempts it).
+    current_runnable: bool,
+    /// The choice being explored.
+    next: usize,
+    /// Preemptions before this decision.
+    cost: usize,
+    /// An equivalent node was explored with at least this budget: no
+    /// alternative here.
+    covered: bool,
+}
+
+impl Node {
+    fn cost_of(&self, i: usize) -> usize {
+        usize::from(self.current_runnable && i > 0)
+    }
+}
+
+/// What each object was last touched by (vector clocks of steps).
+#[derive(Default, Clone)]
+struct ObjState {
+    write: Vec<u32>,
+    reads: Vec<u32>,
+}
+
+fn join(into: &mut Vec<u32>, other: &[u32]) {
+    if into.len() < other.len() {
+        into.resize(other.len(), 0);
+    }
+    for (a, b) in into.iter_mut().zip(other) {
+        *a = (*a).max(*b);
+    }
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The happens-before order of the steps of one execution, and the
+/// fingerprint of its trace.
+#[derive(Default)]
+struct Tracker {
+    clocks: Vec<Vec<u32>>,
+    counts: Vec<u32>,
+    objs: HashMap<Obj, ObjState>,
+    /// Join of every step so far (what an `All` step comes after).
+    global: Vec<u32>,
+    /// The last `All` step (what every step comes after).
+    last_all: Vec<u32>,
+    fingerprint: (u64, u64),
+}
+
+impl Tracker {
+    /// A step of thread `t` that touched `fp`.
+    fn step(&mut self, t: usize, fp: &[Access]) {
+        if self.clocks.len() <= t {
+            self.clocks.resize(t + 1, Vec::new());
+            self.counts.resize(t + 1, 0);
+        }
+        self.counts[t] += 1;
+        let mut vc = self.clocks[t].clone();
+        if vc.len() <= t {
+            vc.resize(t + 1, 0);
+        }
+        vc[t] = self.counts[t];
+        join(&mut vc, &self.last_all.clone());
+        let all = fp.iter().any(|a| a.obj == Obj::All);
+        if all {
+            join(&mut vc, &self.global.clone());
+        }
+        for a in fp {
+            if matches!(a.obj, Obj::All | Obj::Nothing) {
+                continue;
+            }
+            if let Some(st) = self.objs.get(&a.obj) {
+                join(&mut vc, &st.write);
+                if a.write {
+                    join(&mut vc, &st.reads);
+                }
+            }
+        }
+        for a in fp {
+            if matches!(a.obj, Obj::All | Obj::Nothing) {
+                continue;
+            }
+            let st = self.objs.entry(a.obj).or_default();
+            if a.write {
+                st.write = vc.clone();
+                st.reads.clear();
+            } else {
+                join(&mut st.reads, &vc);
+            }
+        }
+        if all {
+            self.last_all = vc.clone();
+        }
+        join(&mut self.global, &vc);
+        // The step's identity: thread, index, what it touched, what it
+        // comes after.
+        let mut h1 = mix(t as u64 ^ 0x5851_F42D_4C95_7F2D);
+        let mut h2 = mix(t as u64 ^ 0x1405_7B7E_F767_814F);
+        let mut feed = |v: u64| {
+            h1 = mix(h1 ^ v);
+            h2 = mix(h2.wrapping_add(v).rotate_left(17));
+        };
+        feed(u64::from(self.counts[t]));
+        for a in fp {
+            let (kind, v) = match a.obj {
+                Obj::Id(i) => (1u64, u64::from(i)),
+                Obj::Tlb(c) => (2, u64::from(c)),
+                Obj::Frame(f) => (3, f),
+                Obj::Arena(x) => (4, u64::from(x)),
+                Obj::All => (5, 0),
+                Obj::Nothing => (6, 0),
+            };
+            feed((kind << 56) ^ v ^ (u64::from(a.write) << 55));
+        }
+        for (u, c) in vc.iter().enumerate() {
+            if u != t {
+                feed(((u as u64) << 32) | u64::from(*c));
+            }
+        }
+        self.fingerprint.0 = self.fingerprint.0.wrapping_add(h1);
+        self.fingerprint.1 = self.fingerprint.1.wrapping_add(h2);
+        self.clocks[t] = vc;
+    }
+}
+
+/// The counts of a bounded search.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BoundedStats {
+    /// The preemption bound.
+    pub preemptions: usize,
+    /// Schedules run.
+    pub schedules: u64,
+    /// Alternatives not run because an equivalent prefix with at least the
+    /// same budget was explored.
+    pub pruned: u64,
+    /// The whole tree within the bound was explored.
+    pub complete: bool,
+}
+
+/// The bounded-exhaustive scheduler (see the module documentation).
+pub struct Bounded {
+    k: usize,
+    stack: Vec<Node>,
+    started: bool,
+    // Per execution:
+    pos: usize,
+    cost: usize,
+    covered: bool,
+    tracker: Tracker,
+    pending: Vec<Option<Access>>,
+    // Across executions:
+    seen: HashMap<(u64, u64, usize), usize>,
+    limit: Option<u64>,
+    stats: BoundedStats,
+    /// Where the counts are published (the scheduler itself is owned by the
+    /// engine while it runs).
+    out: std::sync::Arc<std::sync::Mutex<BoundedStats>>,
+}
+
+impl Bounded {
+    /// A search with at most `preemptions` preemptions, stopping after
+    /// `limit` schedules if given.
+    pub fn new(
+        preemptions: usize,
+        limit: Option<u64>,
+        out: std::sync::Arc<std::sync::Mutex<BoundedStats>>,
+    ) -> Bounded {
+        Bounded {
+            k: preemptions,
+            stack: Vec::new(),
+            started: false,
+            pos: 0,
+            cost: 0,
+            covered: false,
+            tracker: Tracker::default(),
+            pending: Vec::new(),
+            seen: HashMap::new(),
+            limit,
+            stats: BoundedStats {
+                preemptions,
+                ..BoundedStats::default()
+            },
+            out,
+        }
+    }
+
+    fn publish(&self) {
+        *self.out.lock().unwrap_or_else(|p| p.into_inner()) = self.stats;
+    }
+
+    /// Moves the path to the next unexplored choice; false when none is left.
+    fn backtrack(&mut self) -> bool {
+        while let Some(top) = self.stack.last_mut() {
+            if !top.covered {
+                let next = (top.next + 1..top.options.len())
+                    .find(|&i| top.cost + top.cost_of(i) <= self.k);
+                if let Some(i) = next {
+                    top.next = i;
+                    return true;
+                }
+            }
+            self.stack.pop();
+        }
+        false
+    }
+
+    /// The end of the step `current` was running, and the start of its next.
+    fn close_step(&mut self, current: Option<usize>) {
+        let Some(t) = current else {
+            footprint::take_hidden();
+            return;
+        };
+        if self.pending.len() <= t {
+            self.pending.resize(t + 1, None);
+        }
+        let first = self.pending[t].take().unwrap_or(Access {
+            obj: Obj::All,
+            write: true,
+        });
+        let mut fp = vec![first];
+        fp.extend(footprint::take_hidden());
+        self.tracker.step(t, &fp);
+        self.pending[t] = Some(footprint::take_op().unwrap_or(Access {
+            obj: Obj::All,
+            write: true,
+        }));
+    }
+}
+
+impl Scheduler for Bounded {
+    fn new_execution(&mut self) -> Option<Schedule> {
+        if self.started {
+            self.stats.schedules += 1;
+            if !self.backtrack() {
+                self.stats.complete = true;
+                self.publish();
+                return None;
+            }
+            self.publish();
+            if self.limit.is_some_and(|l| self.stats.schedules >= l) {
+                return None;
+            }
+        }
+        self.started = true;
+        self.pos = 0;
+        self.cost = 0;
+        self.covered = false;
+        self.tracker = Tracker::default();
+        self.pending.clear();
+        footprint::reset();
+        Some(Schedule::new(0))
+    }
+
+    fn next_task(
+        &mut self,
+        runnable: &[&Task],
+        current: Option<TaskId>,
+        _: bool,
+    ) -> Option<TaskId> {
+        let current = current.map(usize::from);
+        self.close_step(current);
+        if runnable.len() < 2 {
+            return runnable.first().map(|t| t.id());
+        }
+        let mut ids: Vec<usize> = runnable.iter().map(|t| usize::from(t.id())).collect();
+        ids.sort_unstable();
+        let choice = if self.pos < self.stack.len() {
+            let node = &self.stack[self.pos];
+            let mut recorded = node.options.clone();
+            recorded.sort_unstable();
+            assert_eq!(
+                recorded, ids,
+                "the model is not deterministic: decision {} offered other threads on replay",
+                self.pos
+            );
+            self.cost += node.cost_of(node.next);
+            node.options[node.next]
+        } else {
+            let current_runnable = current.is_some_and(|c| ids.contains(&c));
+            let mut options = Vec::with_capacity(ids.len());
+            if let Some(c) = current.filter(|_| current_runnable) {
+                options.push(c);
+            }
+            options.extend(ids.iter().copied().filter(|&t| Some(t) != current));
+            let mut node = Node {
+                options,
+                current_runnable,
+                next: 0,
+                cost: self.cost,
+                covered: self.covered,
+            };
+            if !node.covered {
+                let left = self.k - self.cost;
+                let (a, b) = self.tracker.fingerprint;
+                let key = (a, b, current.unwrap_or(usize::MAX));
+                match self.seen.get(&key) {
+                    Some(&had) if had >= left => {
+                        node.covered = true;
+                        self.covered = true;
+                        self.stats.pruned += (1..node.options.len())
+                            .filter(|&i| node.cost + node.cost_of(i) <= self.k)
+                            .count() as u64;
+                    }
+                    _ => {
+                        self.seen.insert(key, left);
+                    }
+                }
+            }
+            let c = node.options[0];
+            self.stack.push(node);
+            c
+        };
+        self.pos += 1;
+        Some(TaskId::from(choice))
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(id: u32, write: bool) -> Access {
+        Access {
+            obj: Obj::Id(id),
+            write,
+        }
+    }
+
+    fn fingerprint(steps: &[(usize, Access)]) -> (u64, u64) {
+        let mut t = Tracker::default();
+        for (th, acc) in steps {
+            t.step(*th, &[*acc]);
+        }
+        t.fingerprint
+    }
+
+    #[test]
+    fn commuting_steps_give_one_trace_and_conflicting_ones_two() {
+        // Independent: different objects.
+        assert_eq!(
+            fingerprint(&[(1, a(1, true)), (2, a(2, true))]),
+            fingerprint(&[(2, a(2, true)), (1, a(1, true))])
+        );
+        // Two reads of one object commute.
+        assert_eq!(
+            fingerprint(&[(1, a(1, false)), (2, a(1, false))]),
+            fingerprint(&[(2, a(1, false)), (1, a(1, false))])
+        );
+        // A write and a read of one object do not.
+        assert_ne!(
+            fingerprint(&[(1, a(1, true)), (2, a(1, false))]),
+            fingerprint(&[(2, a(1, false)), (1, a(1, true))])
+        );
+        // An `All` step orders everything around it.
+        let all = Access {
+            obj: Obj::All,
+            write: true,
+        };
+        assert_ne!(
+            fingerprint(&[(1, all), (2, a(2, true))]),
+            fingerprint(&[(2, a(2, true)), (1, all)])
+        );
+        // A longer independent interleaving: the same trace.
+        assert_eq!(
+            fingerprint(&[
+                (1, a(1, true)),
+                (2, a(2, true)),
+                (1, a(3, true)),
+                (2, a(1, false))
+            ]),
+            fingerprint(&[
+                (1, a(1, true)),
+                (1, a(3, true)),
+                (2, a(2, true)),
+                (2, a(1, false))
+            ])
+        );
+    }
+
+    #[test]
+    fn backtracking_respects_the_bound() {
+        let mut b = Bounded::new(1, None, Default::default());
+        b.stack = vec![
+            Node {
+                options: vec![1, 2, 3],
+                current_runnable: true,
+                next: 0,
+                cost: 0,
+                covered: false,
+            },
+            Node {
+                options: vec![2, 1],
+                current_runnable: true,
+                next: 0,
+                cost: 1,
+                covered: false,
+            },
+        ];
+        // The deeper node has no budget left for its preemption: the walk
+        // moves to the shallower one's next choice.
+        assert!(b.backtrack());
+        assert_eq!((b.stack.len(), b.stack[0].next), (1, 1));
+        assert!(b.backtrack());
+        assert_eq!(b.stack[0].next, 2);
+        assert!(!b.backtrack());
+    }
+}

@@ -218,20 +218,24 @@ fn shard_from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<(u64, u
         (None, None) => None,
         (Some(_), None) => {
             return Err(
-                "JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job) but THPSIM_SHARDS is                  not: the Job must set THPSIM_SHARDS to its completion count                  (.spec.completions)"
+                "JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job) but THPSIM_SHARDS is \
+                not: the Job must set THPSIM_SHARDS to its completion count \
+                (.spec.completions)"
                     .to_string(),
             )
         }
         (None, Some(_)) => {
             return Err(
-                "THPSIM_SHARDS is set but JOB_COMPLETION_INDEX is not: THPSIM_SHARDS is the                  shard count of a Kubernetes Indexed Job (use --shard I/N elsewhere)"
+                "THPSIM_SHARDS is set but JOB_COMPLETION_INDEX is not: THPSIM_SHARDS is the \
+                shard count of a Kubernetes Indexed Job (use --shard I/N elsewhere)"
                     .to_string(),
             )
         }
         (Some(i), Some(n)) => {
             if n == 0 || i >= n {
                 return Err(format!(
-                    "JOB_COMPLETION_INDEX={i} with THPSIM_SHARDS={n}: the index must be below                      the shard count (set THPSIM_SHARDS to the Job's .spec.completions)"
+                    "JOB_COMPLETION_INDEX={i} with THPSIM_SHARDS={n}: the index must be below \
+                    the shard count (set THPSIM_SHARDS to the Job's .spec.completions)"
                 ));
             }
             Some((i, n))
@@ -241,7 +245,8 @@ fn shard_from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<(u64, u
         (None, _, _) => None,
         (Some(_), None, _) => {
             return Err(
-                "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not: cannot tell                  the shard count (use --shard I/N)"
+                "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not: cannot tell \
+                the shard count (use --shard I/N)"
                     .to_string(),
             )
         }
@@ -252,7 +257,9 @@ fn shard_from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<(u64, u
             })?;
             if n == 0 || i >= n {
                 return Err(format!(
-                    "SLURM_ARRAY_TASK_ID={id} (less SLURM_ARRAY_TASK_MIN={min}) is not below                      SLURM_ARRAY_TASK_COUNT={n}: the array must be one contiguous range                      (--array=0-{})",
+                    "SLURM_ARRAY_TASK_ID={id} (less SLURM_ARRAY_TASK_MIN={min}) is not below \
+                    SLURM_ARRAY_TASK_COUNT={n}: the array must be one contiguous range \
+                    (--array=0-{})",
                     n.saturating_sub(1)
                 ));
             }

@@ -290,7 +290,7 @@ fn progress_bar(
         None => indicatif::ProgressBar::new_spinner(),
     };
     let template = if total.is_some() {
-        "{spinner} [{bar:30}] {pos}/{len} schedules, {msg}"
+        "{spinner} {pos}/{len} schedules, {msg} [{wide_bar}]"
     } else {
         "{spinner} {pos} schedules, {msg}"
     };
@@ -302,8 +302,12 @@ fn progress_bar(
     bar.enable_steady_tick(std::time::Duration::from_millis(200));
     let start = std::time::Instant::now();
     let b = bar.clone();
+    // Jobs report from their threads, not always in order: show only news.
+    let shown = std::sync::atomic::AtomicUsize::new(0);
     let update = move |p: explore::Progress| {
-        if !(p.executions.is_multiple_of(16) || p.executions < 16) {
+        if !(p.executions.is_multiple_of(16) || p.executions < 16)
+            || shown.fetch_max(p.executions, std::sync::atomic::Ordering::Relaxed) > p.executions
+        {
             return;
         }
         let secs = start.elapsed().as_secs_f64().max(1e-3);

@@ -782,7 +782,7 @@ where
                     .join()
                     .unwrap_or_else(|payload| std::panic::resume_unwind(payload)),
                 // No thread for this job (the system refused one): run its
-                // part on this thread, after the others.
+                // part on this thread, while the other jobs run.
                 Err(_) => one(part),
             })
             .collect()

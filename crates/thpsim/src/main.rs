@@ -79,14 +79,37 @@ enum Command {
         preemptions: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Run slice I of N (`--shard 0/4`): deterministic, with its own seed.
+        /// Run shard I of N (`--shard 0/4`): the execution indices I mod N of
+        /// the search, disjoint from the other shards. Without it, taken from
+        /// JOB_COMPLETION_INDEX + THPSIM_SHARDS (Kubernetes Indexed Job) or
+        /// SLURM_ARRAY_TASK_ID + SLURM_ARRAY_TASK_COUNT (Slurm job array). A
+        /// sharded search prints one JSON shard line (`thpsim merge` reads them).
         #[arg(long, value_name = "I/N")]
         shard: Option<String>,
+        /// OS threads to split the search among on this machine (default: all
+        /// cores). The first failure stops them all.
+        #[arg(long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Write the shard line to FILE instead of stdout (stdout then gets the
+        /// usual report). Also without a shard: the search is then shard 0/1.
+        #[arg(long, value_name = "FILE")]
+        output: Option<String>,
         #[arg(long = "revert", value_name = "NAME")]
         revert: Vec<String>,
         #[arg(long, value_enum)]
         geometry: Option<GeometryArg>,
         /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Merge the shard lines of a sharded search (files of JSON lines, `-` for
+    /// stdin) into one verdict. Exit 0: every shard present and clean; 1: a
+    /// shard found a failure; 2: invalid input, lines of different searches, or
+    /// shards missing.
+    Merge {
+        #[arg(required = true, value_name = "FILES")]
+        files: Vec<String>,
+        /// Print the verdict as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -176,6 +199,194 @@ fn parse_shard(s: &str) -> Result<(u64, u64), String> {
         return Err(bad());
     }
     Ok((i, n))
+}
+
+/// The shard a batch system gives this process, from its environment (`get`
+/// reads a variable): a Kubernetes Indexed Job's `JOB_COMPLETION_INDEX` with
+/// the count in `THPSIM_SHARDS` (the Job sets it, e.g. to
+/// `.spec.completions`), or a Slurm job array's `SLURM_ARRAY_TASK_ID` with
+/// `SLURM_ARRAY_TASK_COUNT` (less `SLURM_ARRAY_TASK_MIN`, when set).
+/// `Ok(None)`: neither.
+fn shard_from_env(get: impl Fn(&str) -> Option<String>) -> Result<Option<(u64, u64)>, String> {
+    let num = |var: &str| -> Result<Option<u64>, String> {
+        match get(var) {
+            None => Ok(None),
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .map(Some)
+                .map_err(|_| format!("{var}={v:?} is not a non-negative integer")),
+        }
+    };
+    let k8s = (num("JOB_COMPLETION_INDEX")?, num("THPSIM_SHARDS")?);
+    let slurm = (
+        num("SLURM_ARRAY_TASK_ID")?,
+        num("SLURM_ARRAY_TASK_COUNT")?,
+        num("SLURM_ARRAY_TASK_MIN")?,
+    );
+    let from_k8s = match k8s {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(
+                "JOB_COMPLETION_INDEX is set (a Kubernetes Indexed Job) but THPSIM_SHARDS is \
+                not: the Job must set THPSIM_SHARDS to its completion count \
+                (.spec.completions)"
+                    .to_string(),
+            )
+        }
+        (None, Some(_)) => {
+            return Err(
+                "THPSIM_SHARDS is set but JOB_COMPLETION_INDEX is not: THPSIM_SHARDS is the \
+                shard count of a Kubernetes Indexed Job (use --shard I/N elsewhere)"
+                    .to_string(),
+            )
+        }
+        (Some(i), Some(n)) => {
+            if n == 0 || i >= n {
+                return Err(format!(
+                    "JOB_COMPLETION_INDEX={i} with THPSIM_SHARDS={n}: the index must be below \
+                    the shard count (set THPSIM_SHARDS to the Job's .spec.completions)"
+                ));
+            }
+            Some((i, n))
+        }
+    };
+    let from_slurm = match slurm {
+        (None, _, _) => None,
+        (Some(_), None, _) => {
+            return Err(
+                "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not: cannot tell \
+                the shard count (use --shard I/N)"
+                    .to_string(),
+            )
+        }
+        (Some(id), Some(n), min) => {
+            let min = min.unwrap_or(0);
+            let i = id.checked_sub(min).ok_or_else(|| {
+                format!("SLURM_ARRAY_TASK_ID={id} is below SLURM_ARRAY_TASK_MIN={min}")
+            })?;
+            if n == 0 || i >= n {
+                return Err(format!(
+                    "SLURM_ARRAY_TASK_ID={id} (less SLURM_ARRAY_TASK_MIN={min}) is not below \
+                    SLURM_ARRAY_TASK_COUNT={n}: the array must be one contiguous range \
+                    (--array=0-{})",
+                    n.saturating_sub(1)
+                ));
+            }
+            Some((i, n))
+        }
+    };
+    match (from_k8s, from_slurm) {
+        (Some(_), Some(_)) => Err(
+            "both JOB_COMPLETION_INDEX (Kubernetes) and SLURM_ARRAY_TASK_ID (Slurm) are set: \
+             pass --shard I/N"
+                .to_string(),
+        ),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+/// The progress display of a search: schedules run, distinct, rate, and the
+/// time left when the search is bounded (`total` executions, `time`).
+fn progress_bar(
+    total: Option<u64>,
+    time: Option<std::time::Duration>,
+) -> (
+    indicatif::ProgressBar,
+    std::sync::Arc<dyn Fn(explore::Progress) + Send + Sync>,
+) {
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    let template = if total.is_some() {
+        "{spinner} {pos}/{len} schedules, {msg} [{wide_bar}]"
+    } else {
+        "{spinner} {pos} schedules, {msg}"
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let start = std::time::Instant::now();
+    let b = bar.clone();
+    // Jobs report from their threads, not always in order: show only news.
+    let shown = std::sync::atomic::AtomicUsize::new(0);
+    let update = move |p: explore::Progress| {
+        if !(p.executions.is_multiple_of(16) || p.executions < 16)
+            || shown.fetch_max(p.executions, std::sync::atomic::Ordering::Relaxed) > p.executions
+        {
+            return;
+        }
+        let secs = start.elapsed().as_secs_f64().max(1e-3);
+        let rate = p.executions as f64 / secs;
+        let by_count = total.map(|n| n.saturating_sub(p.executions as u64) as f64 / rate.max(1e-9));
+        let by_time = time.map(|t| (t.as_secs_f64() - secs).max(0.0));
+        let left = match (by_count, by_time) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let left = left.map_or(String::new(), |l| {
+            let l = l.round() as u64;
+            format!(", {}:{:02}:{:02} left", l / 3600, l / 60 % 60, l % 60)
+        });
+        b.set_position(p.executions as u64);
+        b.set_message(format!("{} distinct, {rate:.0}/s{left}", p.distinct));
+    };
+    (bar, std::sync::Arc::new(update))
+}
+
+/// Reads a file of shard lines (`-`: stdin).
+fn read_shard_file(file: &str) -> Result<Vec<explore::shard::Located>, String> {
+    let text = if file == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut s)
+            .map_err(|e| format!("stdin: {e}"))?;
+        s
+    } else {
+        let bytes = std::fs::read(file).map_err(|e| format!("{file}: {e}"))?;
+        String::from_utf8(bytes).map_err(|_| format!("{file}: not valid UTF-8"))?
+    };
+    explore::shard::read(if file == "-" { "stdin" } else { file }, &text)
+}
+
+/// `thpsim merge FILES...`.
+fn merge(files: &[String], json: bool) -> ExitCode {
+    if files.iter().filter(|f| f.as_str() == "-").count() > 1 {
+        eprintln!("error: `-` (stdin) can be given once");
+        return ExitCode::from(2);
+    }
+    let mut lines = Vec::new();
+    for f in files {
+        match read_shard_file(f) {
+            Ok(mut l) => lines.append(&mut l),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let merged = match explore::shard::merge(&lines) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        for w in &merged.warnings {
+            eprintln!("warning: {w}");
+        }
+        emit(&format!(
+            "{}\n",
+            serde_json::to_string(&merged).unwrap_or_default()
+        ));
+    } else {
+        emit(&explore::shard::text(&merged));
+    }
+    ExitCode::from(merged.exit_code())
 }
 
 /// `thpsim conform --generate N --seed S`: generated scenarios on the model and
@@ -283,6 +494,8 @@ fn main() -> ExitCode {
             preemptions,
             seed,
             shard,
+            jobs,
+            output,
             revert,
             geometry,
             json,
@@ -298,12 +511,24 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let shard = match shard.as_deref().map(parse_shard).transpose() {
+            let shard = match shard.as_deref() {
+                Some(s) => parse_shard(s).map(Some),
+                None => shard_from_env(|v| std::env::var(v).ok()),
+            };
+            let shard = match shard {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::from(2);
                 }
+            };
+            let jobs = match jobs {
+                Some(0) => {
+                    eprintln!("error: --jobs must be at least 1");
+                    return ExitCode::from(2);
+                }
+                Some(n) => n,
+                None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             };
             let time = match time.map(std::time::Duration::try_from_secs_f64) {
                 None => None,
@@ -341,32 +566,7 @@ fn main() -> ExitCode {
                 (None, None) if bounded => usize::MAX,
                 (None, None) => explore::ExploreOptions::default().iterations,
             };
-            let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
-                let bounded = iterations != usize::MAX;
-                let b = if bounded {
-                    indicatif::ProgressBar::new(iterations as u64)
-                } else {
-                    indicatif::ProgressBar::new_spinner()
-                };
-                let template = if bounded {
-                    "{spinner} {pos}/{len} interleavings {per_sec} [{elapsed_precise}]"
-                } else {
-                    "{spinner} {pos} interleavings {per_sec} [{elapsed_precise}]"
-                };
-                b.set_style(
-                    indicatif::ProgressStyle::with_template(template)
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-                );
-                b
-            });
-            let progress = bar.clone().map(|b| {
-                std::sync::Arc::new(move |n: usize| {
-                    if n.is_multiple_of(64) {
-                        b.set_position(n as u64)
-                    }
-                }) as std::sync::Arc<dyn Fn(usize) + Send + Sync>
-            });
-            let opts = explore::ExploreOptions {
+            let mut opts = explore::ExploreOptions {
                 run: RunOptions {
                     geometry: geometry_of(geometry),
                     reverts,
@@ -374,16 +574,28 @@ fn main() -> ExitCode {
                 strategy: match strategy {
                     StrategyArg::Pct => explore::Strategy::Pct,
                     StrategyArg::Random => explore::Strategy::Random,
-                    StrategyArg::Bounded => explore::Strategy::Bounded { preemptions },
-                    StrategyArg::Dfs => explore::Strategy::Dfs,
+                    // Refused above; `bounded` is what replaced it.
+                    StrategyArg::Bounded | StrategyArg::Dfs => {
+                        explore::Strategy::Bounded { preemptions }
+                    }
                 },
                 iterations,
                 time,
                 depth,
                 seed,
                 shard,
-                progress,
+                jobs,
+                progress: None,
             };
+            if let Err(e) = opts.check() {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+            let bar = (!json && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+                let (bar, update) = progress_bar(opts.slice().count(), time);
+                opts.progress = Some(update);
+                bar
+            });
             let result = explore::explore(&scn, &opts);
             if let Some(b) = bar {
                 b.finish_and_clear();
@@ -391,6 +603,29 @@ fn main() -> ExitCode {
             match result {
                 Err(e) => invalid(e, &name, &src),
                 Ok(r) => {
+                    let line = (shard.is_some() || output.is_some()).then(|| {
+                        serde_json::to_string(&explore::shard::line(&scn, &opts, &r))
+                            .unwrap_or_default()
+                    });
+                    let code = if r.found.is_some() {
+                        ExitCode::from(1)
+                    } else {
+                        ExitCode::SUCCESS
+                    };
+                    match (line, &output) {
+                        (Some(line), Some(file)) => {
+                            if let Err(e) = std::fs::write(file, format!("{line}\n")) {
+                                eprintln!("error: cannot write the shard line to {file}: {e}");
+                                return ExitCode::from(2);
+                            }
+                        }
+                        // Sharded, no file: the line is all stdout gets.
+                        (Some(line), None) => {
+                            emit(&format!("{line}\n"));
+                            return code;
+                        }
+                        (None, _) => {}
+                    }
                     if json {
                         emit(&format!(
                             "{}\n",
@@ -399,14 +634,11 @@ fn main() -> ExitCode {
                     } else {
                         emit(&output::explore_text(&r));
                     }
-                    if r.found.is_some() {
-                        ExitCode::from(1)
-                    } else {
-                        ExitCode::SUCCESS
-                    }
+                    code
                 }
             }
         }
+        Command::Merge { files, json } => merge(&files, json),
         Command::Conform {
             file: None,
             generate: Some(n),

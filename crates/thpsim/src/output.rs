@@ -228,8 +228,18 @@ pub fn explore_text(r: &crate::explore::ExploreReport) -> String {
         r.seed,
         r.depth
     );
+    for n in &r.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
     if let Some(f) = &r.found {
         out.push_str(&found_text(f));
+        if let Some(i) = f.index {
+            let _ = writeln!(
+                out,
+                "found by execution index {i} of seed {} (after {} executions)",
+                r.seed, f.at_execution
+            );
+        }
         out.push('\n');
     }
     for b in &r.coverage {
@@ -264,9 +274,14 @@ pub fn explore_text(r: &crate::explore::ExploreReport) -> String {
     } else {
         "ok: no failure"
     };
+    let jobs = if r.jobs > 1 {
+        format!(" on {} jobs", r.jobs)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "{verdict}: {} interleavings run ({} distinct) with strategy {} and seed {} in {:.2}s",
+        "{verdict}: {} interleavings run ({} distinct) with strategy {} and seed {} in {:.2}s{jobs}",
         r.executions,
         r.distinct,
         r.strategy.name(),

@@ -4,10 +4,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn thpsim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_thpsim"))
-        .args(args)
-        .output()
-        .expect("run thpsim")
+    let mut c = Command::new(env!("CARGO_BIN_EXE_thpsim"));
+    c.args(args);
+    // A batch system's array index would shard every `explore` (tests/shard.rs
+    // sets them on purpose).
+    for v in [
+        "JOB_COMPLETION_INDEX",
+        "THPSIM_SHARDS",
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_COUNT",
+        "SLURM_ARRAY_TASK_MIN",
+    ] {
+        c.env_remove(v);
+    }
+    c.output().expect("run thpsim")
 }
 
 fn root() -> PathBuf {

@@ -5,15 +5,19 @@
 //! that never overlapped; a CPU that gave up early in every execution).
 //!
 //! The model records each execution (`thpsim_model::coverage`); this module
-//! only adds them up and words the result.
+//! only adds them up and words the result. Totals merge ([`CoverageTotals::merge`]:
+//! the jobs of a search, the shards of `thpsim merge`) and travel in shard
+//! lines (serde), keyed by the block's item index; [`blocks`] carries what the
+//! report needs of the scenario (each block's line and thread texts).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use thpsim_model::coverage::ExecCoverage;
 use thpsim_scenario::{Item, Scenario};
 
 /// One CPU of a block.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ThreadInfo {
     pub cpu: usize,
     /// The thread's steps, as written.
@@ -55,21 +59,214 @@ pub struct BlockCoverage {
     pub warnings: Vec<String>,
 }
 
+/// What the coverage report needs of one `together` block of the scenario.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockInfo {
+    /// The block's index among the scenario's items (the key of the totals).
+    pub item: usize,
+    /// The block's line.
+    pub line: usize,
+    pub threads: Vec<ThreadInfo>,
+}
+
+/// The `together` blocks of a scenario.
+pub fn blocks(scn: &Scenario) -> Vec<BlockInfo> {
+    scn.items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, it)| match it {
+            Item::Together(item) => Some(BlockInfo {
+                item: i,
+                line: item.span.line,
+                threads: item
+                    .threads
+                    .iter()
+                    .enumerate()
+                    .map(|(cpu, th)| ThreadInfo {
+                        cpu,
+                        steps: th
+                            .steps
+                            .iter()
+                            .map(|s| scn.text(s.span).to_string())
+                            .collect::<Vec<_>>()
+                            .join("; "),
+                    })
+                    .collect(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A name: the model's own (`&'static str`) while exploring, owned when read
+/// back from a shard line.
+type Name = Cow<'static, str>;
+
 /// Running totals of one block.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Totals {
     executions: u64,
     /// (name, cpu) -> (executions, calls)
-    functions: BTreeMap<(&'static str, usize), (u64, u64)>,
+    functions: BTreeMap<(Name, usize), (u64, u64)>,
     /// (name, gives_up, cpu) -> (executions, passes)
-    marks: BTreeMap<(&'static str, bool, usize), (u64, u64)>,
+    marks: BTreeMap<(Name, bool, usize), (u64, u64)>,
     overlaps: BTreeMap<(usize, usize), u64>,
 }
 
-/// The sums over a search, by block (item index).
-#[derive(Clone, Debug, Default)]
+impl Totals {
+    fn merge(&mut self, o: &Totals) {
+        self.executions += o.executions;
+        for (k, &(ex, n)) in &o.functions {
+            let c = self.functions.entry(k.clone()).or_default();
+            c.0 += ex;
+            c.1 += n;
+        }
+        for (k, &(ex, n)) in &o.marks {
+            let c = self.marks.entry(k.clone()).or_default();
+            c.0 += ex;
+            c.1 += n;
+        }
+        for (&k, &n) in &o.overlaps {
+            *self.overlaps.entry(k).or_default() += n;
+        }
+    }
+}
+
+/// The sums over a search, by block (item index). Serialized as a list of
+/// blocks (see [`BlockTotalsWire`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "Vec<BlockTotalsWire>", try_from = "Vec<BlockTotalsWire>")]
 pub struct CoverageTotals {
     blocks: BTreeMap<usize, Totals>,
+}
+
+/// One block's totals in a shard line.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockTotalsWire {
+    pub item: usize,
+    pub executions: u64,
+    pub functions: Vec<CountWire>,
+    pub marks: Vec<CountWire>,
+    pub overlaps: Vec<OverlapWire>,
+}
+
+/// A function's or a mark's count on one CPU.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CountWire {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gives_up: bool,
+    pub cpu: usize,
+    /// Executions that reached it.
+    pub executions: u64,
+    /// Calls or passes.
+    pub count: u64,
+}
+
+/// Executions in which CPUs `a` and `b` overlapped.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverlapWire {
+    pub a: usize,
+    pub b: usize,
+    pub executions: u64,
+}
+
+impl From<CoverageTotals> for Vec<BlockTotalsWire> {
+    fn from(c: CoverageTotals) -> Self {
+        c.blocks
+            .into_iter()
+            .map(|(item, t)| BlockTotalsWire {
+                item,
+                executions: t.executions,
+                functions: t
+                    .functions
+                    .into_iter()
+                    .map(|((name, cpu), (executions, count))| CountWire {
+                        name: name.into_owned(),
+                        gives_up: false,
+                        cpu,
+                        executions,
+                        count,
+                    })
+                    .collect(),
+                marks: t
+                    .marks
+                    .into_iter()
+                    .map(|((name, gives_up, cpu), (executions, count))| CountWire {
+                        name: name.into_owned(),
+                        gives_up,
+                        cpu,
+                        executions,
+                        count,
+                    })
+                    .collect(),
+                overlaps: t
+                    .overlaps
+                    .into_iter()
+                    .map(|((a, b), executions)| OverlapWire { a, b, executions })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+impl TryFrom<Vec<BlockTotalsWire>> for CoverageTotals {
+    type Error = String;
+    fn try_from(v: Vec<BlockTotalsWire>) -> Result<Self, String> {
+        let mut c = CoverageTotals::default();
+        for b in v {
+            let mut t = Totals {
+                executions: b.executions,
+                ..Totals::default()
+            };
+            let dup = |what: &str, name: &str| {
+                format!("block {}: {what} `{name}` is listed twice", b.item)
+            };
+            for f in b.functions {
+                if f.gives_up {
+                    return Err(format!(
+                        "block {}: function `{}` marked as giving up",
+                        b.item, f.name
+                    ));
+                }
+                let name = f.name.clone();
+                if t.functions
+                    .insert((Cow::Owned(f.name), f.cpu), (f.executions, f.count))
+                    .is_some()
+                {
+                    return Err(dup("function", &name));
+                }
+            }
+            for m in b.marks {
+                let name = m.name.clone();
+                if t.marks
+                    .insert(
+                        (Cow::Owned(m.name), m.gives_up, m.cpu),
+                        (m.executions, m.count),
+                    )
+                    .is_some()
+                {
+                    return Err(dup("mark", &name));
+                }
+            }
+            for o in b.overlaps {
+                if o.a >= o.b {
+                    return Err(format!(
+                        "block {}: overlap of CPU{} and CPU{} (the first must be lower)",
+                        b.item, o.a, o.b
+                    ));
+                }
+                t.overlaps.insert((o.a, o.b), o.executions);
+            }
+            if c.blocks.insert(b.item, t).is_some() {
+                return Err(format!("block {} is listed twice", b.item));
+            }
+        }
+        Ok(c)
+    }
 }
 
 impl CoverageTotals {
@@ -78,12 +275,15 @@ impl CoverageTotals {
         let t = self.blocks.entry(item).or_default();
         t.executions += 1;
         for (&(cpu, name), &n) in &e.calls {
-            let c = t.functions.entry((name, cpu)).or_default();
+            let c = t.functions.entry((Cow::Borrowed(name), cpu)).or_default();
             c.0 += 1;
             c.1 += n;
         }
         for (&(cpu, mark), &n) in &e.marks {
-            let c = t.marks.entry((mark.name, mark.gives_up, cpu)).or_default();
+            let c = t
+                .marks
+                .entry((Cow::Borrowed(mark.name), mark.gives_up, cpu))
+                .or_default();
             c.0 += 1;
             c.1 += n;
         }
@@ -92,30 +292,30 @@ impl CoverageTotals {
         }
     }
 
+    /// Adds another search's totals (another job's, another shard's).
+    pub fn merge(&mut self, other: &CoverageTotals) {
+        for (&item, t) in &other.blocks {
+            self.blocks.entry(item).or_default().merge(t);
+        }
+    }
+
     /// The report, with the scenario's block texts and the warnings.
     pub fn report(&self, scn: &Scenario) -> Vec<BlockCoverage> {
+        self.report_blocks(&blocks(scn))
+    }
+
+    /// The report of the blocks `blocks` (from [`blocks`], or a shard line).
+    pub fn report_blocks(&self, blocks: &[BlockInfo]) -> Vec<BlockCoverage> {
         let mut out = Vec::new();
-        for (i, it) in scn.items.iter().enumerate() {
-            let (Item::Together(item), Some(t)) = (it, self.blocks.get(&i)) else {
+        for info in blocks {
+            let Some(t) = self.blocks.get(&info.item) else {
                 continue;
             };
-            let ncpu = item.threads.len();
-            let threads: Vec<ThreadInfo> = item
-                .threads
-                .iter()
-                .enumerate()
-                .map(|(cpu, th)| ThreadInfo {
-                    cpu,
-                    steps: th
-                        .steps
-                        .iter()
-                        .map(|s| scn.text(s.span).to_string())
-                        .collect::<Vec<_>>()
-                        .join("; "),
-                })
-                .collect();
+            let threads = info.threads.clone();
+            let ncpu = threads.len();
             let mut functions: BTreeMap<&str, Reach> = BTreeMap::new();
-            for (&(name, cpu), &(ex, calls)) in &t.functions {
+            for ((name, cpu), &(ex, calls)) in &t.functions {
+                let (name, cpu) = (name.as_ref(), *cpu);
                 let r = functions.entry(name).or_insert_with(|| Reach {
                     name: name.to_string(),
                     gives_up: false,
@@ -128,7 +328,8 @@ impl CoverageTotals {
                 r.total += calls;
             }
             let mut marks: BTreeMap<(&str, bool), Reach> = BTreeMap::new();
-            for (&(name, gives_up, cpu), &(ex, n)) in &t.marks {
+            for ((name, gives_up, cpu), &(ex, n)) in &t.marks {
+                let (name, gives_up, cpu) = (name.as_ref(), *gives_up, *cpu);
                 let r = marks.entry((name, gives_up)).or_insert_with(|| Reach {
                     name: name.to_string(),
                     gives_up,
@@ -164,13 +365,15 @@ impl CoverageTotals {
                     if t.executions > 0 && ex == t.executions {
                         warnings.push(format!(
                             "CPU{cpu} (`{}`) gave up early in every execution ({ex} of {}): {}",
-                            threads[cpu].steps, t.executions, r.name
+                            threads.get(cpu).map_or("?", |t| t.steps.as_str()),
+                            t.executions,
+                            r.name
                         ));
                     }
                 }
             }
             out.push(BlockCoverage {
-                line: item.span.line,
+                line: info.line,
                 threads,
                 executions: t.executions,
                 functions: functions.into_values().collect(),
@@ -294,5 +497,42 @@ mod tests {
         f.overlaps.insert((0, 1));
         t.add(idx, &f);
         assert!(t.report(&scn())[0].warnings.is_empty());
+    }
+
+    #[test]
+    fn totals_merge_and_round_trip_through_json() {
+        let mut e = ExecCoverage::default();
+        e.calls.insert((0, "do_user_addr_fault"), 2);
+        e.calls.insert((1, "split_huge_page_to_list"), 1);
+        e.marks
+            .insert((1, Mark::gives_up("split_huge_pages_pid: EBUSY")), 1);
+        e.marks.insert((0, Mark::reached("a mark")), 3);
+        e.overlaps.insert((0, 1));
+        let (mut a, mut b, mut both) = (
+            CoverageTotals::default(),
+            CoverageTotals::default(),
+            CoverageTotals::default(),
+        );
+        a.add(3, &e);
+        b.add(3, &e);
+        b.add(3, &ExecCoverage::default());
+        b.add(5, &e);
+        for _ in 0..2 {
+            both.add(3, &e);
+        }
+        both.add(3, &ExecCoverage::default());
+        both.add(5, &e);
+        let json = serde_json::to_string(&b).expect("serializes");
+        let back: CoverageTotals = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back, b);
+        a.merge(&back);
+        assert_eq!(a, both);
+        let r = a.report(&scn());
+        assert_eq!(r[0].executions, 3);
+        assert_eq!(r[0].overlaps[0].executions, 2);
+        // A malformed list is refused.
+        let bad = json.replace(r#""a":0,"b":1"#, r#""a":1,"b":0"#);
+        assert_ne!(bad, json);
+        assert!(serde_json::from_str::<CoverageTotals>(&bad).is_err());
     }
 }

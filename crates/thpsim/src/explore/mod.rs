@@ -13,20 +13,29 @@
 //! the lowest runnable one); a switch `k:t` says that at point `k` task `t`
 //! runs instead. The replay token (`token`) carries the schedule, the
 //! geometry, the reverted fixes and hashes of the build and the scenario.
+//!
+//! A search is a set of numbered executions (`sched::Slice`). With `jobs` > 1
+//! the slice is split among that many OS threads, each with its own shuttle
+//! `Runner` (shuttle's state is thread-local), job `j` running
+//! `slice.shard(j, jobs)`; the first failure stops every job before its next
+//! execution, and the jobs' counts, schedule fingerprints and coverage add up
+//! to the search's. A search can itself be a shard of a bigger one
+//! (`ExploreOptions::shard`); `shard` writes and merges the shard lines.
 
 pub mod bounded;
 pub mod coverage;
 pub mod sched;
+pub mod shard;
 pub mod token;
 
 use crate::run::{
     configure, install_oops_hook, Interleaving, Machine, Record, RunOptions, RunReport,
 };
 use serde::Serialize;
-use shuttle::scheduler::{DfsScheduler, RandomScheduler, Schedule, Scheduler, Task, TaskId};
+use shuttle::scheduler::{RandomScheduler, Schedule, Scheduler, Task, TaskId};
 use std::collections::{BTreeSet, HashSet};
-use std::hash::{Hash, Hasher};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use thpsim_model::kernel::{TraceEvent, TraceRecord};
@@ -41,8 +50,6 @@ pub enum Strategy {
     Pct,
     /// A random choice at every scheduling point.
     Random,
-    /// Depth-first enumeration of all schedules (bounded by the iterations).
-    Dfs,
     /// Every schedule with at most `preemptions` preemptions, less those
     /// equivalent to one already run (`bounded`).
     Bounded { preemptions: usize },
@@ -53,10 +60,18 @@ impl Strategy {
         match self {
             Strategy::Pct => "pct",
             Strategy::Random => "random",
-            Strategy::Dfs => "dfs",
             Strategy::Bounded { .. } => "bounded",
         }
     }
+}
+
+/// Where a search is, for a progress display.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Executions run so far (all jobs).
+    pub executions: usize,
+    /// Distinct schedules among them.
+    pub distinct: usize,
 }
 
 /// How to explore.
@@ -64,14 +79,56 @@ impl Strategy {
 pub struct ExploreOptions {
     pub run: RunOptions,
     pub strategy: Strategy,
+    /// Executions of the whole search (`usize::MAX`: no bound but `time`).
     pub iterations: usize,
+    /// A bound on the whole search's time (all jobs).
     pub time: Option<Duration>,
     pub depth: usize,
     pub seed: u64,
     /// `(i, n)`: this is slice `i` of `n`.
     pub shard: Option<(u64, u64)>,
-    /// Called after each execution with the number run so far.
-    pub progress: Option<Arc<dyn Fn(usize) + Send + Sync>>,
+    /// OS threads to split the search among (at least 1; `Strategy::Bounded`
+    /// always runs on one).
+    pub jobs: usize,
+    /// Called after each execution (from the job that ran it).
+    pub progress: Option<Arc<dyn Fn(Progress) + Send + Sync>>,
+}
+
+impl ExploreOptions {
+    /// Refuses options that do not describe a search.
+    pub fn check(&self) -> Result<(), String> {
+        if self.iterations == 0 {
+            return Err("the search must have at least 1 iteration".to_string());
+        }
+        if self.depth == 0 {
+            return Err("the PCT depth must be at least 1".to_string());
+        }
+        if self.jobs == 0 {
+            return Err("a search needs at least 1 job".to_string());
+        }
+        if let Some((i, n)) = self.shard {
+            if n == 0 || i >= n {
+                return Err(format!("shard {i}/{n}: a shard I/N needs 0 <= I < N"));
+            }
+            if matches!(self.strategy, Strategy::Bounded { .. }) {
+                return Err(
+                    "the bounded strategy cannot be sharded yet: its walk of the schedule tree \
+                     is one sequence; shard pct or random, or run the bounded search whole"
+                        .to_string(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The executions this search runs (its shard of the whole search).
+    pub fn slice(&self) -> sched::Slice {
+        let all = sched::Slice::all(self.iterations);
+        match self.shard {
+            Some((i, n)) => all.shard(i, n),
+            None => all,
+        }
+    }
 }
 
 impl Default for ExploreOptions {
@@ -84,6 +141,7 @@ impl Default for ExploreOptions {
             depth: 3,
             seed: 0,
             shard: None,
+            jobs: 1,
             progress: None,
         }
     }
@@ -107,8 +165,11 @@ pub struct Found {
     /// Context switches before and after shrinking.
     pub switches_found: usize,
     pub switches_shrunk: usize,
-    /// The execution (1-based) that failed first.
+    /// How many executions the search had run (all jobs) when it stopped.
     pub at_execution: usize,
+    /// The search index of the failing execution (the `i` of its
+    /// `(seed, i)`; `None` for a replay).
+    pub index: Option<u64>,
 }
 
 /// The result of an exploration.
@@ -119,6 +180,9 @@ pub struct ExploreReport {
     pub seed: u64,
     pub depth: usize,
     pub shard: Option<(u64, u64)>,
+    pub geometry: &'static str,
+    /// The jobs (OS threads) the search ran on.
+    pub jobs: usize,
     pub reverted: Vec<String>,
     pub executions: usize,
     pub distinct: usize,
@@ -130,6 +194,15 @@ pub struct ExploreReport {
     /// What the search reached, per `together` block (with warnings when it
     /// did not race the threads).
     pub coverage: Vec<coverage::BlockCoverage>,
+    /// Remarks on how the search ran (e.g. dfs on one job).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// The distinct schedules' fingerprints, sorted (for shard lines).
+    #[serde(skip)]
+    pub fingerprints: Vec<u64>,
+    /// The coverage totals the `coverage` report was made from.
+    #[serde(skip)]
+    pub coverage_totals: coverage::CoverageTotals,
 }
 
 /// What one execution did.
@@ -150,12 +223,20 @@ impl ExecLog {
                 .collect(),
         )
     }
+    /// A hash of the choices, stable across builds and machines (shards of a
+    /// search are merged by their fingerprints).
     fn fingerprint(&self) -> u64 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for (c, _, _) in &self.points {
-            c.hash(&mut h);
+            for b in (*c as u64).to_le_bytes() {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
         }
-        h.finish()
+        // splitmix64's finalizer: FNV's low bits mix poorly.
+        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h ^ (h >> 31)
     }
 }
 
@@ -166,34 +247,86 @@ fn default_choice(current: Option<usize>, runnable: &[usize]) -> usize {
     }
 }
 
-/// State shared between the scheduler wrapper and the explorer.
+/// What the executions of a search add up to (all jobs).
 #[derive(Default)]
-struct Shared {
-    log: ExecLog,
-    stop: bool,
-    failed: bool,
+struct Totals {
     executions: usize,
     distinct: HashSet<u64>,
     /// What the executions reached.
     coverage: coverage::CoverageTotals,
 }
 
+/// What every job of one search shares.
+#[derive(Default)]
+struct Search {
+    /// Set at the first failure: every job stops before its next execution.
+    stop: AtomicBool,
+    /// The end of the search's time.
+    deadline: Option<Instant>,
+    totals: Mutex<Totals>,
+    progress: Option<Arc<dyn Fn(Progress) + Send + Sync>>,
+}
+
+impl Search {
+    fn totals(&self) -> std::sync::MutexGuard<'_, Totals> {
+        self.totals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The state of one job (one shuttle runner), shared between its scheduler
+/// wrapper and the explorer.
+struct Shared {
+    search: Arc<Search>,
+    /// The executions of this job.
+    slice: sched::Slice,
+    /// Executions started.
+    started: u64,
+    /// The search index of the current (or last) execution.
+    index: Option<u64>,
+    log: ExecLog,
+    failed: bool,
+}
+
+impl Shared {
+    fn new(search: Arc<Search>, slice: sched::Slice) -> Shared {
+        Shared {
+            search,
+            slice,
+            started: 0,
+            index: None,
+            log: ExecLog::default(),
+            failed: false,
+        }
+    }
+}
+
+impl Default for Shared {
+    /// A search of its own, of one execution (replays, probes).
+    fn default() -> Self {
+        Shared::new(Arc::default(), sched::Slice::all(1))
+    }
+}
+
 /// Wraps a shuttle scheduler: records every decision; stops when told.
 struct Recorder<S> {
     inner: S,
     shared: Arc<Mutex<Shared>>,
+    search: Arc<Search>,
 }
 
 impl<S: Scheduler> Scheduler for Recorder<S> {
     fn new_execution(&mut self) -> Option<Schedule> {
-        let sh = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        if sh.stop {
+        if self.search.stop.load(Ordering::SeqCst)
+            || self.search.deadline.is_some_and(|d| Instant::now() >= d)
+        {
             return None;
         }
-        drop(sh);
         // The log keeps the last execution's decisions when the search ends.
         let next = self.inner.new_execution()?;
-        self.shared.lock().unwrap_or_else(|p| p.into_inner()).log = ExecLog::default();
+        let mut sh = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        sh.log = ExecLog::default();
+        sh.index = sh.slice.nth(sh.started);
+        sh.started += 1;
         Some(next)
     }
 
@@ -280,10 +413,12 @@ struct Outputs {
     error: Option<String>,
 }
 
-fn shuttle_config(time: Option<Duration>) -> shuttle::Config {
+fn shuttle_config() -> shuttle::Config {
     let mut c = shuttle::Config::new();
     c.failure_persistence = shuttle::FailurePersistence::None;
-    c.max_time = time;
+    // The search's time is checked by `Recorder::new_execution` (one deadline
+    // for all jobs).
+    c.max_time = None;
     c.silence_warnings = true;
     // The model has no spin loops (every wait blocks), so a long execution is
     // just a big scenario (x86_64 tables have 512 entries); the bound only
@@ -292,22 +427,62 @@ fn shuttle_config(time: Option<Duration>) -> shuttle::Config {
     c
 }
 
-/// Runs executions with `scheduler` until one fails or the scheduler ends.
-/// Returns the outputs of the last execution and whether it failed.
+/// Adds an execution to the search's totals; stops the search when it
+/// failed, or when it had no decision (every execution would be this one).
+fn account(
+    shared: &Mutex<Shared>,
+    coverage: Vec<(usize, thpsim_model::coverage::ExecCoverage)>,
+    failed: bool,
+) {
+    let mut sh = shared.lock().unwrap_or_else(|p| p.into_inner());
+    let fp = sh.log.fingerprint();
+    let no_decision = sh.log.points.is_empty();
+    if failed {
+        sh.failed = true;
+    }
+    let search = sh.search.clone();
+    drop(sh);
+    if failed || no_decision {
+        search.stop.store(true, Ordering::SeqCst);
+    }
+    let now = {
+        let mut t = search.totals();
+        t.executions += 1;
+        for (item, reached) in coverage {
+            t.coverage.add(item, &reached);
+        }
+        t.distinct.insert(fp);
+        Progress {
+            executions: t.executions,
+            distinct: t.distinct.len(),
+        }
+    };
+    if let Some(f) = &search.progress {
+        f(now);
+    }
+}
+
+/// Runs executions with `scheduler` until one fails, the scheduler ends, the
+/// search is stopped or its time is up. Returns the outputs of the last
+/// execution and whether it failed.
 fn drive<S: Scheduler + 'static>(
     p: &Prepared,
     scheduler: S,
-    time: Option<Duration>,
     shared: Arc<Mutex<Shared>>,
-    progress: Option<Arc<dyn Fn(usize) + Send + Sync>>,
 ) -> (Outputs, bool) {
     let outputs = Arc::new(Mutex::new(Outputs::default()));
+    let search = shared
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .search
+        .clone();
     let runner = shuttle::Runner::new(
         Recorder {
             inner: scheduler,
             shared: shared.clone(),
+            search,
         },
-        shuttle_config(time),
+        shuttle_config(),
     );
     let (p2, out2, sh2) = (p.clone(), outputs.clone(), shared.clone());
     let result = catch_unwind(AssertUnwindSafe(move || {
@@ -330,27 +505,12 @@ fn drive<S: Scheduler + 'static>(
             let r = m.run_items();
             let report = m.report();
             let failed = r.is_err() || !report.passed();
-            let mut o = out2.lock().unwrap_or_else(|p| p.into_inner());
-            o.error = r.err().map(|e| e.to_string());
-            o.report = Some(report);
-            let mut sh = sh2.lock().unwrap_or_else(|p| p.into_inner());
-            sh.executions += 1;
-            for (item, reached) in m.take_coverage() {
-                sh.coverage.add(item, &reached);
+            {
+                let mut o = out2.lock().unwrap_or_else(|p| p.into_inner());
+                o.error = r.err().map(|e| e.to_string());
+                o.report = Some(report);
             }
-            let fp = sh.log.fingerprint();
-            sh.distinct.insert(fp);
-            if failed {
-                sh.stop = true;
-                sh.failed = true;
-            }
-            // No decision at all: every execution would be this one.
-            if sh.log.points.is_empty() {
-                sh.stop = true;
-            }
-            if let Some(f) = &progress {
-                f(sh.executions);
-            }
+            account(&sh2, m.take_coverage(), failed);
         });
     }));
     let mut o = std::mem::take(&mut *outputs.lock().unwrap_or_else(|p| p.into_inner()));
@@ -366,13 +526,7 @@ fn drive<S: Scheduler + 'static>(
                 .cloned()
                 .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "the execution panicked".to_string());
-            let mut sh = shared.lock().unwrap_or_else(|p| p.into_inner());
-            sh.executions += 1;
-            let fp = sh.log.fingerprint();
-            sh.distinct.insert(fp);
-            sh.stop = true;
-            sh.failed = true;
-            drop(sh);
+            account(&shared, Vec::new(), true);
             let records = o
                 .records
                 .as_ref()
@@ -418,7 +572,10 @@ fn drive<S: Scheduler + 'static>(
     }
 }
 
-static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// How many explorations (or replays) are running: while any is, panics are
+/// theirs to report. A count, not a flag, since searches can overlap (the
+/// jobs of one search share one guard; library callers may run several).
+static QUIET: AtomicUsize = AtomicUsize::new(0);
 
 /// While alive, panics print nothing: the explorer reports kernel oopses,
 /// deadlocks and model panics itself (shuttle's own hook would print a schedule
@@ -438,23 +595,24 @@ impl QuietPanics {
                 Arc::from(std::panic::take_hook());
             let o = original.clone();
             std::panic::set_hook(Box::new(move |info| o(info)));
-            shuttle::Runner::new(RandomScheduler::new_from_seed(0, 1), shuttle_config(None))
-                .run(|| {});
+            shuttle::Runner::new(RandomScheduler::new_from_seed(0, 1), shuttle_config()).run(|| {});
             drop(std::panic::take_hook());
+            // The hook is process-wide: it silences the panics of every job
+            // thread while a search runs.
             std::panic::set_hook(Box::new(move |info| {
-                if !QUIET.load(std::sync::atomic::Ordering::SeqCst) {
+                if QUIET.load(Ordering::SeqCst) == 0 {
                     original(info);
                 }
             }));
         });
-        QUIET.store(true, std::sync::atomic::Ordering::SeqCst);
+        QUIET.fetch_add(1, Ordering::SeqCst);
         QuietPanics
     }
 }
 
 impl Drop for QuietPanics {
     fn drop(&mut self) {
-        QUIET.store(false, std::sync::atomic::Ordering::SeqCst);
+        QUIET.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -509,7 +667,7 @@ fn replay_switches(p: &Prepared, sw: &Switches) -> (Outputs, Switches, bool) {
         point: 0,
         started: false,
     };
-    let (o, failed) = drive(p, sched, None, shared.clone(), None);
+    let (o, failed) = drive(p, sched, shared.clone());
     let actual = shared
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -526,7 +684,7 @@ fn probe_decisions(p: &Prepared) -> usize {
         point: 0,
         started: false,
     };
-    drive(p, sched, None, shared.clone(), None);
+    drive(p, sched, shared.clone());
     let n = shared
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -574,83 +732,158 @@ fn prepare(scn: &Scenario, opts: &RunOptions) -> Result<Prepared, ScenarioError>
     })
 }
 
+/// What one job left: the outputs of its last execution, whether it failed,
+/// and that execution's schedule and index.
+struct JobResult {
+    outputs: Outputs,
+    failed: bool,
+    switches: Switches,
+    index: Option<u64>,
+}
+
+/// Runs `slice` on `jobs` OS threads, each its own shuttle runner with the
+/// scheduler `make` gives for its part (`slice.shard(j, jobs)`).
+fn run_jobs<S, F>(
+    p: &Prepared,
+    search: &Arc<Search>,
+    slice: sched::Slice,
+    jobs: usize,
+    make: F,
+) -> Vec<JobResult>
+where
+    S: Scheduler + 'static,
+    F: Fn(sched::Slice) -> S + Sync,
+{
+    let one = |part: sched::Slice| {
+        let shared = Arc::new(Mutex::new(Shared::new(search.clone(), part)));
+        let (outputs, failed) = drive(p, make(part), shared.clone());
+        let sh = shared.lock().unwrap_or_else(|p| p.into_inner());
+        JobResult {
+            outputs,
+            failed,
+            switches: sh.log.switches(),
+            index: sh.index,
+        }
+    };
+    if jobs <= 1 {
+        return vec![one(slice)];
+    }
+    std::thread::scope(|sc| {
+        let one = &one;
+        let handles: Vec<_> = (0..jobs as u64)
+            .map(|j| {
+                let part = slice.shard(j, jobs as u64);
+                let h = std::thread::Builder::new()
+                    .name(format!("thpsim-job-{j}"))
+                    .spawn_scoped(sc, move || one(part));
+                (part, h)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|(part, h)| match h {
+                // A panic outside an execution is a bug of the explorer.
+                Ok(h) => h
+                    .join()
+                    .unwrap_or_else(|payload| std::panic::resume_unwind(payload)),
+                // No thread for this job (the system refused one): run its
+                // part on this thread, while the other jobs run.
+                Err(_) => one(part),
+            })
+            .collect()
+    })
+}
+
 /// Explores the interleavings of a scenario.
 pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, ScenarioError> {
+    if let Err(e) = opts.check() {
+        let span = scn
+            .items
+            .iter()
+            .find_map(|it| match it {
+                thpsim_scenario::Item::Together(t) => Some(t.span),
+                _ => None,
+            })
+            .unwrap_or_default();
+        return Err(ScenarioError::new(span, e));
+    }
     install_oops_hook();
     let _quiet = QuietPanics::new();
     let p = prepare(scn, &opts.run)?;
     let seed = opts.seed;
-    let mut slice = sched::Slice::all(opts.iterations);
-    if let Some((i, n)) = opts.shard {
-        slice = slice.shard(i, n);
-    }
-    let shared = Arc::new(Mutex::new(Shared::default()));
     let start = Instant::now();
+    let mut slice = opts.slice();
+    let search = Arc::new(Search {
+        deadline: opts.time.map(|t| start + t),
+        progress: opts.progress.clone(),
+        ..Search::default()
+    });
+    let mut notes = Vec::new();
+    // The decisions of the default schedule: PCT draws its change points
+    // from them (every shard the same); with none, every execution is the
+    // same one, and the search is execution 0 alone.
+    let k = probe_decisions(&p);
+    let mut jobs = opts.jobs.max(1);
+    if k == 0 {
+        slice.end = Some(slice.end.unwrap_or(1).min(1));
+        jobs = 1;
+    }
+    if matches!(opts.strategy, Strategy::Bounded { .. }) && jobs > 1 {
+        notes.push(format!(
+            "the bounded strategy runs on one job (its walk of the schedule tree is not split \
+             yet): {jobs} jobs asked"
+        ));
+        jobs = 1;
+    }
     let bounded_stats = Arc::new(Mutex::new(bounded::BoundedStats::default()));
-    let (outputs, failed) = match opts.strategy {
+    let results = match opts.strategy {
         Strategy::Bounded { preemptions } => {
             let limit = (opts.iterations != usize::MAX).then_some(opts.iterations as u64);
-            let r = drive(
-                &p,
-                bounded::Bounded::new(preemptions, limit, bounded_stats.clone()),
-                opts.time,
-                shared.clone(),
-                opts.progress.clone(),
-            );
+            let r = run_jobs(&p, &search, slice, 1, |_| {
+                bounded::Bounded::new(preemptions, limit, bounded_stats.clone())
+            });
             thpsim_model::engine::footprint::stop();
             r
         }
-        Strategy::Pct => {
-            // PCT draws its change points from the decisions of an execution:
-            // count them once in the default schedule (every shard the same).
-            let k = probe_decisions(&p);
-            drive(
-                &p,
-                sched::Pct::new(seed, opts.depth, k as u64, slice),
-                opts.time,
-                shared.clone(),
-                opts.progress.clone(),
-            )
-        }
-        Strategy::Random => drive(
-            &p,
-            sched::Uniform::new(seed, slice),
-            opts.time,
-            shared.clone(),
-            opts.progress.clone(),
-        ),
-        Strategy::Dfs => drive(
-            &p,
-            DfsScheduler::new(slice.count().map(|n| n as usize), false),
-            opts.time,
-            shared.clone(),
-            opts.progress.clone(),
-        ),
+        Strategy::Pct => run_jobs(&p, &search, slice, jobs, |part| {
+            sched::Pct::new(seed, opts.depth, k as u64, part)
+        }),
+        Strategy::Random => run_jobs(&p, &search, slice, jobs, |part| {
+            sched::Uniform::new(seed, part)
+        }),
     };
-    let (executions, distinct, first, reached) = {
-        let sh = shared.lock().unwrap_or_else(|p| p.into_inner());
-        (
-            sh.executions,
-            sh.distinct.len(),
-            sh.log.switches(),
-            sh.coverage.report(scn),
-        )
+    let (executions, distinct, fingerprints, totals) = {
+        let t = search.totals();
+        let mut fps: Vec<u64> = t.distinct.iter().copied().collect();
+        fps.sort_unstable();
+        (t.executions, t.distinct.len(), fps, t.coverage.clone())
     };
-    let found = if failed {
-        let report = outputs.report.clone();
-        let sig = report.as_ref().and_then(signature).unwrap_or_default();
-        let found_switches = first.0.len();
-        let shrunk = shrink(&p, first, &sig);
-        Some(finish(&p, shrunk, found_switches, executions, outputs.error).0)
-    } else {
-        None
-    };
+    // Of the jobs that failed (usually one), the lowest execution index.
+    let failing = results
+        .into_iter()
+        .filter(|r| r.failed)
+        .min_by_key(|r| r.index.unwrap_or(u64::MAX));
+    let found = failing.map(|r| {
+        let sig = r
+            .outputs
+            .report
+            .as_ref()
+            .and_then(signature)
+            .unwrap_or_default();
+        let found_switches = r.switches.0.len();
+        let shrunk = shrink(&p, r.switches, &sig);
+        let mut f = finish(&p, shrunk, found_switches, executions, r.outputs.error).0;
+        f.index = r.index;
+        f
+    });
     Ok(ExploreReport {
         scenario: scn.name.clone(),
         strategy: opts.strategy,
         seed,
         depth: opts.depth,
         shard: opts.shard,
+        geometry: p.cfg.geometry.name,
+        jobs,
         reverted: p
             .cfg
             .fixes
@@ -674,7 +907,10 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
             }
             _ => None,
         },
-        coverage: reached,
+        coverage: totals.report(scn),
+        notes,
+        fingerprints,
+        coverage_totals: totals,
     })
 }
 
@@ -711,6 +947,7 @@ fn finish(
         switches_found: found_switches,
         switches_shrunk: actual.0.len(),
         at_execution: at,
+        index: None,
     };
     (found, actual)
 }

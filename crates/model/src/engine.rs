@@ -133,6 +133,11 @@ pub mod footprint {
     pub fn take_hidden() -> Vec<Access> {
         HIDDEN.with(|h| std::mem::take(&mut *h.borrow_mut()))
     }
+
+    /// Moves the hidden accesses recorded since the last call into `out`.
+    pub fn drain_hidden_into(out: &mut Vec<Access>) {
+        HIDDEN.with(|h| out.append(&mut h.borrow_mut()));
+    }
 }
 
 /// A 64-bit atomic word. All operations are sequentially consistent.

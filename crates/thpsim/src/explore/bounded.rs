@@ -59,17 +59,21 @@ impl Node {
     }
 }
 
-/// What each object was last touched by (vector clocks of steps).
-#[derive(Default, Clone)]
+/// Threads a vector clock has room for; an execution with more threads is
+/// not reduced (every alternative is run).
+const MAXT: usize = 8;
+
+/// A vector clock: for each thread, how many of its steps come before.
+type Clock = [u32; MAXT];
+
+/// What each object was last touched by.
+#[derive(Default, Clone, Copy)]
 struct ObjState {
-    write: Vec<u32>,
-    reads: Vec<u32>,
+    write: Clock,
+    reads: Clock,
 }
 
-fn join(into: &mut Vec<u32>, other: &[u32]) {
-    if into.len() < other.len() {
-        into.resize(other.len(), 0);
-    }
+fn join(into: &mut Clock, other: &Clock) {
     for (a, b) in into.iter_mut().zip(other) {
         *a = (*a).max(*b);
     }
@@ -81,63 +85,101 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A hasher for keys that are hashes or small numbers already.
+#[derive(Default, Clone, Copy)]
+pub struct MixHasher(u64);
+
+impl std::hash::Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        mix(self.0)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = mix(self.0 ^ u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = mix(self.0 ^ v);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<MixHasher>>;
+
 /// The happens-before order of the steps of one execution, and the
 /// fingerprint of its trace.
 #[derive(Default)]
 struct Tracker {
-    clocks: Vec<Vec<u32>>,
-    counts: Vec<u32>,
-    objs: HashMap<Obj, ObjState>,
+    clocks: [Clock; MAXT],
+    counts: [u32; MAXT],
+    /// Objects by number (`Obj::Id`), dense.
+    ids: Vec<ObjState>,
+    /// Other objects (TLBs, frames, arenas).
+    others: FastMap<Obj, ObjState>,
     /// Join of every step so far (what an `All` step comes after).
-    global: Vec<u32>,
+    global: Clock,
     /// The last `All` step (what every step comes after).
-    last_all: Vec<u32>,
+    last_all: Clock,
     fingerprint: (u64, u64),
 }
 
 impl Tracker {
-    /// A step of thread `t` that touched `fp`.
-    fn step(&mut self, t: usize, fp: &[Access]) {
-        if self.clocks.len() <= t {
-            self.clocks.resize(t + 1, Vec::new());
-            self.counts.resize(t + 1, 0);
-        }
-        self.counts[t] += 1;
-        let mut vc = self.clocks[t].clone();
-        if vc.len() <= t {
-            vc.resize(t + 1, 0);
-        }
-        vc[t] = self.counts[t];
-        join(&mut vc, &self.last_all.clone());
-        let all = fp.iter().any(|a| a.obj == Obj::All);
-        if all {
-            join(&mut vc, &self.global.clone());
-        }
-        for a in fp {
-            if matches!(a.obj, Obj::All | Obj::Nothing) {
-                continue;
-            }
-            if let Some(st) = self.objs.get(&a.obj) {
-                join(&mut vc, &st.write);
-                if a.write {
-                    join(&mut vc, &st.reads);
+    fn state(&mut self, obj: Obj) -> &mut ObjState {
+        match obj {
+            Obj::Id(i) => {
+                let i = i as usize;
+                if self.ids.len() <= i {
+                    self.ids.resize(i + 1, ObjState::default());
                 }
+                &mut self.ids[i]
+            }
+            other => self.others.entry(other).or_default(),
+        }
+    }
+
+    /// A step of thread `t` (< `MAXT`) that touched `fp`.
+    fn step(&mut self, t: usize, fp: &[Access]) {
+        let all = fp.iter().any(|a| a.obj == Obj::All);
+        self.counts[t] += 1;
+        let mut vc = self.clocks[t];
+        vc[t] = self.counts[t];
+        join(&mut vc, &self.last_all);
+        if all {
+            let g = self.global;
+            join(&mut vc, &g);
+        }
+        for a in fp {
+            if matches!(a.obj, Obj::All | Obj::Nothing) {
+                continue;
+            }
+            let st = *self.state(a.obj);
+            join(&mut vc, &st.write);
+            if a.write {
+                join(&mut vc, &st.reads);
             }
         }
         for a in fp {
             if matches!(a.obj, Obj::All | Obj::Nothing) {
                 continue;
             }
-            let st = self.objs.entry(a.obj).or_default();
+            let st = self.state(a.obj);
             if a.write {
-                st.write = vc.clone();
-                st.reads.clear();
+                st.write = vc;
+                st.reads = Clock::default();
             } else {
                 join(&mut st.reads, &vc);
             }
         }
         if all {
-            self.last_all = vc.clone();
+            self.last_all = vc;
         }
         join(&mut self.global, &vc);
         // The step's identity: thread, index, what it touched, what it
@@ -161,7 +203,7 @@ impl Tracker {
             feed((kind << 56) ^ v ^ (u64::from(a.write) << 55));
         }
         for (u, c) in vc.iter().enumerate() {
-            if u != t {
+            if u != t && *c != 0 {
                 feed(((u as u64) << 32) | u64::from(*c));
             }
         }
@@ -196,8 +238,12 @@ pub struct Bounded {
     covered: bool,
     tracker: Tracker,
     pending: Vec<Option<Access>>,
+    /// The current step's footprint (a buffer kept between steps).
+    fp: Vec<Access>,
+    /// This execution has more threads than a clock holds: no reduction.
+    unreduced: bool,
     // Across executions:
-    seen: HashMap<(u64, u64, usize), usize>,
+    seen: FastMap<(u64, u64, usize), usize>,
     limit: Option<u64>,
     stats: BoundedStats,
     /// Where the counts are published (the scheduler itself is owned by the
@@ -222,7 +268,9 @@ impl Bounded {
             covered: false,
             tracker: Tracker::default(),
             pending: Vec::new(),
-            seen: HashMap::new(),
+            fp: Vec::new(),
+            unreduced: false,
+            seen: FastMap::default(),
             limit,
             stats: BoundedStats {
                 preemptions,
@@ -254,8 +302,14 @@ impl Bounded {
 
     /// The end of the step `current` was running, and the start of its next.
     fn close_step(&mut self, current: Option<usize>) {
-        let Some(t) = current else {
-            footprint::take_hidden();
+        if current.is_some_and(|t| t >= MAXT) {
+            self.unreduced = true;
+        }
+        let Some(t) = current.filter(|&t| t < MAXT) else {
+            let mut sink = std::mem::take(&mut self.fp);
+            footprint::drain_hidden_into(&mut sink);
+            sink.clear();
+            self.fp = sink;
             return;
         };
         if self.pending.len() <= t {
@@ -265,9 +319,12 @@ impl Bounded {
             obj: Obj::All,
             write: true,
         });
-        let mut fp = vec![first];
-        fp.extend(footprint::take_hidden());
+        let mut fp = std::mem::take(&mut self.fp);
+        fp.clear();
+        fp.push(first);
+        footprint::drain_hidden_into(&mut fp);
         self.tracker.step(t, &fp);
+        self.fp = fp;
         self.pending[t] = Some(footprint::take_op().unwrap_or(Access {
             obj: Obj::All,
             write: true,
@@ -293,6 +350,7 @@ impl Scheduler for Bounded {
         self.pos = 0;
         self.cost = 0;
         self.covered = false;
+        self.unreduced = false;
         self.tracker = Tracker::default();
         self.pending.clear();
         footprint::reset();
@@ -337,7 +395,7 @@ impl Scheduler for Bounded {
                 cost: self.cost,
                 covered: self.covered,
             };
-            if !node.covered {
+            if !node.covered && !self.unreduced {
                 let left = self.k - self.cost;
                 let (a, b) = self.tracker.fingerprint;
                 let key = (a, b, current.unwrap_or(usize::MAX));

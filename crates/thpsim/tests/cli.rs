@@ -266,6 +266,30 @@ fn explore_and_replay_exit_codes() {
 }
 
 #[test]
+fn a_bounded_search_says_it_was_exhaustive() {
+    let race = root().join("scenarios/races/split_pmd_vs_wp_fault.thp");
+    let race = race.to_str().expect("utf8");
+    let out = thpsim(&["explore", race, "--strategy", "bounded", "--preemptions", "1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("ok: exhaustive up to 1 preemption: ")
+            && stdout.contains(" schedules, ")
+            && stdout.contains(" pruned, no failure"),
+        "{stdout}"
+    );
+    // A search stopped early says it is not exhaustive.
+    let out = thpsim(&[
+        "explore", race, "--strategy", "bounded", "--iterations", "10",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("NOT exhaustive"), "{stdout}");
+    let out = thpsim(&["explore", race, "--strategy", "dfs"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("retired"));
+}
+
+#[test]
 fn explore_prints_its_coverage_in_text_and_json() {
     let race = root().join("scenarios/races/split_page_vs_zap.thp");
     let race = race.to_str().expect("utf8");

@@ -768,18 +768,29 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// Models copy_one_pte(), mm/memory.c, v5.8: a COW mapping is
-    /// write-protected in both parent and child; the page gains a mapping.
-    fn copy_one_pte(&self, src: EntryRef, dst: EntryRef, pte: Pte, vma: &Vma) {
+    /// write-protected in both parent and child; a present page gains a
+    /// reference and a mapping. A migration entry is copied as it is (made a
+    /// read entry in a COW mapping) and takes neither: the page's references
+    /// and mapcounts were dropped when it was unmapped to the entry, and
+    /// remove_migration_ptes() takes them for every entry it restores,
+    /// the child's too (dup_mmap() links the child's VMA to the anon_vma
+    /// before it copies the page tables).
+    ///
+    /// # Locking
+    /// Called with both PTE locks held (copy_pte_range()).
+    pub(crate) fn copy_one_pte(&self, src: EntryRef, dst: EntryRef, pte: Pte, vma: &Vma) {
         let mut pte = pte;
         match pte {
             Pte::Migration { pfn, write } => {
-                // A write migration entry becomes a read one in both (COW).
+                let _page = self.migration_entry_to_page(pfn);
+                self.note(|| "copy_one_pte(): migration entry copied".to_string());
+                // rss[mm_counter(page)]++: RSS counters are not modelled.
                 if write && vma.is_cow_mapping() {
+                    // COW mappings require pages in both parent and child
+                    // to be set to read.
                     pte = Pte::Migration { pfn, write: false };
                     self.set_pte_at(src, pte);
                 }
-                self.get_page(pfn);
-                self.page_dup_rmap(pfn, false);
             }
             Pte::Swap(_) => {
                 // Swap arrives in a later issue.
@@ -1051,4 +1062,86 @@ fn vm_assert_locked<E: Engine>(cpu: &Cpu<E>, lock: &SpinLock<E>) {
         !lock.is_locked(),
         "assert_spin_locked(pmd_lockptr(mm, pmdp))"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::check::audit::audit;
+    use crate::mmap::Prot;
+    use crate::mmu::Access;
+    use crate::pgtable::Pte;
+    use crate::rmap::TtuFlags;
+    use crate::types::{CpuId, Geometry};
+    use crate::{Config, Cpu, Kernel, StdEngine};
+
+    /// fork while a PTE-mapped THP is frozen to migration entries (what
+    /// unmap_page() leaves for split_huge_page()): copy_one_pte() copies the
+    /// entries read-only and takes no reference and no mapcount, so the THP
+    /// stays unmapped for the splitter, and remove_migration_ptes() restores
+    /// both processes' PTEs with their counts.
+    #[test]
+    fn fork_copies_a_migration_entry_without_reference_or_mapcount() {
+        for geo in [Geometry::TINY, Geometry::X86_64] {
+            let k = Kernel::<StdEngine>::new(Config::new(geo));
+            let cpu = Cpu::new(k.clone(), CpuId(0));
+            let splitter = Cpu::new(k, CpuId(1));
+            let (ps, pmd) = (geo.page_size(), geo.pmd_size());
+            let mm = cpu.mm_alloc();
+            let a = cpu.do_mmap(&mm, pmd, Prot::ReadWrite, pmd).expect("mmap");
+            for i in 0..geo.hpage_pmd_nr() {
+                cpu.user_access(&mm, a.add_bytes(i * ps), Access::Write(0x11))
+                    .expect("write");
+            }
+            // PTE-map the THP: munmap one subpage (queues it for deferred split).
+            cpu.do_munmap(&mm, a.add_bytes(ps), ps).expect("munmap");
+            let head = cpu.page_info(&mm, a).pfn.expect("mapped");
+            assert!(cpu.page_trans_huge(head));
+            // What deferred_split_scan() -> split_huge_page_to_list() ->
+            // unmap_page() does on another CPU: a reference, the page lock,
+            // every PTE frozen to a migration entry.
+            // (The anon_vma lock is dropped around the fork here so that one
+            // thread can run both: anon_vma_fork() takes it.)
+            splitter.get_page(head);
+            splitter.lock_page(head);
+            let av = splitter.page_get_anon_vma(head).expect("anon_vma");
+            splitter.anon_vma_lock_write(av);
+            let flags = TtuFlags {
+                ignore_mlock: true,
+                rmap_locked: true,
+                split_huge_pmd: true,
+                split_freeze: true,
+                sync: true,
+                ..TtuFlags::default()
+            };
+            assert!(splitter.try_to_unmap(head, flags), "unmapped");
+            splitter.anon_vma_unlock_write(av);
+            let count = cpu.page_count(head);
+            assert_eq!(cpu.total_mapcount(head), 0);
+
+            let child = cpu.dup_mm(&mm).expect("fork");
+            assert!(cpu.k.reports().is_empty(), "{:?}", cpu.k.reports());
+            assert_eq!(cpu.total_mapcount(head), 0, "fork added a mapcount");
+            assert_eq!(cpu.page_count(head), count, "fork took a reference");
+            for (m, addr) in [(&mm, a), (&child, a), (&child, a.add_bytes(2 * ps))] {
+                let pmd = cpu.pmd_offset(m, addr).expect("pmd");
+                let pte = cpu.pte_offset(cpu.pmd_read(pmd), addr).expect("pte");
+                let v = cpu.pte_read(pte);
+                assert!(matches!(v, Pte::Migration { write: false, .. }), "{v:?}");
+            }
+            // remap_page(): both processes map the THP again.
+            splitter.anon_vma_lock_write(av);
+            splitter.remove_migration_ptes(head, head, true);
+            splitter.anon_vma_unlock_write(av);
+            splitter.put_anon_vma(av);
+            splitter.unlock_page(head);
+            splitter.put_page(head);
+            assert_eq!(cpu.page_mapcount(head), 2);
+            assert_eq!(cpu.page_mapcount(head.add(2)), 2);
+            let v = audit(&cpu);
+            assert!(v.is_empty(), "audit after the remap: {v:?}");
+            assert!(cpu.k.reports().is_empty(), "{:?}", cpu.k.reports());
+            let b = cpu.user_load(&child, a.add_bytes(2 * ps), 1).expect("read");
+            assert_eq!(b, vec![0x11]);
+        }
+    }
 }

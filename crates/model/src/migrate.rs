@@ -87,6 +87,19 @@ impl<E: Engine> Cpu<E> {
         true
     }
 
+    /// Models migration_entry_to_page(), include/linux/swapops.h, v5.8: the
+    /// page a migration entry names, which must be locked (its head) while
+    /// any migration entry for it exists.
+    pub fn migration_entry_to_page(&self, pfn: Pfn) -> Pfn {
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_locked(pfn),
+            pfn,
+            "BUG_ON(!PageLocked(compound_head(p)))"
+        );
+        pfn
+    }
+
     /// Models migration_entry_wait()/__migration_entry_wait(), mm/migrate.c,
     /// v5.8: if the PTE still holds a migration entry, sleep until its page is
     /// unlocked; the fault is then retried.
@@ -102,7 +115,11 @@ impl<E: Engine> Cpu<E> {
         let Pte::Migration { pfn, .. } = self.pte_read(pte) else {
             return;
         };
-        let page = self.compound_head(pfn);
+        // DIVERGENCE: 5.8 takes the reference on the entry's own page; a THP
+        // tail's _refcount is 0 until __split_huge_page_tail() sets it, so 5.8
+        // faults again until then. The model waits on the head (whose lock the
+        // tails inherit), which ends the same way without the retry loop.
+        let page = self.compound_head(self.migration_entry_to_page(pfn));
         if !self.get_page_unless_zero(page) {
             return;
         }

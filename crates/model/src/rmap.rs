@@ -291,7 +291,7 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// hpage_nr_pages().
-    fn hpage_nr_pages(&self, page: Pfn) -> u64 {
+    pub fn hpage_nr_pages(&self, page: Pfn) -> u64 {
         if self.page_trans_huge(page) {
             self.k.geo.hpage_pmd_nr()
         } else {
@@ -299,12 +299,28 @@ impl<E: Engine> Cpu<E> {
         }
     }
 
-    /// Models vma_address()/__vma_address(), mm/internal.h, v5.8.
+    /// Models __vma_address(), mm/internal.h, v5.8: the user address at which
+    /// `page` is expected in `vma`, not clamped to the VMA: a THP's head may
+    /// lie below vm_start (unsigned arithmetic, as in the kernel).
+    pub fn __vma_address(&self, page: Pfn, vma: &Vma) -> u64 {
+        let pgoff = self.page_to_pgoff(page);
+        vma.vm_start()
+            .0
+            .wrapping_add(pgoff.wrapping_sub(vma.vm_pgoff()) << self.k.geo.page_shift)
+    }
+
+    /// Models vma_address(), mm/internal.h, v5.8: __vma_address() clamped to
+    /// vm_start; the page must overlap the VMA.
     pub fn vma_address(&self, page: Pfn, vma: &Vma) -> VirtAddr {
-        let pgoff = self.page_to_pgoff(page) as i64;
-        let start =
-            vma.vm_start().0 as i64 + ((pgoff - vma.vm_pgoff() as i64) << self.k.geo.page_shift);
-        VirtAddr(start.max(vma.vm_start().0 as i64) as u64)
+        let start = self.__vma_address(page, vma);
+        let end = start.wrapping_add(self.k.geo.page_size() * (self.hpage_nr_pages(page) - 1));
+        // page should be within @vma mapping range
+        crate::vm_bug_on!(
+            self,
+            end < vma.vm_start().0 || start >= vma.vm_end().0,
+            "VM_BUG_ON_VMA(end < vma->vm_start || start >= vma->vm_end, vma)"
+        );
+        VirtAddr(start.max(vma.vm_start().0))
     }
 
     /// The anon_vma a page's mapping points at (page_anon_vma()).

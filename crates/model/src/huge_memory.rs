@@ -214,14 +214,14 @@ impl<E: Engine> Cpu<E> {
         }
         let write = vmf.flags.write;
         let entry = orig_pmd.with_flags(|f| {
-            f.young = true;
+            f.young = true; // pmd_mkyoung()
             if write {
-                f.dirty = true;
+                f.dirty = true; // pmd_mkdirty()
             }
         });
-        if entry != orig_pmd {
-            self.set_pmd_at(pmd, entry);
-        }
+        let haddr = self.k.geo.pmd_align_down(vmf.address);
+        // update_mmu_cache_pmd() if it changed: a no-op on x86.
+        self.pmdp_set_access_flags(haddr, pmd, entry, write);
     }
 
     /// Models do_huge_pmd_wp_page(), mm/huge_memory.c, v5.8: reuse the THP if
@@ -361,10 +361,10 @@ impl<E: Engine> Cpu<E> {
         self.get_page(src_page);
         self.page_dup_rmap(src_page, true);
         self.pgtable_trans_huge_deposit(dst_pmd, pgtable);
-        // pmdp_set_wrprotect(); dup_mmap() flushes the parent's TLB at the end.
+        // dup_mmap() flushes the parent's TLB at the end.
         let _ = src;
-        let now = self.pmd_read(src_pmd).with_flags(|f| f.write = false);
-        self.set_pmd_at(src_pmd, now);
+        self.pmdp_set_wrprotect(src_pmd);
+        // pmd_mkold(pmd_wrprotect(pmd))
         let child = pmd.with_flags(|f| {
             f.write = false;
             f.young = false;

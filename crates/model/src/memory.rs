@@ -400,17 +400,16 @@ impl<E: Engine> Cpu<E> {
         if vmf.flags.write && !entry.is_write() {
             return self.do_wp_page(vmf, ptl);
         }
-        // pte_mkyoung()/pte_mkdirty() + ptep_set_access_flags()
         let write = vmf.flags.write;
-        let new = entry.with_flags(|f| {
-            f.young = true;
+        let entry = entry.with_flags(|f| {
             if write {
-                f.dirty = true;
+                f.dirty = true; // pte_mkdirty()
             }
+            f.young = true; // pte_mkyoung()
         });
-        if new != entry {
-            self.set_pte_at(pte, new);
-        }
+        // update_mmu_cache() when it changed, else on a write
+        // flush_tlb_fix_spurious_fault(): both are no-ops on x86.
+        self.ptep_set_access_flags(pte, entry, write);
         drop(ptl);
         VmFaultT::NONE
     }
@@ -796,11 +795,11 @@ impl<E: Engine> Cpu<E> {
                 // Swap arrives in a later issue.
             }
             Pte::Present { .. } => {
+                // If it's a COW mapping, write protect it both in the parent
+                // and the child.
                 if vma.is_cow_mapping() && pte.is_write() {
-                    // ptep_set_wrprotect()
-                    let src_now = self.pte_read(src).with_flags(|f| f.write = false);
-                    self.set_pte_at(src, src_now);
-                    pte = pte.with_flags(|f| f.write = false);
+                    self.ptep_set_wrprotect(src);
+                    pte = pte.with_flags(|f| f.write = false); // pte_wrprotect()
                 }
                 if vma.vm_flags() & vm::SHARED != 0 {
                     pte = pte.with_flags(|f| f.dirty = false);

@@ -277,19 +277,15 @@ impl<E: Engine> Cpu<E> {
             };
             if reuse {
                 let entry = orig_pmd.with_flags(|f| {
-                    f.young = true;
-                    f.dirty = true;
-                    self.maybe_mkwrite(f, &vma);
+                    f.young = true; // pmd_mkyoung()
+                    f.dirty = true; // pmd_mkdirty()
+                    self.maybe_mkwrite(f, &vma); // maybe_pmd_mkwrite()
                 });
-                self.set_pmd_at(pmd, entry); // pmdp_set_access_flags()
-                self.flush_tlb_range(
-                    vmf.mm.id,
-                    self.k.geo.pmd_align_down(vmf.address),
-                    self.k
-                        .geo
-                        .pmd_align_down(vmf.address)
-                        .add_bytes(self.k.geo.pmd_size()),
-                );
+                // No TLB flush on x86 (pmdp_set_access_flags()): another CPU's
+                // read-only translation takes a spurious fault. update_mmu_cache_pmd()
+                // if it changed: a no-op on x86.
+                let haddr = self.k.geo.pmd_align_down(vmf.address);
+                self.pmdp_set_access_flags(haddr, pmd, entry, true);
                 self.unlock_page(page);
                 drop(ptl);
                 return VmFaultT::WRITE;

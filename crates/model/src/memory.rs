@@ -562,18 +562,24 @@ impl<E: Engine> Cpu<E> {
         self.wp_page_copy(vmf, Some(page))
     }
 
-    /// Models wp_page_reuse(), mm/memory.c, v5.8: make the PTE writable in place.
+    /// Models wp_page_reuse(), mm/memory.c, v5.8: make the PTE writable in
+    /// place with ptep_set_access_flags(), which on x86 flushes no TLB: other
+    /// CPUs may keep a read-only translation and take a spurious fault on
+    /// their next write (mmu.rs), as on x86.
+    ///
+    /// # Locking
+    /// Called with the PTE lock held (`ptl`); drops it.
     pub fn wp_page_reuse(&self, vmf: &mut VmFault<E>, ptl: crate::sync::SpinGuard<'_, E>) {
         let _f = self.func("wp_page_reuse");
         let pte = vmf.pte.expect("pte");
         let vma = vmf.vma.clone();
         let entry = vmf.orig_pte.with_flags(|f| {
-            f.young = true;
-            f.dirty = true;
+            f.young = true; // pte_mkyoung()
+            f.dirty = true; // pte_mkdirty()
             self.maybe_mkwrite(f, &vma);
         });
-        self.set_pte_at(pte, entry); // ptep_set_access_flags()
-        self.flush_tlb_page(vmf.mm.id, vmf.address);
+        // update_mmu_cache() if it changed: a no-op on x86.
+        self.ptep_set_access_flags(pte, entry, true);
         drop(ptl);
     }
 
@@ -1141,6 +1147,72 @@ mod tests {
             assert!(cpu.k.reports().is_empty(), "{:?}", cpu.k.reports());
             let b = cpu.user_load(&child, a.add_bytes(2 * ps), 1).expect("read");
             assert_eq!(b, vec![0x11]);
+        }
+    }
+
+    /// A write fault that reuses the page (wp_page_reuse(), and
+    /// do_huge_pmd_wp_page() for a THP) flushes no TLB, as on x86: another CPU
+    /// keeps its read-only translation, and its next write takes a spurious
+    /// fault that finds the entry writable and changes nothing else.
+    #[test]
+    fn a_reuse_leaves_other_cpus_a_spurious_fault() {
+        use crate::kernel::TraceEvent;
+        for geo in [Geometry::TINY, Geometry::X86_64] {
+            // A base page (a one-page mapping cannot be a THP) and a THP.
+            for len in [geo.page_size(), geo.pmd_size()] {
+                let k = Kernel::<StdEngine>::new(Config::new(geo));
+                let (cpu0, cpu1) = (Cpu::new(k.clone(), CpuId(0)), Cpu::new(k, CpuId(1)));
+                let mm = cpu0.mm_alloc();
+                let a = cpu0
+                    .do_mmap(&mm, len, Prot::ReadWrite, geo.pmd_size())
+                    .expect("mmap");
+                cpu0.user_access(&mm, a, Access::Write(1)).expect("write");
+                let child = cpu0.dup_mm(&mm).expect("fork");
+                // CPU 1 caches a read-only translation of the shared page.
+                assert_eq!(cpu1.user_access(&mm, a, Access::Read), Ok(1));
+                cpu0.mmput(&child);
+                let page = cpu0.page_info(&mm, a).pfn.expect("mapped");
+                // CPU 0's write reuses the page: nobody else maps it now.
+                cpu0.user_access(&mm, a, Access::Write(2)).expect("reuse");
+                assert_eq!(cpu0.page_info(&mm, a).pfn, Some(page), "reused");
+                let vpn = geo.vpn(a);
+                let cached = |c: &Cpu<StdEngine>| {
+                    c.k.tlbs[c.id.0]
+                        .lock()
+                        .unwrap()
+                        .entries()
+                        .into_iter()
+                        .find(|((m, v), _)| *m == mm.id && *v == vpn)
+                        .map(|(_, e)| e.write)
+                };
+                assert_eq!(cached(&cpu1), Some(false), "CPU 1's entry was flushed");
+                let v = audit(&cpu0);
+                assert!(v.is_empty(), "a stale read-only entry is allowed: {v:?}");
+                // CPU 1 writes: a spurious fault, then the write goes through.
+                cpu1.k.set_tracing(true);
+                cpu1.user_access(&mm, a, Access::Write(3)).expect("write");
+                cpu1.k.set_tracing(false);
+                let entered: Vec<_> = cpu1
+                    .k
+                    .take_trace()
+                    .into_iter()
+                    .filter_map(|r| match r.event {
+                        TraceEvent::Enter(f) => Some(f),
+                        TraceEvent::Note(_) => None,
+                    })
+                    .collect();
+                assert!(entered.contains(&"do_user_addr_fault"), "{entered:?}");
+                assert!(
+                    !entered.iter().any(|f| f.contains("wp_page")),
+                    "the handler found the entry writable: {entered:?}"
+                );
+                assert_eq!(cached(&cpu1), Some(true));
+                assert_eq!(cpu0.page_info(&mm, a).pfn, Some(page));
+                assert_eq!(cpu0.user_access(&mm, a, Access::Read), Ok(3));
+                let v = audit(&cpu0);
+                assert!(v.is_empty(), "{v:?}");
+                assert!(cpu0.k.reports().is_empty(), "{:?}", cpu0.k.reports());
+            }
         }
     }
 }

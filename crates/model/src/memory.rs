@@ -505,8 +505,12 @@ impl<E: Engine> Cpu<E> {
                 self.migration_entry_wait(pmd, vmf.address);
                 VmFaultT::NONE
             }
-            // Swap entries arrive with the swap device.
-            _ => VmFaultT::SIGBUS,
+            Pte::Swap(_) => self.unmodelled("do_swap_page(): swap-in", None),
+            // Not reached: handle_pte_fault() calls this for a non-present,
+            // non-none PTE only.
+            Pte::None | Pte::Present { .. } => {
+                self.unmodelled("do_swap_page(): called for a none or present PTE", None)
+            }
         }
     }
 
@@ -798,7 +802,7 @@ impl<E: Engine> Cpu<E> {
                 }
             }
             Pte::Swap(_) => {
-                // Swap arrives in a later issue.
+                self.unmodelled("copy_one_pte(): a swap entry (swap_duplicate())", None);
             }
             Pte::Present { .. } => {
                 // If it's a COW mapping, write protect it both in the parent
@@ -966,11 +970,16 @@ impl<E: Engine> Cpu<E> {
                     }
                 }
                 Pte::Migration { pfn, .. } => {
-                    let _ = pfn;
+                    // rss[mm_counter(page)]--: RSS counters are not modelled.
+                    let _page = self.migration_entry_to_page(pfn);
+                    // free_swap_and_cache() is 1 for a non-swap entry.
                     self.ptep_get_and_clear(r); // pte_clear_not_present_full()
                 }
                 Pte::Swap(_) => {
-                    self.ptep_get_and_clear(r);
+                    self.unmodelled(
+                        "zap_pte_range(): a swap entry (free_swap_and_cache())",
+                        None,
+                    );
                 }
             }
             a = a.add_bytes(ps);
@@ -1112,6 +1121,7 @@ mod tests {
             splitter.anon_vma_lock_write(av);
             let flags = TtuFlags {
                 ignore_mlock: true,
+                ignore_access: true,
                 rmap_locked: true,
                 split_huge_pmd: true,
                 split_freeze: true,

@@ -12,6 +12,7 @@ use crate::cpu::Cpu;
 use crate::engine::Engine;
 use crate::page_vma_mapped::{Pvmw, PvmwFlags};
 use crate::pgtable::{EntryRef, Pmd, Pte};
+use crate::rmap::RmapLock;
 use crate::types::{Pfn, VirtAddr};
 
 impl<E: Engine> Cpu<E> {
@@ -19,9 +20,14 @@ impl<E: Engine> Cpu<E> {
     /// migration entry for `old` by a PTE mapping `new`.
     pub fn remove_migration_ptes(&self, old: Pfn, new: Pfn, locked: bool) {
         let _f = self.func("remove_migration_ptes");
+        let lock = if locked {
+            RmapLock::Held
+        } else {
+            RmapLock::AnonVmaLockRead
+        };
         self.rmap_walk_anon(
             new,
-            locked,
+            lock,
             |c, vma, addr| c.remove_migration_pte(new, vma, addr, old),
             |_| false,
         );
@@ -57,18 +63,24 @@ impl<E: Engine> Cpu<E> {
             },
         );
         while self.page_vma_mapped_walk(&mut pvmw) {
+            // PMD-mapped THP migration entry
             let Some(pte) = pvmw.pte else {
-                self.bug(
-                    "remove_migration_pmd(): PMD migration entries are not modelled yet",
+                self.unmodelled(
+                    "remove_migration_pte(): remove_migration_pmd() (PMD-level THP migration)",
                     Some(page),
                 );
             };
+            // check_pte() with PVMW_MIGRATION returns only a migration entry
+            // for the page; 5.8 decodes it without a check.
             let Pte::Migration {
                 pfn: entry_pfn,
                 write,
             } = self.pte_read(pte)
             else {
-                continue;
+                self.unmodelled(
+                    "remove_migration_pte(): page_vma_mapped_walk() returned a PTE that is not a migration entry",
+                    Some(page),
+                );
             };
             // new = page - pvmw.page->index + linear_page_index(vma, pvmw.address)
             let new = Pfn((page.0 as i64 - self.page_to_pgoff(old) as i64

@@ -9,6 +9,11 @@
 //! return while zap_huge_pmd() has cleared the PMD but not yet dropped the
 //! mapcount; and PTEs are always looked at under the PTE lock.
 //!
+//! DIVERGENCE: that PMD lock for PVMW_SYNC is 5.13's (732ed55823fc); 5.8 has
+//! PVMW_SYNC only in map_pte(). The model applies it while the fix
+//! `rmap-pmd-under-ptl` is in (the default), so split_huge_page() walks as
+//! 5.13 does unless the fix is reverted.
+//!
 //! Leaves out: hugetlb (a later issue), device-private entries.
 
 use crate::cpu::Cpu;
@@ -176,6 +181,7 @@ impl<E: Engine> Cpu<E> {
                             }
                         )
                     });
+                    // DIVERGENCE: 5.13's (see the module header).
                     if pvmw.flags.sync
                         && self.k.cfg.fixes.applied(Fix::RmapPmdUnderPtl)
                         && self.page_trans_compound(pvmw.page)

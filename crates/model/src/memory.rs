@@ -489,8 +489,16 @@ impl<E: Engine> Cpu<E> {
         0
     }
 
-    /// Models lru_cache_add_active_or_unevictable(): the page joins the LRU.
+    /// Models lru_cache_add_active_or_unevictable(), mm/swap.c, v5.8: the
+    /// page joins the LRU (no VM_LOCKED VMA reaches here: mlock is not
+    /// modelled).
     pub fn lru_cache_add(&self, pfn: Pfn) {
+        crate::vm_bug_on_page!(
+            self,
+            self.page(pfn).test_flag(pg::LRU),
+            pfn,
+            "VM_BUG_ON_PAGE(PageLRU(page), page)"
+        );
         self.page(pfn).set_flag(pg::LRU | pg::ACTIVE);
     }
 

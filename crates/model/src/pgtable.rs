@@ -44,9 +44,9 @@ pub const PAGE_ACCESSED: u64 = 1 << 5;
 
 impl PteFlags {
     fn bits(self) -> u64 {
-        (self.write as u64) * PAGE_RW
-            | (self.dirty as u64) * PAGE_DIRTY
-            | (self.young as u64) * PAGE_ACCESSED
+        (self.write as u64) << PAGE_RW.trailing_zeros()
+            | (self.dirty as u64) << PAGE_DIRTY.trailing_zeros()
+            | (self.young as u64) << PAGE_ACCESSED.trailing_zeros()
             | (self.protnone as u64) << 6
             | (self.special as u64) << 7
     }

@@ -470,9 +470,10 @@ impl<E: Engine> Cpu<E> {
     /// up unmapped (`!page_mapcount(page)`).
     pub fn try_to_unmap(&self, page: Pfn, flags: TtuFlags) -> bool {
         let _f = self.func("try_to_unmap");
-        let done = |c: &Self| c.total_mapcount(page) == 0; // page_mapcount_is_zero()
-                                                           // rmap_walk_locked() with TTU_RMAP_LOCKED; else rmap_walk() with
-                                                           // .anon_lock = page_lock_anon_vma_read.
+        // page_mapcount_is_zero()
+        let done = |c: &Self| c.total_mapcount(page) == 0;
+        // rmap_walk_locked() with TTU_RMAP_LOCKED; else rmap_walk() with
+        // .anon_lock = page_lock_anon_vma_read.
         let lock = if flags.rmap_locked {
             RmapLock::Held
         } else {

@@ -154,6 +154,26 @@ impl<E: Engine> Cpu<E> {
         std::panic::panic_any(KernelOops)
     }
 
+    /// A kernel path the model does not implement yet, or a state it cannot
+    /// represent, was reached: report it (MODEL-LIMIT) and stop the CPU as an
+    /// oops does, so the run never goes on silently where 5.8 would do
+    /// something else. Not a kernel bug.
+    pub fn unmodelled(&self, what: &str, page: Option<Pfn>) -> ! {
+        let message = match page {
+            Some(p) => format!("not modelled: {what} (page {})", self.dump_page(p)),
+            None => format!("not modelled: {what}"),
+        };
+        self.k.report(Violation {
+            id: invariants::MODEL_LIMIT,
+            kind: ViolationKind::Unmodelled,
+            message,
+            cpu: Some(self.id),
+            backtrace: self.backtrace(),
+            page,
+        });
+        std::panic::panic_any(KernelOops)
+    }
+
     /// A kernel warning: report it and go on.
     pub fn warn(&self, id: &'static str, text: &str, page: Option<Pfn>) {
         let message = match page {

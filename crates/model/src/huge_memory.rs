@@ -215,14 +215,14 @@ impl<E: Engine> Cpu<E> {
         }
         let write = vmf.flags.write;
         let entry = orig_pmd.with_flags(|f| {
-            f.young = true;
+            f.young = true; // pmd_mkyoung()
             if write {
-                f.dirty = true;
+                f.dirty = true; // pmd_mkdirty()
             }
         });
-        if entry != orig_pmd {
-            self.set_pmd_at(pmd, entry);
-        }
+        let haddr = self.k.geo.pmd_align_down(vmf.address);
+        // update_mmu_cache_pmd() if it changed: a no-op on x86.
+        self.pmdp_set_access_flags(haddr, pmd, entry, write);
     }
 
     /// Models do_huge_pmd_wp_page(), mm/huge_memory.c, v5.8: reuse the THP if
@@ -285,19 +285,15 @@ impl<E: Engine> Cpu<E> {
             if reuse {
                 self.mark(Mark::reached("do_huge_pmd_wp_page: THP reused"));
                 let entry = orig_pmd.with_flags(|f| {
-                    f.young = true;
-                    f.dirty = true;
-                    self.maybe_mkwrite(f, &vma);
+                    f.young = true; // pmd_mkyoung()
+                    f.dirty = true; // pmd_mkdirty()
+                    self.maybe_mkwrite(f, &vma); // maybe_pmd_mkwrite()
                 });
-                self.set_pmd_at(pmd, entry); // pmdp_set_access_flags()
-                self.flush_tlb_range(
-                    vmf.mm.id,
-                    self.k.geo.pmd_align_down(vmf.address),
-                    self.k
-                        .geo
-                        .pmd_align_down(vmf.address)
-                        .add_bytes(self.k.geo.pmd_size()),
-                );
+                // No TLB flush on x86 (pmdp_set_access_flags()): another CPU's
+                // read-only translation takes a spurious fault. update_mmu_cache_pmd()
+                // if it changed: a no-op on x86.
+                let haddr = self.k.geo.pmd_align_down(vmf.address);
+                self.pmdp_set_access_flags(haddr, pmd, entry, true);
                 self.unlock_page(page);
                 drop(ptl);
                 return VmFaultT::WRITE;
@@ -370,10 +366,10 @@ impl<E: Engine> Cpu<E> {
         self.get_page(src_page);
         self.page_dup_rmap(src_page, true);
         self.pgtable_trans_huge_deposit(dst_pmd, pgtable);
-        // pmdp_set_wrprotect(); dup_mmap() flushes the parent's TLB at the end.
+        // dup_mmap() flushes the parent's TLB at the end.
         let _ = src;
-        let now = self.pmd_read(src_pmd).with_flags(|f| f.write = false);
-        self.set_pmd_at(src_pmd, now);
+        self.pmdp_set_wrprotect(src_pmd);
+        // pmd_mkold(pmd_wrprotect(pmd))
         let child = pmd.with_flags(|f| {
             f.write = false;
             f.young = false;
@@ -444,15 +440,39 @@ impl<E: Engine> Cpu<E> {
                     page,
                     "VM_BUG_ON_PAGE(!PageHead(page), page)"
                 );
+                if !self.page_anon(page) {
+                    self.unmodelled("zap_huge_pmd(): a file THP", Some(page));
+                }
                 self.zap_deposited_table(pmd);
                 drop(ptl);
                 self.tlb_remove_page(tlb, page);
             }
-            Pmd::Migration { .. } => {
-                self.zap_deposited_table(pmd);
+            Pmd::Migration { pfn: page, .. } => {
+                // Not present: thp_migration_supported() (x86_64 has
+                // CONFIG_ARCH_ENABLE_THP_MIGRATION), so no
+                // WARN_ONCE(1, "Non present huge pmd without pmd migration
+                // enabled!") branch; page = pfn_to_page(swp_offset(entry)),
+                // flush_needed = 0.
+                if self.page_anon(page) {
+                    self.zap_deposited_table(pmd);
+                } else {
+                    self.unmodelled("zap_huge_pmd(): a file THP", Some(page));
+                }
                 drop(ptl);
             }
-            _ => drop(ptl),
+            Pmd::None | Pmd::Table(_) => {
+                // __pmd_trans_huge_lock() returned the lock for a huge or
+                // migration PMD, and nobody changes it under the lock. 5.8
+                // would take a page table for pmd_present() and use
+                // pmd_page() of it; a none PMD fails its VM_BUG_ON.
+                if orig.is_none() {
+                    self.bug("VM_BUG_ON(!is_pmd_migration_entry(orig_pmd))", None);
+                }
+                self.unmodelled(
+                    "zap_huge_pmd(): the huge PMD became a page table under the PMD lock",
+                    None,
+                );
+            }
         }
         true
     }
@@ -902,8 +922,12 @@ impl<E: Engine> Cpu<E> {
             page,
             "VM_BUG_ON_PAGE(!PageHead(page), page)"
         );
+        // DIVERGENCE: TTU_SYNC is 5.13's (732ed55823fc); the model applies it
+        // while the fix `rmap-pmd-under-ptl` is in (the default), so 5.8's
+        // unlocked PMD check is what reverting that fix restores.
         let flags = TtuFlags {
             ignore_mlock: true,
+            ignore_access: true,
             rmap_locked: true,
             split_huge_pmd: true,
             split_freeze: self.page_anon(page),

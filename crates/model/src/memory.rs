@@ -401,17 +401,16 @@ impl<E: Engine> Cpu<E> {
         if vmf.flags.write && !entry.is_write() {
             return self.do_wp_page(vmf, ptl);
         }
-        // pte_mkyoung()/pte_mkdirty() + ptep_set_access_flags()
         let write = vmf.flags.write;
-        let new = entry.with_flags(|f| {
-            f.young = true;
+        let entry = entry.with_flags(|f| {
             if write {
-                f.dirty = true;
+                f.dirty = true; // pte_mkdirty()
             }
+            f.young = true; // pte_mkyoung()
         });
-        if new != entry {
-            self.set_pte_at(pte, new);
-        }
+        // update_mmu_cache() when it changed, else on a write
+        // flush_tlb_fix_spurious_fault(): both are no-ops on x86.
+        self.ptep_set_access_flags(pte, entry, write);
         drop(ptl);
         VmFaultT::NONE
     }
@@ -491,8 +490,16 @@ impl<E: Engine> Cpu<E> {
         0
     }
 
-    /// Models lru_cache_add_active_or_unevictable(): the page joins the LRU.
+    /// Models lru_cache_add_active_or_unevictable(), mm/swap.c, v5.8: the
+    /// page joins the LRU (no VM_LOCKED VMA reaches here: mlock is not
+    /// modelled).
     pub fn lru_cache_add(&self, pfn: Pfn) {
+        crate::vm_bug_on_page!(
+            self,
+            self.page(pfn).test_flag(pg::LRU),
+            pfn,
+            "VM_BUG_ON_PAGE(PageLRU(page), page)"
+        );
         self.page(pfn).set_flag(pg::LRU | pg::ACTIVE);
     }
 
@@ -507,8 +514,12 @@ impl<E: Engine> Cpu<E> {
                 self.migration_entry_wait(pmd, vmf.address);
                 VmFaultT::NONE
             }
-            // Swap entries arrive with the swap device.
-            _ => VmFaultT::SIGBUS,
+            Pte::Swap(_) => self.unmodelled("do_swap_page(): swap-in", None),
+            // Not reached: handle_pte_fault() calls this for a non-present,
+            // non-none PTE only.
+            Pte::None | Pte::Present { .. } => {
+                self.unmodelled("do_swap_page(): called for a none or present PTE", None)
+            }
         }
     }
 
@@ -566,18 +577,24 @@ impl<E: Engine> Cpu<E> {
         self.wp_page_copy(vmf, Some(page))
     }
 
-    /// Models wp_page_reuse(), mm/memory.c, v5.8: make the PTE writable in place.
+    /// Models wp_page_reuse(), mm/memory.c, v5.8: make the PTE writable in
+    /// place with ptep_set_access_flags(), which on x86 flushes no TLB: other
+    /// CPUs may keep a read-only translation and take a spurious fault on
+    /// their next write (mmu.rs), as on x86.
+    ///
+    /// # Locking
+    /// Called with the PTE lock held (`ptl`); drops it.
     pub fn wp_page_reuse(&self, vmf: &mut VmFault<E>, ptl: crate::sync::SpinGuard<'_, E>) {
         let _f = self.func("wp_page_reuse");
         let pte = vmf.pte.expect("pte");
         let vma = vmf.vma.clone();
         let entry = vmf.orig_pte.with_flags(|f| {
-            f.young = true;
-            f.dirty = true;
+            f.young = true; // pte_mkyoung()
+            f.dirty = true; // pte_mkdirty()
             self.maybe_mkwrite(f, &vma);
         });
-        self.set_pte_at(pte, entry); // ptep_set_access_flags()
-        self.flush_tlb_page(vmf.mm.id, vmf.address);
+        // update_mmu_cache() if it changed: a no-op on x86.
+        self.ptep_set_access_flags(pte, entry, true);
         drop(ptl);
     }
 
@@ -771,28 +788,39 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// Models copy_one_pte(), mm/memory.c, v5.8: a COW mapping is
-    /// write-protected in both parent and child; the page gains a mapping.
-    fn copy_one_pte(&self, src: EntryRef, dst: EntryRef, pte: Pte, vma: &Vma) {
+    /// write-protected in both parent and child; a present page gains a
+    /// reference and a mapping. A migration entry is copied as it is (made a
+    /// read entry in a COW mapping) and takes neither: the page's references
+    /// and mapcounts were dropped when it was unmapped to the entry, and
+    /// remove_migration_ptes() takes them for every entry it restores,
+    /// the child's too (dup_mmap() links the child's VMA to the anon_vma
+    /// before it copies the page tables).
+    ///
+    /// # Locking
+    /// Called with both PTE locks held (copy_pte_range()).
+    pub(crate) fn copy_one_pte(&self, src: EntryRef, dst: EntryRef, pte: Pte, vma: &Vma) {
         let mut pte = pte;
         match pte {
             Pte::Migration { pfn, write } => {
-                // A write migration entry becomes a read one in both (COW).
+                let _page = self.migration_entry_to_page(pfn);
+                self.note(|| "copy_one_pte(): migration entry copied".to_string());
+                // rss[mm_counter(page)]++: RSS counters are not modelled.
                 if write && vma.is_cow_mapping() {
+                    // COW mappings require pages in both parent and child
+                    // to be set to read.
                     pte = Pte::Migration { pfn, write: false };
                     self.set_pte_at(src, pte);
                 }
-                self.get_page(pfn);
-                self.page_dup_rmap(pfn, false);
             }
             Pte::Swap(_) => {
-                // Swap arrives in a later issue.
+                self.unmodelled("copy_one_pte(): a swap entry (swap_duplicate())", None);
             }
             Pte::Present { .. } => {
+                // If it's a COW mapping, write protect it both in the parent
+                // and the child.
                 if vma.is_cow_mapping() && pte.is_write() {
-                    // ptep_set_wrprotect()
-                    let src_now = self.pte_read(src).with_flags(|f| f.write = false);
-                    self.set_pte_at(src, src_now);
-                    pte = pte.with_flags(|f| f.write = false);
+                    self.ptep_set_wrprotect(src);
+                    pte = pte.with_flags(|f| f.write = false); // pte_wrprotect()
                 }
                 if vma.vm_flags() & vm::SHARED != 0 {
                     pte = pte.with_flags(|f| f.dirty = false);
@@ -953,11 +981,16 @@ impl<E: Engine> Cpu<E> {
                     }
                 }
                 Pte::Migration { pfn, .. } => {
-                    let _ = pfn;
+                    // rss[mm_counter(page)]--: RSS counters are not modelled.
+                    let _page = self.migration_entry_to_page(pfn);
+                    // free_swap_and_cache() is 1 for a non-swap entry.
                     self.ptep_get_and_clear(r); // pte_clear_not_present_full()
                 }
                 Pte::Swap(_) => {
-                    self.ptep_get_and_clear(r);
+                    self.unmodelled(
+                        "zap_pte_range(): a swap entry (free_swap_and_cache())",
+                        None,
+                    );
                 }
             }
             a = a.add_bytes(ps);
@@ -1054,4 +1087,153 @@ fn vm_assert_locked<E: Engine>(cpu: &Cpu<E>, lock: &SpinLock<E>) {
         !lock.is_locked(),
         "assert_spin_locked(pmd_lockptr(mm, pmdp))"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::check::audit::audit;
+    use crate::mmap::Prot;
+    use crate::mmu::Access;
+    use crate::pgtable::Pte;
+    use crate::rmap::TtuFlags;
+    use crate::types::{CpuId, Geometry};
+    use crate::{Config, Cpu, Kernel, StdEngine};
+
+    /// fork while a PTE-mapped THP is frozen to migration entries (what
+    /// unmap_page() leaves for split_huge_page()): copy_one_pte() copies the
+    /// entries read-only and takes no reference and no mapcount, so the THP
+    /// stays unmapped for the splitter, and remove_migration_ptes() restores
+    /// both processes' PTEs with their counts.
+    #[test]
+    fn fork_copies_a_migration_entry_without_reference_or_mapcount() {
+        for geo in [Geometry::TINY, Geometry::X86_64] {
+            let k = Kernel::<StdEngine>::new(Config::new(geo));
+            let cpu = Cpu::new(k.clone(), CpuId(0));
+            let splitter = Cpu::new(k, CpuId(1));
+            let (ps, pmd) = (geo.page_size(), geo.pmd_size());
+            let mm = cpu.mm_alloc();
+            let a = cpu.do_mmap(&mm, pmd, Prot::ReadWrite, pmd).expect("mmap");
+            for i in 0..geo.hpage_pmd_nr() {
+                cpu.user_access(&mm, a.add_bytes(i * ps), Access::Write(0x11))
+                    .expect("write");
+            }
+            // PTE-map the THP: munmap one subpage (queues it for deferred split).
+            cpu.do_munmap(&mm, a.add_bytes(ps), ps).expect("munmap");
+            let head = cpu.page_info(&mm, a).pfn.expect("mapped");
+            assert!(cpu.page_trans_huge(head));
+            // What deferred_split_scan() -> split_huge_page_to_list() ->
+            // unmap_page() does on another CPU: a reference, the page lock,
+            // every PTE frozen to a migration entry.
+            // (The anon_vma lock is dropped around the fork here so that one
+            // thread can run both: anon_vma_fork() takes it.)
+            splitter.get_page(head);
+            splitter.lock_page(head);
+            let av = splitter.page_get_anon_vma(head).expect("anon_vma");
+            splitter.anon_vma_lock_write(av);
+            let flags = TtuFlags {
+                ignore_mlock: true,
+                ignore_access: true,
+                rmap_locked: true,
+                split_huge_pmd: true,
+                split_freeze: true,
+                sync: true,
+                ..TtuFlags::default()
+            };
+            assert!(splitter.try_to_unmap(head, flags), "unmapped");
+            splitter.anon_vma_unlock_write(av);
+            let count = cpu.page_count(head);
+            assert_eq!(cpu.total_mapcount(head), 0);
+
+            let child = cpu.dup_mm(&mm).expect("fork");
+            assert!(cpu.k.reports().is_empty(), "{:?}", cpu.k.reports());
+            assert_eq!(cpu.total_mapcount(head), 0, "fork added a mapcount");
+            assert_eq!(cpu.page_count(head), count, "fork took a reference");
+            for (m, addr) in [(&mm, a), (&child, a), (&child, a.add_bytes(2 * ps))] {
+                let pmd = cpu.pmd_offset(m, addr).expect("pmd");
+                let pte = cpu.pte_offset(cpu.pmd_read(pmd), addr).expect("pte");
+                let v = cpu.pte_read(pte);
+                assert!(matches!(v, Pte::Migration { write: false, .. }), "{v:?}");
+            }
+            // remap_page(): both processes map the THP again.
+            splitter.anon_vma_lock_write(av);
+            splitter.remove_migration_ptes(head, head, true);
+            splitter.anon_vma_unlock_write(av);
+            splitter.put_anon_vma(av);
+            splitter.unlock_page(head);
+            splitter.put_page(head);
+            assert_eq!(cpu.page_mapcount(head), 2);
+            assert_eq!(cpu.page_mapcount(head.add(2)), 2);
+            let v = audit(&cpu);
+            assert!(v.is_empty(), "audit after the remap: {v:?}");
+            assert!(cpu.k.reports().is_empty(), "{:?}", cpu.k.reports());
+            let b = cpu.user_load(&child, a.add_bytes(2 * ps), 1).expect("read");
+            assert_eq!(b, vec![0x11]);
+        }
+    }
+
+    /// A write fault that reuses the page (wp_page_reuse(), and
+    /// do_huge_pmd_wp_page() for a THP) flushes no TLB, as on x86: another CPU
+    /// keeps its read-only translation, and its next write takes a spurious
+    /// fault that finds the entry writable and changes nothing else.
+    #[test]
+    fn a_reuse_leaves_other_cpus_a_spurious_fault() {
+        use crate::kernel::TraceEvent;
+        for geo in [Geometry::TINY, Geometry::X86_64] {
+            // A base page (a one-page mapping cannot be a THP) and a THP.
+            for len in [geo.page_size(), geo.pmd_size()] {
+                let k = Kernel::<StdEngine>::new(Config::new(geo));
+                let (cpu0, cpu1) = (Cpu::new(k.clone(), CpuId(0)), Cpu::new(k, CpuId(1)));
+                let mm = cpu0.mm_alloc();
+                let a = cpu0
+                    .do_mmap(&mm, len, Prot::ReadWrite, geo.pmd_size())
+                    .expect("mmap");
+                cpu0.user_access(&mm, a, Access::Write(1)).expect("write");
+                let child = cpu0.dup_mm(&mm).expect("fork");
+                // CPU 1 caches a read-only translation of the shared page.
+                assert_eq!(cpu1.user_access(&mm, a, Access::Read), Ok(1));
+                cpu0.mmput(&child);
+                let page = cpu0.page_info(&mm, a).pfn.expect("mapped");
+                // CPU 0's write reuses the page: nobody else maps it now.
+                cpu0.user_access(&mm, a, Access::Write(2)).expect("reuse");
+                assert_eq!(cpu0.page_info(&mm, a).pfn, Some(page), "reused");
+                let vpn = geo.vpn(a);
+                let cached = |c: &Cpu<StdEngine>| {
+                    c.k.tlbs[c.id.0]
+                        .lock()
+                        .unwrap()
+                        .entries()
+                        .into_iter()
+                        .find(|((m, v), _)| *m == mm.id && *v == vpn)
+                        .map(|(_, e)| e.write)
+                };
+                assert_eq!(cached(&cpu1), Some(false), "CPU 1's entry was flushed");
+                let v = audit(&cpu0);
+                assert!(v.is_empty(), "a stale read-only entry is allowed: {v:?}");
+                // CPU 1 writes: a spurious fault, then the write goes through.
+                cpu1.k.set_tracing(true);
+                cpu1.user_access(&mm, a, Access::Write(3)).expect("write");
+                cpu1.k.set_tracing(false);
+                let entered: Vec<_> = cpu1
+                    .k
+                    .take_trace()
+                    .into_iter()
+                    .filter_map(|r| match r.event {
+                        TraceEvent::Enter(f) => Some(f),
+                        TraceEvent::Note(_) => None,
+                    })
+                    .collect();
+                assert!(entered.contains(&"do_user_addr_fault"), "{entered:?}");
+                assert!(
+                    !entered.iter().any(|f| f.contains("wp_page")),
+                    "the handler found the entry writable: {entered:?}"
+                );
+                assert_eq!(cached(&cpu1), Some(true));
+                assert_eq!(cpu0.page_info(&mm, a).pfn, Some(page));
+                assert_eq!(cpu0.user_access(&mm, a, Access::Read), Ok(3));
+                let v = audit(&cpu0);
+                assert!(v.is_empty(), "{v:?}");
+                assert!(cpu0.k.reports().is_empty(), "{:?}", cpu0.k.reports());
+            }
+        }
+    }
 }

@@ -12,6 +12,7 @@ use crate::cpu::Cpu;
 use crate::engine::Engine;
 use crate::page_vma_mapped::{Pvmw, PvmwFlags};
 use crate::pgtable::{EntryRef, Pmd, Pte};
+use crate::rmap::RmapLock;
 use crate::types::{Pfn, VirtAddr};
 
 impl<E: Engine> Cpu<E> {
@@ -19,9 +20,14 @@ impl<E: Engine> Cpu<E> {
     /// migration entry for `old` by a PTE mapping `new`.
     pub fn remove_migration_ptes(&self, old: Pfn, new: Pfn, locked: bool) {
         let _f = self.func("remove_migration_ptes");
+        let lock = if locked {
+            RmapLock::Held
+        } else {
+            RmapLock::AnonVmaLockRead
+        };
         self.rmap_walk_anon(
             new,
-            locked,
+            lock,
             |c, vma, addr| c.remove_migration_pte(new, vma, addr, old),
             |_| false,
         );
@@ -57,18 +63,24 @@ impl<E: Engine> Cpu<E> {
             },
         );
         while self.page_vma_mapped_walk(&mut pvmw) {
+            // PMD-mapped THP migration entry
             let Some(pte) = pvmw.pte else {
-                self.bug(
-                    "remove_migration_pmd(): PMD migration entries are not modelled yet",
+                self.unmodelled(
+                    "remove_migration_pte(): remove_migration_pmd() (PMD-level THP migration)",
                     Some(page),
                 );
             };
+            // check_pte() with PVMW_MIGRATION returns only a migration entry
+            // for the page; 5.8 decodes it without a check.
             let Pte::Migration {
                 pfn: entry_pfn,
                 write,
             } = self.pte_read(pte)
             else {
-                continue;
+                self.unmodelled(
+                    "remove_migration_pte(): page_vma_mapped_walk() returned a PTE that is not a migration entry",
+                    Some(page),
+                );
             };
             // new = page - pvmw.page->index + linear_page_index(vma, pvmw.address)
             let new = Pfn((page.0 as i64 - self.page_to_pgoff(old) as i64
@@ -87,6 +99,19 @@ impl<E: Engine> Cpu<E> {
         true
     }
 
+    /// Models migration_entry_to_page(), include/linux/swapops.h, v5.8: the
+    /// page a migration entry names, which must be locked (its head) while
+    /// any migration entry for it exists.
+    pub fn migration_entry_to_page(&self, pfn: Pfn) -> Pfn {
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_locked(pfn),
+            pfn,
+            "BUG_ON(!PageLocked(compound_head(p)))"
+        );
+        pfn
+    }
+
     /// Models migration_entry_wait()/__migration_entry_wait(), mm/migrate.c,
     /// v5.8: if the PTE still holds a migration entry, sleep until its page is
     /// unlocked; the fault is then retried.
@@ -102,7 +127,11 @@ impl<E: Engine> Cpu<E> {
         let Pte::Migration { pfn, .. } = self.pte_read(pte) else {
             return;
         };
-        let page = self.compound_head(pfn);
+        // DIVERGENCE: 5.8 takes the reference on the entry's own page; a THP
+        // tail's _refcount is 0 until __split_huge_page_tail() sets it, so 5.8
+        // faults again until then. The model waits on the head (whose lock the
+        // tails inherit), which ends the same way without the retry loop.
+        let page = self.compound_head(self.migration_entry_to_page(pfn));
         if !self.get_page_unless_zero(page) {
             return;
         }

@@ -151,14 +151,23 @@ impl<E: Engine> Cpu<E> {
     ) -> Result<TlbEntry, AccessError> {
         let vpn = self.k.geo.vpn(addr);
         for _attempt in 0..10_000 {
-            let hit = self
-                .tlb()
-                .map
-                .get(&(mm.id, vpn))
-                .copied()
-                .filter(|e| !write || e.write);
-            if let Some(e) = hit.or_else(|| self.hw_walk(mm, addr, write)) {
-                return Ok(e);
+            let cached = self.tlb().map.get(&(mm.id, vpn)).copied();
+            match cached {
+                Some(e) if !write || e.write => return Ok(e),
+                Some(_) => {
+                    // A write through a read-only translation is a protection
+                    // fault, even if the entry has since been made writable
+                    // without a flush (a spurious fault). The fault
+                    // invalidates this CPU's translation of the address
+                    // (Intel SDM 4.10.4.1); the handler finds the entry
+                    // writable and returns, and the retry walks again.
+                    self.tlb().map.remove(&(mm.id, vpn));
+                }
+                None => {
+                    if let Some(e) = self.hw_walk(mm, addr, write) {
+                        return Ok(e);
+                    }
+                }
             }
             self.do_user_addr_fault(mm, addr, write)?;
         }

@@ -157,9 +157,17 @@ impl<E: Engine> Cpu<E> {
                 index: self.k.geo.index(Level::Pte, a),
             };
             match self.pte_read(r) {
-                Pte::Present { pfn, flags } => {
-                    // ptep_modify_prot_start()/pte_modify()/ptep_modify_prot_commit()
-                    self.ptep_get_and_clear(r);
+                Pte::Present { .. } => {
+                    // ptep_modify_prot_start() (x86: ptep_get_and_clear(), so
+                    // an accessed or dirty bit the MMU set since the read
+                    // above is in the value returned), pte_modify(),
+                    // ptep_modify_prot_commit().
+                    let Pte::Present { pfn, flags } = self.ptep_get_and_clear(r) else {
+                        self.bug(
+                            "change_pte_range(): the PTE changed under the PTE lock",
+                            None,
+                        );
+                    };
                     let f = PteFlags {
                         write: newprot.write,
                         protnone: newprot.protnone,

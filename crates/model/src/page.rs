@@ -401,6 +401,12 @@ impl<E: Engine> Cpu<E> {
 
     /// Models compound_mapcount(), include/linux/mm.h, v5.8.
     pub fn compound_mapcount(&self, pfn: Pfn) -> i64 {
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_compound(pfn),
+            pfn,
+            "VM_BUG_ON_PAGE(!PageCompound(page), page)"
+        );
         let head = self.compound_head(pfn);
         self.page(head).compound_mapcount.load_i64() + 1
     }

@@ -9,6 +9,11 @@
 //! return while zap_huge_pmd() has cleared the PMD but not yet dropped the
 //! mapcount; and PTEs are always looked at under the PTE lock.
 //!
+//! DIVERGENCE: that PMD lock for PVMW_SYNC is 5.13's (732ed55823fc); 5.8 has
+//! PVMW_SYNC only in map_pte(). The model applies it while the fix
+//! `rmap-pmd-under-ptl` is in (the default), so split_huge_page() walks as
+//! 5.13 does unless the fix is reverted.
+//!
 //! Leaves out: hugetlb (a later issue), device-private entries.
 
 use crate::cpu::Cpu;
@@ -178,6 +183,7 @@ impl<E: Engine> Cpu<E> {
                             }
                         )
                     });
+                    // DIVERGENCE: 5.13's (see the module header).
                     if pvmw.flags.sync
                         && self.k.cfg.fixes.applied(Fix::RmapPmdUnderPtl)
                         && self.page_trans_compound(pvmw.page)
@@ -201,8 +207,11 @@ impl<E: Engine> Cpu<E> {
             }
             loop {
                 pvmw.address = pvmw.address.add_bytes(geo.page_size());
-                let vend =
-                    self.vma_address(pvmw.page, &pvmw.vma).0 + geo.hpage_pmd_nr() * geo.page_size();
+                // The end of the THP: __vma_address(), unclamped, since the
+                // THP may start below vm_start (a VMA boundary inside it).
+                let vend = self
+                    .__vma_address(pvmw.page, &pvmw.vma)
+                    .wrapping_add(self.hpage_nr_pages(pvmw.page) * geo.page_size());
                 if pvmw.address >= pvmw.vma.vm_end() || pvmw.address.0 >= vend {
                     return self.pvmw_not_found(pvmw);
                 }
@@ -233,6 +242,64 @@ impl<E: Engine> Cpu<E> {
                     return true;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Pvmw, PvmwFlags};
+    use crate::madvise::Advice;
+    use crate::mmap::Prot;
+    use crate::mmu::Access;
+    use crate::types::{CpuId, Geometry};
+    use crate::{Config, Cpu, Kernel, StdEngine};
+
+    /// A THP PTE-mapped across a VMA boundary (mprotect of its first subpage):
+    /// in the second VMA the walk starts at vm_start, inside the THP, and must
+    /// end at the THP's end (`__vma_address() + HPAGE_PMD_SIZE`), not a THP's
+    /// size past vm_start, which is inside the next, PTE-mapped, THP.
+    #[test]
+    fn the_walk_ends_at_the_end_of_a_thp_that_starts_below_vm_start() {
+        for geo in [Geometry::TINY, Geometry::X86_64] {
+            let cpu = Cpu::new(Kernel::<StdEngine>::new(Config::new(geo)), CpuId(0));
+            let (ps, pmd) = (geo.page_size(), geo.pmd_size());
+            let mm = cpu.mm_alloc();
+            let a = cpu
+                .do_mmap(&mm, 2 * pmd, Prot::ReadWrite, pmd)
+                .expect("mmap");
+            for off in [0, pmd] {
+                cpu.user_access(&mm, a.add_bytes(off), Access::Write(1))
+                    .expect("write");
+            }
+            // The first THP is split at vm_start of the second VMA; the second
+            // THP is PTE-mapped by MADV_DONTNEED of one of its subpages.
+            cpu.do_mprotect(&mm, a, ps, Prot::Read).expect("mprotect");
+            cpu.do_madvise(&mm, a.add_bytes(pmd + 2 * ps), ps, Advice::DontNeed)
+                .expect("madvise");
+            let head = cpu.page_info(&mm, a).pfn.expect("mapped");
+            let next = cpu.page_info(&mm, a.add_bytes(pmd)).pfn.expect("mapped");
+            assert!(cpu.page_trans_huge(head) && cpu.page_trans_huge(next));
+            let vma = mm.vma_at(a.add_bytes(ps)).expect("second vma");
+            assert_eq!(vma.vm_start(), a.add_bytes(ps));
+            assert!(vma.vm_end() > a.add_bytes(pmd + ps));
+
+            let start = cpu.vma_address(head, &vma);
+            assert_eq!(start, a.add_bytes(ps));
+            let mut pvmw = Pvmw::new(head, vma, mm.clone(), start, PvmwFlags::default());
+            let mut found = Vec::new();
+            while cpu.page_vma_mapped_walk(&mut pvmw) {
+                found.push(pvmw.address);
+            }
+            let want: Vec<_> = (1..geo.hpage_pmd_nr())
+                .map(|i| a.add_bytes(i * ps))
+                .collect();
+            assert_eq!(found, want, "every PTE of the THP in this VMA");
+            assert_eq!(
+                pvmw.address,
+                a.add_bytes(pmd),
+                "the walk ran past the THP (vma_address(), clamped, as its base)"
+            );
         }
     }
 }

@@ -14,6 +14,7 @@
 //! Leaves out: soft-dirty, uffd-wp, NUMA hinting (PROT_NONE is only mprotect's),
 //! devmap, PUD-level THP.
 
+use crate::cpu::Cpu;
 use crate::engine::{Atomic, Engine};
 use crate::sync::{LockClass, SpinLock};
 use crate::types::Pfn;
@@ -35,19 +36,25 @@ pub struct PteFlags {
     pub special: bool,
 }
 
+/// _PAGE_RW, _PAGE_DIRTY and _PAGE_ACCESSED in the model's encoding of a
+/// present entry.
+pub const PAGE_RW: u64 = 1 << 3;
+pub const PAGE_DIRTY: u64 = 1 << 4;
+pub const PAGE_ACCESSED: u64 = 1 << 5;
+
 impl PteFlags {
     fn bits(self) -> u64 {
-        (self.write as u64) << 3
-            | (self.dirty as u64) << 4
-            | (self.young as u64) << 5
+        (self.write as u64) << PAGE_RW.trailing_zeros()
+            | (self.dirty as u64) << PAGE_DIRTY.trailing_zeros()
+            | (self.young as u64) << PAGE_ACCESSED.trailing_zeros()
             | (self.protnone as u64) << 6
             | (self.special as u64) << 7
     }
     fn from_bits(v: u64) -> Self {
         PteFlags {
-            write: v & (1 << 3) != 0,
-            dirty: v & (1 << 4) != 0,
-            young: v & (1 << 5) != 0,
+            write: v & PAGE_RW != 0,
+            dirty: v & PAGE_DIRTY != 0,
+            young: v & PAGE_ACCESSED != 0,
             protnone: v & (1 << 6) != 0,
             special: v & (1 << 7) != 0,
         }
@@ -314,9 +321,163 @@ pub struct EntryRef {
     pub index: usize,
 }
 
+// The arch helpers that change a live entry which the MMU may be updating at
+// the same time (it sets _PAGE_ACCESSED and _PAGE_DIRTY with a locked cmpxchg,
+// mmu.rs). A read followed by a plain store would lose a bit the MMU set in
+// between; x86 changes such entries with one atomic read-modify-write.
+impl<E: Engine> Cpu<E> {
+    /// Models ptep_set_wrprotect(), arch/x86/include/asm/pgtable.h, v5.8:
+    /// `clear_bit(_PAGE_BIT_RW, &ptep->pte)`, one atomic operation, so an
+    /// accessed or dirty bit the MMU sets concurrently is kept.
+    ///
+    /// # Locking
+    /// Called with the PTE lock held (as every caller in the kernel is); the
+    /// MMU does not take it.
+    pub fn ptep_set_wrprotect(&self, ptep: EntryRef) {
+        self.table(ptep.table).raw(ptep.index).fetch_and(!PAGE_RW);
+    }
+
+    /// Models pmdp_set_wrprotect(), arch/x86/include/asm/pgtable.h, v5.8:
+    /// `clear_bit(_PAGE_BIT_RW, pmdp)`, one atomic operation.
+    ///
+    /// # Locking
+    /// Called with the PMD lock held; the MMU does not take it.
+    pub fn pmdp_set_wrprotect(&self, pmdp: EntryRef) {
+        self.table(pmdp.table).raw(pmdp.index).fetch_and(!PAGE_RW);
+    }
+
+    /// Models ptep_set_access_flags(), arch/x86/mm/pgtable.c, v5.8: install
+    /// `entry` (the old one plus accessed, dirty or write) only when `dirty`
+    /// (a write fault); a read fault leaves the accessed bit to the MMU, so no
+    /// store can overwrite a dirty bit it set. No TLB flush: the entry only
+    /// became more permissive, and a CPU that still caches the old one takes a
+    /// spurious fault, which invalidates it. Returns whether the entry
+    /// differed.
+    ///
+    /// # Locking
+    /// Called with the PTE lock held.
+    pub fn ptep_set_access_flags(&self, ptep: EntryRef, entry: Pte, dirty: bool) -> bool {
+        let changed = self.pte_read(ptep) != entry;
+        if changed && dirty {
+            self.set_pte_at(ptep, entry); // set_pte()
+        }
+        changed
+    }
+
+    /// Models pmdp_set_access_flags(), arch/x86/mm/pgtable.c, v5.8: as
+    /// [`Cpu::ptep_set_access_flags`] for a huge PMD; `haddr` is PMD-aligned.
+    ///
+    /// # Locking
+    /// Called with the PMD lock held.
+    pub fn pmdp_set_access_flags(
+        &self,
+        haddr: crate::types::VirtAddr,
+        pmdp: EntryRef,
+        entry: Pmd,
+        dirty: bool,
+    ) -> bool {
+        let changed = self.pmd_read(pmdp) != entry;
+        crate::vm_bug_on!(
+            self,
+            haddr.0 & (self.k.geo.pmd_size() - 1) != 0,
+            "VM_BUG_ON(address & ~HPAGE_PMD_MASK)"
+        );
+        if changed && dirty {
+            // We had a write-protection fault here and changed the pmd to
+            // more permissive. No need to flush the TLB for that, #PF is
+            // architecturally guaranteed to do that and in the worst-case
+            // we'll generate a spurious fault.
+            self.set_pmd_at(pmdp, entry); // set_pmd()
+        }
+        changed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::{CpuId, Geometry};
+    use crate::{Config, Kernel, ShuttleEngine};
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    /// What the MMU does to an entry on a write access (mmu.rs, hw_walk): if
+    /// the entry allows the write, set accessed and dirty with a cmpxchg,
+    /// walking again if the entry changed. Returns whether it set them (else
+    /// the access faults).
+    fn mmu_write_access(slot: &impl Atomic) -> bool {
+        loop {
+            let raw = slot.load();
+            if raw & PAGE_RW == 0 {
+                return false;
+            }
+            let want = raw | PAGE_ACCESSED | PAGE_DIRTY;
+            if raw == want || slot.compare_exchange(raw, want).is_ok() {
+                return true;
+            }
+        }
+    }
+
+    /// fork's write-protect of a PTE and of a huge PMD races a write access
+    /// of another CPU that sets the dirty bit: in every interleaving the entry
+    /// ends read-only, and dirty exactly when the MMU's write went through.
+    #[test]
+    fn wrprotect_keeps_a_dirty_bit_the_mmu_sets_concurrently() {
+        static OUTCOMES: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+        shuttle::check_random(
+            || {
+                let k = Kernel::<ShuttleEngine>::new(Config::new(Geometry::TINY));
+                let cpu = Cpu::new(k.clone(), CpuId(0));
+                let pte = EntryRef {
+                    table: cpu.pte_alloc_one().expect("pte table"),
+                    index: 1,
+                };
+                let pmd = EntryRef {
+                    table: cpu.pte_alloc_one().expect("pmd table"),
+                    index: 2,
+                };
+                let rw = PteFlags {
+                    write: true,
+                    ..PteFlags::default()
+                };
+                cpu.set_pte_at(
+                    pte,
+                    Pte::Present {
+                        pfn: Pfn(40),
+                        flags: rw,
+                    },
+                );
+                cpu.set_pmd_at(
+                    pmd,
+                    Pmd::Huge {
+                        pfn: Pfn(64),
+                        flags: rw,
+                        invalid: false,
+                    },
+                );
+                let mmu = shuttle::thread::spawn(move || {
+                    let other = Cpu::new(k, CpuId(1));
+                    let p = mmu_write_access(other.table(pte.table).raw(pte.index));
+                    let h = mmu_write_access(other.table(pmd.table).raw(pmd.index));
+                    (p, h)
+                });
+                cpu.ptep_set_wrprotect(pte);
+                cpu.pmdp_set_wrprotect(pmd);
+                let (pte_dirtied, pmd_dirtied) = mmu.join().expect("mmu thread");
+                let (p, h) = (cpu.pte_read(pte), cpu.pmd_read(pmd));
+                assert!(!p.is_write() && !h.is_write(), "{p:?} {h:?}");
+                assert_eq!(p.flags().dirty, pte_dirtied, "PTE dirty bit: {p:?}");
+                assert_eq!(p.pfn(), Some(Pfn(40)));
+                let Pmd::Huge { flags, pfn, .. } = h else {
+                    panic!("{h:?}");
+                };
+                assert_eq!((flags.dirty, pfn), (pmd_dirtied, Pfn(64)), "PMD: {h:?}");
+                OUTCOMES[pte_dirtied as usize].fetch_add(1, SeqCst);
+            },
+            2000,
+        );
+        // Both orders were explored: the write before and after the protect.
+        assert!(OUTCOMES.iter().all(|n| n.load(SeqCst) > 0));
+    }
 
     #[test]
     fn entries_round_trip() {

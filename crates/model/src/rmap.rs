@@ -17,13 +17,24 @@
 use crate::cpu::Cpu;
 use crate::engine::{Atomic, Engine};
 use crate::fixes::Fix;
-use crate::mm_types::{AnonVma, MmStruct, Vma};
+use crate::mm_types::{vm, AnonVma, MmStruct, Vma};
 use crate::page::{anon_mapping, pg};
 use crate::page_vma_mapped::{Pvmw, PvmwFlags};
 use crate::pgtable::Pte;
 use crate::types::{AnonVmaId, Pfn, VirtAddr};
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
+
+/// How rmap_walk_anon() gets the page's anon_vma: rmap_walk_locked() (the
+/// caller holds its lock), or rmap_walk() with `rwc->anon_lock` set to
+/// page_lock_anon_vma_read() (try_to_unmap()) or unset (anon_vma_lock_read()
+/// of page_anon_vma(), as remove_migration_ptes() has it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RmapLock {
+    Held,
+    PageLockAnonVmaRead,
+    AnonVmaLockRead,
+}
 
 /// `enum ttu_flags` (the bits the model uses).
 #[derive(Clone, Copy, Debug, Default)]
@@ -37,10 +48,14 @@ pub struct TtuFlags {
     /// TTU_RMAP_LOCKED: the caller holds the anon_vma lock.
     pub rmap_locked: bool,
     /// TTU_SYNC: walk page tables under their locks (5.13's fix of seed 001's
-    /// race in 5.8 terms).
+    /// race in 5.8 terms). DIVERGENCE: 5.8 has no TTU_SYNC (732ed55823fc,
+    /// 5.13); split_huge_page() passes it while the fix `rmap-pmd-under-ptl`
+    /// is applied, the default.
     pub sync: bool,
     /// TTU_IGNORE_MLOCK.
     pub ignore_mlock: bool,
+    /// TTU_IGNORE_ACCESS: do not keep a recently referenced page mapped.
+    pub ignore_access: bool,
 }
 
 impl<E: Engine> Cpu<E> {
@@ -291,7 +306,7 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// hpage_nr_pages().
-    fn hpage_nr_pages(&self, page: Pfn) -> u64 {
+    pub fn hpage_nr_pages(&self, page: Pfn) -> u64 {
         if self.page_trans_huge(page) {
             self.k.geo.hpage_pmd_nr()
         } else {
@@ -299,12 +314,28 @@ impl<E: Engine> Cpu<E> {
         }
     }
 
-    /// Models vma_address()/__vma_address(), mm/internal.h, v5.8.
+    /// Models __vma_address(), mm/internal.h, v5.8: the user address at which
+    /// `page` is expected in `vma`, not clamped to the VMA: a THP's head may
+    /// lie below vm_start (unsigned arithmetic, as in the kernel).
+    pub fn __vma_address(&self, page: Pfn, vma: &Vma) -> u64 {
+        let pgoff = self.page_to_pgoff(page);
+        vma.vm_start()
+            .0
+            .wrapping_add(pgoff.wrapping_sub(vma.vm_pgoff()) << self.k.geo.page_shift)
+    }
+
+    /// Models vma_address(), mm/internal.h, v5.8: __vma_address() clamped to
+    /// vm_start; the page must overlap the VMA.
     pub fn vma_address(&self, page: Pfn, vma: &Vma) -> VirtAddr {
-        let pgoff = self.page_to_pgoff(page) as i64;
-        let start =
-            vma.vm_start().0 as i64 + ((pgoff - vma.vm_pgoff() as i64) << self.k.geo.page_shift);
-        VirtAddr(start.max(vma.vm_start().0 as i64) as u64)
+        let start = self.__vma_address(page, vma);
+        let end = start.wrapping_add(self.k.geo.page_size() * (self.hpage_nr_pages(page) - 1));
+        // page should be within @vma mapping range
+        crate::vm_bug_on!(
+            self,
+            end < vma.vm_start().0 || start >= vma.vm_end().0,
+            "VM_BUG_ON_VMA(end < vma->vm_start || start >= vma->vm_end, vma)"
+        );
+        VirtAddr(start.max(vma.vm_start().0))
     }
 
     /// The anon_vma a page's mapping points at (page_anon_vma()).
@@ -373,21 +404,34 @@ impl<E: Engine> Cpu<E> {
 
     /// Models rmap_walk_anon(), mm/rmap.c, v5.8: call `rmap_one` for every VMA
     /// that may map the page, stopping when it returns false or `done` holds.
-    /// With `locked` the caller holds the anon_vma lock (rmap_walk_locked()).
+    /// `lock` says how the anon_vma is found and locked (see [`RmapLock`]).
+    ///
+    /// # Locking
+    /// Takes the root anon_vma rwsem for read unless the caller holds it.
     pub fn rmap_walk_anon(
         &self,
         page: Pfn,
-        locked: bool,
+        lock: RmapLock,
         mut rmap_one: impl FnMut(&Self, &Arc<Vma>, VirtAddr) -> bool,
         done: impl Fn(&Self) -> bool,
     ) {
         let _f = self.func("rmap_walk_anon");
-        let av = if locked {
-            let av = self.page_anon_vma(page);
-            crate::vm_bug_on_page!(self, av.is_none(), page, "VM_BUG_ON_PAGE(!anon_vma, page)");
-            av
-        } else {
-            self.page_lock_anon_vma_read(page)
+        let locked = lock == RmapLock::Held;
+        let av = match lock {
+            RmapLock::Held => {
+                let av = self.page_anon_vma(page);
+                // anon_vma disappear under us?
+                crate::vm_bug_on_page!(self, av.is_none(), page, "VM_BUG_ON_PAGE(!anon_vma, page)");
+                av
+            }
+            // rmap_walk_anon_lock() with rwc->anon_lock.
+            RmapLock::PageLockAnonVmaRead => self.page_lock_anon_vma_read(page),
+            // rmap_walk_anon_lock() without it: page_anon_vma(), then
+            // anon_vma_lock_read(), whether or not the page is still mapped.
+            RmapLock::AnonVmaLockRead => self.page_anon_vma(page).inspect(|&av| {
+                let root = self.k.anon_vma(self.k.anon_vma(av).root);
+                root.rwsem.down_read(self);
+            }),
         };
         let Some(av) = av else {
             return;
@@ -426,19 +470,35 @@ impl<E: Engine> Cpu<E> {
     /// up unmapped (`!page_mapcount(page)`).
     pub fn try_to_unmap(&self, page: Pfn, flags: TtuFlags) -> bool {
         let _f = self.func("try_to_unmap");
-        let done = |c: &Self| c.total_mapcount(page) == 0; // page_mapcount_is_zero()
+        // page_mapcount_is_zero()
+        let done = |c: &Self| c.total_mapcount(page) == 0;
+        // rmap_walk_locked() with TTU_RMAP_LOCKED; else rmap_walk() with
+        // .anon_lock = page_lock_anon_vma_read.
+        let lock = if flags.rmap_locked {
+            RmapLock::Held
+        } else {
+            RmapLock::PageLockAnonVmaRead
+        };
         self.rmap_walk_anon(
             page,
-            flags.rmap_locked,
+            lock,
             |c, vma, addr| c.try_to_unmap_one(page, vma, addr, flags),
             done,
         );
         self.page_mapcount(page) == 0
     }
 
-    /// Models try_to_unmap_one(), mm/rmap.c, v5.8, for anonymous pages being
-    /// split (TTU_SPLIT_HUGE_PMD|TTU_SPLIT_FREEZE) or migrated (TTU_MIGRATION):
-    /// each PTE mapping becomes a migration entry.
+    /// Models try_to_unmap_one(), mm/rmap.c, v5.8: each PTE mapping of the
+    /// page in `vma` is cleared and flushed; for migration (TTU_MIGRATION) or
+    /// a split (TTU_SPLIT_FREEZE) it becomes a migration entry. Returns false
+    /// to stop the rmap walk. The branches the model does not implement
+    /// (PMD-level THP migration, mlock, the access check and swap-out of
+    /// reclaim, MADV_FREE, file pages) report MODEL-LIMIT rather than unmap
+    /// the page some other way.
+    ///
+    /// # Locking
+    /// page_vma_mapped_walk() takes the PTE lock of each entry it returns;
+    /// split_huge_pmd_address() the PMD lock.
     pub fn try_to_unmap_one(
         &self,
         page: Pfn,
@@ -451,6 +511,8 @@ impl<E: Engine> Cpu<E> {
         if flags.split_huge_pmd {
             self.split_huge_pmd_address(&mm, vma, address, flags.split_freeze, Some(page));
         }
+        // DIVERGENCE: PVMW_SYNC for TTU_SYNC is 5.13's (732ed55823fc); applied
+        // while the fix `rmap-pmd-under-ptl` is in (see TtuFlags::sync).
         let sync = flags.sync && self.k.cfg.fixes.applied(Fix::RmapPmdUnderPtl);
         let mut pvmw = Pvmw::new(
             page,
@@ -462,26 +524,50 @@ impl<E: Engine> Cpu<E> {
                 migration: false,
             },
         );
-        let ret = true;
+        let mut ret = true;
         while self.page_vma_mapped_walk(&mut pvmw) {
+            // PMD-mapped THP migration entry
+            if pvmw.pte.is_none() && flags.migration {
+                self.unmodelled(
+                    "try_to_unmap_one(): set_pmd_migration_entry() (PMD-level THP migration)",
+                    Some(page),
+                );
+            }
+            // If the page is mlock()d, we cannot swap it out (no TTU_MUNLOCK
+            // in the model).
+            if !flags.ignore_mlock && vma.vm_flags() & vm::LOCKED != 0 {
+                self.unmodelled(
+                    "try_to_unmap_one(): an mlocked VMA (mlock_vma_page())",
+                    Some(page),
+                );
+            }
+            // Unexpected PMD-mapped THP?
             let Some(pte) = pvmw.pte else {
-                // PMD-mapped THP migration arrives with move-pages.
                 self.bug("VM_BUG_ON_PAGE(!pvmw.pte, page)", Some(page));
             };
-            let cur = self.pte_read(pte);
-            let Some(pfn) = cur.pfn() else {
-                continue;
+            // subpage = page - page_to_pfn(page) + pte_pfn(*pvmw.pte): the walk
+            // returns only a present PTE mapping the page (check_pte()).
+            let Some(subpage) = self.pte_read(pte).pfn() else {
+                self.unmodelled(
+                    "try_to_unmap_one(): page_vma_mapped_walk() returned a PTE that is not present",
+                    Some(page),
+                );
             };
-            let subpage = pfn;
             let addr = pvmw.address;
-            // Nuke the page table entry.
+            if !flags.ignore_access {
+                // ptep_clear_flush_young_notify(): reclaim's reference check.
+                self.unmodelled("try_to_unmap_one() without TTU_IGNORE_ACCESS", Some(page));
+            }
+            // Nuke the page table entry: ptep_clear_flush().
             let pteval = self.ptep_get_and_clear(pte);
             self.flush_tlb_page(mm.id, addr);
+            // Move the dirty bit to the page. Now the pte is gone.
             if pteval.flags().dirty {
                 self.page(self.compound_head(page)).set_flag(pg::DIRTY);
             }
             if flags.migration || flags.split_freeze {
-                // Store the pfn of the page in a special migration pte.
+                // arch_unmap_one() is 0 on x86. Store the pfn of the page in a
+                // special migration pte.
                 self.set_pte_at(
                     pte,
                     Pte::Migration {
@@ -489,10 +575,118 @@ impl<E: Engine> Cpu<E> {
                         write: pteval.is_write(),
                     },
                 );
+            } else if self.page_anon(page) {
+                let head = self.page(self.compound_head(page));
+                if head.test_flag(pg::SWAPBACKED) != head.test_flag(pg::SWAPCACHE) {
+                    // Reclaim puts an anonymous page in the swap cache
+                    // before it unmaps it. As in 5.8 the PTE stays cleared.
+                    self.warn(
+                        crate::check::invariants::VM_WARN,
+                        "WARN_ON_ONCE(PageSwapBacked(page) != PageSwapCache(page))",
+                        Some(page),
+                    );
+                    ret = false;
+                    pvmw.done();
+                    break;
+                }
+                if !head.test_flag(pg::SWAPBACKED) {
+                    self.unmodelled("try_to_unmap_one(): a MADV_FREE page", Some(page));
+                }
+                self.unmodelled(
+                    "try_to_unmap_one(): swap-out (swap_duplicate())",
+                    Some(page),
+                );
+            } else {
+                self.unmodelled("try_to_unmap_one(): a file page", Some(page));
             }
+            // discard:
             self.page_remove_rmap(subpage, false);
             self.put_page(page);
         }
         ret
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TtuFlags;
+    use crate::check::invariants;
+    use crate::mmap::Prot;
+    use crate::mmu::Access;
+    use crate::types::{CpuId, Geometry};
+    use crate::{Config, Cpu, Kernel, StdEngine};
+
+    /// try_to_unmap() of a mapped anonymous base page with `flags`, on a
+    /// fresh machine; returns the result (None if the CPU stopped), the CPU and
+    /// the page's mapcount after.
+    fn unmap_anon_page(flags: TtuFlags) -> (Option<bool>, Cpu<StdEngine>, i64) {
+        let geo = Geometry::TINY;
+        let cpu = Cpu::new(Kernel::<StdEngine>::new(Config::new(geo)), CpuId(0));
+        let mm = cpu.mm_alloc();
+        let a = cpu
+            .do_mmap(&mm, geo.page_size(), Prot::ReadWrite, geo.pmd_size())
+            .expect("mmap");
+        cpu.user_access(&mm, a, Access::Write(1)).expect("write");
+        let page = cpu.page_info(&mm, a).pfn.expect("mapped");
+        cpu.get_page(page);
+        cpu.lock_page(page);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            cpu.try_to_unmap(page, flags)
+        }))
+        .ok();
+        let mapcount = cpu.page_mapcount(page);
+        (r, cpu, mapcount)
+    }
+
+    /// Only migration and a split's freeze replace a mapping by a migration
+    /// entry; any other unmap of an anonymous page is reclaim's, which in 5.8
+    /// needs the page in the swap cache first: without it 5.8 warns and
+    /// stops (the PTE stays cleared). The model used to drop the mapping
+    /// silently.
+    #[test]
+    fn unmapping_an_anon_page_outside_migration_warns_as_5_8() {
+        let (r, cpu, mapcount) = unmap_anon_page(TtuFlags {
+            ignore_mlock: true,
+            ignore_access: true,
+            ..TtuFlags::default()
+        });
+        assert_eq!(
+            r,
+            Some(false),
+            "try_to_unmap() reports the page still mapped"
+        );
+        assert_eq!(mapcount, 1, "no mapping was dropped");
+        let reports = cpu.k.reports();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0].id, invariants::VM_WARN);
+        assert!(
+            reports[0]
+                .message
+                .starts_with("WARN_ON_ONCE(PageSwapBacked(page) != PageSwapCache(page))"),
+            "{}",
+            reports[0].message
+        );
+    }
+
+    /// Without TTU_IGNORE_ACCESS, 5.8 keeps a recently referenced page
+    /// mapped (ptep_clear_flush_young_notify()); the model does not implement
+    /// that check, so it says so instead of unmapping the page regardless.
+    #[test]
+    fn an_unmodelled_try_to_unmap_path_is_reported() {
+        let (r, cpu, mapcount) = unmap_anon_page(TtuFlags {
+            ignore_mlock: true,
+            split_freeze: true,
+            ..TtuFlags::default()
+        });
+        assert_eq!(r, None, "the CPU stopped");
+        assert_eq!(mapcount, 1, "no mapping was dropped");
+        let reports = cpu.k.reports();
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert_eq!(reports[0].id, invariants::MODEL_LIMIT);
+        assert!(
+            reports[0].message.contains("TTU_IGNORE_ACCESS"),
+            "{}",
+            reports[0].message
+        );
     }
 }

@@ -27,6 +27,7 @@ pub const AUDIT_MIGRATION: &str = "AUDIT-MIGRATION";
 pub const AUDIT_TLB: &str = "AUDIT-TLB";
 pub const MEM_PRIVATE: &str = "MEM-PRIVATE";
 pub const MEM_LOST_WRITE: &str = "MEM-LOST-WRITE";
+pub const MODEL_LIMIT: &str = "MODEL-LIMIT";
 
 pub const INVARIANTS: &[Invariant] = &[
     Invariant { id: VM_BUG_ON, checked_by: "inline (the kernel's assertions)", statement: "No BUG_ON/VM_BUG_ON/VM_BUG_ON_PAGE/VM_BUG_ON_VMA condition of the modelled functions holds." },
@@ -48,4 +49,5 @@ pub const INVARIANTS: &[Invariant] = &[
     Invariant { id: AUDIT_TLB, checked_by: "check::audit", statement: "Every TLB entry translates to the page the page tables map, and allows a write only if the entry does (no flush was missed)." },
     Invariant { id: MEM_PRIVATE, checked_by: "check::oracle", statement: "A process's private memory shows only what it (or a device through its pins) wrote, or what it inherited at fork; unwritten memory reads 0." },
     Invariant { id: MEM_LOST_WRITE, checked_by: "check::oracle", statement: "No completed write is lost: a later read by the writer sees it unless the writer itself changed the memory since." },
+    Invariant { id: MODEL_LIMIT, checked_by: "inline (Cpu::unmodelled)", statement: "No kernel path the model does not implement is reached, and no state the model cannot represent: a limit of the model, reported instead of going on silently (not a kernel bug)." },
 ];

@@ -32,6 +32,9 @@ pub enum ViolationKind {
     LockOrder,
     /// Every thread is blocked.
     Deadlock,
+    /// The model reached a kernel path it does not implement (MODEL-LIMIT):
+    /// the CPU stops as on an oops, but no kernel assertion failed.
+    Unmodelled,
 }
 
 /// A broken invariant. Not an `Err`: the model reports it and the run fails.

@@ -269,7 +269,14 @@ fn explore_and_replay_exit_codes() {
 fn a_bounded_search_says_it_was_exhaustive() {
     let race = root().join("scenarios/races/split_pmd_vs_wp_fault.thp");
     let race = race.to_str().expect("utf8");
-    let out = thpsim(&["explore", race, "--strategy", "bounded", "--preemptions", "1"]);
+    let out = thpsim(&[
+        "explore",
+        race,
+        "--strategy",
+        "bounded",
+        "--preemptions",
+        "1",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(
@@ -280,7 +287,12 @@ fn a_bounded_search_says_it_was_exhaustive() {
     );
     // A search stopped early says it is not exhaustive.
     let out = thpsim(&[
-        "explore", race, "--strategy", "bounded", "--iterations", "10",
+        "explore",
+        race,
+        "--strategy",
+        "bounded",
+        "--iterations",
+        "10",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("NOT exhaustive"), "{stdout}");

@@ -238,10 +238,19 @@ fn bounded_search_is_exhaustive_and_finds_the_reverted_races() {
         let scn = scenario(name);
         let clean = explore(
             &scn,
-            &opts(Strategy::Bounded { preemptions: 1 }, usize::MAX, 0, Vec::new()),
+            &opts(
+                Strategy::Bounded { preemptions: 1 },
+                usize::MAX,
+                0,
+                Vec::new(),
+            ),
         )
         .expect("valid");
-        assert!(clean.found.is_none(), "{name}: {:?}", clean.found.map(|f| f.what));
+        assert!(
+            clean.found.is_none(),
+            "{name}: {:?}",
+            clean.found.map(|f| f.what)
+        );
         let b = clean.bounded.expect("bounded counts");
         assert!(b.complete, "{name}: not exhaustive: {b:?}");
         assert_eq!(b.schedules as usize, clean.executions, "{name}");
@@ -249,7 +258,12 @@ fn bounded_search_is_exhaustive_and_finds_the_reverted_races() {
         let bound = if *fix == Fix::RmapPmdUnderPtl { 2 } else { 1 };
         let r = explore(
             &scn,
-            &opts(Strategy::Bounded { preemptions: bound }, usize::MAX, 0, vec![*fix]),
+            &opts(
+                Strategy::Bounded { preemptions: bound },
+                usize::MAX,
+                0,
+                vec![*fix],
+            ),
         )
         .expect("valid");
         let found = r

@@ -237,25 +237,39 @@ unsafe fn map_region(len: u64) -> Result<u64, u64> {
     Ok(start)
 }
 
-/// Registers this process's mm with khugepaged (MMF_VM_HUGEPAGE) without
-/// leaving a mapping behind: MADV_HUGEPAGE on a fresh PMD-aligned region
-/// (hugepage_madvise() -> khugepaged_enter_vma()), then munmap it. The mm
-/// stays on khugepaged's list until it exits, and every process it forks is
-/// registered at fork (khugepaged_fork()).
+/// Registers this process's mm with khugepaged (MMF_VM_HUGEPAGE): MADV_HUGEPAGE
+/// on an untouched PMD-aligned region (hugepage_madvise() ->
+/// khugepaged_enter_vma()). The mm stays on khugepaged's list until it exits,
+/// and every process it forks is registered at fork (khugepaged_fork()).
 ///
 /// The keeper does this first, while khugepaged is asleep for the run: a
 /// registration wakes khugepaged only when its list was empty
 /// (__khugepaged_enter()), and that wake-up scan (`pages_to_scan` = 1, one
-/// PMD) then starts at the head of the list, the keeper's mm. No agent's
-/// registration can wake it afterwards. Best effort: with THP `never` no mm
-/// registers, and khugepaged does not run at all.
+/// PMD) starts at the head of the list, the keeper's mm, at address 0. The
+/// region is placed low (`LOW`, below the program and its heap), so that
+/// one PMD is this empty region and the scan collapses nothing. No agent's
+/// registration can wake khugepaged afterwards. Best effort: with THP
+/// `never` no mm registers, and khugepaged does not run at all.
 ///
 /// # Safety
 /// Only syscalls; async-signal-safe, so it may run in a forked child.
 pub unsafe fn register_with_khugepaged() {
-    if let Ok(start) = map_region(PMD) {
+    const LOW: u64 = 1 << 33;
+    let low = libc::mmap(
+        LOW as *mut c_void,
+        PMD as usize,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+        -1,
+        0,
+    );
+    if low != libc::MAP_FAILED && low as u64 == LOW {
+        libc::madvise(low, PMD as usize, libc::MADV_HUGEPAGE);
+    } else if let Ok(start) = map_region(PMD) {
+        if low != libc::MAP_FAILED {
+            libc::munmap(low, PMD as usize);
+        }
         libc::madvise(start as *mut c_void, PMD as usize, libc::MADV_HUGEPAGE);
-        libc::munmap(start as *mut c_void, PMD as usize);
     }
 }
 

@@ -944,6 +944,10 @@ fn kernel_release() -> String {
     }
 }
 
+/// How long a run waits, after setting the knobs and starting the keeper,
+/// before it takes the first event-counter snapshot (see `vmstat`).
+const SETTLE_MS: u64 = 30;
+
 /// See [`crate::run_live`].
 pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
     crate::environment()?;
@@ -977,6 +981,9 @@ pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
     let mut session = Session::start(&settings)?;
     notes.append(&mut session.notes);
     let keeper = Runner::spawn_keeper()?;
+    // Let the scans our own setting changes and the keeper's registration
+    // woke khugepaged for (one PMD each) finish before counting events.
+    std::thread::sleep(std::time::Duration::from_millis(SETTLE_MS));
     let mut runner = Runner {
         scn,
         keeper,

@@ -13,7 +13,10 @@
 //!   itself (only `kernel: split-huge-page` and `kernel: deferred-split` do
 //!   on the live side): the deferred-split shrinker run by reclaim;
 //! - a THP split by migration (`thp_migration_split`): compaction that could
-//!   not move a THP whole.
+//!   not move a THP whole;
+//! - a THP fault that fell back to base pages (`thp_fault_fallback`): this
+//!   machine had no free huge page to give (the model's memory is its own,
+//!   so a fallback there is the scenario's; here it is the host's state).
 //!
 //! The counters are global, so an event in another process also counts: a
 //! false alarm costs a rerun, a missed event would cost a wrong verdict.
@@ -30,6 +33,7 @@ pub struct Snapshot {
     pub pages_collapsed: u64,
     pub thp_split_page: u64,
     pub thp_migration_split: u64,
+    pub thp_fault_fallback: u64,
 }
 
 impl Snapshot {
@@ -66,6 +70,13 @@ impl Snapshot {
                  deferred-split shrinker under memory pressure)"
             ));
         }
+        let fallback = d(self.thp_fault_fallback, later.thp_fault_fallback);
+        if fallback > 0 {
+            out.push(format!(
+                "{fallback} THP fault(s) fell back to base pages (thp_fault_fallback: this \
+                 machine had no free huge page)"
+            ));
+        }
         let msplit = d(self.thp_migration_split, later.thp_migration_split);
         if msplit > 0 {
             out.push(format!(
@@ -88,6 +99,7 @@ fn parse_vmstat(text: &str, s: &mut Snapshot) {
             "thp_collapse_alloc" => s.thp_collapse_alloc = v,
             "thp_split_page" => s.thp_split_page = v,
             "thp_migration_split" => s.thp_migration_split = v,
+            "thp_fault_fallback" => s.thp_fault_fallback = v,
             _ => {}
         }
     }

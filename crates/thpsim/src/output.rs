@@ -220,13 +220,16 @@ pub fn explore_text(r: &crate::explore::ExploreReport) -> String {
     let shard = r
         .shard
         .map_or(String::new(), |(i, n)| format!(", shard {i}/{n}"));
+    let params = match r.strategy {
+        crate::explore::Strategy::Bounded { preemptions } => format!("preemptions {preemptions}"),
+        crate::explore::Strategy::Pct => format!("seed {}, depth {}", r.seed, r.depth),
+        crate::explore::Strategy::Random => format!("seed {}", r.seed),
+    };
     let _ = writeln!(
         out,
-        "thpsim explore {} (strategy {}, seed {}, depth {}{shard}{reverted})",
+        "thpsim explore {} (strategy {}, {params}{shard}{reverted})",
         r.scenario,
         r.strategy.name(),
-        r.seed,
-        r.depth
     );
     for n in &r.notes {
         let _ = writeln!(out, "note: {n}");
@@ -279,13 +282,17 @@ pub fn explore_text(r: &crate::explore::ExploreReport) -> String {
     } else {
         String::new()
     };
+    let how = match r.strategy {
+        crate::explore::Strategy::Bounded { preemptions } => {
+            format!("strategy bounded up to {preemptions} preemptions")
+        }
+        _ => format!("strategy {} and seed {}", r.strategy.name(), r.seed),
+    };
     let _ = writeln!(
         out,
-        "{verdict}: {} interleavings run ({} distinct) with strategy {} and seed {} in {:.2}s{jobs}",
+        "{verdict}: {} interleavings run ({} distinct) with {how} in {:.2}s{jobs}",
         r.executions,
         r.distinct,
-        r.strategy.name(),
-        r.seed,
         r.elapsed_ms as f64 / 1000.0
     );
     out

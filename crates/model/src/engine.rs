@@ -50,7 +50,9 @@ pub mod footprint {
         Tlb(u32),
         /// The bytes of a frame.
         Frame(u64),
-        /// The arena of mms or of anon_vmas (creation).
+        /// Shared bookkeeping without a lock of the model's: 0 the mms'
+        /// arena, 1 the anon_vmas' arena, 2 the VMA id counter; 3 the
+        /// scenario runner's state (processes, memory oracle).
         Arena(u8),
         /// Anything: a point whose step the engine cannot describe (thread
         /// creation and exit, the engine's own bookkeeping).

@@ -221,7 +221,10 @@ pub fn explore_text(r: &crate::explore::ExploreReport) -> String {
         .shard
         .map_or(String::new(), |(i, n)| format!(", shard {i}/{n}"));
     let params = match r.strategy {
-        crate::explore::Strategy::Bounded { preemptions } => format!("preemptions {preemptions}"),
+        crate::explore::Strategy::Bounded { preemptions }
+        | crate::explore::Strategy::BoundedUnreduced { preemptions } => {
+            format!("preemptions {preemptions}")
+        }
         crate::explore::Strategy::Pct => format!("seed {}, depth {}", r.seed, r.depth),
         crate::explore::Strategy::Random => format!("seed {}", r.seed),
     };
@@ -283,9 +286,11 @@ pub fn explore_text(r: &crate::explore::ExploreReport) -> String {
         String::new()
     };
     let how = match r.strategy {
-        crate::explore::Strategy::Bounded { preemptions } => {
-            format!("strategy bounded up to {preemptions} preemptions")
-        }
+        crate::explore::Strategy::Bounded { preemptions }
+        | crate::explore::Strategy::BoundedUnreduced { preemptions } => format!(
+            "strategy {} up to {preemptions} preemptions",
+            r.strategy.name()
+        ),
         _ => format!("strategy {} and seed {}", r.strategy.name(), r.seed),
     };
     let _ = writeln!(

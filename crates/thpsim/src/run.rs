@@ -403,6 +403,10 @@ impl<E: Engine> Machine<E> {
     }
 
     fn st(&self) -> MutexGuard<'_, State<E>> {
+        // The runner's state (processes, the memory oracle) is shared by the
+        // CPUs of a `together` block: a step that uses it depends on every
+        // other step that does (for the explorer's reduction).
+        E::touch(thpsim_model::engine::footprint::Obj::Arena(3), true);
         self.st.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -242,6 +242,9 @@ pub struct Bounded {
     fp: Vec<Access>,
     /// This execution has more threads than a clock holds: no reduction.
     unreduced: bool,
+    /// The reduction is on (off: every schedule of the bound runs; for tests
+    /// that check the reduction loses nothing).
+    reduce: bool,
     // Across executions:
     seen: FastMap<(u64, u64, usize), usize>,
     limit: Option<u64>,
@@ -270,6 +273,7 @@ impl Bounded {
             pending: Vec::new(),
             fp: Vec::new(),
             unreduced: false,
+            reduce: true,
             seen: FastMap::default(),
             limit,
             stats: BoundedStats {
@@ -278,6 +282,12 @@ impl Bounded {
             },
             out,
         }
+    }
+
+    /// The same search without the reduction.
+    pub fn without_reduction(mut self) -> Bounded {
+        self.reduce = false;
+        self
     }
 
     fn publish(&self) {
@@ -315,9 +325,11 @@ impl Bounded {
         if self.pending.len() <= t {
             self.pending.resize(t + 1, None);
         }
+        // A thread's first step (from its creation to its first scheduling
+        // point) begins with no operation: what it touches is hidden.
         let first = self.pending[t].take().unwrap_or(Access {
-            obj: Obj::All,
-            write: true,
+            obj: Obj::Nothing,
+            write: false,
         });
         let mut fp = std::mem::take(&mut self.fp);
         fp.clear();
@@ -395,7 +407,7 @@ impl Scheduler for Bounded {
                 cost: self.cost,
                 covered: self.covered,
             };
-            if !node.covered && !self.unreduced {
+            if !node.covered && !self.unreduced && self.reduce {
                 let left = self.k - self.cost;
                 let (a, b) = self.tracker.fingerprint;
                 let key = (a, b, current.unwrap_or(usize::MAX));

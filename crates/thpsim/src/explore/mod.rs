@@ -53,6 +53,10 @@ pub enum Strategy {
     /// Every schedule with at most `preemptions` preemptions, less those
     /// equivalent to one already run (`bounded`).
     Bounded { preemptions: usize },
+    /// The same without the reduction: every schedule of the bound (for
+    /// checking that the reduction loses nothing; not offered on the command
+    /// line).
+    BoundedUnreduced { preemptions: usize },
 }
 
 impl Strategy {
@@ -61,6 +65,7 @@ impl Strategy {
             Strategy::Pct => "pct",
             Strategy::Random => "random",
             Strategy::Bounded { .. } => "bounded",
+            Strategy::BoundedUnreduced { .. } => "bounded-unreduced",
         }
     }
 }
@@ -110,7 +115,10 @@ impl ExploreOptions {
             if n == 0 || i >= n {
                 return Err(format!("shard {i}/{n}: a shard I/N needs 0 <= I < N"));
             }
-            if matches!(self.strategy, Strategy::Bounded { .. }) {
+            if matches!(
+                self.strategy,
+                Strategy::Bounded { .. } | Strategy::BoundedUnreduced { .. }
+            ) {
                 return Err(
                     "the bounded strategy cannot be sharded yet: its walk of the schedule tree \
                      is one sequence; shard pct or random, or run the bounded search whole"
@@ -828,7 +836,11 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
         slice.end = Some(slice.end.unwrap_or(1).min(1));
         jobs = 1;
     }
-    if matches!(opts.strategy, Strategy::Bounded { .. }) && jobs > 1 {
+    if matches!(
+        opts.strategy,
+        Strategy::Bounded { .. } | Strategy::BoundedUnreduced { .. }
+    ) && jobs > 1
+    {
         notes.push(format!(
             "the bounded strategy runs on one job (its walk of the schedule tree is not split \
              yet): {jobs} jobs asked"
@@ -837,10 +849,16 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
     }
     let bounded_stats = Arc::new(Mutex::new(bounded::BoundedStats::default()));
     let results = match opts.strategy {
-        Strategy::Bounded { preemptions } => {
+        Strategy::Bounded { preemptions } | Strategy::BoundedUnreduced { preemptions } => {
             let limit = (opts.iterations != usize::MAX).then_some(opts.iterations as u64);
+            let reduce = matches!(opts.strategy, Strategy::Bounded { .. });
             let r = run_jobs(&p, &search, slice, 1, |_| {
-                bounded::Bounded::new(preemptions, limit, bounded_stats.clone())
+                let b = bounded::Bounded::new(preemptions, limit, bounded_stats.clone());
+                if reduce {
+                    b
+                } else {
+                    b.without_reduction()
+                }
             });
             thpsim_model::engine::footprint::stop();
             r
@@ -895,7 +913,7 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
         elapsed_ms: start.elapsed().as_millis(),
         found,
         bounded: match opts.strategy {
-            Strategy::Bounded { preemptions } => {
+            Strategy::Bounded { preemptions } | Strategy::BoundedUnreduced { preemptions } => {
                 let mut b = *bounded_stats.lock().unwrap_or_else(|p| p.into_inner());
                 b.preemptions = preemptions;
                 // The search also ends when an execution had no decision.

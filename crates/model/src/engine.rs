@@ -335,6 +335,27 @@ impl<S: Send + 'static> Monitor<S> for StdMonitor<S> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShuttleEngine;
 
+thread_local! {
+    /// Model CPU threads that can run (not blocked in a monitor, not
+    /// finished) in the current execution of this OS thread. With at most
+    /// one, a scheduling point has no choice to offer and is skipped: a
+    /// thread that runs alone costs what it costs on the std engine.
+    static RUNNABLE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn runnable_add(d: isize) {
+    RUNNABLE.with(|r| r.set(r.get().saturating_add_signed(d)));
+}
+
+/// Counts a CPU thread out of [`RUNNABLE`] when it finishes, however.
+struct Finished;
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        runnable_add(-1);
+    }
+}
+
 impl Engine for ShuttleEngine {
     type Atomic = ShuttleAtomic;
     type Monitor<S: Send + 'static> = ShuttleMonitor<S>;
@@ -342,15 +363,42 @@ impl Engine for ShuttleEngine {
     const FOOTPRINTS: bool = true;
 
     fn schedule_point() {
-        shuttle_engine::runtime::thread::switch();
+        if RUNNABLE.with(|r| r.get()) > 1 {
+            shuttle_engine::runtime::thread::switch();
+        }
+    }
+
+    fn schedule_point_on(obj: footprint::Obj, write: bool) {
+        if RUNNABLE.with(|r| r.get()) > 1 {
+            footprint::op(obj, write);
+            shuttle_engine::runtime::thread::switch();
+        } else {
+            // No other thread can run here: the access belongs to the step
+            // in progress.
+            footprint::hidden(obj, write);
+        }
     }
 
     fn run_threads(threads: Vec<Box<dyn FnOnce() + Send + 'static>>) {
-        let handles: Vec<_> = threads.into_iter().map(shuttle::thread::spawn).collect();
+        RUNNABLE.with(|r| r.set(threads.len()));
+        let handles: Vec<_> = threads
+            .into_iter()
+            .map(|f| {
+                shuttle::thread::spawn(move || {
+                    let _done = Finished;
+                    f()
+                })
+            })
+            .collect();
+        let mut panicked = None;
         for h in handles {
             if let Err(p) = h.join() {
-                std::panic::resume_unwind(p);
+                panicked.get_or_insert(p);
             }
+        }
+        RUNNABLE.with(|r| r.set(0));
+        if let Some(p) = panicked {
+            std::panic::resume_unwind(p);
         }
     }
 }
@@ -435,6 +483,7 @@ impl<S> ShuttleMonitor<S> {
     fn wake(&self) {
         let waiters = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|p| p.into_inner()));
         if !waiters.is_empty() {
+            runnable_add(waiters.len() as isize);
             shuttle_engine::runtime::execution::ExecutionState::with(|s| {
                 for t in waiters {
                     s.get_mut(t).unblock();
@@ -474,6 +523,7 @@ impl<S: Send + 'static> Monitor<S> for ShuttleMonitor<S> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(me);
+            runnable_add(-1);
             ExecutionState::with(|s| s.current_mut().block(false));
             // Resuming only leads to the retry above, which has its own point.
             footprint::op_none();

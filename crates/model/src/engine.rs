@@ -337,14 +337,40 @@ pub struct ShuttleEngine;
 
 thread_local! {
     /// Model CPU threads that can run (not blocked in a monitor, not
-    /// finished) in the current execution of this OS thread. With at most
-    /// one, a scheduling point has no choice to offer and is skipped: a
-    /// thread that runs alone costs what it costs on the std engine.
-    static RUNNABLE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// finished) in the current execution of this OS thread, when counted
+    /// (see [`ShuttleEngine::count_runnable`]; `usize::MAX`: not counted).
+    /// With at most one, a scheduling point has no choice to offer and is
+    /// skipped: a thread that runs alone costs what it costs on the std
+    /// engine.
+    static RUNNABLE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
 }
 
 fn runnable_add(d: isize) {
-    RUNNABLE.with(|r| r.set(r.get().saturating_add_signed(d)));
+    RUNNABLE.with(|r| {
+        if r.get() != usize::MAX {
+            r.set(r.get().saturating_add_signed(d));
+        }
+    });
+}
+
+fn others_may_run() -> bool {
+    RUNNABLE.with(|r| r.get()) > 1
+}
+
+impl ShuttleEngine {
+    /// Starts counting runnable CPU threads for this OS thread's executions
+    /// (the explorer, whose threads are all made by `run_threads`): until a
+    /// `together` block runs, one thread runs alone. Threads spawned any
+    /// other way are not counted, so code that spawns its own (tests) must
+    /// not call this.
+    pub fn count_runnable() {
+        RUNNABLE.with(|r| r.set(1));
+    }
+
+    /// Stops counting: every scheduling point switches again.
+    pub fn stop_counting() {
+        RUNNABLE.with(|r| r.set(usize::MAX));
+    }
 }
 
 /// Counts a CPU thread out of [`RUNNABLE`] when it finishes, however.
@@ -363,13 +389,13 @@ impl Engine for ShuttleEngine {
     const FOOTPRINTS: bool = true;
 
     fn schedule_point() {
-        if RUNNABLE.with(|r| r.get()) > 1 {
+        if others_may_run() {
             shuttle_engine::runtime::thread::switch();
         }
     }
 
     fn schedule_point_on(obj: footprint::Obj, write: bool) {
-        if RUNNABLE.with(|r| r.get()) > 1 {
+        if others_may_run() {
             footprint::op(obj, write);
             shuttle_engine::runtime::thread::switch();
         } else {
@@ -380,7 +406,10 @@ impl Engine for ShuttleEngine {
     }
 
     fn run_threads(threads: Vec<Box<dyn FnOnce() + Send + 'static>>) {
-        RUNNABLE.with(|r| r.set(threads.len()));
+        let counting = RUNNABLE.with(|r| r.get()) != usize::MAX;
+        if counting {
+            RUNNABLE.with(|r| r.set(threads.len()));
+        }
         let handles: Vec<_> = threads
             .into_iter()
             .map(|f| {
@@ -396,7 +425,9 @@ impl Engine for ShuttleEngine {
                 panicked.get_or_insert(p);
             }
         }
-        RUNNABLE.with(|r| r.set(0));
+        if counting {
+            RUNNABLE.with(|r| r.set(1));
+        }
         if let Some(p) = panicked {
             std::panic::resume_unwind(p);
         }

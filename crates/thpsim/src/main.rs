@@ -478,11 +478,6 @@ fn invalid(e: thpsim_scenario::ScenarioError, name: &str, src: &str) -> ExitCode
 }
 
 fn main() -> ExitCode {
-    // A deadlock found while exploring is reported by thpsim; this keeps shuttle
-    // from printing its own hint about backtraces.
-    if std::env::var_os(shuttle::CAPTURE_BACKTRACE).is_none() {
-        std::env::set_var(shuttle::CAPTURE_BACKTRACE, "1");
-    }
     let cli = Cli::parse();
     match cli.command {
         Command::Explore {

@@ -60,12 +60,12 @@ fn walk_mm<E: Engine>(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, g: &Geometry, t: &mut
     let vma_of = |a: VirtAddr| vmas.iter().find(|v| v.contains(a)).cloned();
     let pgd_span = 1u64 << g.pgdir_shift();
     for i in 0..g.ptrs(Level::Pgd) {
-        let Upper::Table(pud_t) = Upper::decode(mm.pgd.raw(i).peek()) else {
+        let Upper::Table(pud_t) = Upper::decode(mm.pgd.peek(i)) else {
             continue;
         };
         t.tables.insert(pud_t);
         for j in 0..g.ptrs(Level::Pud) {
-            let Upper::Table(pmd_t) = Upper::decode(cpu.table(pud_t).raw(j).peek()) else {
+            let Upper::Table(pmd_t) = Upper::decode(cpu.table(pud_t).peek(j)) else {
                 continue;
             };
             t.tables.insert(pmd_t);
@@ -74,7 +74,7 @@ fn walk_mm<E: Engine>(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, g: &Geometry, t: &mut
                 let base = VirtAddr(
                     i as u64 * pgd_span + j as u64 * g.pud_size() + l as u64 * g.pmd_size(),
                 );
-                match Pmd::decode(cpu.table(pmd_t).raw(l).peek()) {
+                match Pmd::decode(cpu.table(pmd_t).peek(l)) {
                     Pmd::None => {}
                     Pmd::Table(pte_t) => {
                         t.tables.insert(pte_t);
@@ -130,7 +130,7 @@ fn walk_mm<E: Engine>(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, g: &Geometry, t: &mut
             for d in deposited {
                 t.tables.insert(d);
                 let tb = cpu.table(d);
-                if (0..tb.len()).any(|x| tb.raw(x).peek() != 0) {
+                if (0..tb.len()).any(|x| tb.peek(x) != 0) {
                     t.fail(
                         inv::AUDIT_VMA,
                         format!("mm {}: deposited page table {:?} is not empty", mm.id.0, d),
@@ -153,7 +153,7 @@ fn walk_ptes<E: Engine>(
 ) {
     for m in 0..g.ptrs(Level::Pte) {
         let addr = base.add_bytes(m as u64 * g.page_size());
-        let pte = Pte::decode(cpu.table(pte_t).raw(m).peek());
+        let pte = Pte::decode(cpu.table(pte_t).peek(m));
         if pte.is_none() {
             continue;
         }

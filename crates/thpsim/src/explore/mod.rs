@@ -495,6 +495,9 @@ fn drive<S: Scheduler + 'static>(
     let (p2, out2, sh2) = (p.clone(), outputs.clone(), shared.clone());
     let result = catch_unwind(AssertUnwindSafe(move || {
         runner.run(move || {
+            // Every thread of the execution comes from `run_threads`: count
+            // them, so that a thread running alone offers no points.
+            ShuttleEngine::count_runnable();
             let m = Arc::new(Machine::<ShuttleEngine>::new(
                 p2.scn.clone(),
                 p2.cfg.clone(),
@@ -521,6 +524,7 @@ fn drive<S: Scheduler + 'static>(
             account(&sh2, m.take_coverage(), failed);
         });
     }));
+    ShuttleEngine::stop_counting();
     let mut o = std::mem::take(&mut *outputs.lock().unwrap_or_else(|p| p.into_inner()));
     match result {
         Ok(_) => {

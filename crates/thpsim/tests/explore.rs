@@ -321,3 +321,44 @@ fn the_bounded_reduction_prunes_and_loses_nothing() {
         assert!(found.what.contains("line 13"), "{}", found.what);
     }
 }
+
+/// A bounded search splits into disjoint parts of the schedule tree: shards
+/// (and jobs) of the unreduced search add up to exactly the whole, and the
+/// reduced parts together are still exhaustive.
+#[test]
+fn bounded_parts_partition_the_tree() {
+    let scn = thpsim_scenario::parse(
+        "three.thp",
+        "geometry tiny\nthp never\nprocess P\nP: mmap A 1p\nP: mmap B 1p\nP: mmap C 1p\n\
+         P: write A[0] = 1\nP: write B[0] = 1\nP: write C[0] = 1\ntogether\n  \
+         thread P: write A[0] = 2\n  thread P: write B[0] = 3\n  thread P: write C[0] = 4\nend\n",
+    )
+    .expect("parses");
+    let search = |strategy, shard: Option<(u64, u64)>, jobs: usize| {
+        let mut o = opts(strategy, usize::MAX, 0, Vec::new());
+        o.shard = shard;
+        o.jobs = jobs;
+        let r = explore(&scn, &o).expect("valid");
+        assert!(r.found.is_none());
+        let b = r.bounded.expect("counts");
+        assert!(b.complete, "{b:?}");
+        (b.schedules, r.executions as u64)
+    };
+    for strategy in [
+        Strategy::BoundedUnreduced { preemptions: 2 },
+        Strategy::Bounded { preemptions: 2 },
+    ] {
+        let (whole, executions) = search(strategy, None, 1);
+        assert_eq!(whole, executions);
+        let parts: u64 = (0..3).map(|i| search(strategy, Some((i, 3)), 1).0).sum();
+        let (jobs, _) = search(strategy, None, 2);
+        if matches!(strategy, Strategy::BoundedUnreduced { .. }) {
+            assert_eq!(parts, whole, "{strategy:?}: 3 shards");
+            assert_eq!(jobs, whole, "{strategy:?}: 2 jobs");
+        } else {
+            // Each part prunes with what it explored itself: at least the
+            // whole's schedules, at most the unreduced count.
+            assert!(parts >= whole && jobs >= whole, "{parts} {jobs} {whole}");
+        }
+    }
+}

@@ -239,27 +239,37 @@ fn jobs_split_a_search_without_changing_it() {
             assert_eq!(one["executions"], 240);
         }
     }
-    // The bounded strategy is one walk: it runs on one job, says so, and
-    // cannot be sharded.
-    let out = thpsim(
-        &[
+    // A bounded search splits its tree among the jobs and still says it is
+    // exhaustive; stopped after --iterations, it runs on one job and says so.
+    let bounded = |extra: &[&str]| {
+        let mut a = vec![
             "explore",
             scn.as_str(),
             "--strategy",
             "bounded",
             "--preemptions",
             "1",
-            "--jobs",
-            "2",
-        ],
-        &[],
-    );
-    let s = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{s}");
+        ];
+        a.extend(extra);
+        let out = thpsim(&a, &[]);
+        let s = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(out.status.code(), Some(0), "{s}");
+        s
+    };
+    let one = bounded(&["--jobs", "1"]);
+    let two = bounded(&["--jobs", "2"]);
+    let count = |s: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("ok: exhaustive up to 1 preemption: "))
+            .and_then(|l| l.split(' ').next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("not exhaustive: {s}"))
+    };
+    assert_eq!(count(&one), count(&two), "{one}\n{two}");
+    let capped = bounded(&["--jobs", "2", "--iterations", "10"]);
     assert!(
-        s.contains("note: the bounded strategy runs on one job")
-            && s.contains("exhaustive up to 1 preemption"),
-        "{s}"
+        capped.contains("note: a bounded search stopped after --iterations runs on one job"),
+        "{capped}"
     );
 }
 
@@ -534,7 +544,14 @@ fn bad_shards_from_flags_or_the_environment_exit_2() {
     assert_eq!(json(&out)["shard"], serde_json::json!([1, 2]));
     for bad in [
         &["--strategy", "dfs"][..],
-        &["--strategy", "bounded", "--shard", "0/2"],
+        &[
+            "--strategy",
+            "bounded",
+            "--iterations",
+            "10",
+            "--shard",
+            "0/2",
+        ],
         &["--jobs", "0"],
         &["--shard", "2/2"],
         &["--shard", "1"],
@@ -549,4 +566,51 @@ fn bad_shards_from_flags_or_the_environment_exit_2() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// Shards of a bounded search are parts of its schedule tree: merged, they
+/// are the exhaustive search, with the same schedules as one run.
+#[test]
+fn bounded_shards_merge_to_the_exhaustive_search() {
+    let dir = tmp_dir("bounded");
+    let scn = race("split_pmd_vs_wp_fault");
+    let args = |extra: &[&str]| {
+        let mut a = vec![
+            "explore".to_string(),
+            scn.clone(),
+            "--strategy".into(),
+            "bounded".into(),
+            "--preemptions".into(),
+            "1".into(),
+            "--jobs".into(),
+            "1".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let whole = thpsim(
+        &args(&["--json"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        &[],
+    );
+    let whole = json(&whole);
+    let mut files = Vec::new();
+    for i in 0..3 {
+        let a = args(&["--shard", &format!("{i}/3")]);
+        let out = thpsim(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+        assert_eq!(out.status.code(), Some(0));
+        let f = dir.join(format!("b{i}.jsonl"));
+        std::fs::write(&f, &out.stdout).expect("write");
+        files.push(f.to_str().expect("utf8").to_string());
+    }
+    let out = thpsim(&["merge", &files[0], &files[1], &files[2]], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let want = format!(
+        "ok: exhaustive up to 1 preemption in 3 shard(s): {} schedules,",
+        whole["bounded"]["schedules"]
+    );
+    assert!(text.contains(&want), "{want}\n{text}");
 }

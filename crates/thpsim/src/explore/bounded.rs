@@ -28,6 +28,17 @@
 //! never loses a schedule of the bound: the equivalent node had at least the
 //! budget this one has.
 //!
+//! **Parts.** A search can be split into disjoint parts (shards, jobs)
+//! that together are the whole tree. Every schedule is either the default
+//! path (no deviation from the default choice at any decision) or lies in
+//! the subtree of its *first deviation* `(decision index, thread chosen)`
+//! from the default path. Part `i` of `n` runs the subtrees of the first
+//! deviations whose hash is `i` modulo `n`, and part 0 also counts the
+//! default path itself; every part runs the default path once to find its
+//! decisions (parts other than 0 do not count that execution). The
+//! reduction only uses nodes inside a part's own subtrees, so each part is
+//! exhaustive for its subtrees on its own.
+//!
 //! The fingerprint is 128 bits; two different traces could collide with a
 //! probability of about n²/2¹²⁸ for n decisions, which the report does not
 //! hide (it is far below anything a run could reach).
@@ -39,6 +50,9 @@ use thpsim_model::engine::footprint::{self, Access, Obj};
 /// One decision on the current path.
 #[derive(Debug)]
 struct Node {
+    /// Every decision above this one took its default choice (this node is
+    /// on the default path, shared by all parts).
+    on_default: bool,
     /// The runnable threads: the running one first when it could go on,
     /// then the others in ascending order.
     options: Vec<usize>,
@@ -213,8 +227,22 @@ impl Tracker {
     }
 }
 
+thread_local! {
+    static DISCOVERING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn set_discovering(v: bool) {
+    DISCOVERING.with(|d| d.set(v));
+}
+
+/// Whether the execution running on this OS thread only finds the
+/// decisions of another part's default path (the explorer does not count it).
+pub fn discovering() -> bool {
+    DISCOVERING.with(|d| d.get())
+}
+
 /// The counts of a bounded search.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BoundedStats {
     /// The preemption bound.
     pub preemptions: usize,
@@ -240,6 +268,8 @@ pub struct Bounded {
     pending: Vec<Option<Access>>,
     /// The current step's footprint (a buffer kept between steps).
     fp: Vec<Access>,
+    /// The current execution is not this part's (see [`discovering`]).
+    counted_out: bool,
     /// This execution has more threads than a clock holds: no reduction.
     unreduced: bool,
     /// The reduction is on (off: every schedule of the bound runs; for tests
@@ -248,6 +278,8 @@ pub struct Bounded {
     // Across executions:
     seen: FastMap<(u64, u64, usize), usize>,
     limit: Option<u64>,
+    /// This part of the search: `(i, n)`.
+    part: (u64, u64),
     stats: BoundedStats,
     /// Where the counts are published (the scheduler itself is owned by the
     /// engine while it runs).
@@ -272,16 +304,36 @@ impl Bounded {
             tracker: Tracker::default(),
             pending: Vec::new(),
             fp: Vec::new(),
+            counted_out: false,
             unreduced: false,
             reduce: true,
             seen: FastMap::default(),
             limit,
+            part: (0, 1),
             stats: BoundedStats {
                 preemptions,
                 ..BoundedStats::default()
             },
             out,
         }
+    }
+
+    /// Part `i` of `n` of the search (see the module documentation).
+    pub fn part(mut self, i: u64, n: u64) -> Bounded {
+        self.part = (i, n.max(1));
+        self
+    }
+
+    /// Whether the first deviation `(decision, thread)` belongs to this part.
+    fn owns(&self, decision: usize, thread: usize) -> bool {
+        let (i, n) = self.part;
+        n == 1 || mix((decision as u64) << 20 ^ thread as u64 ^ 0xA076_1D64_78BD_642F) % n == i
+    }
+
+    /// The execution now starting is the default path of a part other than
+    /// 0: it runs only to find the decisions, and is not counted.
+    fn discovering(&self) -> bool {
+        self.part.0 != 0 && self.stack.iter().all(|n| n.next == 0)
     }
 
     /// The same search without the reduction.
@@ -296,12 +348,19 @@ impl Bounded {
 
     /// Moves the path to the next unexplored choice; false when none is left.
     fn backtrack(&mut self) -> bool {
-        while let Some(top) = self.stack.last_mut() {
+        while let Some(top) = self.stack.last() {
+            let depth = self.stack.len() - 1;
             if !top.covered {
-                let next = (top.next + 1..top.options.len())
-                    .find(|&i| top.cost + top.cost_of(i) <= self.k);
+                let next = (top.next + 1..top.options.len()).find(|&i| {
+                    top.cost + top.cost_of(i) <= self.k
+                        // On the default path a choice is a first deviation:
+                        // it belongs to one part.
+                        && (!top.on_default || self.owns(depth, top.options[i]))
+                });
                 if let Some(i) = next {
-                    top.next = i;
+                    if let Some(top) = self.stack.last_mut() {
+                        top.next = i;
+                    }
                     return true;
                 }
             }
@@ -347,7 +406,9 @@ impl Bounded {
 impl Scheduler for Bounded {
     fn new_execution(&mut self) -> Option<Schedule> {
         if self.started {
-            self.stats.schedules += 1;
+            if !self.counted_out {
+                self.stats.schedules += 1;
+            }
             if !self.backtrack() {
                 self.stats.complete = true;
                 self.publish();
@@ -359,6 +420,8 @@ impl Scheduler for Bounded {
             }
         }
         self.started = true;
+        self.counted_out = self.discovering();
+        set_discovering(self.counted_out);
         self.pos = 0;
         self.cost = 0;
         self.covered = false;
@@ -400,14 +463,18 @@ impl Scheduler for Bounded {
                 options.push(c);
             }
             options.extend(ids.iter().copied().filter(|&t| Some(t) != current));
+            let on_default = self.stack.iter().all(|n| n.next == 0);
             let mut node = Node {
+                on_default,
                 options,
                 current_runnable,
                 next: 0,
                 cost: self.cost,
                 covered: self.covered,
             };
-            if !node.covered && !self.unreduced && self.reduce {
+            // A node on the default path spans every part: its subtree is not
+            // this part's alone, so it neither prunes nor covers.
+            if !node.covered && !self.unreduced && self.reduce && !on_default {
                 let left = self.k - self.cost;
                 let (a, b) = self.tracker.fingerprint;
                 let key = (a, b, current.unwrap_or(usize::MAX));
@@ -504,6 +571,7 @@ mod tests {
         let mut b = Bounded::new(1, None, Default::default());
         b.stack = vec![
             Node {
+                on_default: true,
                 options: vec![1, 2, 3],
                 current_runnable: true,
                 next: 0,
@@ -511,6 +579,7 @@ mod tests {
                 covered: false,
             },
             Node {
+                on_default: false,
                 options: vec![2, 1],
                 current_runnable: true,
                 next: 0,

@@ -115,13 +115,14 @@ impl ExploreOptions {
             if n == 0 || i >= n {
                 return Err(format!("shard {i}/{n}: a shard I/N needs 0 <= I < N"));
             }
-            if matches!(
+            let bounded = matches!(
                 self.strategy,
                 Strategy::Bounded { .. } | Strategy::BoundedUnreduced { .. }
-            ) {
+            );
+            if bounded && self.iterations != usize::MAX {
                 return Err(
-                    "the bounded strategy cannot be sharded yet: its walk of the schedule tree \
-                     is one sequence; shard pct or random, or run the bounded search whole"
+                    "a bounded search with --iterations cannot be sharded: its shards would \
+                     not stop at the same schedules; shard the whole bounded search"
                         .to_string(),
                 );
             }
@@ -452,6 +453,11 @@ fn account(
     drop(sh);
     if failed || no_decision {
         search.stop.store(true, Ordering::SeqCst);
+    }
+    // A bounded part's run of the default path only finds its decisions: it
+    // is another part's schedule, counted there.
+    if bounded::discovering() && !failed {
+        return;
     }
     let now = {
         let mut t = search.totals();
@@ -843,21 +849,30 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
     if matches!(
         opts.strategy,
         Strategy::Bounded { .. } | Strategy::BoundedUnreduced { .. }
-    ) && jobs > 1
+    ) && opts.iterations != usize::MAX
+        && jobs > 1
     {
         notes.push(format!(
-            "the bounded strategy runs on one job (its walk of the schedule tree is not split \
-             yet): {jobs} jobs asked"
+            "a bounded search stopped after --iterations runs on one job (its parts would not \
+             stop at the same schedules): {jobs} jobs asked"
         ));
         jobs = 1;
     }
-    let bounded_stats = Arc::new(Mutex::new(bounded::BoundedStats::default()));
+    let bounded_stats: Mutex<Vec<Arc<Mutex<bounded::BoundedStats>>>> = Mutex::new(Vec::new());
     let results = match opts.strategy {
         Strategy::Bounded { preemptions } | Strategy::BoundedUnreduced { preemptions } => {
             let limit = (opts.iterations != usize::MAX).then_some(opts.iterations as u64);
             let reduce = matches!(opts.strategy, Strategy::Bounded { .. });
-            let r = run_jobs(&p, &search, slice, 1, |_| {
-                let b = bounded::Bounded::new(preemptions, limit, bounded_stats.clone());
+            // Each job walks its part of the tree (the slice's residue class
+            // of first deviations; see `bounded`), with counts of its own.
+            let r = run_jobs(&p, &search, slice, jobs, |part| {
+                let stats = Arc::new(Mutex::new(bounded::BoundedStats::default()));
+                bounded_stats
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(stats.clone());
+                let b =
+                    bounded::Bounded::new(preemptions, limit, stats).part(part.start, part.step);
                 if reduce {
                     b
                 } else {
@@ -918,8 +933,18 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
         found,
         bounded: match opts.strategy {
             Strategy::Bounded { preemptions } | Strategy::BoundedUnreduced { preemptions } => {
-                let mut b = *bounded_stats.lock().unwrap_or_else(|p| p.into_inner());
-                b.preemptions = preemptions;
+                let parts = bounded_stats.lock().unwrap_or_else(|p| p.into_inner());
+                let mut b = bounded::BoundedStats {
+                    preemptions,
+                    complete: !parts.is_empty(),
+                    ..Default::default()
+                };
+                for part in parts.iter() {
+                    let s = *part.lock().unwrap_or_else(|p| p.into_inner());
+                    b.schedules += s.schedules;
+                    b.pruned += s.pruned;
+                    b.complete &= s.complete;
+                }
                 // The search also ends when an execution had no decision.
                 if executions == 1 && b.schedules == 0 {
                     b.schedules = 1;

@@ -204,6 +204,9 @@ pub struct ShardLine {
     pub blocks: Vec<BlockInfo>,
     pub coverage: CoverageTotals,
     pub failure: Option<ShardFailure>,
+    /// A bounded search's counts (its part of the schedule tree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounded: Option<super::bounded::BoundedStats>,
 }
 
 /// The shard line of a search.
@@ -236,6 +239,7 @@ pub fn line(scn: &Scenario, opts: &ExploreOptions, r: &ExploreReport) -> ShardLi
             token: f.token.clone(),
             index: f.index,
         }),
+        bounded: r.bounded,
     }
 }
 
@@ -344,6 +348,9 @@ pub struct Merged {
     pub failures: Vec<MergedFailure>,
     pub coverage: Vec<BlockCoverage>,
     pub warnings: Vec<String>,
+    /// A bounded search's counts summed over the shards present
+    /// (`complete`: every shard present walked its whole part).
+    pub bounded: Option<super::bounded::BoundedStats>,
 }
 
 impl Merged {
@@ -380,7 +387,12 @@ pub fn merge(lines: &[Located]) -> Result<Merged, String> {
         let s = &l.shard;
         let mut rev = s.reverted.clone();
         rev.sort();
-        let checks: [(&str, String, String); 10] = [
+        let bound = |x: &ShardLine| {
+            x.bounded
+                .map_or(String::new(), |b| format!("{} preemptions", b.preemptions))
+        };
+        let checks: [(&str, String, String); 11] = [
+            ("preemption bound", bound(f), bound(s)),
             ("scenario", f.scenario.clone(), s.scenario.clone()),
             (
                 "scenario statements (hash)",
@@ -512,6 +524,20 @@ pub fn merge(lines: &[Located]) -> Result<Merged, String> {
         }
     }
     let coverage = totals.report_blocks(&f.blocks);
+    let bounded = f.bounded.map(|b0| {
+        let mut b = super::bounded::BoundedStats {
+            preemptions: b0.preemptions,
+            complete: missing.is_empty(),
+            ..Default::default()
+        };
+        for l in kept.values() {
+            let s = l.shard.bounded.unwrap_or_default();
+            b.schedules += s.schedules;
+            b.pruned += s.pruned;
+            b.complete &= s.complete;
+        }
+        b
+    });
     let verdict = if !failures.is_empty() {
         "failed"
     } else if !missing.is_empty() {
@@ -541,6 +567,7 @@ pub fn merge(lines: &[Located]) -> Result<Merged, String> {
         failures,
         coverage,
         warnings,
+        bounded,
     })
 }
 
@@ -604,7 +631,27 @@ pub fn text(m: &Merged) -> String {
             m.missing.len(),
             m.shards
         ),
-        _ => writeln!(out, "ok: no failure in the whole search: {summary}"),
+        _ => match m.bounded {
+            Some(b) if b.complete => writeln!(
+                out,
+                "ok: exhaustive up to {} preemption{} in {} shard(s): {} schedules, {} pruned, \
+                 no failure ({:.2}s in all, the longest {:.2}s)",
+                b.preemptions,
+                if b.preemptions == 1 { "" } else { "s" },
+                m.present.len(),
+                b.schedules,
+                b.pruned,
+                m.elapsed_ms_total as f64 / 1000.0,
+                m.elapsed_ms_max as f64 / 1000.0
+            ),
+            Some(b) => writeln!(
+                out,
+                "ok: no failure, but NOT exhaustive: a shard stopped before its part of the \
+                 bound of {} preemptions was covered; {summary}",
+                b.preemptions
+            ),
+            None => writeln!(out, "ok: no failure in the whole search: {summary}"),
+        },
     };
     out
 }

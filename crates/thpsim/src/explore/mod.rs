@@ -217,8 +217,8 @@ pub struct ExploreReport {
 /// What one execution did.
 #[derive(Default)]
 struct ExecLog {
-    /// Per scheduling point: (chosen task, current task, runnable tasks).
-    points: Vec<(usize, Option<usize>, Vec<usize>)>,
+    /// Per decision: (chosen task, the default choice there).
+    points: Vec<(u32, u32)>,
 }
 
 impl ExecLog {
@@ -227,8 +227,8 @@ impl ExecLog {
             self.points
                 .iter()
                 .enumerate()
-                .filter(|(_, (chosen, cur, runnable))| *chosen != default_choice(*cur, runnable))
-                .map(|(k, (chosen, _, _))| (k, *chosen))
+                .filter(|(_, (chosen, default))| chosen != default)
+                .map(|(k, (chosen, _))| (k, *chosen as usize))
                 .collect(),
         )
     }
@@ -236,7 +236,7 @@ impl ExecLog {
     /// search are merged by their fingerprints).
     fn fingerprint(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for (c, _, _) in &self.points {
+        for (c, _) in &self.points {
             for b in (*c as u64).to_le_bytes() {
                 h ^= u64::from(b);
                 h = h.wrapping_mul(0x0100_0000_01b3);
@@ -253,6 +253,18 @@ fn default_choice(current: Option<usize>, runnable: &[usize]) -> usize {
     match current {
         Some(c) if runnable.contains(&c) => c,
         _ => runnable.iter().copied().min().unwrap_or(0),
+    }
+}
+
+/// [`default_choice`] over shuttle's runnable tasks (no allocation).
+fn default_of(current: Option<TaskId>, runnable: &[&Task]) -> usize {
+    match current {
+        Some(c) if runnable.iter().any(|t| t.id() == c) => usize::from(c),
+        _ => runnable
+            .iter()
+            .map(|t| usize::from(t.id()))
+            .min()
+            .unwrap_or(0),
     }
 }
 
@@ -348,11 +360,9 @@ impl<S: Scheduler> Scheduler for Recorder<S> {
         let t = self.inner.next_task(runnable, current, is_yielding)?;
         // Only real decisions (two or more runnable tasks) are points.
         if runnable.len() > 1 {
-            let ids: Vec<usize> = runnable.iter().map(|t| usize::from(t.id())).collect();
+            let default = default_of(current, runnable) as u32;
             let mut sh = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-            sh.log
-                .points
-                .push((usize::from(t), current.map(usize::from), ids));
+            sh.log.points.push((usize::from(t) as u32, default));
         }
         Some(t)
     }

@@ -45,6 +45,7 @@
 
 use shuttle::scheduler::{Schedule, Scheduler, Task, TaskId};
 use std::collections::HashMap;
+use super::sched::mix;
 use thpsim_model::engine::footprint::{self, Access, Obj};
 
 /// One decision on the current path.
@@ -93,11 +94,6 @@ fn join(into: &mut Clock, other: &Clock) {
     }
 }
 
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// A hasher for keys that are hashes or small numbers already.
 #[derive(Default, Clone, Copy)]

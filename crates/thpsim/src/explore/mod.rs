@@ -243,9 +243,7 @@ impl ExecLog {
             }
         }
         // splitmix64's finalizer: FNV's low bits mix poorly.
-        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        h ^ (h >> 31)
+        sched::mix(h)
     }
 }
 

@@ -11,13 +11,17 @@ use shuttle::scheduler::{Schedule, Scheduler, Task, TaskId};
 #[derive(Clone, Debug)]
 pub struct SplitMix(pub u64);
 
+/// splitmix64's finalizer: a well-mixed 64-bit hash of a 64-bit value.
+pub fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 impl SplitMix {
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        mix(self.0)
     }
     /// A value in `[0, n)` (n > 0).
     pub fn below(&mut self, n: u64) -> u64 {

@@ -2,7 +2,11 @@
 //!
 //! For each bundled race scenario: interleavings per second on one core with
 //! the fix in (a clean search), and the time to the first failure with the fix
-//! reverted, median and worst over a number of seeds, per strategy.
+//! reverted, median and worst over a number of seeds, per strategy (a race
+//! scenario without a fix to revert, the regression of a model defect, gets
+//! the clean search only); then the bounded search up to two preemptions on
+//! one core: its schedules and time with the fix, and the time to the failure
+//! with the fix reverted.
 
 use crate::bundled::BUNDLED;
 use crate::explore::{explore, ExploreOptions, Strategy};
@@ -30,11 +34,14 @@ pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> Stri
     let mut out = String::new();
     let _ = writeln!(out, "| scenario | fix | strategy | clean search: interleavings/s | reverted: found in (median / worst over {seeds} seeds) | executions to find (median / worst) |");
     let _ = writeln!(out, "|---|---|---|---|---|---|");
-    for (name, src) in BUNDLED.iter().filter(|(n, _)| n.starts_with("races/")) {
-        let Some(fix) = fix_of(src) else { continue };
-        let Ok(scn) = thpsim_scenario::parse(name, src) else {
-            continue;
-        };
+    let races: Vec<_> = BUNDLED
+        .iter()
+        .filter(|(n, _)| n.starts_with("races/"))
+        .filter_map(|(name, src)| {
+            Some((*name, fix_of(src), thpsim_scenario::parse(name, src).ok()?))
+        })
+        .collect();
+    for (name, fix, scn) in &races {
         for strategy in [Strategy::Pct, Strategy::Random] {
             let opts = |reverts: Vec<Fix>, seed: u64, iterations: usize| ExploreOptions {
                 run: RunOptions {
@@ -47,19 +54,27 @@ pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> Stri
                 ..ExploreOptions::default()
             };
             let t = Instant::now();
-            let clean = explore(&scn, &opts(Vec::new(), 0, clean_iterations));
+            let clean = explore(scn, &opts(Vec::new(), 0, clean_iterations));
             let secs = t.elapsed().as_secs_f64();
             let rate = match &clean {
                 Ok(r) if r.found.is_none() => format!("{:.0}", r.executions as f64 / secs),
                 Ok(_) => "FAILED with the fix".to_string(),
                 Err(e) => format!("invalid: {e}"),
             };
+            let Some(fix) = *fix else {
+                let _ = writeln!(
+                    out,
+                    "| {name} | (none) | {} | {rate} | - | - |",
+                    strategy.name()
+                );
+                continue;
+            };
             let mut times = Vec::new();
             let mut execs = Vec::new();
             let mut missed = 0;
             for seed in 0..seeds {
                 let t = Instant::now();
-                match explore(&scn, &opts(vec![fix], seed, max_iterations)) {
+                match explore(scn, &opts(vec![fix], seed, max_iterations)) {
                     Ok(r) if r.found.is_some() => {
                         times.push(t.elapsed().as_secs_f64());
                         execs.push(r.found.map_or(0, |f| f.at_execution));
@@ -95,6 +110,59 @@ pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> Stri
                 strategy.name()
             );
         }
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| scenario | fix | bounded, 2 preemptions, fix in: schedules, pruned, time, schedules/s | reverted: found after (schedules, time) |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for (name, fix, scn) in &races {
+        let opts = |reverts: Vec<Fix>| ExploreOptions {
+            run: RunOptions {
+                geometry: None,
+                reverts,
+            },
+            strategy: Strategy::Bounded { preemptions: 2 },
+            iterations: usize::MAX,
+            ..ExploreOptions::default()
+        };
+        let t = Instant::now();
+        let clean = match explore(scn, &opts(Vec::new())) {
+            Ok(r) => {
+                let secs = t.elapsed().as_secs_f64();
+                match (r.found, r.bounded) {
+                    (None, Some(b)) if b.complete => format!(
+                        "{}, {}, {secs:.1} s, {:.0}",
+                        b.schedules,
+                        b.pruned,
+                        b.schedules as f64 / secs
+                    ),
+                    (Some(_), _) => "FAILED with the fix".to_string(),
+                    _ => "not exhaustive".to_string(),
+                }
+            }
+            Err(e) => format!("invalid: {e}"),
+        };
+        let reverted = match fix {
+            None => "-".to_string(),
+            Some(fix) => {
+                let t = Instant::now();
+                match explore(scn, &opts(vec![*fix])) {
+                    Ok(r) if r.found.is_some() => {
+                        format!(
+                            "{} schedules, {:.2} s",
+                            r.executions,
+                            t.elapsed().as_secs_f64()
+                        )
+                    }
+                    Ok(_) => "not found within the bound".to_string(),
+                    Err(e) => format!("invalid: {e}"),
+                }
+            }
+        };
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {clean} | {reverted} |",
+            fix.map_or("(none)", |f| f.name())
+        );
     }
     out
 }

@@ -43,9 +43,9 @@
 //! probability of about n²/2¹²⁸ for n decisions, which the report does not
 //! hide (it is far below anything a run could reach).
 
+use super::sched::mix;
 use shuttle::scheduler::{Schedule, Scheduler, Task, TaskId};
 use std::collections::HashMap;
-use super::sched::mix;
 use thpsim_model::engine::footprint::{self, Access, Obj};
 
 /// One decision on the current path.
@@ -93,7 +93,6 @@ fn join(into: &mut Clock, other: &Clock) {
         *a = (*a).max(*b);
     }
 }
-
 
 /// A hasher for keys that are hashes or small numbers already.
 #[derive(Default, Clone, Copy)]

@@ -129,6 +129,22 @@ impl Coverage {
         }
     }
 
+    /// A copy of the sink for a copy of the machine (`Kernel::snapshot`):
+    /// whether it records, what it recorded, and how deep each CPU is in
+    /// active code.
+    pub fn copy(&self) -> Coverage {
+        Coverage {
+            on: AtomicBool::new(self.enabled()),
+            data: Mutex::new(self.snapshot()),
+            active: Mutex::new(
+                self.active
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            ),
+        }
+    }
+
     /// What was recorded so far.
     pub fn snapshot(&self) -> ExecCoverage {
         self.lock().clone()
@@ -164,5 +180,29 @@ mod tests {
         c.leave(1);
         c.enter(2);
         assert_eq!(c.snapshot().overlaps.len(), 1, "CPU2 ran alone");
+    }
+}
+
+#[cfg(test)]
+mod copy_tests {
+    use super::*;
+
+    /// A copy of the sink records on as the original would: the same
+    /// switch, what was recorded, and which CPUs are inside active code
+    /// (an overlap with a CPU still active is seen by the copy).
+    #[test]
+    fn a_copy_keeps_the_switch_the_records_and_the_active_cpus() {
+        let c = Coverage::default();
+        c.set_enabled(true);
+        c.call(0, "f");
+        assert!(c.enter(1));
+        let copy = c.copy();
+        assert!(copy.enabled());
+        assert_eq!(copy.snapshot(), c.snapshot());
+        copy.enter(0);
+        assert!(copy.snapshot().overlaps.contains(&(0, 1)));
+        assert!(c.snapshot().overlaps.is_empty(), "independent");
+        let off = Coverage::default().copy();
+        assert!(!off.enabled());
     }
 }

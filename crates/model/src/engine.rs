@@ -187,6 +187,10 @@ pub trait Monitor<S: Send + 'static>: Send + Sync + 'static {
     fn update<R>(&self, f: impl FnOnce(&mut S) -> R) -> R;
     /// Runs `f` on the state under the mutex without waking anyone (a read).
     fn inspect<R>(&self, f: impl FnOnce(&S) -> R) -> R;
+    /// Reads the state without a scheduling point: for copies of the machine
+    /// (`Kernel::snapshot`), which must never add interleavings. The same as
+    /// [`Monitor::inspect`] on engines without scheduling.
+    fn peek<R>(&self, f: impl FnOnce(&S) -> R) -> R;
     /// Blocks until `f` returns `Some`, re-running it each time another thread
     /// calls [`Monitor::update`].
     fn wait_until<R>(&self, f: impl FnMut(&mut S) -> Option<R>) -> R;
@@ -315,6 +319,9 @@ impl<S: Send + 'static> Monitor<S> for StdMonitor<S> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         f(&g.0)
     }
+    fn peek<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        self.inspect(f)
+    }
     fn wait_until<R>(&self, mut f: impl FnMut(&mut S) -> Option<R>) -> R {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -330,8 +337,11 @@ impl<S: Send + 'static> Monitor<S> for StdMonitor<S> {
 
 /// The exploration engine: shuttle's primitives. Every atomic access and every
 /// monitor operation is a scheduling point; shuttle's schedulers (random, PCT,
-/// DFS, replay) choose the interleaving. Only usable inside a shuttle
-/// execution.
+/// DFS, replay) choose the interleaving. Usable inside a shuttle execution,
+/// and outside one on a thread that counts runnable CPU threads
+/// ([`ShuttleEngine::count_runnable`]) while only that thread runs: then no
+/// point switches and no monitor waits (the explorer builds the steps before
+/// a `together` block that way, once per search).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ShuttleEngine;
 
@@ -542,6 +552,9 @@ impl<S: Send + 'static> Monitor<S> for ShuttleMonitor<S> {
         ShuttleEngine::schedule_point_on(footprint::Obj::Id(self.id), false);
         f(&self.lock())
     }
+    fn peek<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&self.lock())
+    }
     fn wait_until<R>(&self, mut f: impl FnMut(&mut S) -> Option<R>) -> R {
         use shuttle_engine::runtime::execution::ExecutionState;
         loop {
@@ -549,6 +562,15 @@ impl<S: Send + 'static> Monitor<S> for ShuttleMonitor<S> {
             if let Some(r) = f(&mut self.lock()) {
                 return r;
             }
+            // Outside an execution (the explorer runs the steps before a
+            // `together` block on a plain thread, with one CPU thread
+            // counted) nobody can ever wake this thread: it deadlocked
+            // itself. Say so instead of reaching into shuttle's state,
+            // which exists only inside an execution.
+            assert!(
+                ExecutionState::try_with(|_| ()).is_ok(),
+                "deadlock: the only CPU waits on a monitor outside an exploration execution"
+            );
             let me = ExecutionState::me();
             self.waiters
                 .lock()
@@ -560,5 +582,70 @@ impl<S: Send + 'static> Monitor<S> for ShuttleMonitor<S> {
             footprint::op_none();
             shuttle_engine::runtime::thread::switch();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Monitor::peek` reads the state; on the exploration engine it is no
+    /// scheduling point, where `inspect` is one. On an OS thread that counts
+    /// one runnable CPU thread, every point is skipped and noted as a hidden
+    /// access of the running step, so the hidden accesses show the points.
+    #[test]
+    fn monitor_peek_reads_without_a_scheduling_point() {
+        let s = StdMonitor::new(5u32);
+        s.update(|v| *v += 1);
+        assert_eq!(s.peek(|v| *v), 6);
+
+        footprint::reset();
+        ShuttleEngine::count_runnable();
+        let m = ShuttleMonitor::new(7u32);
+        m.update(|v| *v += 1);
+        footprint::take_hidden();
+        let peeked = m.peek(|v| *v);
+        let after_peek = footprint::take_hidden();
+        let inspected = m.inspect(|v| *v);
+        let after_inspect = footprint::take_hidden();
+        ShuttleEngine::stop_counting();
+        footprint::stop();
+        assert_eq!((peeked, inspected), (8, 8));
+        assert!(after_peek.is_empty(), "{after_peek:?}");
+        assert_eq!(
+            after_inspect,
+            vec![footprint::Access {
+                obj: footprint::Obj::Id(m.id),
+                write: false
+            }]
+        );
+    }
+
+    /// Outside a shuttle execution, a monitor wait that cannot succeed at
+    /// once has nobody to wake it: it panics as a deadlock instead of
+    /// reaching into shuttle's execution state.
+    #[test]
+    #[should_panic(expected = "deadlock")]
+    fn a_wait_outside_an_execution_that_cannot_succeed_is_a_deadlock() {
+        ShuttleEngine::count_runnable();
+        let m = ShuttleMonitor::new(true);
+        m.wait_until(|held| if *held { None } else { Some(()) });
+    }
+
+    /// The same wait succeeds at once when its condition holds.
+    #[test]
+    fn a_wait_outside_an_execution_that_succeeds_at_once_returns() {
+        ShuttleEngine::count_runnable();
+        let m = ShuttleMonitor::new(false);
+        m.wait_until(|held| {
+            if *held {
+                None
+            } else {
+                *held = true;
+                Some(())
+            }
+        });
+        ShuttleEngine::stop_counting();
+        assert!(m.peek(|held| *held));
     }
 }

@@ -12,7 +12,7 @@
 use crate::check::Violation;
 use crate::engine::{Atomic, Engine};
 use crate::fixes::FixSet;
-use crate::mm_types::{AnonVma, MmStruct};
+use crate::mm_types::{AnonVma, MmStruct, VmaCopies};
 use crate::mmu::Tlb;
 use crate::page::pg;
 use crate::page_alloc::Memory;
@@ -89,6 +89,18 @@ pub struct DeferredSplitQueue<E: Engine> {
     pub queue: Mutex<VecDeque<Pfn>>,
 }
 
+impl<E: Engine> DeferredSplitQueue<E> {
+    /// A copy of the queue for a copy of the machine (`Kernel::snapshot`):
+    /// the lock (free at a quiescent point) and the queued THP heads in
+    /// order.
+    pub fn snapshot(&self) -> Self {
+        DeferredSplitQueue {
+            split_queue_lock: self.split_queue_lock.snapshot(),
+            queue: Mutex::new(self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+        }
+    }
+}
+
 /// The whole machine.
 pub struct Kernel<E: Engine> {
     pub geo: Geometry,
@@ -145,6 +157,64 @@ impl<E: Engine> Kernel<E> {
             trace: Arc::new(Mutex::new(Vec::new())),
             coverage: crate::coverage::Coverage::default(),
             cfg,
+        })
+    }
+
+    /// A copy of the whole machine as it is now, sharing nothing with it,
+    /// for starting several runs from one state (the explorer runs the steps
+    /// before a `together` block once and starts every execution from a
+    /// copy). Made at a quiescent point: no CPU runs kernel code and no lock
+    /// is held (asserted for every lock). Nothing is read through a
+    /// scheduling point, so a copy adds no interleavings.
+    ///
+    /// Copies every field: the configuration and geometry, physical memory
+    /// ([`Memory::snapshot`]: pages, frames' bytes, page tables, free lists),
+    /// the zero page and the huge zero page, the mms ([`MmStruct::snapshot`])
+    /// and anon_vmas ([`AnonVma::snapshot`]) in their arenas by id, with each
+    /// VMA copied once and shared as in the original (by `VmaId`), the VMA id
+    /// counter, the deferred split queue, `lru_lock`, every CPU's TLB, the
+    /// violations not yet taken, the tracing switch and trace, the data
+    /// epoch and the coverage sink.
+    ///
+    /// The copy's engine objects are made in a fixed order (memory in pfn
+    /// order, the zones, the split queue's lock, `lru_lock`, the mms by id,
+    /// the anon_vmas by id), so under exploration copies made after the same
+    /// state number their objects the same way in every execution.
+    pub fn snapshot(&self) -> Arc<Self> {
+        let mem = self.mem.snapshot();
+        let deferred_split = self.deferred_split.snapshot();
+        let lru_lock = self.lru_lock.snapshot();
+        let mut vmas = VmaCopies::default();
+        let mms: Vec<Arc<MmStruct<E>>> = self
+            .all_mms()
+            .iter()
+            .map(|mm| Arc::new(mm.snapshot(&mut vmas)))
+            .collect();
+        let anon_vmas: Vec<Arc<AnonVma<E>>> = self
+            .all_anon_vmas()
+            .iter()
+            .map(|av| Arc::new(av.snapshot(&mut vmas)))
+            .collect();
+        let lock = |t: &Mutex<Tlb>| t.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Arc::new(Kernel {
+            geo: self.geo,
+            cfg: self.cfg.clone(),
+            mem,
+            zero_pfn: self.zero_pfn,
+            huge_zero: AtomicU64::new(self.huge_zero.load(SeqCst)),
+            mms: RwLock::new(mms),
+            anon_vmas: RwLock::new(anon_vmas),
+            next_vma: AtomicUsize::new(self.next_vma.load(SeqCst)),
+            deferred_split,
+            lru_lock,
+            tlbs: self.tlbs.iter().map(|t| Mutex::new(lock(t))).collect(),
+            reports: Mutex::new(self.reports()),
+            tracing: AtomicBool::new(self.tracing()),
+            data_epoch: AtomicU64::new(self.data_epoch()),
+            trace: Arc::new(Mutex::new(
+                self.trace.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            )),
+            coverage: self.coverage.copy(),
         })
     }
 
@@ -258,5 +328,144 @@ impl<E: Engine> Kernel<E> {
     pub(crate) fn new_vma_id(&self) -> VmaId {
         E::touch(crate::engine::footprint::Obj::Arena(2), true);
         VmaId(self.next_vma.fetch_add(1, SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::audit::audit;
+    use crate::mmap::Prot;
+    use crate::mmu::Access;
+    use crate::types::VirtAddr;
+    use crate::{Cpu, ShuttleEngine, StdEngine};
+
+    /// A machine with two processes sharing a PTE-mapped THP queued for
+    /// deferred split (so anon_vmas, page tables, a split queue entry and
+    /// TLB entries all exist). Returns the CPU, the mms and the
+    /// region.
+    fn busy<E: Engine>(geo: Geometry) -> (Cpu<E>, Vec<Arc<MmStruct<E>>>, VirtAddr) {
+        let k = Kernel::<E>::new(Config::new(geo));
+        let cpu = Cpu::new(k, CpuId(0));
+        let (ps, pmd) = (geo.page_size(), geo.pmd_size());
+        let mm = cpu.mm_alloc();
+        let a = cpu.do_mmap(&mm, pmd, Prot::ReadWrite, pmd).expect("mmap");
+        for i in 0..geo.hpage_pmd_nr() {
+            cpu.user_access(&mm, a.add_bytes(i * ps), Access::Write(0x11 + i as u8))
+                .expect("write");
+        }
+        // PTE-maps the THP and queues it for deferred split.
+        cpu.do_munmap(&mm, a.add_bytes(ps), ps).expect("munmap");
+        let child = cpu.dup_mm(&mm).expect("fork");
+        cpu.user_access(&child, a, Access::Read).expect("read");
+        (cpu, vec![mm, child], a)
+    }
+
+    /// What a process sees of the region, page by page: the mapping and the
+    /// bytes.
+    fn seen<E: Engine>(cpu: &Cpu<E>, mm: &MmStruct<E>, a: VirtAddr) -> Vec<String> {
+        let geo = cpu.k.geo;
+        (0..geo.hpage_pmd_nr())
+            .map(|i| {
+                let at = a.add_bytes(i * geo.page_size());
+                format!("{:?} {:?}", cpu.page_info(mm, at), cpu.peek_page(mm, at))
+            })
+            .collect()
+    }
+
+    /// The copy of a machine shows every process the same memory, audits
+    /// clean, keeps each VMA shared between its mm and its anon_vmas, has
+    /// the same TLBs, queues and counters, and goes on exactly as the
+    /// original does, without either seeing the other's changes.
+    #[test]
+    fn a_kernel_copy_is_complete_shared_alike_and_independent() {
+        for geo in [Geometry::TINY, Geometry::X86_64] {
+            let (cpu, mms, a) = busy::<StdEngine>(geo);
+            let k = &cpu.k;
+            let copy = k.snapshot();
+            let ccpu = Cpu::new(copy.clone(), CpuId(0));
+            assert!(audit(&ccpu).is_empty(), "{:?}", audit(&ccpu));
+            assert_eq!(copy.all_mms().len(), 2);
+            for mm in &mms {
+                let cmm = copy.mm(mm.id);
+                assert!(!Arc::ptr_eq(&cmm, mm));
+                assert_eq!(seen(&ccpu, &cmm, a), seen(&cpu, mm, a));
+            }
+            // Each VMA is one object in the copy, shared as in the original.
+            let in_mms: Vec<Arc<crate::mm_types::Vma>> =
+                copy.all_mms().iter().flat_map(|m| m.vma_list()).collect();
+            let mut linked = 0;
+            for av in copy.all_anon_vmas() {
+                for v in av.vmas.lock().unwrap().iter() {
+                    let same = in_mms.iter().find(|m| m.id == v.id).expect("in an mm");
+                    assert!(Arc::ptr_eq(same, v), "{:?} copied twice", v.id);
+                    linked += 1;
+                }
+            }
+            assert!(linked >= 2, "the anon_vmas link the VMAs");
+            assert_eq!(
+                *copy.deferred_split.queue.lock().unwrap(),
+                *k.deferred_split.queue.lock().unwrap()
+            );
+            assert_eq!(copy.deferred_split.queue.lock().unwrap().len(), 1);
+            let tlb = |k: &Kernel<StdEngine>| {
+                let mut e = k.tlbs[0].lock().unwrap().entries();
+                e.sort_by_key(|(key, _)| *key);
+                e
+            };
+            assert!(!tlb(k).is_empty());
+            assert_eq!(tlb(&copy), tlb(k));
+            assert_eq!(copy.huge_zero_pfn(), k.huge_zero_pfn());
+            assert_eq!(copy.data_epoch(), k.data_epoch());
+            assert_eq!(copy.mem.nr_free(), k.mem.nr_free());
+            assert_eq!(copy.new_vma_id(), k.new_vma_id());
+
+            // The same work on both: the same results, and each its own.
+            let before = seen(&cpu, &mms[0], a);
+            let work = |cpu: &Cpu<StdEngine>, mms: &[Arc<MmStruct<StdEngine>>]| {
+                let split = cpu.deferred_split_scan(usize::MAX);
+                cpu.user_access(&mms[1], a, Access::Write(0x77))
+                    .expect("cow");
+                cpu.mmput(&mms[1]);
+                (split, seen(cpu, &mms[0], a), cpu.k.mem.nr_free())
+            };
+            let cmms: Vec<_> = mms.iter().map(|m| copy.mm(m.id)).collect();
+            let on_copy = work(&ccpu, &cmms);
+            assert_eq!(seen(&cpu, &mms[0], a), before, "the original is untouched");
+            assert_eq!(work(&cpu, &mms), on_copy);
+            assert!(audit(&ccpu).is_empty() && audit(&cpu).is_empty());
+        }
+    }
+
+    /// On the exploration engine a copy reads through no scheduling point
+    /// and makes its objects in a fixed order (two copies of one state make
+    /// the same number of them, so each object gets the same number).
+    #[test]
+    fn a_kernel_copy_makes_no_scheduling_point_and_numbers_alike() {
+        use crate::engine::footprint;
+        ShuttleEngine::count_runnable();
+        footprint::reset();
+        let (cpu, _mms, _) = busy::<ShuttleEngine>(Geometry::TINY);
+        let mut made = Vec::new();
+        for _ in 0..2 {
+            footprint::reset();
+            let copy = cpu.k.snapshot();
+            assert!(footprint::take_hidden().is_empty());
+            made.push(footprint::next_id());
+            assert_eq!(copy.all_mms().len(), 2);
+        }
+        ShuttleEngine::stop_counting();
+        footprint::stop();
+        assert_eq!(made[0], made[1]);
+        assert!(made[0] > 8 * cpu.k.mem.nr_pages() as u32);
+    }
+
+    /// A machine with a lock held is not at a quiescent point: no copy.
+    #[test]
+    fn a_kernel_with_a_lock_held_is_not_copied() {
+        let (cpu, mms, _) = busy::<StdEngine>(Geometry::TINY);
+        let _g = mms[1].mmap_lock.read(&cpu);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cpu.k.snapshot()));
+        assert!(r.is_err());
     }
 }

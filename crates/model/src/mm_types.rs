@@ -16,6 +16,7 @@ use crate::engine::Engine;
 use crate::pgtable::{PteFlags, TableBody};
 use crate::sync::{LockClass, RwSem, SpinLock};
 use crate::types::{AnonVmaId, MmId, VirtAddr, VmaId};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -73,6 +74,29 @@ impl Vma {
             anon_vma: AtomicU64::new(0),
             chains: Mutex::new(Vec::new()),
             dead: AtomicBool::new(false),
+        }
+    }
+    /// A copy of the VMA for a copy of the machine (`Kernel::snapshot`): its
+    /// id and mm, range, pgoff, flags, anon_vma, anon_vma chains and whether
+    /// it was unlinked. The caller keeps the sharing: one copy per `VmaId`,
+    /// referenced from the mm's list and every anon_vma's list that held the
+    /// original ([`VmaCopies`]).
+    pub fn snapshot(&self) -> Self {
+        Vma {
+            id: self.id,
+            mm: self.mm,
+            vm_start: AtomicU64::new(self.vm_start.load(SeqCst)),
+            vm_end: AtomicU64::new(self.vm_end.load(SeqCst)),
+            vm_pgoff: AtomicU64::new(self.vm_pgoff.load(SeqCst)),
+            vm_flags: AtomicU64::new(self.vm_flags.load(SeqCst)),
+            anon_vma: AtomicU64::new(self.anon_vma.load(SeqCst)),
+            chains: Mutex::new(
+                self.chains
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            ),
+            dead: AtomicBool::new(self.dead.load(SeqCst)),
         }
     }
     pub fn vm_start(&self) -> VirtAddr {
@@ -135,6 +159,24 @@ impl Vma {
     }
 }
 
+/// The VMA copies of one machine copy, by id: a VMA is shared by its mm's
+/// list and the lists of the anon_vmas it is linked to, and the copy shares
+/// one copy of it the same way.
+#[derive(Default)]
+pub struct VmaCopies {
+    by_id: HashMap<VmaId, Arc<Vma>>,
+}
+
+impl VmaCopies {
+    /// The copy of `vma`, made on its first request.
+    pub fn get(&mut self, vma: &Vma) -> Arc<Vma> {
+        self.by_id
+            .entry(vma.id)
+            .or_insert_with(|| Arc::new(vma.snapshot()))
+            .clone()
+    }
+}
+
 /// `struct mm_struct`.
 pub struct MmStruct<E: Engine> {
     pub id: MmId,
@@ -164,6 +206,34 @@ impl<E: Engine> MmStruct<E> {
             vmas: RwLock::new(Vec::new()),
             exited: AtomicBool::new(false),
             huge_zero_ref: AtomicBool::new(false),
+        }
+    }
+
+    /// A copy of the mm for a copy of the machine (`Kernel::snapshot`): its
+    /// id, the PGD ([`TableBody::snapshot`]), `mmap_lock` and
+    /// `page_table_lock` (free at a quiescent point), the VMA list (each VMA
+    /// through `vmas`, which keeps it shared with the anon_vmas' lists), and
+    /// the exited and MMF_HUGE_ZERO_PAGE marks. The PGD's entries are made
+    /// first, then its lock, `mmap_lock`, `page_table_lock`.
+    pub fn snapshot(&self, vmas: &mut VmaCopies) -> Self {
+        let pgd = self.pgd.snapshot();
+        let mmap_lock = self.mmap_lock.snapshot();
+        let page_table_lock = self.page_table_lock.snapshot();
+        let list: Vec<Arc<Vma>> = self
+            .vmas
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|v| vmas.get(v))
+            .collect();
+        MmStruct {
+            id: self.id,
+            pgd,
+            mmap_lock,
+            page_table_lock,
+            vmas: RwLock::new(list),
+            exited: AtomicBool::new(self.exited.load(SeqCst)),
+            huge_zero_ref: AtomicBool::new(self.huge_zero_ref.load(SeqCst)),
         }
     }
 
@@ -207,5 +277,110 @@ impl<E: Engine> AnonVma<E> {
             refcount: AtomicU64::new(1),
             vmas: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A copy of the anon_vma for a copy of the machine (`Kernel::snapshot`):
+    /// its id, root and parent, the rwsem (free at a quiescent point), the
+    /// refcount, and the VMAs linked to it (each through `vmas`, shared with
+    /// the mms' lists).
+    pub fn snapshot(&self, vmas: &mut VmaCopies) -> Self {
+        let rwsem = self.rwsem.snapshot();
+        let list: Vec<Arc<Vma>> = self
+            .vmas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|v| vmas.get(v))
+            .collect();
+        AnonVma {
+            id: self.id,
+            root: self.root,
+            parent: self.parent,
+            rwsem,
+            refcount: AtomicU64::new(self.refcount.load(SeqCst)),
+            vmas: Mutex::new(list),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StdEngine;
+
+    fn vma(id: usize) -> Vma {
+        Vma::new(
+            VmaId(id),
+            MmId(0),
+            VirtAddr(0x1000),
+            VirtAddr(0x3000),
+            7,
+            vm::READ | vm::WRITE | vm::MAYWRITE,
+        )
+    }
+
+    /// A VMA copies every field.
+    #[test]
+    fn a_vma_copies_every_field() {
+        let v = vma(3);
+        v.set_anon_vma(Some(AnonVmaId(2)));
+        v.chains
+            .lock()
+            .unwrap()
+            .extend([AnonVmaId(1), AnonVmaId(2)]);
+        v.dead.store(true, SeqCst);
+        let c = v.snapshot();
+        assert_eq!((c.id, c.mm), (VmaId(3), MmId(0)));
+        assert_eq!(
+            (c.vm_start(), c.vm_end()),
+            (VirtAddr(0x1000), VirtAddr(0x3000))
+        );
+        assert_eq!((c.vm_pgoff(), c.vm_flags()), (7, v.vm_flags()));
+        assert_eq!(c.anon_vma(), Some(AnonVmaId(2)));
+        assert_eq!(*c.chains.lock().unwrap(), vec![AnonVmaId(1), AnonVmaId(2)]);
+        assert!(c.dead.load(SeqCst));
+        c.set_range(VirtAddr(0), VirtAddr(0x1000), 0);
+        assert_eq!(v.vm_start(), VirtAddr(0x1000), "independent");
+    }
+
+    /// An mm and an anon_vma copied with one `VmaCopies` share one copy of
+    /// each VMA they shared, and none with the original; the mm's PGD,
+    /// marks and locks, and the anon_vma's links and refcount are copied.
+    #[test]
+    fn mms_and_anon_vmas_share_their_vma_copies() {
+        let (a, b) = (Arc::new(vma(0)), Arc::new(vma(1)));
+        let mm = MmStruct::<StdEngine>::new(MmId(0), 8);
+        mm.vmas.write().unwrap().extend([a.clone(), b.clone()]);
+        mm.exited.store(true, SeqCst);
+        mm.huge_zero_ref.store(true, SeqCst);
+        crate::engine::Atomic::store(mm.pgd.raw(4), 0x55);
+        let av = AnonVma::<StdEngine>::new(AnonVmaId(1), AnonVmaId(0), Some(AnonVmaId(0)));
+        av.vmas.lock().unwrap().push(b.clone());
+        av.refcount.store(3, SeqCst);
+
+        let mut copies = VmaCopies::default();
+        let mc = mm.snapshot(&mut copies);
+        let ac = av.snapshot(&mut copies);
+        let list = mc.vma_list();
+        let linked = ac.vmas.lock().unwrap().clone();
+        assert_eq!(
+            list.iter().map(|v| v.id).collect::<Vec<_>>(),
+            [VmaId(0), VmaId(1)]
+        );
+        assert!(
+            Arc::ptr_eq(&list[1], &linked[0]),
+            "one copy of the shared VMA"
+        );
+        assert!(!Arc::ptr_eq(&list[1], &b) && !Arc::ptr_eq(&list[0], &a));
+        assert_eq!(mc.id, MmId(0));
+        assert!(mc.exited.load(SeqCst) && mc.huge_zero_ref.load(SeqCst));
+        assert_eq!(mc.pgd.peek(4), 0x55);
+        assert!(!mc.mmap_lock.is_locked() && !mc.page_table_lock.is_locked());
+        assert_eq!(
+            (ac.id, ac.root, ac.parent),
+            (AnonVmaId(1), AnonVmaId(0), Some(AnonVmaId(0)))
+        );
+        assert_eq!(ac.refcount.load(SeqCst), 3);
+        assert!(!ac.rwsem.is_locked());
     }
 }

@@ -34,7 +34,9 @@ pub struct TlbEntry {
 }
 
 /// A CPU's TLB: translations by (address space, virtual page number).
-#[derive(Default, Debug)]
+/// `Clone` copies the translations and the shootdown count (a copy of the
+/// machine, `Kernel::snapshot`).
+#[derive(Default, Debug, Clone)]
 pub struct Tlb {
     map: HashMap<(MmId, u64), TlbEntry>,
     /// Shootdowns that reached this TLB so far: a hardware walk that saw it

@@ -22,6 +22,7 @@ use std::collections::BTreeSet;
 /// The free lists of one node. Whole free PMD-size blocks are kept apart from
 /// single free pages so a THP allocation is O(log n); a block whose pages all
 /// come back is merged again (the buddy allocator's coalescing).
+#[derive(Clone)]
 struct FreeArea {
     base: BTreeSet<u64>,
     blocks: BTreeSet<u64>,
@@ -36,6 +37,20 @@ pub struct Zone<E: Engine> {
     pub start: Pfn,
     pub end: Pfn,
     free: E::Monitor<FreeArea>,
+}
+
+impl<E: Engine> Zone<E> {
+    /// A copy of the zone for a copy of the machine (`Memory::snapshot`):
+    /// its node and range and its free lists, read without a scheduling
+    /// point.
+    pub fn snapshot(&self) -> Self {
+        Zone {
+            node: self.node,
+            start: self.start,
+            end: self.end,
+            free: E::Monitor::new(self.free.peek(FreeArea::clone)),
+        }
+    }
 }
 
 /// All physical memory.
@@ -101,6 +116,26 @@ impl<E: Engine> Memory<E> {
             zones,
             block_pages,
             allocated: std::sync::Mutex::new(BTreeSet::from([0])),
+        }
+    }
+
+    /// A copy of physical memory for a copy of the machine
+    /// (`Kernel::snapshot`): every frame's `struct page`, bytes and page
+    /// table ([`Page::snapshot`], in pfn order), the set of allocated frames,
+    /// and each zone with its free lists ([`Zone::snapshot`], in node order).
+    pub fn snapshot(&self) -> Self {
+        let pages: Box<[Page<E>]> = self.pages.iter().map(Page::snapshot).collect();
+        let zones = self.zones.iter().map(Zone::snapshot).collect();
+        Memory {
+            pages,
+            allocated: std::sync::Mutex::new(
+                self.allocated
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            ),
+            zones,
+            block_pages: self.block_pages,
         }
     }
 
@@ -294,5 +329,44 @@ impl<E: Engine> Cpu<E> {
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::StdEngine;
+
+    /// A copy of memory has the same frames in use and the same free lists
+    /// on every node: allocation and freeing go on identically in the copy
+    /// and the original, and neither sees the other's.
+    #[test]
+    fn memory_copies_its_free_lists_and_goes_on_alike() {
+        let geo = Geometry::TINY;
+        let mem = Memory::<StdEngine>::new(&geo, 12 * geo.pmd_size(), 2);
+        let a = mem.take(0, 0).expect("page");
+        let b = mem.take(1, 2).expect("block");
+        mem.take(0, 0).expect("page");
+        mem.give(a, 0);
+        Atomic::store(&mem.page(b).refcount, 1);
+        let copy = mem.snapshot();
+        assert_eq!(copy.nr_free(), mem.nr_free());
+        assert_eq!(copy.allocated(), mem.allocated());
+        assert_eq!(copy.nr_pages(), mem.nr_pages());
+        for (z, c) in mem.zones.iter().zip(&copy.zones) {
+            assert_eq!((z.node, z.start, z.end), (c.node, c.start, c.end));
+        }
+        for pfn in 0..mem.nr_pages() {
+            assert_eq!(copy.is_free(Pfn(pfn)), mem.is_free(Pfn(pfn)), "{pfn}");
+        }
+        assert_eq!(copy.page(b).refcount.peek(), 1);
+        let from = |m: &Memory<StdEngine>| {
+            [(0, 0), (1, 0), (0, 2), (1, 2), (0, 0)].map(|(node, order)| m.take(node, order))
+        };
+        let (taken, taken_copy) = (from(&mem), from(&copy));
+        assert_eq!(taken, taken_copy);
+        copy.give(b, 2);
+        assert_eq!(mem.nr_free() + 4, copy.nr_free());
+        assert!(!mem.is_free(b) && copy.is_free(b));
     }
 }

@@ -49,6 +49,19 @@ impl<E: Engine> SpinLock<E> {
         SpinGuard { lock: self, cpu }
     }
 
+    /// A copy of the lock for a copy of the machine (`Kernel::snapshot`): the
+    /// same class, free. The lock must be free: a copy is made at a quiescent
+    /// point, where no CPU holds a lock; a held one would be a lock the copy
+    /// could never release.
+    pub fn snapshot(&self) -> Self {
+        assert!(
+            !self.locked.peek(|l| *l),
+            "{} held at a quiescent point: the machine cannot be copied",
+            self.class.kernel_name()
+        );
+        SpinLock::new(self.class)
+    }
+
     /// `spin_trylock()`.
     pub fn try_lock<'a>(&'a self, cpu: &'a Cpu<E>) -> Option<SpinGuard<'a, E>> {
         let got = self.locked.update(|l| {
@@ -111,6 +124,22 @@ impl<E: Engine> RwSem<E> {
             class,
             state: E::Monitor::new(RwState::default()),
         }
+    }
+
+    /// A copy of the semaphore for a copy of the machine (`Kernel::snapshot`):
+    /// the same class, free, nobody waiting. It must be free (see
+    /// [`SpinLock::snapshot`]).
+    pub fn snapshot(&self) -> Self {
+        let (readers, writer, waiting) = self
+            .state
+            .peek(|s| (s.readers, s.writer, s.writers_waiting));
+        assert!(
+            readers == 0 && !writer && waiting == 0,
+            "{} held at a quiescent point ({readers} readers, writer {writer}, {waiting} \
+             writers waiting): the machine cannot be copied",
+            self.class.kernel_name()
+        );
+        RwSem::new(self.class)
     }
 
     /// `down_read()`.
@@ -229,6 +258,18 @@ pub struct PageLockState {
     pub locked: bool,
 }
 
+/// A copy of PG_locked for a copy of the machine (`Page::snapshot`): unlocked.
+/// The page must be unlocked (see [`SpinLock::snapshot`]).
+pub(crate) fn page_lock_snapshot<E: Engine>(
+    m: &E::Monitor<PageLockState>,
+) -> E::Monitor<PageLockState> {
+    assert!(
+        !m.peek(|s| s.locked),
+        "a page is locked at a quiescent point: the machine cannot be copied"
+    );
+    E::Monitor::new(PageLockState::default())
+}
+
 /// Helpers for the page lock, used by `crate::page`.
 pub(crate) fn page_lock<E: Engine>(m: &E::Monitor<PageLockState>, cpu: &Cpu<E>, how: Acquire) {
     cpu.lock_acquire(LockClass::PageLock, instance_of(m), how);
@@ -267,4 +308,56 @@ pub(crate) fn page_unlock<E: Engine>(m: &E::Monitor<PageLockState>, cpu: &Cpu<E>
 /// head's PG_locked into each tail page.
 pub(crate) fn page_lock_inherit<E: Engine>(m: &E::Monitor<PageLockState>) {
     m.update(|s| s.locked = true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{CpuId, Geometry};
+    use crate::{Config, Kernel, StdEngine};
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    fn cpu() -> Cpu<StdEngine> {
+        Cpu::new(Kernel::new(Config::new(Geometry::TINY)), CpuId(0))
+    }
+
+    /// A free lock copies as a free lock of the same class; a held one (or a
+    /// held rwsem, or a locked page) is refused: a copy is made only at a
+    /// quiescent point.
+    #[test]
+    fn locks_copy_free_and_refuse_to_copy_held() {
+        let cpu = cpu();
+        let l = SpinLock::<StdEngine>::new(LockClass::LruLock);
+        {
+            let _g = l.lock(&cpu);
+            assert!(catch_unwind(AssertUnwindSafe(|| l.snapshot())).is_err());
+        }
+        let c = l.snapshot();
+        assert_eq!(c.class, LockClass::LruLock);
+        assert!(!c.is_locked());
+        let g = c.lock(&cpu);
+        assert!(c.is_locked() && !l.is_locked(), "the copy is its own lock");
+        drop(g);
+
+        let s = RwSem::<StdEngine>::new(LockClass::MmapLock);
+        {
+            let _r = s.read(&cpu);
+            assert!(catch_unwind(AssertUnwindSafe(|| s.snapshot())).is_err());
+        }
+        {
+            let _w = s.write(&cpu);
+            assert!(catch_unwind(AssertUnwindSafe(|| s.snapshot())).is_err());
+        }
+        let c = s.snapshot();
+        assert_eq!(c.class, LockClass::MmapLock);
+        assert!(!c.is_locked());
+        drop(c.write(&cpu));
+
+        let m = <StdEngine as Engine>::Monitor::new(PageLockState::default());
+        page_lock_inherit::<StdEngine>(&m);
+        assert!(catch_unwind(AssertUnwindSafe(|| page_lock_snapshot::<StdEngine>(&m))).is_err());
+        page_unlock::<StdEngine>(&m, &cpu);
+        let c = page_lock_snapshot::<StdEngine>(&m);
+        assert!(!c.inspect(|s| s.locked));
+    }
 }

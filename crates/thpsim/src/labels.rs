@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use thpsim_model::types::Pfn;
 
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Clone)]
 pub struct Labels {
     map: BTreeMap<Pfn, usize>,
 }

@@ -440,10 +440,80 @@ impl<E: Engine> Machine<E> {
         self.scn.error_at(span, msg)
     }
 
+    /// A copy of the machine as it is now, sharing nothing with it: the
+    /// kernel ([`Kernel::snapshot`]), the runner's state (the processes, each
+    /// with the copy's mm of its id, its regions and whether it is alive;
+    /// the memory oracle; the page labels; the data epoch of the last memory
+    /// check; whether the run stopped), the records so far, the coverage of
+    /// the blocks run so far, and the scenario, unit sizes and interleaving
+    /// (the scenario is shared: nothing changes it). Running the remaining
+    /// items on the copy ([`Machine::run_items_from`]) reports what running
+    /// them on this machine would.
+    ///
+    /// Made between items (a quiescent point: no CPU in the kernel, no lock
+    /// held); nothing is read through a scheduling point or noted in a step's
+    /// footprint.
+    pub fn snapshot(&self) -> Self {
+        let k = self.k.snapshot();
+        let st = self.st.lock().unwrap_or_else(|p| p.into_inner());
+        let procs = st
+            .procs
+            .iter()
+            .map(|(name, p)| {
+                let copy = Proc {
+                    mm: k.mm(p.mm.id),
+                    regions: p.regions.clone(),
+                    alive: p.alive,
+                };
+                (name.clone(), copy)
+            })
+            .collect();
+        let state = State {
+            procs,
+            oracle: st.oracle.clone(),
+            labels: st.labels.clone(),
+            last_check_epoch: st.last_check_epoch,
+            dead: st.dead,
+        };
+        drop(st);
+        let records = self.out.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let coverage = self
+            .coverage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Machine {
+            scn: self.scn.clone(),
+            k,
+            units: self.units,
+            interleaving: self.interleaving,
+            st: Mutex::new(state),
+            out: Arc::new(Mutex::new(records)),
+            coverage: Mutex::new(coverage),
+        }
+    }
+
     /// Runs every item of the scenario.
     pub fn run_items(self: &Arc<Self>) -> Result<(), ScenarioError> {
+        self.run_items_range(0..self.scn.items.len())
+    }
+
+    /// Runs the items from index `from` to the end (after
+    /// [`Machine::run_items_range`] of the ones before, possibly on another
+    /// machine this one is a [`Machine::snapshot`] of).
+    pub fn run_items_from(self: &Arc<Self>, from: usize) -> Result<(), ScenarioError> {
+        self.run_items_range(from..self.scn.items.len())
+    }
+
+    /// Runs the items of `items` (indexes into the scenario's items), as
+    /// [`Machine::run_items`] runs them: stops when the run stopped, checks
+    /// at each quiescent point as the interleaving requires.
+    pub fn run_items_range(
+        self: &Arc<Self>,
+        items: std::ops::Range<usize>,
+    ) -> Result<(), ScenarioError> {
         let cpu0 = self.cpu(0);
-        for idx in 0..self.scn.items.len() {
+        for idx in items {
             if self.dead() {
                 break;
             }
@@ -1030,4 +1100,55 @@ fn kind_of(k: PageKind) -> Option<MapKind> {
         PageKind::Migration => MapKind::Migration,
         PageKind::Mlocked => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thpsim_model::StdEngine;
+
+    /// The copy's processes use the copy's mms (by id), and its state,
+    /// records and coverage are copies: changing the copy leaves the
+    /// original as it was.
+    #[test]
+    fn a_machine_copy_owns_its_state() {
+        let src = "geometry tiny\nprocess P\nP: mmap A 1h\nP: write A[..] = 0x11\nP: fork C\n\
+                   show C A[0]\nC: exit\n";
+        let scn = thpsim_scenario::parse("copy.thp", src).expect("parses");
+        let (cfg, units) = configure(&scn, &RunOptions::default()).expect("valid");
+        let m = Arc::new(Machine::<StdEngine>::new(
+            Arc::new(scn),
+            cfg,
+            units,
+            Interleaving::Fixed,
+        ));
+        // Up to the `show`; the `exit` (item 5) runs on the copy.
+        m.run_items_range(0..5).expect("valid");
+        m.coverage
+            .lock()
+            .unwrap()
+            .push((4, ExecCoverage::default()));
+        let c = Arc::new(m.snapshot());
+        {
+            let (a, b) = (m.st.lock().unwrap(), c.st.lock().unwrap());
+            assert_eq!(a.procs.keys().collect::<Vec<_>>(), ["C", "P"]);
+            for (name, p) in &b.procs {
+                assert!(Arc::ptr_eq(&p.mm, &c.k.mm(p.mm.id)), "{name}");
+                assert!(!Arc::ptr_eq(&p.mm, &a.procs[name].mm), "{name}");
+                assert_eq!(p.regions, a.procs[name].regions);
+                assert!(p.alive);
+            }
+            assert_eq!(b.last_check_epoch, a.last_check_epoch);
+            assert_eq!(format!("{:?}", b.labels), format!("{:?}", a.labels));
+            assert!(!b.dead);
+        }
+        assert_eq!(c.take_coverage().len(), 1);
+        let records = m.report().records.len();
+        assert_eq!(c.report().records.len(), records);
+        c.run_items_from(5).expect("valid");
+        assert!(!c.st.lock().unwrap().procs["C"].alive);
+        assert!(m.st.lock().unwrap().procs["C"].alive, "independent");
+        assert_eq!(m.report().records.len(), records);
+        assert_eq!(m.take_coverage().len(), 1);
+    }
 }

@@ -2,7 +2,9 @@
 //! on the shuttle engine, whose scheduler picks the interleaving at every lock
 //! operation and every atomic access to a page-table entry or page counter.
 //!
-//! Each execution builds a fresh machine, runs the whole scenario and its
+//! The steps before the first `together` block run once per search (per
+//! shrinking replay, per job) and each execution starts from a copy of the
+//! machine they left (`prefix`), then runs the rest of the scenario and its
 //! checks. The first failing execution is replayed from its recorded schedule,
 //! shrunk (context switches are removed while the same failure still occurs),
 //! replayed once more with tracing, and reported with a replay token.
@@ -24,6 +26,7 @@
 
 pub mod bounded;
 pub mod coverage;
+pub mod prefix;
 pub mod sched;
 pub mod shard;
 pub mod token;
@@ -506,18 +509,28 @@ fn drive<S: Scheduler + 'static>(
         },
         shuttle_config(),
     );
+    // The steps before the first `together` block, run once (`prefix`).
+    let prefix = prefix::Prefix::build(p);
     let (p2, out2, sh2) = (p.clone(), outputs.clone(), shared.clone());
     let result = catch_unwind(AssertUnwindSafe(move || {
         runner.run(move || {
             // Every thread of the execution comes from `run_threads`: count
             // them, so that a thread running alone offers no points.
             ShuttleEngine::count_runnable();
-            let m = Arc::new(Machine::<ShuttleEngine>::new(
-                p2.scn.clone(),
-                p2.cfg.clone(),
-                p2.units,
-                Interleaving::Concurrent,
-            ));
+            // A copy of the machine the prefix left, or a fresh machine that
+            // runs every item.
+            let (m, from) = match &prefix {
+                Some(pre) => pre.start(),
+                None => (
+                    Arc::new(Machine::<ShuttleEngine>::new(
+                        p2.scn.clone(),
+                        p2.cfg.clone(),
+                        p2.units,
+                        Interleaving::Concurrent,
+                    )),
+                    Ok(0),
+                ),
+            };
             {
                 let mut o = out2.lock().unwrap_or_else(|p| p.into_inner());
                 *o = Outputs {
@@ -527,12 +540,12 @@ fn drive<S: Scheduler + 'static>(
                     error: None,
                 };
             }
-            let r = m.run_items();
+            let r = from.and_then(|i| m.run_items_from(i).map_err(|e| e.to_string()));
             let report = m.report();
             let failed = r.is_err() || !report.passed();
             {
                 let mut o = out2.lock().unwrap_or_else(|p| p.into_inner());
-                o.error = r.err().map(|e| e.to_string());
+                o.error = r.err();
                 o.report = Some(report);
             }
             account(&sh2, m.take_coverage(), failed);

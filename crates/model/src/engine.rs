@@ -90,6 +90,7 @@ pub mod footprint {
     }
 
     /// The number of the next object created.
+    #[inline]
     pub fn next_id() -> u32 {
         NEXT.with(|n| {
             let v = n.get();
@@ -462,6 +463,7 @@ impl ShuttleAtomic {
 }
 
 impl Atomic for ShuttleAtomic {
+    #[inline]
     fn new(v: u64) -> Self {
         ShuttleAtomic {
             v: std::sync::atomic::AtomicU64::new(v),

@@ -15,7 +15,7 @@ use crate::fixes::FixSet;
 use crate::mm_types::{AnonVma, MmStruct, VmaCopies};
 use crate::mmu::Tlb;
 use crate::page::pg;
-use crate::page_alloc::Memory;
+use crate::page_alloc::{CopyPlan, Memory};
 use crate::sync::{LockClass, SpinLock};
 use crate::types::{AnonVmaId, CpuId, Geometry, MmId, Pfn, VmaId};
 use serde::Serialize;
@@ -181,7 +181,20 @@ impl<E: Engine> Kernel<E> {
     /// the anon_vmas by id), so under exploration copies made after the same
     /// state number their objects the same way in every execution.
     pub fn snapshot(&self) -> Arc<Self> {
-        let mem = self.mem.snapshot();
+        self.snapshot_planned(&CopyPlan::default())
+    }
+
+    /// What later copies of this machine, unchanged, may skip reading
+    /// ([`Memory::copy_plan`]).
+    pub fn copy_plan(&self) -> CopyPlan {
+        self.mem.copy_plan()
+    }
+
+    /// [`Kernel::snapshot`] with a plan made by [`Kernel::copy_plan`] of
+    /// this machine, which has not changed since
+    /// ([`Memory::snapshot_planned`]).
+    pub fn snapshot_planned(&self, plan: &CopyPlan) -> Arc<Self> {
+        let mem = self.mem.snapshot_planned(plan);
         let deferred_split = self.deferred_split.snapshot();
         let lru_lock = self.lru_lock.snapshot();
         let mut vmas = VmaCopies::default();
@@ -382,6 +395,14 @@ mod tests {
         for geo in [Geometry::TINY, Geometry::X86_64] {
             let (cpu, mms, a) = busy::<StdEngine>(geo);
             let k = &cpu.k;
+            // A planned copy (the explorer's) shows the same as a full one.
+            let planned = k.snapshot_planned(&k.copy_plan());
+            let pcpu = Cpu::new(planned.clone(), CpuId(0));
+            assert!(audit(&pcpu).is_empty(), "{:?}", audit(&pcpu));
+            for mm in &mms {
+                assert_eq!(seen(&pcpu, &planned.mm(mm.id), a), seen(&cpu, mm, a));
+            }
+            assert_eq!(planned.mem.allocated(), k.mem.allocated());
             let copy = k.snapshot();
             let ccpu = Cpu::new(copy.clone(), CpuId(0));
             assert!(audit(&ccpu).is_empty(), "{:?}", audit(&ccpu));

@@ -159,6 +159,28 @@ impl<E: Engine> Page<E> {
         }
     }
 
+    /// Whether the frame is as [`Page::new`] made it: every counter at its
+    /// initial value, free, on no list, its bytes never touched, and nothing
+    /// made on first use. Its copy is then `Page::new(node)`, which makes
+    /// the same engine objects in the same order as [`Page::snapshot`]
+    /// (a copy plan of `Memory` relies on it).
+    pub fn in_boot_state(&self) -> bool {
+        self.flags.peek() == 0
+            && self.refcount.peek() == 0
+            && self.mapcount.peek() == u64::MAX
+            && self.compound_mapcount.peek() == u64::MAX
+            && self.mapping.peek() == 0
+            && self.index.peek() == 0
+            && self.compound_head.peek() == 0
+            && self.compound_order.peek() == 0
+            && self.lock.get().is_none()
+            && !self.on_deferred_list.load(Ordering::SeqCst)
+            && self.data_touched.load(Ordering::Relaxed) == 0
+            && self.free.load(Ordering::SeqCst)
+            && self.data.get().is_none()
+            && self.table.get().is_none()
+    }
+
     /// PG_locked's monitor.
     pub fn lock_state(&self) -> &E::Monitor<PageLockState> {
         self.lock
@@ -592,6 +614,41 @@ mod tests {
         assert!(fresh.table.get().is_none());
         assert_eq!(fresh.mapcount.peek(), u64::MAX);
         assert!(fresh.free.load(Ordering::SeqCst));
+    }
+
+    /// A fresh frame is in its boot state, and its copy is one too; a change
+    /// to any field, or anything made on first use, takes it out.
+    #[test]
+    fn the_boot_state_is_what_page_new_makes() {
+        assert!(Page::<StdEngine>::new(2).in_boot_state());
+        assert!(Page::<StdEngine>::new(2).snapshot().in_boot_state());
+        let changes: [fn(&Page<StdEngine>); 14] = [
+            |p| Atomic::store(&p.flags, pg::LRU),
+            |p| Atomic::store(&p.refcount, 1),
+            |p| Atomic::store(&p.mapcount, 0),
+            |p| Atomic::store(&p.compound_mapcount, 0),
+            |p| Atomic::store(&p.mapping, 3),
+            |p| Atomic::store(&p.index, 1),
+            |p| p.set_compound_head(Some(Pfn(0))),
+            |p| p.set_compound_order(9),
+            |p| {
+                p.lock_state();
+            },
+            |p| p.on_deferred_list.store(true, Ordering::SeqCst),
+            |p| p.data_touched.store(1, Ordering::Relaxed),
+            |p| p.free.store(false, Ordering::SeqCst),
+            |p| {
+                p.words(64);
+            },
+            |p| {
+                p.table_body(4);
+            },
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let p = Page::<StdEngine>::new(0);
+            change(&p);
+            assert!(!p.in_boot_state(), "change {i}");
+        }
     }
 
     /// A locked page cannot be copied (a copy is made at a quiescent point).

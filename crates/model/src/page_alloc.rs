@@ -53,6 +53,21 @@ impl<E: Engine> Zone<E> {
     }
 }
 
+/// What a copy of one unchanging memory may skip reading
+/// ([`Memory::snapshot_planned`]): the frames found in their boot state.
+/// The default plan skips nothing.
+#[derive(Clone, Debug, Default)]
+pub struct CopyPlan {
+    boot: Vec<bool>,
+}
+
+impl CopyPlan {
+    /// How many frames the plan makes afresh.
+    pub fn boot_frames(&self) -> usize {
+        self.boot.iter().filter(|&&b| b).count()
+    }
+}
+
 /// All physical memory.
 pub struct Memory<E: Engine> {
     pages: Box<[Page<E>]>,
@@ -124,7 +139,48 @@ impl<E: Engine> Memory<E> {
     /// table ([`Page::snapshot`], in pfn order), the set of allocated frames,
     /// and each zone with its free lists ([`Zone::snapshot`], in node order).
     pub fn snapshot(&self) -> Self {
-        let pages: Box<[Page<E>]> = self.pages.iter().map(Page::snapshot).collect();
+        self.snapshot_planned(&CopyPlan::default())
+    }
+
+    /// The frames of this memory in their boot state ([`Page::in_boot_state`]),
+    /// for copies made later of this memory unchanged.
+    pub fn copy_plan(&self) -> CopyPlan {
+        CopyPlan {
+            boot: self.pages.iter().map(Page::in_boot_state).collect(),
+        }
+    }
+
+    /// [`Memory::snapshot`] that makes the frames `plan` found in their boot
+    /// state afresh (`Page::new`, the same objects in the same order)
+    /// instead of reading them: most of a big machine's memory was never
+    /// used. `plan` must come from [`Memory::copy_plan`] of this memory, and
+    /// the memory must not have changed since (the explorer copies the
+    /// prefix's machine, which never changes, once per execution).
+    pub fn snapshot_planned(&self, plan: &CopyPlan) -> Self {
+        assert!(
+            plan.boot.is_empty() || plan.boot.len() == self.pages.len(),
+            "a copy plan of another memory"
+        );
+        // Each node has the same number of frames (`Memory::new`): a frame
+        // made afresh gets its node from its pfn, without a read of the
+        // original (a big machine's memory is mostly such frames).
+        let n = self.pages.len();
+        let node_pages = n / self.zones.len();
+        let boot = |i: usize| plan.boot.get(i) == Some(&true);
+        let mut pages = Vec::with_capacity(n);
+        let mut i = 0;
+        while i < n {
+            if boot(i) {
+                // A run of fresh frames, made as `Memory::new` makes them.
+                let end = (i..n).find(|&j| !boot(j)).unwrap_or(n);
+                pages.extend((i..end).map(|j| Page::new((j / node_pages) as u32)));
+                i = end;
+            } else {
+                pages.push(self.pages[i].snapshot());
+                i += 1;
+            }
+        }
+        let pages = pages.into_boxed_slice();
         let zones = self.zones.iter().map(Zone::snapshot).collect();
         Memory {
             pages,
@@ -368,5 +424,50 @@ mod tests {
         copy.give(b, 2);
         assert_eq!(mem.nr_free() + 4, copy.nr_free());
         assert!(!mem.is_free(b) && copy.is_free(b));
+    }
+
+    /// A planned copy makes the frames in their boot state afresh and reads
+    /// the others: frame by frame the same as a full copy, and on the
+    /// exploration engine the same number of engine objects.
+    #[test]
+    fn a_planned_copy_is_the_full_copy() {
+        use crate::engine::footprint;
+        use crate::ShuttleEngine;
+        let geo = Geometry::TINY;
+        ShuttleEngine::count_runnable();
+        let mem = Memory::<ShuttleEngine>::new(&geo, 12 * geo.pmd_size(), 2);
+        let a = mem.take(0, 0).expect("page");
+        Atomic::store(&mem.page(a).refcount, 1);
+        mem.page(a).words(geo.page_size());
+        mem.page(a.add(1)).lock_state();
+        let plan = mem.copy_plan();
+        assert_eq!(plan.boot_frames() as u64, mem.nr_pages() - 2);
+        let mut made = Vec::new();
+        let mut copies = Vec::new();
+        for planned in [false, true] {
+            footprint::reset();
+            copies.push(if planned {
+                mem.snapshot_planned(&plan)
+            } else {
+                mem.snapshot()
+            });
+            assert!(footprint::take_hidden().is_empty());
+            made.push(footprint::next_id());
+        }
+        footprint::stop();
+        assert_eq!(made[0], made[1]);
+        let (full, planned) = (&copies[0], &copies[1]);
+        for pfn in 0..mem.nr_pages() {
+            let (f, p) = (full.page(Pfn(pfn)), planned.page(Pfn(pfn)));
+            assert_eq!(f.in_boot_state(), p.in_boot_state(), "{pfn}");
+            assert_eq!(f.node, p.node, "{pfn}");
+            assert_eq!(f.refcount.peek(), p.refcount.peek(), "{pfn}");
+            assert_eq!(f.mapcount.peek(), p.mapcount.peek(), "{pfn}");
+            assert_eq!(f.is_locked(), p.is_locked(), "{pfn}");
+        }
+        assert_eq!(full.nr_free(), planned.nr_free());
+        assert!(!planned.page(a).in_boot_state());
+        assert!(!planned.page(a.add(1)).in_boot_state());
+        ShuttleEngine::stop_counting();
     }
 }

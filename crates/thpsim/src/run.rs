@@ -24,6 +24,7 @@ use thpsim_model::madvise::Advice as MAdvice;
 use thpsim_model::mm_types::MmStruct;
 use thpsim_model::mmap::Prot;
 use thpsim_model::mmu::AccessError;
+use thpsim_model::page_alloc::CopyPlan;
 use thpsim_model::task_mmu::{MapKind, PageInfo};
 use thpsim_model::types::{CpuId, Geometry, VirtAddr};
 use thpsim_model::{Config, Cpu, Engine, Kernel, ThpPolicy};
@@ -454,7 +455,15 @@ impl<E: Engine> Machine<E> {
     /// held); nothing is read through a scheduling point or noted in a step's
     /// footprint.
     pub fn snapshot(&self) -> Self {
-        let k = self.k.snapshot();
+        self.snapshot_planned(&CopyPlan::default())
+    }
+
+    /// [`Machine::snapshot`] with a copy plan of this machine's kernel,
+    /// made while the machine has not changed since
+    /// ([`Kernel::snapshot_planned`]): the frames found in their boot state
+    /// are made afresh instead of read.
+    pub fn snapshot_planned(&self, plan: &CopyPlan) -> Self {
+        let k = self.k.snapshot_planned(plan);
         let st = self.st.lock().unwrap_or_else(|p| p.into_inner());
         let procs = st
             .procs

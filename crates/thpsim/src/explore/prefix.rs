@@ -11,8 +11,9 @@
 //! strategy's reduction relies on it). An execution then costs only the
 //! block and what follows it.
 //!
-//! When the prefix stops the run (a kernel oops or a failed check stops it;
-//! an invalid step ends it with an error), every execution would stop in the
+//! When the prefix stops the run (a kernel oops, or a report of the kernel's
+//! own checks: an assertion, a warning, lockdep; an invalid step ends it with
+//! an error), every execution would stop in the
 //! same place: each execution reports the prefix's machine as it is, without
 //! a copy (the CPU that oopsed may still hold locks), so the search reports
 //! that failure once, as one execution would have. A step whose outcome is
@@ -28,6 +29,7 @@ use crate::run::{Interleaving, Machine};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use thpsim_model::page_alloc::CopyPlan;
 use thpsim_model::ShuttleEngine;
 use thpsim_scenario::Item;
 
@@ -55,8 +57,11 @@ pub(super) struct Prefix {
     /// The prefix ended with an invalid step (the message every execution
     /// reports).
     error: Option<String>,
-    /// The prefix stopped the run (an oops or a failed check).
+    /// The prefix stopped the run (an oops or a kernel report).
     stopped: bool,
+    /// The frames of `machine` still in their boot state, made afresh in
+    /// each copy rather than read (the machine never changes after `build`).
+    plan: CopyPlan,
 }
 
 impl Prefix {
@@ -96,11 +101,13 @@ impl Prefix {
         BUILT.fetch_add(1, Ordering::Relaxed);
         let error = r.err().map(|e| e.to_string());
         let stopped = machine.dead();
+        let plan = machine.k.copy_plan();
         Some(Prefix {
             machine,
             resume,
             error,
             stopped,
+            plan,
         })
     }
 
@@ -117,7 +124,10 @@ impl Prefix {
             // `run_items_from` returns at once on a stopped machine.
             return (self.machine.clone(), Ok(self.resume));
         }
-        (Arc::new(self.machine.snapshot()), Ok(self.resume))
+        (
+            Arc::new(self.machine.snapshot_planned(&self.plan)),
+            Ok(self.resume),
+        )
     }
 }
 
@@ -178,6 +188,7 @@ mod tests {
         m.run_items_range(0..pre.resume).expect("valid");
         ShuttleEngine::stop_counting();
         assert!(m.dead());
+        pre.plan = m.k.copy_plan();
         pre.machine = m;
         pre.stopped = true;
         let (s, from) = pre.start();

@@ -216,6 +216,16 @@ pub trait Engine: Send + Sync + Sized + 'static {
     /// Whether this engine records step footprints ([`footprint`]).
     const FOOTPRINTS: bool = false;
 
+    /// A CPU oopsed and the run has recorded it: from now on a CPU that
+    /// would wait on a monitor stops instead ([`crate::check::CpuStalled`]),
+    /// and the CPUs already waiting are woken to stop too, so an execution
+    /// ends without a deadlock (which the explorer would see as shuttle's
+    /// failure). Nothing on the std engine: the unwinding CPU drops its lock
+    /// guards, but a CPU there waiting on a page lock the oopsed CPU held
+    /// would wait forever (no bundled scenario reaches that).
+    #[inline]
+    fn note_oops() {}
+
     /// A scheduling point whose step begins by touching `obj`.
     #[inline]
     fn schedule_point_on(obj: footprint::Obj, write: bool) {
@@ -354,6 +364,39 @@ thread_local! {
     /// skipped: a thread that runs alone costs what it costs on the std
     /// engine.
     static RUNNABLE: std::cell::Cell<usize> = const { std::cell::Cell::new(usize::MAX) };
+    /// A CPU oopsed in the current execution ([`Engine::note_oops`]).
+    static OOPSED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The CPU threads blocked in a monitor wait in the current execution.
+    static BLOCKED: std::cell::RefCell<Vec<shuttle_engine::runtime::task::TaskId>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Makes runnable again those of `tasks` still blocked (a task in a
+/// monitor's waiters may have stopped since, [`Engine::note_oops`]).
+fn unblock_tasks(tasks: Vec<shuttle_engine::runtime::task::TaskId>) {
+    if tasks.is_empty() {
+        return;
+    }
+    let woken = shuttle_engine::runtime::execution::ExecutionState::with(|s| {
+        let mut n = 0;
+        for &t in &tasks {
+            let task = s.get_mut(t);
+            if task.blocked() {
+                task.unblock();
+                n += 1;
+            }
+        }
+        n
+    });
+    BLOCKED.with(|b| b.borrow_mut().retain(|t| !tasks.contains(t)));
+    runnable_add(woken);
+}
+
+/// A new execution (or a new `together` block of one): no oops yet, nobody
+/// waiting.
+fn reset_execution_state() {
+    OOPSED.with(|o| o.set(false));
+    BLOCKED.with(|b| b.borrow_mut().clear());
 }
 
 fn runnable_add(d: isize) {
@@ -376,6 +419,7 @@ impl ShuttleEngine {
     /// not call this.
     pub fn count_runnable() {
         RUNNABLE.with(|r| r.set(1));
+        reset_execution_state();
     }
 
     /// Stops counting: every scheduling point switches again.
@@ -405,6 +449,15 @@ impl Engine for ShuttleEngine {
         }
     }
 
+    fn note_oops() {
+        use shuttle_engine::runtime::execution::ExecutionState;
+        OOPSED.with(|o| o.set(true));
+        if ExecutionState::try_with(|_| ()).is_ok() {
+            let blocked = BLOCKED.with(|b| std::mem::take(&mut *b.borrow_mut()));
+            unblock_tasks(blocked);
+        }
+    }
+
     fn schedule_point_on(obj: footprint::Obj, write: bool) {
         if others_may_run() {
             footprint::op(obj, write);
@@ -421,6 +474,9 @@ impl Engine for ShuttleEngine {
         if counting {
             RUNNABLE.with(|r| r.set(threads.len()));
         }
+        // A block runs on a machine that has not oopsed (a dead machine runs
+        // no more steps).
+        reset_execution_state();
         let handles: Vec<_> = threads
             .into_iter()
             .map(|f| {
@@ -525,14 +581,7 @@ impl<S> ShuttleMonitor<S> {
     /// Makes every waiter runnable again (each retries its condition).
     fn wake(&self) {
         let waiters = std::mem::take(&mut *self.waiters.lock().unwrap_or_else(|p| p.into_inner()));
-        if !waiters.is_empty() {
-            runnable_add(waiters.len() as isize);
-            shuttle_engine::runtime::execution::ExecutionState::with(|s| {
-                for t in waiters {
-                    s.get_mut(t).unblock();
-                }
-            });
-        }
+        unblock_tasks(waiters);
     }
 }
 
@@ -573,7 +622,13 @@ impl<S: Send + 'static> Monitor<S> for ShuttleMonitor<S> {
                 ExecutionState::try_with(|_| ()).is_ok(),
                 "deadlock: the only CPU waits on a monitor outside an exploration execution"
             );
+            // After an oops nobody waits: what the oopsed CPU held stays
+            // held (Engine::note_oops).
+            if OOPSED.with(|o| o.get()) {
+                std::panic::panic_any(crate::check::CpuStalled);
+            }
             let me = ExecutionState::me();
+            BLOCKED.with(|b| b.borrow_mut().push(me));
             self.waiters
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
 use thpsim_model::check::oracle::MemoryOracle;
-use thpsim_model::check::{audit::audit, KernelOops, Violation};
+use thpsim_model::check::{audit::audit, CpuStalled, KernelOops, Violation};
 use thpsim_model::coverage::ExecCoverage;
 use thpsim_model::errno::Errno;
 use thpsim_model::fixes::Fix;
@@ -333,7 +333,9 @@ pub fn install_oops_hook() {
     ONCE.call_once(|| {
         let prev = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if info.payload().downcast_ref::<KernelOops>().is_none() {
+            if info.payload().downcast_ref::<KernelOops>().is_none()
+                && info.payload().downcast_ref::<CpuStalled>().is_none()
+            {
                 prev(info);
             }
         }));
@@ -762,6 +764,25 @@ impl<E: Engine> Machine<E> {
                 Ok(())
             }
             Ok(Err(e)) => Err(e),
+            Err(payload) if payload.downcast_ref::<CpuStalled>().is_some() => {
+                // Another CPU oopsed, and this one would have waited forever
+                // on what it held: the step never ends.
+                self.push(Record::Step {
+                    line,
+                    cpu,
+                    text,
+                    outcome: Outcome::Ok,
+                    expected: step.expected(),
+                    value: None,
+                    ok: false,
+                    detail: Some(
+                        "stalled: waits on a lock or page another CPU held when it oopsed"
+                            .to_string(),
+                    ),
+                    note: None,
+                });
+                Ok(())
+            }
             Err(payload) => {
                 if payload.downcast_ref::<KernelOops>().is_none() {
                     std::panic::resume_unwind(payload);
@@ -784,6 +805,9 @@ impl<E: Engine> Machine<E> {
                 for v in reports {
                     self.push(Record::Violation { line, violation: v });
                 }
+                drop(st);
+                // From here a CPU that would wait on what this one held stops.
+                E::note_oops();
                 Ok(())
             }
         }

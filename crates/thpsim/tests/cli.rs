@@ -301,6 +301,28 @@ fn a_bounded_search_says_it_was_exhaustive() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("retired"));
 }
 
+/// An oops that leaves a lock held ends the execution without a deadlock:
+/// the CPUs that would wait on it stall (`Engine::note_oops`), and shuttle
+/// prints nothing (it used to print "Test deadlocked" for each such
+/// execution of this search).
+#[test]
+fn explore_after_an_oops_prints_no_deadlock() {
+    let race = root().join("scenarios/races/split_page_vs_zap.thp");
+    let out = thpsim(&[
+        "explore",
+        race.to_str().expect("utf8"),
+        "--revert",
+        "rmap-pmd-under-ptl",
+        "--iterations",
+        "3000",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("total_mapcount(head) > 0"), "{stdout}");
+    assert!(stderr.trim().is_empty(), "{stderr}");
+}
+
 #[test]
 fn explore_prints_its_coverage_in_text_and_json() {
     let race = root().join("scenarios/races/split_page_vs_zap.thp");

@@ -55,3 +55,11 @@ pub struct Violation {
 /// `BUG()`): the run stops there and reports the recorded violation.
 #[derive(Debug)]
 pub struct KernelOops;
+
+/// The payload a CPU panics with when, after another CPU oopsed, it would
+/// wait on a monitor (a lock, a frozen page) that may never be released: in
+/// the kernel it would spin or sleep there forever (the oopsed CPU keeps
+/// what it held). The run has already failed; the CPU stops where it is
+/// instead of deadlocking the execution ([`crate::Engine::note_oops`]).
+#[derive(Debug)]
+pub struct CpuStalled;

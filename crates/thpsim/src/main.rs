@@ -324,16 +324,29 @@ fn progress_bar(
         let rate = p.executions as f64 / secs;
         let by_count = total.map(|n| n.saturating_sub(p.executions as u64) as f64 / rate.max(1e-9));
         let by_time = time.map(|t| (t.as_secs_f64() - secs).max(0.0));
-        let left = match (by_count, by_time) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // A bounded search's tree: the walked fraction is an estimate
+        // (`Bounded::progress`), and so is the time left from it.
+        let tree = p.bounded_done_ppm.map(|ppm| ppm as f64 / 1e6);
+        let by_tree = tree.filter(|&f| f > 0.0).map(|f| secs * (1.0 - f) / f);
+        let left = [by_count, by_time, by_tree]
+            .into_iter()
+            .flatten()
+            .reduce(f64::min);
         let left = left.map_or(String::new(), |l| {
             let l = l.round() as u64;
-            format!(", {}:{:02}:{:02} left", l / 3600, l / 60 % 60, l % 60)
+            let about = if by_tree.is_some() { "about " } else { "" };
+            format!(
+                ", {about}{}:{:02}:{:02} left",
+                l / 3600,
+                l / 60 % 60,
+                l % 60
+            )
+        });
+        let tree = tree.map_or(String::new(), |f| {
+            format!(", ~{:.0}% of the tree", f * 100.0)
         });
         b.set_position(p.executions as u64);
-        b.set_message(format!("{} distinct, {rate:.0}/s{left}", p.distinct));
+        b.set_message(format!("{} distinct, {rate:.0}/s{tree}{left}", p.distinct));
     };
     (bar, std::sync::Arc::new(update))
 }

@@ -362,3 +362,31 @@ fn bounded_parts_partition_the_tree() {
         }
     }
 }
+
+/// A bounded search's progress estimate of the tree walked never goes back,
+/// moves past the default path, and stays a fraction.
+#[test]
+fn bounded_progress_estimate_grows() {
+    let scn = scenario("split_pmd_vs_wp_fault");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let mut o = opts(
+        Strategy::Bounded { preemptions: 1 },
+        usize::MAX,
+        0,
+        Vec::new(),
+    );
+    // One job: the callbacks of several jobs may arrive out of order.
+    o.jobs = 1;
+    o.progress = Some(std::sync::Arc::new(move |p: thpsim::explore::Progress| {
+        s.lock()
+            .unwrap()
+            .push(p.bounded_done_ppm.expect("a bounded search's estimate"));
+    }));
+    let r = explore(&scn, &o).expect("valid");
+    assert!(r.bounded.expect("counts").complete);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), r.executions);
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+    assert!(*seen.last().unwrap() > 0 && *seen.last().unwrap() < 1_000_000);
+}

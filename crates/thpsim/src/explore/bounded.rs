@@ -279,6 +279,25 @@ pub struct Bounded {
     /// Where the counts are published (the scheduler itself is owned by the
     /// engine while it runs).
     out: std::sync::Arc<std::sync::Mutex<BoundedStats>>,
+    /// The estimated size of each first deviation's subtree, by decision of
+    /// the default path and option (0: not this part's, or over the bound);
+    /// made when the default path has run.
+    weights: Vec<Vec<f64>>,
+    /// Where the estimated fraction of the part done is published, in parts
+    /// per million ([`Bounded::progress`]).
+    done_ppm: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The estimated number of schedules under a first deviation with `left`
+/// decisions after it and `budget` preemptions to spend there: the ways to
+/// place the preemptions, `C(left, budget)`. A rough measure (the other
+/// threads and the reduction change it), used only for the progress display.
+fn subtree_estimate(left: usize, budget: usize) -> f64 {
+    let mut w = 1.0f64;
+    for t in 0..budget.min(left) {
+        w *= (left - t) as f64 / (t + 1) as f64;
+    }
+    w.max(1.0)
 }
 
 impl Bounded {
@@ -310,7 +329,62 @@ impl Bounded {
                 ..BoundedStats::default()
             },
             out,
+            weights: Vec::new(),
+            done_ppm: std::sync::Arc::default(),
         }
+    }
+
+    /// The estimated fraction of this part's tree walked so far, in parts per
+    /// million, updated before each execution: the first deviations are
+    /// walked from the deepest decision of the default path up, and each is
+    /// weighed by the estimated size of its subtree ([`subtree_estimate`]),
+    /// so the shallow ones, walked last, weigh most. For a progress display's
+    /// time left; the counts of the report do not use it.
+    pub fn progress(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.done_ppm.clone()
+    }
+
+    /// Weighs the first deviations once the default path has run (the whole
+    /// stack is then the default path).
+    fn weigh_default_path(&mut self) {
+        let n = self.stack.len();
+        self.weights = (0..n)
+            .map(|j| {
+                let node = &self.stack[j];
+                (0..node.options.len())
+                    .map(|i| {
+                        let cost = node.cost + node.cost_of(i);
+                        if i == 0 || cost > self.k || !self.owns(j, node.options[i]) {
+                            0.0
+                        } else {
+                            subtree_estimate(n - j - 1, self.k - cost)
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+    }
+
+    /// Publishes the estimated fraction done ([`Bounded::progress`]); the
+    /// path has just moved to its next schedule.
+    fn publish_progress(&self) {
+        let total: f64 = self.weights.iter().flatten().sum();
+        if total <= 0.0 {
+            return;
+        }
+        // The deviation being walked: the deepest node of the default path.
+        let Some(d) = self.stack.iter().rposition(|n| n.on_default) else {
+            return;
+        };
+        let next = self.stack[d].next;
+        let deeper: f64 = self.weights.iter().skip(d + 1).flatten().sum();
+        let here: f64 = self
+            .weights
+            .get(d)
+            .map_or(0.0, |w| w.iter().take(next).sum());
+        let done = ((deeper + here) / total).clamp(0.0, 1.0);
+        self.done_ppm
+            .store((done * 1e6) as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Part `i` of `n` of the search (see the module documentation).
@@ -404,12 +478,18 @@ impl Scheduler for Bounded {
             if !self.counted_out {
                 self.stats.schedules += 1;
             }
+            if self.weights.is_empty() {
+                self.weigh_default_path();
+            }
             if !self.backtrack() {
                 self.stats.complete = true;
+                self.done_ppm
+                    .store(1_000_000, std::sync::atomic::Ordering::Relaxed);
                 self.publish();
                 return None;
             }
             self.publish();
+            self.publish_progress();
             if self.limit.is_some_and(|l| self.stats.schedules >= l) {
                 return None;
             }

@@ -80,6 +80,9 @@ pub struct Progress {
     pub executions: usize,
     /// Distinct schedules among them.
     pub distinct: usize,
+    /// A bounded search's estimated fraction of its tree walked, in parts
+    /// per million (the mean of its parts'; see `Bounded::progress`).
+    pub bounded_done_ppm: Option<u64>,
 }
 
 /// How to explore.
@@ -287,6 +290,8 @@ struct Search {
     deadline: Option<Instant>,
     totals: Mutex<Totals>,
     progress: Option<Arc<dyn Fn(Progress) + Send + Sync>>,
+    /// Each bounded part's estimated fraction done (`Bounded::progress`).
+    bounded_parts: Mutex<Vec<Arc<std::sync::atomic::AtomicU64>>>,
 }
 
 impl Search {
@@ -477,9 +482,16 @@ fn account(
             t.coverage.add(item, &reached);
         }
         t.distinct.insert(fp);
+        let parts = search
+            .bounded_parts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         Progress {
             executions: t.executions,
             distinct: t.distinct.len(),
+            bounded_done_ppm: (!parts.is_empty()).then(|| {
+                parts.iter().map(|p| p.load(Ordering::Relaxed)).sum::<u64>() / parts.len() as u64
+            }),
         }
     };
     if let Some(f) = &search.progress {
@@ -894,6 +906,11 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
                     .push(stats.clone());
                 let b =
                     bounded::Bounded::new(preemptions, limit, stats).part(part.start, part.step);
+                search
+                    .bounded_parts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(b.progress());
                 if reduce {
                     b
                 } else {

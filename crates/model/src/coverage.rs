@@ -65,6 +65,10 @@ pub struct ExecCoverage {
 /// one in [`ExecCoverage`].
 #[derive(Clone, Debug, Default)]
 struct Sink {
+    /// Where a call's entry was last found, by a hash of the name's address
+    /// and the CPU (index + 1 into `calls`; 0: none): most calls find their
+    /// entry there at once.
+    slots: Vec<u16>,
     calls: Vec<((usize, &'static str), u64)>,
     marks: Vec<((usize, Mark), u64)>,
     overlaps: BTreeSet<(usize, usize)>,
@@ -82,6 +86,15 @@ impl Sink {
         e.overlaps = self.overlaps.clone();
         e
     }
+}
+
+/// The size of [`Sink`]'s table of slots.
+const SLOTS: usize = 256;
+
+/// The slot of a call of `name` on `cpu`: a hash of the name's address.
+fn slot_of(cpu: usize, name: &'static str) -> usize {
+    let a = name.as_ptr() as u64 ^ ((cpu as u64) << 56);
+    (a.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % SLOTS
 }
 
 /// The same `&'static str` (address and length): no compare of the bytes.
@@ -115,14 +128,30 @@ impl Coverage {
     /// A kernel function entered on `cpu`.
     pub fn call(&self, cpu: usize, name: &'static str) {
         if self.enabled() {
-            let mut d = self.lock();
-            match d
-                .calls
-                .iter_mut()
-                .find(|((c, n), _)| *c == cpu && same_name(n, name))
-            {
-                Some((_, count)) => *count += 1,
-                None => d.calls.push(((cpu, name), 1)),
+            let mut guard = self.lock();
+            let d = &mut *guard;
+            if d.slots.is_empty() {
+                d.slots = vec![0; SLOTS];
+            }
+            let h = slot_of(cpu, name);
+            let hit = (d.slots[h] as usize).checked_sub(1).filter(|&i| {
+                let ((c, n), _) = d.calls[i];
+                c == cpu && same_name(n, name)
+            });
+            let i = match hit.or_else(|| {
+                d.calls
+                    .iter()
+                    .position(|((c, n), _)| *c == cpu && same_name(n, name))
+            }) {
+                Some(i) => i,
+                None => {
+                    d.calls.push(((cpu, name), 0));
+                    d.calls.len() - 1
+                }
+            };
+            d.calls[i].1 += 1;
+            if let Ok(slot) = u16::try_from(i + 1) {
+                d.slots[h] = slot;
             }
         }
     }

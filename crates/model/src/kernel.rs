@@ -13,7 +13,7 @@ use crate::check::Violation;
 use crate::engine::{Atomic, Engine};
 use crate::fixes::FixSet;
 use crate::mm_types::{AnonVma, MmStruct};
-use crate::mmu::Tlb;
+use crate::mmu::{LocalIrq, Tlb};
 use crate::page::pg;
 use crate::page_alloc::Memory;
 use crate::sync::{LockClass, SpinLock};
@@ -105,6 +105,9 @@ pub struct Kernel<E: Engine> {
     /// `pgdat->lru_lock`.
     pub lru_lock: SpinLock<E>,
     pub tlbs: Vec<Mutex<Tlb>>,
+    /// Each CPU's interrupt flag, as a TLB shootdown's IPI sees it
+    /// (`local_irq_save()` in GUP-fast; mmu.rs).
+    pub irqs: Vec<LocalIrq<E>>,
     reports: Mutex<Vec<Violation>>,
     tracing: AtomicBool,
     /// Advanced by each memory check: a frame whose `data_touched` is older
@@ -139,6 +142,7 @@ impl<E: Engine> Kernel<E> {
             },
             lru_lock: SpinLock::new(LockClass::LruLock),
             tlbs: (0..cfg.cpus).map(|_| Mutex::new(Tlb::default())).collect(),
+            irqs: (0..cfg.cpus).map(|_| LocalIrq::default()).collect(),
             reports: Mutex::new(Vec::new()),
             tracing: AtomicBool::new(false),
             data_epoch: AtomicU64::new(1),

@@ -22,6 +22,9 @@
 //! - [`huge_memory`]: THP [mm/huge_memory.c].
 //! - [`rmap`], [`page_vma_mapped`]: reverse mapping [mm/rmap.c,
 //!   mm/page_vma_mapped.c].
+//! - [`gup`]: get_user_pages(), pin_user_pages() and GUP-fast [mm/gup.c];
+//!   [`dma`]: a DMA device through long-term pins [fs/io_uring.c's fixed
+//!   buffers].
 //! - [`migrate`]: migration entries [mm/migrate.c].
 //! - [`swapfile`]: the reuse rule [mm/swapfile.c].
 //! - [`mmap`], [`mprotect`], [`madvise`], [`khugepaged`], [`fork`]: system
@@ -34,10 +37,12 @@
 pub mod check;
 pub mod coverage;
 pub mod cpu;
+pub mod dma;
 pub mod engine;
 pub mod errno;
 pub mod fixes;
 pub mod fork;
+pub mod gup;
 pub mod huge_memory;
 pub mod kernel;
 pub mod khugepaged;

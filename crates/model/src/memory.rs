@@ -36,6 +36,10 @@ impl VmFaultT {
     pub const SIGSEGV: VmFaultT = VmFaultT(0x40);
     pub const FALLBACK: VmFaultT = VmFaultT(0x800);
 
+    /// VM_FAULT_WRITE: the fault broke COW (or reused the page) for a write.
+    pub fn write(self) -> bool {
+        self.0 & Self::WRITE.0 != 0
+    }
     pub fn fallback(self) -> bool {
         self.0 & Self::FALLBACK.0 != 0
     }
@@ -863,8 +867,13 @@ impl<E: Engine> Cpu<E> {
         tlb.pages.push(page);
     }
 
-    /// Models pte_free_tlb(): a page table freed after the flush.
-    pub fn tlb_remove_table(&self, tlb: &mut MmuGather, table: Pfn) {
+    /// Models pte_free_tlb()/pmd_free_tlb()/pud_free_tlb(),
+    /// include/asm-generic/tlb.h, v5.8: a page table freed after the flush.
+    /// The flush range grows by a page at `addr` (`__tlb_adjust_range()`), so
+    /// a gather that frees tables always flushes: the IPI is what a lockless
+    /// walker (GUP-fast, interrupts off) holds the table with.
+    pub fn tlb_remove_table(&self, tlb: &mut MmuGather, table: Pfn, addr: VirtAddr) {
+        self.tlb_remove_tlb_entry(tlb, addr, self.k.geo.page_size());
         tlb.tables.push(table);
     }
 
@@ -1056,7 +1065,7 @@ impl<E: Engine> Cpu<E> {
                         let ptl = self.pmd_lockptr(pmd).lock(self);
                         self.set_pmd_at(pmd, Pmd::None);
                         drop(ptl);
-                        self.tlb_remove_table(tlb, t);
+                        self.tlb_remove_table(tlb, t, VirtAddr(base));
                     }
                 }
                 if covers(pud_base, g.pud_size()) {
@@ -1068,13 +1077,13 @@ impl<E: Engine> Cpu<E> {
                         .is_empty();
                     if empty(tb) && no_deposit {
                         pud_slot.store(0);
-                        self.tlb_remove_table(tlb, pmd_t);
+                        self.tlb_remove_table(tlb, pmd_t, VirtAddr(pud_base));
                     }
                 }
             }
             if covers(pgd_base, pgd_span) && empty(self.table(pud_t)) {
                 pgd_slot.store(0);
-                self.tlb_remove_table(tlb, pud_t);
+                self.tlb_remove_table(tlb, pud_t, VirtAddr(pgd_base));
             }
         }
     }

@@ -64,6 +64,11 @@ pub struct Page<E: Engine> {
     compound_head: E::Atomic,
     /// `compound_order` of a head page (read locklessly, as compound_head).
     compound_order: E::Atomic,
+    /// `hpage_pinned_refcount` (head pages of order > 1 only; in Linux it
+    /// lives in the third page of the compound page): FOLL_PIN pins of the
+    /// THP, counted exactly (gup.rs). Made on first use, as most frames are
+    /// never pinned; absent reads as 0.
+    compound_pincount: OnceLock<E::Atomic>,
     /// PG_locked and its wait queue, created on first use (most frames are
     /// never locked; under exploration each monitor costs).
     lock: OnceLock<E::Monitor<PageLockState>>,
@@ -93,6 +98,7 @@ impl<E: Engine> Page<E> {
             index: E::Atomic::new(0),
             compound_head: E::Atomic::new(0),
             compound_order: E::Atomic::new(0),
+            compound_pincount: OnceLock::new(),
             lock: OnceLock::new(),
             on_deferred_list: AtomicBool::new(false),
             free: AtomicBool::new(true),
@@ -162,6 +168,22 @@ impl<E: Engine> Page<E> {
     }
     pub(crate) fn set_compound_order(&self, order: u32) {
         self.compound_order.store(order as u64);
+    }
+
+    /// `compound_pincount_ptr(page)`: the head's exact pin count.
+    pub fn compound_pincount(&self) -> &E::Atomic {
+        self.compound_pincount.get_or_init(|| E::Atomic::new(0))
+    }
+    /// The pin count for checkers: no scheduling point, nothing made.
+    pub fn compound_pincount_peek(&self) -> i64 {
+        self.compound_pincount.get().map_or(0, |a| a.peek_i64())
+    }
+    /// `atomic_set(compound_pincount_ptr(page), 0)` (prep_compound_page(),
+    /// page_add_new_anon_rmap()): a count never made is 0 already.
+    pub(crate) fn reset_compound_pincount(&self) {
+        if let Some(a) = self.compound_pincount.get() {
+            a.store(0);
+        }
     }
 
     /// The frame's bytes as words, created zeroed on first use.
@@ -373,11 +395,18 @@ impl<E: Engine> Cpu<E> {
             "VM_BUG_ON_PAGE(page_ref_count(page) == 0, page)"
         );
         if new == 0 {
-            if self.page_head(head) {
-                self.free_transhuge_page(head);
-            } else {
-                self.free_unref_page(head, 0);
-            }
+            self.__put_page(head);
+        }
+    }
+
+    /// Models __put_page(), mm/swap.c, v5.8: frees a page whose last
+    /// reference is gone (a compound page through its destructor,
+    /// free_transhuge_page()).
+    pub fn __put_page(&self, head: Pfn) {
+        if self.page_head(head) {
+            self.free_transhuge_page(head);
+        } else {
+            self.free_unref_page(head, 0);
         }
     }
 

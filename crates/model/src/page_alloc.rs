@@ -238,6 +238,10 @@ impl<E: Engine> Cpu<E> {
             // prep_compound_page()
             head.set_flag(pg::HEAD);
             head.set_compound_order(order);
+            if order > 1 {
+                // hpage_pincount_available()
+                head.reset_compound_pincount();
+            }
             for i in 1..nr {
                 self.page(pfn.add(i)).set_compound_head(Some(pfn));
             }

@@ -191,6 +191,11 @@ impl<E: Engine> Cpu<E> {
                 "VM_BUG_ON_PAGE(!PageTransHuge(page), page)"
             );
             self.page(page).compound_mapcount.store_i64(0);
+            // hpage_pincount_available(): the new page is this CPU's alone, so
+            // its order is read without a scheduling point.
+            if self.page(page).compound_order_peek() > 1 {
+                self.page(page).reset_compound_pincount();
+            }
         } else {
             crate::vm_bug_on_page!(
                 self,

@@ -127,12 +127,18 @@ impl<E: Engine> Cpu<E> {
         let Pte::Migration { pfn, .. } = self.pte_read(pte) else {
             return;
         };
-        // DIVERGENCE: 5.8 takes the reference on the entry's own page; a THP
-        // tail's _refcount is 0 until __split_huge_page_tail() sets it, so 5.8
-        // faults again until then. The model waits on the head (whose lock the
-        // tails inherit), which ends the same way without the retry loop.
+        // DIVERGENCE: 5.8 takes the reference on the entry's own page and
+        // faults again while its count is 0 (a THP tail until
+        // __split_huge_page_tail() sets it, a head that split_huge_page()
+        // froze): a spin until the other CPU gets on. The model waits on the
+        // head's lock instead (the tails inherit it, and a count is frozen
+        // only under the page lock), without a reference when the count is 0
+        // (its struct pages are never freed): it ends the same way, and the
+        // explorer never schedules a spin that waits for another CPU.
         let page = self.compound_head(self.migration_entry_to_page(pfn));
         if !self.get_page_unless_zero(page) {
+            drop(ptl);
+            self.wait_on_page_locked(page);
             return;
         }
         drop(ptl);
@@ -152,6 +158,10 @@ impl<E: Engine> Cpu<E> {
             return;
         };
         if !self.get_page_unless_zero(pfn) {
+            // As migration_entry_wait(): wait for the lock without a
+            // reference rather than fault again while the count is frozen.
+            drop(ptl);
+            self.wait_on_page_locked(pfn);
             return;
         }
         drop(ptl);

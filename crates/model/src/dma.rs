@@ -128,7 +128,13 @@ impl<E: Engine> Cpu<E> {
     pub fn dma_write(&self, frame: Pfn, off: u64, len: u64, value: u8) {
         E::schedule_point_on(Obj::Frame(frame.0), true);
         let _f = self.func("dma_write");
-        self.note(|| format!("device: DMA write of frame {} [{off:#x}, {:#x})", frame.0, off + len));
+        self.note(|| {
+            format!(
+                "device: DMA write of frame {} [{off:#x}, {:#x})",
+                frame.0,
+                off + len
+            )
+        });
         let words = self.page(frame).words(self.k.geo.page_size());
         self.touch_data(frame);
         fill_bytes(words, off, off + len, value);
@@ -138,7 +144,13 @@ impl<E: Engine> Cpu<E> {
     pub fn dma_read(&self, frame: Pfn, off: u64, len: u64) -> Vec<u8> {
         E::schedule_point_on(Obj::Frame(frame.0), false);
         let _f = self.func("dma_read");
-        self.note(|| format!("device: DMA read of frame {} [{off:#x}, {:#x})", frame.0, off + len));
+        self.note(|| {
+            format!(
+                "device: DMA read of frame {} [{off:#x}, {:#x})",
+                frame.0,
+                off + len
+            )
+        });
         let words = self.page(frame).words(self.k.geo.page_size());
         (off..off + len).map(|o| read_byte(words, o)).collect()
     }

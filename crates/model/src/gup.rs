@@ -883,7 +883,11 @@ impl<E: Engine> Cpu<E> {
             let raw = self.table(ptep.table).raw(ptep.index);
             let v = raw.load();
             let pte = Pte::decode(v);
-            let Pte::Present { pfn: page, flags: pf } = pte else {
+            let Pte::Present {
+                pfn: page,
+                flags: pf,
+            } = pte
+            else {
                 self.mark(Mark::gives_up("gup_pte_range: PTE not present"));
                 return false;
             };
@@ -1190,5 +1194,290 @@ impl<E: Engine> Cpu<E> {
             return Err(Errno::Einval);
         }
         self.internal_get_user_pages_fast(mm, start, nr_pages, gup_flags | FollFlags::PIN, pages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::audit::{audit, audit_pinned};
+    use crate::check::invariants as inv;
+    use crate::mmap::Prot;
+    use crate::mmu::Access;
+    use crate::task_mmu::MapKind;
+    use crate::types::{CpuId, Geometry};
+    use crate::{Config, Kernel, StdEngine, ThpPolicy};
+
+    type E = StdEngine;
+
+    fn machine(geo: Geometry, thp: ThpPolicy) -> (Cpu<E>, Arc<MmStruct<E>>, VirtAddr) {
+        let mut cfg = Config::new(geo);
+        cfg.thp = thp;
+        let cpu = Cpu::new(Kernel::<E>::new(cfg), CpuId(0));
+        let mm = cpu.mm_alloc();
+        let pmd = geo.pmd_size();
+        let a = cpu.do_mmap(&mm, pmd, Prot::ReadWrite, pmd).expect("mmap");
+        (cpu, mm, a)
+    }
+
+    fn fill(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, a: VirtAddr, v: u8) {
+        let g = cpu.k.geo;
+        for i in 0..g.hpage_pmd_nr() {
+            cpu.user_fill(mm, a.add_bytes(i * g.page_size()), g.page_size(), v)
+                .expect("write");
+        }
+    }
+
+    fn pin(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, a: VirtAddr, n: u64, flags: FollFlags) -> Vec<Pfn> {
+        let mut pages = Vec::new();
+        let _mmap = mm.mmap_lock.read(cpu);
+        let got = cpu.pin_user_pages(mm, a, n, flags, &mut pages);
+        assert_eq!(got, Ok(n), "{flags:?}");
+        pages
+    }
+
+    const LONGTERM_WRITE: FollFlags = FollFlags(FollFlags::WRITE.0 | FollFlags::LONGTERM.0);
+
+    /// A pin of a base page adds GUP_PIN_COUNTING_BIAS; it outlives the
+    /// process; the unpin after exit frees the page.
+    #[test]
+    fn a_base_page_pin_adds_the_bias_and_outlives_its_process() {
+        for geo in [Geometry::TINY, Geometry::X86_64] {
+            let (cpu, mm, a) = machine(geo, ThpPolicy::Never);
+            cpu.user_access(&mm, a, Access::Write(1)).expect("write");
+            let pages = pin(&cpu, &mm, a, 1, LONGTERM_WRITE);
+            let page = pages[0];
+            assert_eq!(cpu.page_info(&mm, a).pfn, Some(page));
+            assert_eq!(cpu.page_count(page), 1 + GUP_PIN_COUNTING_BIAS);
+            assert!(cpu.page_maybe_dma_pinned(page));
+            assert!(!cpu.hpage_pincount_available(page));
+            assert!(audit_pinned(&cpu, &pages).is_empty());
+            // Without the pins the audit sees references nobody holds.
+            assert!(audit(&cpu).iter().any(|v| v.id == inv::AUDIT_REFCOUNT));
+            cpu.mmput(&mm);
+            assert!(!cpu.k.mem.is_free(page), "the pin keeps the page");
+            assert_eq!(cpu.page_count(page), GUP_PIN_COUNTING_BIAS);
+            assert!(audit_pinned(&cpu, &pages).is_empty());
+            cpu.unpin_user_pages(&pages);
+            assert!(cpu.k.mem.is_free(page), "the unpin after exit frees it");
+            assert!(audit(&cpu).is_empty());
+            assert!(cpu.k.reports().is_empty(), "{:?}", cpu.k.reports());
+        }
+    }
+
+    /// A THP keeps an exact pin count (hpage_pinned_refcount): one reference
+    /// and one count per pinned subpage, and split_huge_page() refuses it.
+    #[test]
+    fn a_thp_pin_counts_exactly_and_blocks_the_split() {
+        for geo in [Geometry::TINY, Geometry::X86_64] {
+            let (cpu, mm, a) = machine(geo, ThpPolicy::Always);
+            fill(&cpu, &mm, a, 3);
+            let nr = geo.hpage_pmd_nr();
+            let pages = pin(&cpu, &mm, a, nr, LONGTERM_WRITE);
+            let head = cpu.page_info(&mm, a).head.expect("a THP");
+            assert_eq!(pages, (0..nr).map(|i| head.add(i)).collect::<Vec<_>>());
+            assert!(cpu.hpage_pincount_available(head));
+            assert_eq!(cpu.compound_pincount(head), nr as i64);
+            assert_eq!(cpu.page_count(head), 1 + nr as i64);
+            assert!(cpu.page_maybe_dma_pinned(head.add(1)));
+            assert!(!cpu.can_split_huge_page(head, None));
+            assert_eq!(
+                cpu.split_huge_pages_pid(&mm, a),
+                Err(crate::huge_memory::Ebusy)
+            );
+            assert_eq!(cpu.page_info(&mm, a).kind, MapKind::ThpPmd);
+            assert!(audit_pinned(&cpu, &pages).is_empty());
+            cpu.unpin_user_pages(&pages);
+            assert_eq!(cpu.compound_pincount(head), 0);
+            assert!(!cpu.page_maybe_dma_pinned(head));
+            assert_eq!(cpu.split_huge_pages_pid(&mm, a), Ok(true));
+            assert!(audit(&cpu).is_empty());
+            assert!(cpu.k.reports().is_empty(), "{:?}", cpu.k.reports());
+        }
+    }
+
+    /// 5.8's should_force_cow_break(): even a read-only pin of a page shared
+    /// with a child faults for write, so the parent pins a copy of its own.
+    #[test]
+    fn a_read_only_pin_breaks_cow_first() {
+        for thp in [ThpPolicy::Never, ThpPolicy::Always] {
+            let (cpu, mm, a) = machine(Geometry::TINY, thp);
+            cpu.user_access(&mm, a, Access::Write(5)).expect("write");
+            let child = cpu.dup_mm(&mm).expect("fork");
+            let shared = cpu.page_info(&mm, a).pfn.expect("mapped");
+            assert_eq!(cpu.page_info(&child, a).pfn, Some(shared));
+            let pages = pin(&cpu, &mm, a, 1, FollFlags::LONGTERM);
+            assert_ne!(pages[0], shared, "{thp:?}: the pin took the shared page");
+            assert_eq!(cpu.page_info(&mm, a).pfn, Some(pages[0]));
+            assert_eq!(cpu.page_info(&child, a).pfn, Some(shared));
+            assert_eq!(cpu.user_access(&mm, a, Access::Read), Ok(5));
+            cpu.unpin_user_pages(&pages);
+            assert!(audit(&cpu).is_empty(), "{:?}", audit(&cpu));
+        }
+    }
+
+    /// pin_user_pages() refuses what the VMA does not allow (-EFAULT), and a
+    /// pin that stops at a hole returns the pages before it.
+    #[test]
+    fn pins_of_unmapped_or_inaccessible_memory_fail() {
+        let (cpu, mm, a) = machine(Geometry::TINY, ThpPolicy::Never);
+        let ps = cpu.k.geo.page_size();
+        let try_pin = |addr: VirtAddr, n: u64, flags: FollFlags| {
+            let mut pages = Vec::new();
+            let _mmap = mm.mmap_lock.read(&cpu);
+            let r = cpu.pin_user_pages(&mm, addr, n, flags, &mut pages);
+            (r, pages)
+        };
+        // Beyond the mapping: nothing there.
+        let end = a.add_bytes(cpu.k.geo.pmd_size());
+        assert_eq!(try_pin(end, 1, LONGTERM_WRITE).0, Err(Errno::Efault));
+        // The first two pages, then the hole: two pinned.
+        let (r, pages) = try_pin(end.add_bytes(0u64.wrapping_sub(2 * ps)), 3, LONGTERM_WRITE);
+        assert_eq!(r, Ok(2));
+        cpu.unpin_user_pages(&pages);
+        // PROT_NONE: no read pin; PROT_READ: no write pin, a read pin is fine.
+        cpu.do_mprotect(&mm, a, ps, Prot::None).expect("mprotect");
+        assert_eq!(try_pin(a, 1, FollFlags::LONGTERM).0, Err(Errno::Efault));
+        cpu.do_mprotect(&mm, a, ps, Prot::Read).expect("mprotect");
+        assert_eq!(try_pin(a, 1, LONGTERM_WRITE).0, Err(Errno::Efault));
+        // The forced COW break of a read-only VMA goes through FOLL_COW.
+        let (r, pages) = try_pin(a, 1, FollFlags::LONGTERM);
+        assert_eq!(r, Ok(1));
+        cpu.unpin_user_pages(&pages);
+        assert!(audit(&cpu).is_empty(), "{:?}", audit(&cpu));
+        assert!(cpu.k.reports().is_empty(), "{:?}", cpu.k.reports());
+    }
+
+    /// GUP-fast pins writable entries without mmap_lock and falls back to the
+    /// slow path for the rest: a read-only (COW-shared) THP needs the slow
+    /// path's COW break.
+    #[test]
+    fn gup_fast_pins_writable_entries_and_falls_back_for_the_rest() {
+        for geo in [Geometry::TINY, Geometry::X86_64] {
+            let (cpu, mm, a) = machine(geo, ThpPolicy::Always);
+            fill(&cpu, &mm, a, 1);
+            let nr = geo.hpage_pmd_nr();
+            let fast = |m: &Arc<MmStruct<E>>| {
+                let mut pages = Vec::new();
+                cpu.k.set_tracing(true);
+                let r = cpu.pin_user_pages_fast(m, a, nr, LONGTERM_WRITE, &mut pages);
+                cpu.k.set_tracing(false);
+                let fell_back = cpu.k.take_trace().iter().any(|t| {
+                    matches!(
+                        t.event,
+                        crate::kernel::TraceEvent::Enter("__gup_longterm_unlocked")
+                    )
+                });
+                assert_eq!(r, Ok(nr));
+                (pages, fell_back)
+            };
+            let (pages, fell_back) = fast(&mm);
+            assert!(
+                !fell_back,
+                "a writable huge PMD is pinned by the lockless walk"
+            );
+            let head = cpu.page_info(&mm, a).head.expect("THP");
+            assert_eq!(cpu.compound_pincount(head), nr as i64);
+            cpu.unpin_user_pages(&pages);
+            let child = cpu.dup_mm(&mm).expect("fork");
+            let (pages, fell_back) = fast(&mm);
+            assert!(fell_back, "a read-only PMD needs the slow path");
+            assert!(
+                pages.iter().all(|p| !cpu.page_compound(*p)),
+                "copies of 4 KiB"
+            );
+            assert_eq!(cpu.page_info(&child, a).head, Some(head));
+            cpu.unpin_user_pages(&pages);
+            assert!(audit(&cpu).is_empty(), "{:?}", audit(&cpu));
+            assert!(cpu.k.reports().is_empty(), "{:?}", cpu.k.reports());
+        }
+    }
+
+    /// follow_page(FOLL_GET | FOLL_DUMP) skips the zero pages (-EFAULT) and
+    /// holes, and takes one reference on a page.
+    #[test]
+    fn follow_page_dump_skips_zero_pages() {
+        for thp in [ThpPolicy::Never, ThpPolicy::Always] {
+            let (cpu, mm, a) = machine(Geometry::TINY, thp);
+            let vma = mm.vma_at(a).expect("vma");
+            let flags = FollFlags::GET | FollFlags::DUMP;
+            let _mmap = mm.mmap_lock.read(&cpu);
+            assert_eq!(cpu.follow_page(&vma, a, flags), Err(Errno::Efault), "hole");
+            drop(_mmap);
+            assert_eq!(cpu.user_access(&mm, a, Access::Read), Ok(0));
+            assert_eq!(cpu.page_info(&mm, a).kind, MapKind::Zero);
+            let _mmap = mm.mmap_lock.read(&cpu);
+            assert_eq!(
+                cpu.follow_page(&vma, a, flags),
+                Err(Errno::Efault),
+                "{thp:?}"
+            );
+            drop(_mmap);
+            cpu.user_access(&mm, a, Access::Write(2)).expect("write");
+            let page = cpu.page_info(&mm, a).pfn.expect("mapped");
+            let count = cpu.page_count(page);
+            let _mmap = mm.mmap_lock.read(&cpu);
+            assert_eq!(cpu.follow_page(&vma, a, flags), Ok(Some(page)));
+            assert_eq!(cpu.page_count(page), count + 1);
+            cpu.put_page(page);
+        }
+    }
+
+    /// The flags print as the kernel names them.
+    #[test]
+    fn foll_flags_print_as_in_the_kernel() {
+        assert_eq!(
+            format!("{:?}", FollFlags::PIN | LONGTERM_WRITE),
+            "FOLL_WRITE|FOLL_LONGTERM|FOLL_PIN"
+        );
+        assert_eq!(format!("{:?}", FollFlags::NONE), "0");
+        assert!(LONGTERM_WRITE.intersects(FollFlags::WRITE | FollFlags::GET));
+        assert_eq!(
+            LONGTERM_WRITE.without(FollFlags::WRITE),
+            FollFlags::LONGTERM
+        );
+    }
+
+    /// GUP-fast's protection: a TLB shootdown (what precedes freeing a page
+    /// table or a page, or splitting a THP) does not complete while another
+    /// CPU runs with interrupts disabled; it waits for the IPI to be handled.
+    #[test]
+    fn a_shootdown_waits_for_a_cpu_with_interrupts_disabled() {
+        use crate::engine::Engine;
+        use crate::types::MmId;
+        use crate::ShuttleEngine;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+        static INSIDE: AtomicBool = AtomicBool::new(false);
+        static WAITED: AtomicUsize = AtomicUsize::new(0);
+        shuttle::check_random(
+            || {
+                let k = Kernel::<ShuttleEngine>::new(Config::new(Geometry::TINY));
+                let k1 = k.clone();
+                let walker = shuttle::thread::spawn(move || {
+                    let cpu1 = Cpu::new(k1, CpuId(1));
+                    let irq = cpu1.local_irq_save();
+                    INSIDE.store(true, SeqCst);
+                    ShuttleEngine::schedule_point();
+                    INSIDE.store(false, SeqCst);
+                    drop(irq);
+                });
+                let cpu0 = Cpu::new(k, CpuId(0));
+                ShuttleEngine::schedule_point();
+                let inside_before = INSIDE.load(SeqCst);
+                cpu0.flush_tlb_mm(MmId(0));
+                if inside_before {
+                    // The IPI reached CPU1 inside its section (a flush that
+                    // reached it before the section began is done already).
+                    assert!(
+                        !INSIDE.load(SeqCst),
+                        "the flush completed while CPU1 had interrupts disabled"
+                    );
+                    WAITED.fetch_add(1, SeqCst);
+                }
+                walker.join().expect("walker");
+            },
+            1000,
+        );
+        assert!(WAITED.load(SeqCst) > 0, "no flush ever had to wait");
     }
 }

@@ -1285,7 +1285,12 @@ impl<E: Engine> Cpu<E> {
             !self.pmd_lockptr(pmd).is_locked(),
             "assert_spin_locked(pmd_lockptr(mm, pmd))"
         );
-        let Pmd::Huge { pfn: page, flags: pf, .. } = cur else {
+        let Pmd::Huge {
+            pfn: page,
+            flags: pf,
+            ..
+        } = cur
+        else {
             return Ok(None);
         };
         // can_follow_write_pmd()

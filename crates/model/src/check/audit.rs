@@ -277,7 +277,12 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
     let nr = k.geo.hpage_pmd_nr();
     let huge_zero = k.huge_zero_pfn();
     // Mapped or pinned frames that are free: use after free.
-    for (&p, _) in t.pte_maps.iter().chain(t.pmd_maps.iter()).chain(t.pin_refs.iter()) {
+    for (&p, _) in t
+        .pte_maps
+        .iter()
+        .chain(t.pmd_maps.iter())
+        .chain(t.pin_refs.iter())
+    {
         if k.mem.is_free(p) {
             t.violations.push(Violation {
                 id: inv::AUDIT_FREE,

@@ -386,7 +386,10 @@ impl MemoryOracle {
             if let Some(PinnedPage::Versions {
                 attached: true,
                 versions,
-            }) = self.pins.get_mut(&name).and_then(|v| v.pages.get_mut(&page))
+            }) = self
+                .pins
+                .get_mut(&name)
+                .and_then(|v| v.pages.get_mut(&page))
             {
                 versions.push(now);
             }
@@ -486,7 +489,10 @@ impl MemoryOracle {
                 (
                     want,
                     id,
-                    format!("the pinned page held {want:#04x} when process {} left it: {what}", v.owner),
+                    format!(
+                        "the pinned page held {want:#04x} when process {} left it: {what}",
+                        v.owner
+                    ),
                 )
             }
             PinnedPage::Versions { versions, .. } => {

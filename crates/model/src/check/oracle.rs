@@ -667,4 +667,76 @@ mod tests {
         assert!(o.is_mapped("P", 0x400));
         assert_eq!(o.mapped_pages().iter().filter(|(p, _)| p == "P").count(), 3);
     }
+
+    /// A write pin: device writes are the process's writes, device reads see
+    /// the process's memory, and the process must map the pinned frame.
+    #[test]
+    fn a_write_pin_is_coherent_with_its_process() {
+        let mut o = MemoryOracle::new(64);
+        o.on_mmap("P", 0x400, 256);
+        o.on_write("P", 0x400, 1);
+        o.on_pin("R", "P", 0x400, 256, true, &[10, 11, 12, 13]);
+        o.on_device_write(11, 2, 2, 0x44, &BTreeSet::new());
+        assert_eq!(o.expected("P", 0x442), 0x44);
+        assert_eq!(o.expected("P", 0x441), 0);
+        assert!(o.check_device_read("R", 0x400, 1).is_none());
+        let v = o.check_device_read("R", 0x400, 2).expect("incoherent");
+        assert_eq!(v.id, inv::MEM_PIN_COHERENT);
+        let frames = |_: &str, page: u64| Some(10 + (page - 0x400) / 64);
+        assert!(o.check_pins(frames).is_empty());
+        let moved = |_: &str, page: u64| {
+            Some(if page == 0x400 {
+                99
+            } else {
+                10 + (page - 0x400) / 64
+            })
+        };
+        let v = o.check_pins(moved);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].id, inv::MEM_PIN_COHERENT);
+        assert!(v[0].message.contains("frame 99") && v[0].message.contains("frame 10"));
+        // Once the process unmaps a page, the pinned frame keeps its bytes
+        // and only the device changes them; every pin of the frame sees it.
+        o.on_pin("S", "P", 0x440, 64, true, &[11]);
+        o.on_munmap("P", 0x440, 64);
+        assert!(o
+            .check_pins(moved)
+            .iter()
+            .all(|v| !v.message.contains("0x440")));
+        assert!(o.check_device_read("S", 0x442, 0x44).is_none());
+        o.on_device_write(11, 0, 1, 0x55, &BTreeSet::new());
+        assert!(o.check_device_read("R", 0x440, 0x55).is_none());
+        assert!(o.check_device_read("S", 0x440, 0x55).is_none());
+        let v = o.check_device_read("S", 0x440, 0).expect("lost");
+        assert_eq!(v.id, inv::MEM_LOST_WRITE);
+        o.on_unpin("R");
+        o.on_unpin("S");
+        assert!(o.left.is_empty());
+    }
+
+    /// A read-only pin: the device sees some version of the process's page,
+    /// never a byte the process never had.
+    #[test]
+    fn a_read_only_pin_sees_a_version_of_its_process() {
+        let mut o = MemoryOracle::new(64);
+        o.on_mmap("P", 0x400, 64);
+        o.on_write("P", 0x400, 1);
+        o.on_pin("O", "P", 0x400, 64, false, &[10]);
+        o.on_write("P", 0x400, 2);
+        assert!(o.check_device_read("O", 0x400, 1).is_none());
+        assert!(o.check_device_read("O", 0x400, 2).is_none());
+        let v = o.check_device_read("O", 0x400, 3).expect("a foreign byte");
+        assert_eq!(v.id, inv::MEM_PRIVATE);
+        // After the process leaves the page, its writes are no versions.
+        o.on_munmap("P", 0x400, 64);
+        o.on_mmap("P", 0x400, 64);
+        o.on_write("P", 0x400, 4);
+        assert!(o.check_device_read("O", 0x400, 4).is_some());
+        // A device write through it reaches the process only if the process
+        // maps the frame (it does not here).
+        assert_eq!(o.read_only_pins_of(10), Vec::<(String, u64)>::new());
+        o.on_device_write(10, 0, 1, 7, &BTreeSet::new());
+        assert!(o.check_device_read("O", 0x400, 7).is_none());
+        assert_eq!(o.expected("P", 0x400), 4);
+    }
 }

@@ -50,6 +50,6 @@ pub const INVARIANTS: &[Invariant] = &[
     Invariant { id: AUDIT_TLB, checked_by: "check::audit", statement: "Every TLB entry translates to the page the page tables map, and allows a write only if the entry does (no flush was missed)." },
     Invariant { id: MEM_PRIVATE, checked_by: "check::oracle", statement: "A process's private memory shows only what it (or a device through its pins) wrote, or what it inherited at fork; unwritten memory reads 0." },
     Invariant { id: MEM_LOST_WRITE, checked_by: "check::oracle", statement: "No completed write is lost: a later read by the writer sees it unless the writer itself changed the memory since." },
-    Invariant { id: MEM_PIN_COHERENT, checked_by: "check::oracle", statement: "While a FOLL_WRITE|FOLL_LONGTERM pin holds, the process that pinned and the device see the same bytes at every pinned address the process still maps: it maps the pinned frame there (5.8's promise; its fork breaks it)." },
+    Invariant { id: MEM_PIN_COHERENT, checked_by: "check::oracle", statement: "While a long-term write pin (FOLL_WRITE with FOLL_LONGTERM) holds, the process that pinned and the device see the same bytes at every pinned address the process still maps: it maps the pinned frame there (5.8's promise; its fork breaks it)." },
     Invariant { id: MODEL_LIMIT, checked_by: "inline (Cpu::unmodelled)", statement: "No kernel path the model does not implement is reached, and no state the model cannot represent: a limit of the model, reported instead of going on silently (not a kernel bug)." },
 ];

@@ -13,7 +13,9 @@
 //!   `__get_user_pages` with 5.8's `should_force_cow_break()` (17839856fd58:
 //!   a GUP of a COW mapping faults for write, so the page it returns is the
 //!   caller's own), `__get_user_pages_locked`, `__gup_longterm_locked`,
-//!   `pin_user_pages`;
+//!   `pin_user_pages`, and mlock's `populate_vma_page_range` and
+//!   `__mm_populate` (FOLL_MLOCK: follow_page_pte() and
+//!   follow_trans_huge_pmd() mlock what they find);
 //! - GUP-fast: `internal_get_user_pages_fast` with interrupts disabled around
 //!   the lockless walk `gup_pgd_range` → `gup_pud_range` → `gup_pmd_range` →
 //!   `gup_huge_pmd` / `gup_pte_range` (read the entry, take the reference
@@ -427,10 +429,12 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// Models follow_page_pte(), mm/gup.c, v5.8: the page a PTE maps, under
-    /// the PTE lock, with the reference the flags ask for.
+    /// the PTE lock, with the reference the flags ask for. With FOLL_MLOCK in
+    /// a VM_LOCKED VMA it mlocks a base page (never a PTE-mapped THP).
     ///
     /// # Locking
-    /// Takes the PTE lock (pte_offset_map_lock()).
+    /// Takes the PTE lock (pte_offset_map_lock()); trylocks the page to
+    /// mlock it.
     fn follow_page_pte(
         &self,
         vma: &Arc<Vma>,
@@ -500,6 +504,19 @@ impl<E: Engine> Cpu<E> {
                 self.page(self.compound_head(page)).set_flag(pg::DIRTY);
             }
             self.mark_page_accessed(page);
+        }
+        if flags.contains(FollFlags::MLOCK) && vma.vm_flags() & vm::LOCKED != 0 {
+            // Do not mlock pte-mapped THP. The preliminary mapping check
+            // avoids lock_page() on the zero page; a page already locked is
+            // left to vmscan.
+            if !self.page_trans_compound(page)
+                && self.page(page).mapping.load() != 0
+                && self.trylock_page(page)
+            {
+                // lru_add_drain(): the model's LRU has no per-CPU batches.
+                self.mlock_vma_page(page);
+                self.unlock_page(page);
+            }
         }
         drop(ptl);
         Ok(Some(page))
@@ -847,6 +864,94 @@ impl<E: Engine> Cpu<E> {
             return Err(Errno::Einval);
         }
         self.__gup_longterm_locked(mm, start, nr_pages, Some(pages), gup_flags | FollFlags::PIN)
+    }
+
+    /// Models populate_vma_page_range(), mm/gup.c, v5.8: fault in (and, in a
+    /// VM_LOCKED VMA, mlock) `[start, end)` of one VMA, as mlock() does;
+    /// writable private mappings are faulted for write, to break COW now.
+    /// Returns the number of pages done.
+    ///
+    /// # Locking
+    /// Called with `mmap_lock` held.
+    pub fn populate_vma_page_range(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        vma: &Arc<Vma>,
+        start: VirtAddr,
+        end: VirtAddr,
+    ) -> Result<u64, Errno> {
+        let _f = self.func("populate_vma_page_range");
+        let ps = self.k.geo.page_size();
+        let nr_pages = (end.0 - start.0) / ps;
+        crate::vm_bug_on!(
+            self,
+            start.0 & (ps - 1) != 0 || end.0 & (ps - 1) != 0,
+            "VM_BUG_ON(start & ~PAGE_MASK) || VM_BUG_ON(end & ~PAGE_MASK)"
+        );
+        crate::vm_bug_on!(
+            self,
+            start < vma.vm_start() || end > vma.vm_end(),
+            "VM_BUG_ON_VMA(start < vma->vm_start || end > vma->vm_end, vma)"
+        );
+        let vm_flags = vma.vm_flags();
+        let mut gup_flags = FollFlags::TOUCH | FollFlags::POPULATE | FollFlags::MLOCK;
+        if vm_flags & vm::LOCKONFAULT != 0 {
+            gup_flags = gup_flags.without(FollFlags::POPULATE);
+        }
+        // We want to touch writable mappings with a write fault in order to
+        // break COW, except for shared mappings because these don't COW and
+        // we would not want to dirty them for nothing.
+        if vm_flags & (vm::WRITE | vm::SHARED) == vm::WRITE {
+            gup_flags |= FollFlags::WRITE;
+        }
+        // We want mlock to succeed for regions that have any permissions
+        // other than PROT_NONE.
+        if vm_flags & (vm::READ | vm::WRITE | vm::EXEC) != 0 {
+            gup_flags |= FollFlags::FORCE;
+        }
+        self.__get_user_pages(mm, start, nr_pages, gup_flags, None, None)
+    }
+
+    /// Models __mm_populate(), mm/gup.c, v5.8: populate every VMA of `[start,
+    /// start + len)` (none is VM_IO/VM_PFNMAP here); with `ignore_errors` a
+    /// failing VMA is skipped, else its error is returned.
+    ///
+    /// # Locking
+    /// Takes `mmap_lock` for read.
+    pub fn __mm_populate(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        start: VirtAddr,
+        len: u64,
+        ignore_errors: bool,
+    ) -> Result<(), Errno> {
+        let _f = self.func("__mm_populate");
+        let end = start.add_bytes(len);
+        let ps = self.k.geo.page_size();
+        let _mmap = mm.mmap_lock.read(self);
+        let mut nstart = start;
+        while nstart < end {
+            // We want to fault in pages for [nstart; end) address range. Find
+            // first corresponding VMA.
+            let Some(vma) = mm.find_vma(nstart) else {
+                break;
+            };
+            if vma.vm_start() >= end {
+                break;
+            }
+            // Set [nstart; nend) to intersection of desired address range
+            // with the first VMA.
+            let nend = vma.vm_end().min(end);
+            nstart = nstart.max(vma.vm_start());
+            // populate_vma_page_range() double checks the vma flags, so that
+            // it won't mlock pages if the vma was already munlocked.
+            match self.populate_vma_page_range(mm, &vma, nstart, nend) {
+                Err(_) if ignore_errors => nstart = nend, // continue at next VMA
+                Err(e) => return Err(e),
+                Ok(n) => nstart = nstart.add_bytes(n * ps),
+            }
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------------

@@ -190,7 +190,7 @@ impl<E: Engine> Cpu<E> {
         flags.young = true;
         self.maybe_mkwrite(&mut flags, &vma);
         self.page_add_new_anon_rmap(page, &vma, haddr, true);
-        self.lru_cache_add(page);
+        self.lru_cache_add_active_or_unevictable(page, &vma);
         self.pgtable_trans_huge_deposit(pmd, pgtable);
         self.set_pmd_at(
             pmd,
@@ -710,11 +710,14 @@ impl<E: Engine> Cpu<E> {
     /// the THP is locked around __split_huge_pmd_locked() so a concurrent WP
     /// fault, which reads the mapcounts under the page lock, never sees them
     /// half transferred. Reverting `split-pmd-page-lock` removes the page lock.
+    /// Splitting a huge PMD clears PG_mlocked of its THP (clear_page_mlock():
+    /// 5.8 never leaves a PTE-mapped THP mlocked).
     ///
     /// # Locking
     /// Takes the PMD lock; with the fix also the page lock (trylock under the
     /// PMD lock, else drop it, sleep on the page lock and retake it). A caller
-    /// passing `page` holds that page's lock already.
+    /// passing `page` holds that page's lock already. clear_page_mlock() takes
+    /// `lru_lock` under the PMD lock.
     pub fn __split_huge_pmd(
         &self,
         vma: &Vma,
@@ -769,6 +772,10 @@ impl<E: Engine> Cpu<E> {
                             }
                             self.put_page(p);
                         }
+                    }
+                    let p = page.unwrap_or_else(|| cur.huge_pfn().expect("huge"));
+                    if self.page_mlocked(p) {
+                        self.clear_page_mlock(p);
                     }
                 } else if !cur.is_migration() {
                     self.mark(Mark::reached("__split_huge_pmd: pmd no longer huge"));
@@ -941,6 +948,7 @@ impl<E: Engine> Cpu<E> {
             split_freeze: self.page_anon(page),
             sync: true,
             migration: false,
+            munlock: false,
         };
         let unmap_success = self.try_to_unmap(page, flags);
         crate::vm_bug_on_page!(
@@ -1268,9 +1276,11 @@ impl<E: Engine> Cpu<E> {
     /// Models follow_trans_huge_pmd(), mm/huge_memory.c, v5.8: the subpage a
     /// huge PMD maps at `addr`, with the reference `flags` ask for
     /// (try_grab_page() on the head). `cur` is the PMD as read under the lock.
+    /// With FOLL_MLOCK in a VM_LOCKED VMA it mlocks the THP if this PMD is
+    /// its only mapping (mlock_vma_page()).
     ///
     /// # Locking
-    /// Called with the PMD lock held.
+    /// Called with the PMD lock held; trylocks the page to mlock it.
     pub fn follow_trans_huge_pmd(
         &self,
         vma: &Vma,
@@ -1328,8 +1338,29 @@ impl<E: Engine> Cpu<E> {
             });
             self.pmdp_set_access_flags(self.k.geo.pmd_align_down(addr), pmd, entry, write);
         }
-        let _ = vma;
+        if flags.contains(FollFlags::MLOCK) && vma.vm_flags() & vm::LOCKED != 0 {
+            // We don't mlock() pte-mapped THPs: in most cases the pmd is the
+            // only mapping of the page, as mlock breaks COW first; a THP
+            // shared over fork (a read-only mapping) is not mlocked.
+            // (the goto skip_mlock cases, in 5.8's order)
+            let skip = (self.page_anon(page) && self.compound_mapcount(page) != 1)
+                || self.page_double_map(page)
+                || self.page(page).mapping.load() == 0
+                || !self.trylock_page(page);
+            if !skip {
+                if self.page(page).mapping.load() != 0 && !self.page_double_map(page) {
+                    self.mlock_vma_page(page);
+                }
+                self.unlock_page(page);
+            }
+        }
         let sub = self.k.geo.index(Level::Pte, addr) as u64;
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_compound(page.add(sub)),
+            page.add(sub),
+            "VM_BUG_ON_PAGE(!PageCompound(page) && !is_zone_device_page(page), page)"
+        );
         Ok(Some(page.add(sub)))
     }
 }

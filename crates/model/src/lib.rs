@@ -27,8 +27,9 @@
 //!   buffers].
 //! - [`migrate`]: migration entries [mm/migrate.c].
 //! - [`swapfile`]: the reuse rule [mm/swapfile.c].
-//! - [`mmap`], [`mprotect`], [`madvise`], [`khugepaged`], [`fork`]: system
-//!   calls [mm/mmap.c, mprotect.c, madvise.c, khugepaged.c, kernel/fork.c].
+//! - [`mmap`], [`mprotect`], [`madvise`], [`mlock`], [`khugepaged`], [`fork`]:
+//!   system calls [mm/mmap.c, mprotect.c, madvise.c, mlock.c, khugepaged.c,
+//!   kernel/fork.c].
 //! - [`kernel`]: the machine; [`fixes`]: the seed fixes as switches;
 //!   [`coverage`]: what an execution reached (for the explorer).
 //! - [`check`]: the oracles (invariants, audit, memory oracle), apart from the
@@ -49,6 +50,7 @@ pub mod khugepaged;
 pub mod madvise;
 pub mod memory;
 pub mod migrate;
+pub mod mlock;
 pub mod mm_types;
 pub mod mmap;
 pub mod mmu;

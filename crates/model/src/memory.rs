@@ -482,7 +482,7 @@ impl<E: Engine> Cpu<E> {
             return VmFaultT::NONE;
         }
         self.page_add_new_anon_rmap(page, &vma, vmf.address, false);
-        self.lru_cache_add(page);
+        self.lru_cache_add_active_or_unevictable(page, &vma);
         self.set_pte_at(pte, entry);
         drop(ptl);
         VmFaultT::NONE
@@ -494,17 +494,23 @@ impl<E: Engine> Cpu<E> {
         0
     }
 
-    /// Models lru_cache_add_active_or_unevictable(), mm/swap.c, v5.8: the
-    /// page joins the LRU (no VM_LOCKED VMA reaches here: mlock is not
-    /// modelled).
-    pub fn lru_cache_add(&self, pfn: Pfn) {
+    /// Models lru_cache_add_active_or_unevictable(), mm/swap.c, v5.8: a new
+    /// page joins the LRU, active, or mlocked at once in a VM_LOCKED VMA (the
+    /// unevictable list is not modelled).
+    pub fn lru_cache_add_active_or_unevictable(&self, pfn: Pfn, vma: &Vma) {
         crate::vm_bug_on_page!(
             self,
             self.page(pfn).test_flag(pg::LRU),
             pfn,
             "VM_BUG_ON_PAGE(PageLRU(page), page)"
         );
-        self.page(pfn).set_flag(pg::LRU | pg::ACTIVE);
+        if vma.vm_flags() & vm::LOCKED == 0 {
+            self.page(pfn).set_flag(pg::ACTIVE);
+        } else if !self.page(pfn).test_set_flag(pg::MLOCKED) {
+            self.note(|| format!("page {} mlocked as it is faulted in", pfn.0));
+        }
+        // lru_cache_add()
+        self.page(pfn).set_flag(pg::LRU);
     }
 
     /// Models do_swap_page(), mm/memory.c, v5.8, for what exists so far: a
@@ -605,10 +611,12 @@ impl<E: Engine> Cpu<E> {
     /// Models wp_page_copy(), mm/memory.c, v5.8: copy the page (or allocate a
     /// zeroed one for the zero page), then under the PTE lock, if the PTE did not
     /// change, clear and flush it, map the copy and drop the old page's mapping.
-    /// `old_page` carries the reference do_wp_page() took.
+    /// `old_page` carries the reference do_wp_page() took. After a copy in a
+    /// VM_LOCKED VMA the old page is munlocked (another task, with possibly
+    /// unlocked vma, must not keep the mlocked page).
     ///
     /// # Locking
-    /// Takes the PTE lock.
+    /// Takes the PTE lock; then, for the munlock, the old page's lock.
     pub fn wp_page_copy(&self, vmf: &mut VmFault<E>, old_page: Option<Pfn>) -> VmFaultT {
         let _f = self.func("wp_page_copy");
         let vma = vmf.vma.clone();
@@ -647,7 +655,7 @@ impl<E: Engine> Cpu<E> {
             self.ptep_get_and_clear(pte);
             self.flush_tlb_page(vmf.mm.id, vmf.address);
             self.page_add_new_anon_rmap(new_page, &vma, vmf.address, false);
-            self.lru_cache_add(new_page);
+            self.lru_cache_add_active_or_unevictable(new_page, &vma);
             self.set_pte_at(
                 pte,
                 Pte::Present {
@@ -666,6 +674,16 @@ impl<E: Engine> Cpu<E> {
             self.put_page(freed);
         }
         drop(ptl);
+        if let Some(old) = old_page {
+            if copied && vma.vm_flags() & vm::LOCKED != 0 {
+                // LRU manipulation
+                self.lock_page(old);
+                if self.page_mlocked(old) {
+                    self.munlock_vma_page(old);
+                }
+                self.unlock_page(old);
+            }
+        }
         release_old(self);
         if copied {
             VmFaultT::WRITE

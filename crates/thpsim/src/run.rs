@@ -155,6 +155,7 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
                 | Feature::PinFast
                 | Feature::PinReadOnly
                 | Feature::Device
+                | Feature::Mlock
         )
     })?;
     for step in scn.steps() {
@@ -915,6 +916,20 @@ impl<E: Engine> Machine<E> {
                         fast,
                     } => self.pin(cpu, &name, &mm, pin, target, *write, *fast),
                     Op::Unpin { pin } => self.unpin(cpu, pin),
+                    Op::Mlock { target } => {
+                        let (s, e) = self.range(&name, target)?;
+                        Ok(match cpu.do_mlock(&mm, VirtAddr(s), e - s) {
+                            Ok(()) => Done::ok(),
+                            Err(e) => Done::outcome(errno_outcome(e)),
+                        })
+                    }
+                    Op::Munlock { target } => {
+                        let (s, e) = self.range(&name, target)?;
+                        Ok(match cpu.do_munlock(&mm, VirtAddr(s), e - s) {
+                            Ok(()) => Done::ok(),
+                            Err(e) => Done::outcome(errno_outcome(e)),
+                        })
+                    }
                     other => Err(self.err(
                         step.op_span,
                         format!("`{}` is not supported yet", other.keyword()),
@@ -976,8 +991,18 @@ impl<E: Engine> Machine<E> {
         if self.dead() {
             return Ok(());
         }
-        let (info, _) = self.info_at(&x.process, &x.target)?;
+        let (info, addr) = self.info_at(&x.process, &x.target)?;
         let (ok, found) = match &x.what {
+            Expectation::Kind(k) if k.value == PageKind::Mlocked => {
+                let mm = self.proc_mm(&x.process)?;
+                let mlocked = self.cpu(0).page_is_mlocked(&mm, VirtAddr(addr));
+                let found = if mlocked {
+                    "mlocked".to_string()
+                } else {
+                    format!("{}, not mlocked", info.kind.keyword())
+                };
+                (mlocked, found)
+            }
             Expectation::Kind(k) => {
                 let Some(want) = kind_of(k.value) else {
                     return Err(self.err(
@@ -1063,7 +1088,7 @@ impl<E: Engine> Machine<E> {
 }
 
 /// What is mapped for a page kind; `None` for `mlocked` (a page flag, not a
-/// kind of mapping; `check_supported` rejects it with `mlock`).
+/// kind of mapping: `expect` checks it apart).
 fn kind_of(k: PageKind) -> Option<MapKind> {
     Some(match k {
         PageKind::None => MapKind::None,

@@ -30,6 +30,10 @@ struct Tally {
     /// (the exact pin count of a compound page).
     pin_refs: BTreeMap<Pfn, i64>,
     pin_count: BTreeMap<Pfn, i64>,
+    /// Frames a PTE of a VM_LOCKED VMA maps, and THP heads a huge PMD of one
+    /// maps.
+    locked_ptes: BTreeSet<Pfn>,
+    locked_pmds: BTreeSet<Pfn>,
     tables: BTreeSet<Pfn>,
     violations: Vec<Violation>,
 }
@@ -119,6 +123,9 @@ fn walk_mm<E: Engine>(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, g: &Geometry, t: &mut
                             {
                                 if !cpu.is_huge_zero_page(pfn) {
                                     *t.pmd_maps.entry(pfn).or_default() += 1;
+                                    if v.vm_flags() & crate::mm_types::vm::LOCKED != 0 {
+                                        t.locked_pmds.insert(pfn);
+                                    }
                                     check_rmap(cpu, mm, &v, pfn, base, t);
                                 }
                             }
@@ -196,6 +203,9 @@ fn walk_ptes<E: Engine>(
             Pte::Present { pfn, .. } if pfn == cpu.k.zero_pfn => {}
             Pte::Present { pfn, .. } => {
                 *t.pte_maps.entry(pfn).or_default() += 1;
+                if vma.vm_flags() & crate::mm_types::vm::LOCKED != 0 {
+                    t.locked_ptes.insert(pfn);
+                }
                 check_rmap(cpu, mm, &vma, pfn, addr, t);
             }
             Pte::Migration { pfn, .. } => {
@@ -414,6 +424,20 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                     Some(p),
                 );
             }
+            if page.test_flag_peek(pg::MLOCKED) && (!t.locked_pmds.contains(&p) || total_pte > 0) {
+                t.fail(
+                    inv::AUDIT_MLOCK,
+                    format!(
+                        "THP {pfn} is PageMlocked, but {} and {total_pte} PTEs map it",
+                        if t.locked_pmds.contains(&p) {
+                            "a VM_LOCKED huge PMD maps it"
+                        } else {
+                            "no VM_LOCKED huge PMD maps it"
+                        }
+                    ),
+                    Some(p),
+                );
+            }
             next = pfn + n;
             continue;
         }
@@ -449,6 +473,13 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
             t.fail(
                 inv::AUDIT_LEAK,
                 format!("page {pfn} is allocated but mapped nowhere"),
+                Some(p),
+            );
+        }
+        if page.test_flag_peek(pg::MLOCKED) && !t.locked_ptes.contains(&p) {
+            t.fail(
+                inv::AUDIT_MLOCK,
+                format!("page {pfn} is PageMlocked, but no VM_LOCKED VMA maps it"),
                 Some(p),
             );
         }

@@ -1,4 +1,4 @@
-//! System-call errors.
+//! System-call errors: include/uapi/asm-generic/errno-base.h.
 
 use serde::Serialize;
 use thiserror::Error;
@@ -15,4 +15,7 @@ pub enum Errno {
     Ebusy,
     #[error("EACCES")]
     Eacces,
+    /// A bad address (get_user_pages() of an unmapped or inaccessible range).
+    #[error("EFAULT")]
+    Efault,
 }

@@ -33,7 +33,7 @@ impl<E: Engine> Cpu<E> {
         let _new = mm.mmap_lock.write_nested(self);
         let mut result = Ok(());
         for mpnt in oldmm.vma_list() {
-            let flags = mpnt.vm_flags() & !vm::LOCKED;
+            let flags = mpnt.vm_flags() & !(vm::LOCKED | vm::LOCKONFAULT);
             let tmp = Arc::new(Vma::new(
                 self.k.new_vma_id(),
                 mm.id,

@@ -25,6 +25,7 @@ use crate::coverage::Mark;
 use crate::cpu::Cpu;
 use crate::engine::{Atomic, Engine};
 use crate::fixes::Fix;
+use crate::gup::FollFlags;
 use crate::kernel::ThpPolicy;
 use crate::memory::{MmuGather, VmFault, VmFaultT};
 use crate::mm_types::{vm, MmStruct, Vma};
@@ -189,7 +190,7 @@ impl<E: Engine> Cpu<E> {
         flags.young = true;
         self.maybe_mkwrite(&mut flags, &vma);
         self.page_add_new_anon_rmap(page, &vma, haddr, true);
-        self.lru_cache_add(page);
+        self.lru_cache_add_active_or_unevictable(page, &vma);
         self.pgtable_trans_huge_deposit(pmd, pgtable);
         self.set_pmd_at(
             pmd,
@@ -279,8 +280,15 @@ impl<E: Engine> Cpu<E> {
             let reuse = if self.k.cfg.fixes.applied(Fix::ThpWpAccurateMapcount) {
                 self.reuse_swap_page(page, None)
             } else {
-                // Before 6d0a07edd17c: `page_mapcount(page) == 1 && page_count(page) == 1`.
-                self.page_mapcount(page) == 1 && self.page_count(page) == 1
+                // Before 6d0a07edd17c: `page_mapcount(page) == 1 && page_count(page) == 1`:
+                // every mapping holds a reference, so a count of 1 means the
+                // PMD is the only mapping, but a pin counts too.
+                let mapcount = self.page_mapcount(page);
+                let count = self.page_count(page);
+                self.note(|| {
+                    format!("do_huge_pmd_wp_page(): page_mapcount() == {mapcount}, page_count() == {count} (the rule before 6d0a07edd17c)")
+                });
+                mapcount == 1 && count == 1
             };
             if reuse {
                 self.mark(Mark::reached("do_huge_pmd_wp_page: THP reused"));
@@ -702,11 +710,14 @@ impl<E: Engine> Cpu<E> {
     /// the THP is locked around __split_huge_pmd_locked() so a concurrent WP
     /// fault, which reads the mapcounts under the page lock, never sees them
     /// half transferred. Reverting `split-pmd-page-lock` removes the page lock.
+    /// Splitting a huge PMD clears PG_mlocked of its THP (clear_page_mlock():
+    /// 5.8 never leaves a PTE-mapped THP mlocked).
     ///
     /// # Locking
     /// Takes the PMD lock; with the fix also the page lock (trylock under the
     /// PMD lock, else drop it, sleep on the page lock and retake it). A caller
-    /// passing `page` holds that page's lock already.
+    /// passing `page` holds that page's lock already. clear_page_mlock() takes
+    /// `lru_lock` under the PMD lock.
     pub fn __split_huge_pmd(
         &self,
         vma: &Vma,
@@ -761,6 +772,10 @@ impl<E: Engine> Cpu<E> {
                             }
                             self.put_page(p);
                         }
+                    }
+                    let p = page.unwrap_or_else(|| cur.huge_pfn().expect("huge"));
+                    if self.page_mlocked(p) {
+                        self.clear_page_mlock(p);
                     }
                 } else if !cur.is_migration() {
                     self.mark(Mark::reached("__split_huge_pmd: pmd no longer huge"));
@@ -933,6 +948,7 @@ impl<E: Engine> Cpu<E> {
             split_freeze: self.page_anon(page),
             sync: true,
             migration: false,
+            munlock: false,
         };
         let unmap_success = self.try_to_unmap(page, flags);
         crate::vm_bug_on_page!(
@@ -1230,11 +1246,12 @@ impl<E: Engine> Cpu<E> {
         let _f = self.func("split_huge_pages_pid");
         let _mmap = mm.mmap_lock.read(self);
         let no_thp = Mark::gives_up("split_huge_pages_pid: no THP mapped there");
-        let Some(_vma) = mm.vma_at(addr) else {
+        let Some(vma) = mm.vma_at(addr) else {
             self.mark(no_thp);
             return Ok(false);
         };
-        let Some(page) = self.follow_page(mm, addr) else {
+        // FOLL_DUMP to ignore special (like zero) pages.
+        let Ok(Some(page)) = self.follow_page(&vma, addr, FollFlags::GET | FollFlags::DUMP) else {
             self.mark(no_thp);
             return Ok(false);
         };
@@ -1256,33 +1273,94 @@ impl<E: Engine> Cpu<E> {
         result
     }
 
-    /// Models follow_page(vma, addr, FOLL_GET | FOLL_DUMP), mm/gup.c, v5.8: the
-    /// page mapped at `addr`, with a reference; None for zero pages and
-    /// non-present entries.
+    /// Models follow_trans_huge_pmd(), mm/huge_memory.c, v5.8: the subpage a
+    /// huge PMD maps at `addr`, with the reference `flags` ask for
+    /// (try_grab_page() on the head). `cur` is the PMD as read under the lock.
+    /// With FOLL_MLOCK in a VM_LOCKED VMA it mlocks the THP if this PMD is
+    /// its only mapping (mlock_vma_page()).
     ///
     /// # Locking
-    /// Takes the PMD lock or the PTE lock.
-    pub fn follow_page(&self, mm: &MmStruct<E>, addr: VirtAddr) -> Option<Pfn> {
-        let _f = self.func("follow_page");
-        let pmd = self.pmd_offset(mm, addr)?;
-        let cur = self.pmd_read(pmd);
-        if cur.is_trans_huge() {
-            let _ptl = self.pmd_lockptr(pmd).lock(self);
-            let Pmd::Huge { pfn, .. } = self.pmd_read(pmd) else {
-                drop(_ptl);
-                return self.follow_page(mm, addr);
-            };
-            if self.is_huge_zero_page(pfn) {
-                return None;
-            }
-            let page = pfn.add(self.k.geo.index(Level::Pte, addr) as u64);
-            self.get_page(page);
-            return Some(page);
+    /// Called with the PMD lock held; trylocks the page to mlock it.
+    pub fn follow_trans_huge_pmd(
+        &self,
+        vma: &Vma,
+        addr: VirtAddr,
+        pmd: EntryRef,
+        cur: Pmd,
+        flags: FollFlags,
+    ) -> Result<Option<Pfn>, crate::errno::Errno> {
+        let _f = self.func("follow_trans_huge_pmd");
+        crate::vm_bug_on!(
+            self,
+            !self.pmd_lockptr(pmd).is_locked(),
+            "assert_spin_locked(pmd_lockptr(mm, pmd))"
+        );
+        let Pmd::Huge {
+            pfn: page,
+            flags: pf,
+            ..
+        } = cur
+        else {
+            return Ok(None);
+        };
+        // can_follow_write_pmd()
+        if flags.contains(FollFlags::WRITE)
+            && !(pf.write || (flags.contains(FollFlags::COW) && pf.dirty))
+        {
+            self.note(|| "follow_trans_huge_pmd(): not writable: fault for write".to_string());
+            return Ok(None);
         }
-        let pte = self.pte_offset(cur, addr)?;
-        let _ptl = self.pte_lockptr(pte.table).lock(self);
-        let page = self.vm_normal_page(self.pte_read(pte))?;
-        self.get_page(page);
-        Some(page)
+        // Avoid dumping huge zero page.
+        if flags.contains(FollFlags::DUMP) && self.is_huge_zero_page(page) {
+            return Err(crate::errno::Errno::Efault);
+        }
+        // Full NUMA hinting faults to serialise migration in fault paths.
+        if flags.contains(FollFlags::NUMA) && pf.protnone {
+            return Ok(None);
+        }
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_head(page),
+            page,
+            "VM_BUG_ON_PAGE(!PageHead(page) && !is_zone_device_page(page), page)"
+        );
+        if !self.try_grab_page(page, flags) {
+            return Err(crate::errno::Errno::Enomem);
+        }
+        if flags.contains(FollFlags::TOUCH) {
+            // touch_pmd()
+            let write = flags.contains(FollFlags::WRITE);
+            let entry = cur.with_flags(|f| {
+                f.young = true;
+                if write {
+                    f.dirty = true;
+                }
+            });
+            self.pmdp_set_access_flags(self.k.geo.pmd_align_down(addr), pmd, entry, write);
+        }
+        if flags.contains(FollFlags::MLOCK) && vma.vm_flags() & vm::LOCKED != 0 {
+            // We don't mlock() pte-mapped THPs: in most cases the pmd is the
+            // only mapping of the page, as mlock breaks COW first; a THP
+            // shared over fork (a read-only mapping) is not mlocked.
+            // (the goto skip_mlock cases, in 5.8's order)
+            let skip = (self.page_anon(page) && self.compound_mapcount(page) != 1)
+                || self.page_double_map(page)
+                || self.page(page).mapping.load() == 0
+                || !self.trylock_page(page);
+            if !skip {
+                if self.page(page).mapping.load() != 0 && !self.page_double_map(page) {
+                    self.mlock_vma_page(page);
+                }
+                self.unlock_page(page);
+            }
+        }
+        let sub = self.k.geo.index(Level::Pte, addr) as u64;
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_compound(page.add(sub)),
+            page.add(sub),
+            "VM_BUG_ON_PAGE(!PageCompound(page) && !is_zone_device_page(page), page)"
+        );
+        Ok(Some(page.add(sub)))
     }
 }

@@ -13,7 +13,7 @@ use crate::check::Violation;
 use crate::engine::{Atomic, Engine};
 use crate::fixes::FixSet;
 use crate::mm_types::{AnonVma, MmStruct, VmaCopies};
-use crate::mmu::Tlb;
+use crate::mmu::{LocalIrq, Tlb};
 use crate::page::pg;
 use crate::page_alloc::{CopyPlan, Memory};
 use crate::sync::{LockClass, SpinLock};
@@ -117,6 +117,9 @@ pub struct Kernel<E: Engine> {
     /// `pgdat->lru_lock`.
     pub lru_lock: SpinLock<E>,
     pub tlbs: Vec<Mutex<Tlb>>,
+    /// Each CPU's interrupt flag, as a TLB shootdown's IPI sees it
+    /// (`local_irq_save()` in GUP-fast; mmu.rs).
+    pub irqs: Vec<LocalIrq<E>>,
     reports: Mutex<Vec<Violation>>,
     tracing: AtomicBool,
     /// Advanced by each memory check: a frame whose `data_touched` is older
@@ -151,6 +154,7 @@ impl<E: Engine> Kernel<E> {
             },
             lru_lock: SpinLock::new(LockClass::LruLock),
             tlbs: (0..cfg.cpus).map(|_| Mutex::new(Tlb::default())).collect(),
+            irqs: (0..cfg.cpus).map(|_| LocalIrq::default()).collect(),
             reports: Mutex::new(Vec::new()),
             tracing: AtomicBool::new(false),
             data_epoch: AtomicU64::new(1),
@@ -221,6 +225,7 @@ impl<E: Engine> Kernel<E> {
             deferred_split,
             lru_lock,
             tlbs: self.tlbs.iter().map(|t| Mutex::new(lock(t))).collect(),
+            irqs: self.irqs.iter().map(LocalIrq::snapshot).collect(),
             reports: Mutex::new(self.reports()),
             tracing: AtomicBool::new(self.tracing()),
             data_epoch: AtomicU64::new(self.data_epoch()),

@@ -22,10 +22,14 @@
 //! - [`huge_memory`]: THP [mm/huge_memory.c].
 //! - [`rmap`], [`page_vma_mapped`]: reverse mapping [mm/rmap.c,
 //!   mm/page_vma_mapped.c].
+//! - [`gup`]: get_user_pages(), pin_user_pages() and GUP-fast [mm/gup.c];
+//!   [`dma`]: a DMA device through long-term pins [fs/io_uring.c's fixed
+//!   buffers].
 //! - [`migrate`]: migration entries [mm/migrate.c].
 //! - [`swapfile`]: the reuse rule [mm/swapfile.c].
-//! - [`mmap`], [`mprotect`], [`madvise`], [`khugepaged`], [`fork`]: system
-//!   calls [mm/mmap.c, mprotect.c, madvise.c, khugepaged.c, kernel/fork.c].
+//! - [`mmap`], [`mprotect`], [`madvise`], [`mlock`], [`khugepaged`], [`fork`]:
+//!   system calls [mm/mmap.c, mprotect.c, madvise.c, mlock.c, khugepaged.c,
+//!   kernel/fork.c].
 //! - [`kernel`]: the machine; [`fixes`]: the seed fixes as switches;
 //!   [`coverage`]: what an execution reached (for the explorer).
 //! - [`check`]: the oracles (invariants, audit, memory oracle), apart from the
@@ -34,16 +38,19 @@
 pub mod check;
 pub mod coverage;
 pub mod cpu;
+pub mod dma;
 pub mod engine;
 pub mod errno;
 pub mod fixes;
 pub mod fork;
+pub mod gup;
 pub mod huge_memory;
 pub mod kernel;
 pub mod khugepaged;
 pub mod madvise;
 pub mod memory;
 pub mod migrate;
+pub mod mlock;
 pub mod mm_types;
 pub mod mmap;
 pub mod mmu;

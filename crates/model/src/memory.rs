@@ -36,6 +36,10 @@ impl VmFaultT {
     pub const SIGSEGV: VmFaultT = VmFaultT(0x40);
     pub const FALLBACK: VmFaultT = VmFaultT(0x800);
 
+    /// VM_FAULT_WRITE: the fault broke COW (or reused the page) for a write.
+    pub fn write(self) -> bool {
+        self.0 & Self::WRITE.0 != 0
+    }
     pub fn fallback(self) -> bool {
         self.0 & Self::FALLBACK.0 != 0
     }
@@ -478,7 +482,7 @@ impl<E: Engine> Cpu<E> {
             return VmFaultT::NONE;
         }
         self.page_add_new_anon_rmap(page, &vma, vmf.address, false);
-        self.lru_cache_add(page);
+        self.lru_cache_add_active_or_unevictable(page, &vma);
         self.set_pte_at(pte, entry);
         drop(ptl);
         VmFaultT::NONE
@@ -490,17 +494,23 @@ impl<E: Engine> Cpu<E> {
         0
     }
 
-    /// Models lru_cache_add_active_or_unevictable(), mm/swap.c, v5.8: the
-    /// page joins the LRU (no VM_LOCKED VMA reaches here: mlock is not
-    /// modelled).
-    pub fn lru_cache_add(&self, pfn: Pfn) {
+    /// Models lru_cache_add_active_or_unevictable(), mm/swap.c, v5.8: a new
+    /// page joins the LRU, active, or mlocked at once in a VM_LOCKED VMA (the
+    /// unevictable list is not modelled).
+    pub fn lru_cache_add_active_or_unevictable(&self, pfn: Pfn, vma: &Vma) {
         crate::vm_bug_on_page!(
             self,
             self.page(pfn).test_flag(pg::LRU),
             pfn,
             "VM_BUG_ON_PAGE(PageLRU(page), page)"
         );
-        self.page(pfn).set_flag(pg::LRU | pg::ACTIVE);
+        if vma.vm_flags() & vm::LOCKED == 0 {
+            self.page(pfn).set_flag(pg::ACTIVE);
+        } else if !self.page(pfn).test_set_flag(pg::MLOCKED) {
+            self.note(|| format!("page {} mlocked as it is faulted in", pfn.0));
+        }
+        // lru_cache_add()
+        self.page(pfn).set_flag(pg::LRU);
     }
 
     /// Models do_swap_page(), mm/memory.c, v5.8, for what exists so far: a
@@ -601,10 +611,12 @@ impl<E: Engine> Cpu<E> {
     /// Models wp_page_copy(), mm/memory.c, v5.8: copy the page (or allocate a
     /// zeroed one for the zero page), then under the PTE lock, if the PTE did not
     /// change, clear and flush it, map the copy and drop the old page's mapping.
-    /// `old_page` carries the reference do_wp_page() took.
+    /// `old_page` carries the reference do_wp_page() took. After a copy in a
+    /// VM_LOCKED VMA the old page is munlocked (another task, with possibly
+    /// unlocked vma, must not keep the mlocked page).
     ///
     /// # Locking
-    /// Takes the PTE lock.
+    /// Takes the PTE lock; then, for the munlock, the old page's lock.
     pub fn wp_page_copy(&self, vmf: &mut VmFault<E>, old_page: Option<Pfn>) -> VmFaultT {
         let _f = self.func("wp_page_copy");
         let vma = vmf.vma.clone();
@@ -643,7 +655,7 @@ impl<E: Engine> Cpu<E> {
             self.ptep_get_and_clear(pte);
             self.flush_tlb_page(vmf.mm.id, vmf.address);
             self.page_add_new_anon_rmap(new_page, &vma, vmf.address, false);
-            self.lru_cache_add(new_page);
+            self.lru_cache_add_active_or_unevictable(new_page, &vma);
             self.set_pte_at(
                 pte,
                 Pte::Present {
@@ -662,6 +674,16 @@ impl<E: Engine> Cpu<E> {
             self.put_page(freed);
         }
         drop(ptl);
+        if let Some(old) = old_page {
+            if copied && vma.vm_flags() & vm::LOCKED != 0 {
+                // LRU manipulation
+                self.lock_page(old);
+                if self.page_mlocked(old) {
+                    self.munlock_vma_page(old);
+                }
+                self.unlock_page(old);
+            }
+        }
         release_old(self);
         if copied {
             VmFaultT::WRITE
@@ -863,8 +885,13 @@ impl<E: Engine> Cpu<E> {
         tlb.pages.push(page);
     }
 
-    /// Models pte_free_tlb(): a page table freed after the flush.
-    pub fn tlb_remove_table(&self, tlb: &mut MmuGather, table: Pfn) {
+    /// Models pte_free_tlb()/pmd_free_tlb()/pud_free_tlb(),
+    /// include/asm-generic/tlb.h, v5.8: a page table freed after the flush.
+    /// The flush range grows by a page at `addr` (`__tlb_adjust_range()`), so
+    /// a gather that frees tables always flushes: the IPI is what a lockless
+    /// walker (GUP-fast, interrupts off) holds the table with.
+    pub fn tlb_remove_table(&self, tlb: &mut MmuGather, table: Pfn, addr: VirtAddr) {
+        self.tlb_remove_tlb_entry(tlb, addr, self.k.geo.page_size());
         tlb.tables.push(table);
     }
 
@@ -1056,7 +1083,7 @@ impl<E: Engine> Cpu<E> {
                         let ptl = self.pmd_lockptr(pmd).lock(self);
                         self.set_pmd_at(pmd, Pmd::None);
                         drop(ptl);
-                        self.tlb_remove_table(tlb, t);
+                        self.tlb_remove_table(tlb, t, VirtAddr(base));
                     }
                 }
                 if covers(pud_base, g.pud_size()) {
@@ -1068,13 +1095,13 @@ impl<E: Engine> Cpu<E> {
                         .is_empty();
                     if empty(tb) && no_deposit {
                         pud_slot.store(0);
-                        self.tlb_remove_table(tlb, pmd_t);
+                        self.tlb_remove_table(tlb, pmd_t, VirtAddr(pud_base));
                     }
                 }
             }
             if covers(pgd_base, pgd_span) && empty(self.table(pud_t)) {
                 pgd_slot.store(0);
-                self.tlb_remove_table(tlb, pud_t);
+                self.tlb_remove_table(tlb, pud_t, VirtAddr(pgd_base));
             }
         }
     }

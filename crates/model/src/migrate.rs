@@ -3,13 +3,15 @@
 //! Models (v5.8): remove_migration_ptes() and remove_migration_pte() (how
 //! split_huge_page() remaps the frozen subpages), and the waits of a fault that
 //! meets a migration entry (`__migration_entry_wait`,
-//! `pmd_migration_entry_wait`), which sleep until the page is unlocked.
+//! `pmd_migration_entry_wait`), which sleep until the page is unlocked. A page
+//! remapped into a VM_LOCKED VMA is mlocked (mlock.rs).
 //!
 //! Leaves out: migrate_pages()/move_pages() themselves (a later issue), PMD
 //! migration entries' removal (remove_migration_pmd), device-private pages.
 
 use crate::cpu::Cpu;
 use crate::engine::Engine;
+use crate::mm_types::vm;
 use crate::page_vma_mapped::{Pvmw, PvmwFlags};
 use crate::pgtable::{EntryRef, Pmd, Pte};
 use crate::rmap::RmapLock;
@@ -33,7 +35,9 @@ impl<E: Engine> Cpu<E> {
         );
     }
 
-    /// Models remove_migration_pte(), mm/migrate.c, v5.8.
+    /// Models remove_migration_pte(), mm/migrate.c, v5.8: each migration
+    /// entry for `old` in `vma` maps `page`'s subpage again; in a VM_LOCKED
+    /// VMA a base page is mlocked (mlock_vma_page()).
     ///
     /// # Locking
     /// page_vma_mapped_walk() takes the PTE lock.
@@ -95,6 +99,15 @@ impl<E: Engine> Cpu<E> {
             }
             self.set_pte_at(pte, Pte::Present { pfn: new, flags });
             self.page_add_anon_rmap(new, vma, pvmw.address, false);
+            // A subpage of a split THP in a VM_LOCKED VMA is mlocked again
+            // (its PMD's split cleared PG_mlocked); `new` is locked, as every
+            // subpage is while split_huge_page() remaps it.
+            if vma.vm_flags() & vm::LOCKED != 0 && !self.page_trans_compound(new) {
+                self.mlock_vma_page(new);
+            }
+            if self.page_trans_huge(page) && self.page_mlocked(page) {
+                self.clear_page_mlock(page);
+            }
         }
         true
     }
@@ -127,12 +140,18 @@ impl<E: Engine> Cpu<E> {
         let Pte::Migration { pfn, .. } = self.pte_read(pte) else {
             return;
         };
-        // DIVERGENCE: 5.8 takes the reference on the entry's own page; a THP
-        // tail's _refcount is 0 until __split_huge_page_tail() sets it, so 5.8
-        // faults again until then. The model waits on the head (whose lock the
-        // tails inherit), which ends the same way without the retry loop.
+        // DIVERGENCE: 5.8 takes the reference on the entry's own page and
+        // faults again while its count is 0 (a THP tail until
+        // __split_huge_page_tail() sets it, a head that split_huge_page()
+        // froze): a spin until the other CPU gets on. The model waits on the
+        // head's lock instead (the tails inherit it, and a count is frozen
+        // only under the page lock), without a reference when the count is 0
+        // (its struct pages are never freed): it ends the same way, and the
+        // explorer never schedules a spin that waits for another CPU.
         let page = self.compound_head(self.migration_entry_to_page(pfn));
         if !self.get_page_unless_zero(page) {
+            drop(ptl);
+            self.wait_on_page_locked(page);
             return;
         }
         drop(ptl);
@@ -152,6 +171,10 @@ impl<E: Engine> Cpu<E> {
             return;
         };
         if !self.get_page_unless_zero(pfn) {
+            // As migration_entry_wait(): wait for the lock without a
+            // reference rather than fault again while the count is frozen.
+            drop(ptl);
+            self.wait_on_page_locked(pfn);
             return;
         }
         drop(ptl);

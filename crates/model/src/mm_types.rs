@@ -31,6 +31,8 @@ pub mod vm {
     pub const MAYEXEC: u64 = 0x0000_0040;
     pub const MAYSHARE: u64 = 0x0000_0080;
     pub const LOCKED: u64 = 0x0000_2000;
+    /// Lock the pages covered when they are faulted in (mlock2(MLOCK_ONFAULT)).
+    pub const LOCKONFAULT: u64 = 0x0008_0000;
     pub const HUGETLB: u64 = 0x0040_0000;
     pub const HUGEPAGE: u64 = 0x2000_0000;
     pub const NOHUGEPAGE: u64 = 0x4000_0000;

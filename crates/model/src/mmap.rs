@@ -9,8 +9,8 @@
 //! Leaves out: file and shared mappings (shmem, a later issue), MAP_FIXED,
 //! stack guard gaps, `vm_unmapped_area`'s top-down search (DIVERGENCE: regions
 //! are placed bottom-up, aligned as asked, one PMD apart so that separate
-//! mmaps never merge; thpsim conform places them the same way), accounting,
-//! mlock.
+//! mmaps never merge; thpsim conform places them the same way), accounting
+//! (`locked_vm` among it: munmap and exit munlock every VM_LOCKED VMA).
 
 use crate::cpu::Cpu;
 use crate::engine::Engine;
@@ -302,6 +302,14 @@ impl<E: Engine> Cpu<E> {
             .into_iter()
             .filter(|v| v.vm_start() >= start && v.vm_end() <= end)
             .collect();
+        // Unlock any mlock()ed ranges before detaching vmas. DIVERGENCE: 5.8
+        // tests mm->locked_vm first, which the model does not keep (it is
+        // non-zero exactly when some VMA is VM_LOCKED).
+        for v in &doomed {
+            if v.vm_flags() & vm::LOCKED != 0 {
+                self.munlock_vma_pages_all(v);
+            }
+        }
         for v in &doomed {
             self.remove_vma_from_list(mm, v);
         }
@@ -344,10 +352,18 @@ impl<E: Engine> Cpu<E> {
         self.tlb_finish_mmu(tlb);
     }
 
-    /// Models exit_mmap(), mm/mmap.c, v5.8: tear down the whole address space.
+    /// Models exit_mmap(), mm/mmap.c, v5.8: tear down the whole address space,
+    /// after munlocking every VM_LOCKED VMA (munlock_vma_pages_all()).
     pub fn exit_mmap(&self, mm: &Arc<MmStruct<E>>) {
         let _f = self.func("exit_mmap");
         let vmas = mm.vma_list();
+        // DIVERGENCE: 5.8 tests mm->locked_vm first; the model keeps no
+        // locked_vm, which is non-zero exactly when some VMA is VM_LOCKED.
+        for v in &vmas {
+            if v.vm_flags() & vm::LOCKED != 0 {
+                self.munlock_vma_pages_all(v);
+            }
+        }
         let mut tlb = self.tlb_gather_mmu(mm.id, true);
         for v in &vmas {
             self.unmap_page_range(&mut tlb, mm, v, v.vm_start(), v.vm_end());

@@ -11,12 +11,19 @@
 //! A TLB keeps a translation until it is flushed, so a missing flush shows up as
 //! a stale translation, as on hardware.
 //!
+//! A CPU may run with interrupts disabled (`local_irq_save()`, which GUP-fast
+//! does around its lockless walk, mm/gup.c): a shootdown's IPI to it is then
+//! handled, and the flush completes, only when it enables them again. That
+//! is what keeps page tables and pages from being freed, and THPs from being
+//! split, under the lockless walk: x86 frees page tables and pages after the
+//! flush (mmu_gather), and splitting a THP flushes its mappings first.
+//!
 //! Leaves out: PCIDs, lazy TLB mode, batched unmap flushes, the paging-structure
 //! caches, stack expansion, protection keys.
 
 use crate::cpu::Cpu;
 use crate::engine::footprint::Obj;
-use crate::engine::{Atomic, Engine};
+use crate::engine::{Atomic, Engine, Monitor};
 use crate::memory::{FaultFlags, VmFault};
 use crate::mm_types::{vm, MmStruct};
 use crate::page::{fill_bytes, read_byte, write_byte};
@@ -24,7 +31,7 @@ use crate::pgtable::{Pmd, Pte, Upper};
 use crate::types::{Level, MmId, Pfn, VirtAddr};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// One cached translation of a base page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +55,58 @@ impl Tlb {
     /// All cached translations (for the audit).
     pub fn entries(&self) -> Vec<((MmId, u64), TlbEntry)> {
         self.map.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
+/// A CPU's interrupt flag as a shootdown sees it (`arch_local_irq_save()`,
+/// arch/x86/include/asm/irqflags.h): whether the CPU runs with interrupts
+/// disabled, so that an IPI waits. Made on the CPU's first
+/// `local_irq_save()`: a CPU that never disabled interrupts has none, and a
+/// shootdown reaches it as before (no scheduling point of its own).
+pub struct LocalIrq<E: Engine> {
+    disabled: OnceLock<E::Monitor<bool>>,
+}
+
+impl<E: Engine> Default for LocalIrq<E> {
+    fn default() -> Self {
+        LocalIrq {
+            disabled: OnceLock::new(),
+        }
+    }
+}
+
+impl<E: Engine> LocalIrq<E> {
+    /// Whether interrupts are disabled, for checkers (no scheduling point).
+    pub fn disabled_peek(&self) -> bool {
+        self.disabled.get().is_some_and(|m| m.peek(|d| *d))
+    }
+
+    /// A copy for a copy of the machine (`Kernel::snapshot`), made at a
+    /// quiescent point, where interrupts are enabled on every CPU (asserted).
+    /// A flag made on first use is made in the copy too: whether it exists
+    /// decides whether a shootdown reaching this CPU is a scheduling point.
+    pub fn snapshot(&self) -> Self {
+        let disabled = OnceLock::new();
+        if let Some(m) = self.disabled.get() {
+            assert!(
+                !m.peek(|d| *d),
+                "a copy of the machine with interrupts disabled on a CPU"
+            );
+            let _ = disabled.set(E::Monitor::new(false));
+        }
+        LocalIrq { disabled }
+    }
+}
+
+/// Interrupts stay disabled on this CPU until dropped
+/// (`local_irq_restore()`).
+pub struct IrqGuard<'a, E: Engine> {
+    cpu: &'a Cpu<E>,
+}
+
+impl<E: Engine> Drop for IrqGuard<'_, E> {
+    fn drop(&mut self) {
+        self.cpu.local_irq_restore();
     }
 }
 
@@ -304,18 +363,48 @@ impl<E: Engine> Cpu<E> {
     /// Every other CPU is reached, as if all were in `mm_cpumask(mm)`; one
     /// whose TLB holds nothing of `mm` is unaffected, as a CPU outside the
     /// mask would be.
+    ///
+    /// A CPU that runs with interrupts disabled (GUP-fast) handles the IPI
+    /// when it enables them: the shootdown waits for it there.
     fn shootdown(&self, keep: impl Fn(&(MmId, u64)) -> bool) {
         let me = self.id.0;
         let order = std::iter::once(me).chain((0..self.k.tlbs.len()).filter(|&c| c != me));
         for c in order {
             if c != me {
                 E::schedule_point_on(Obj::Tlb(c as u32), true);
+                if let Some(irq) = self.k.irqs.get(c).and_then(|i| i.disabled.get()) {
+                    // flush_tlb_others() -> smp_call_function_many(wait):
+                    // the IPI is handled once that CPU enables interrupts.
+                    irq.wait_until(|disabled| (!*disabled).then_some(()));
+                }
             } else {
                 E::touch(Obj::Tlb(c as u32), true);
             }
             let mut tlb = self.k.tlbs[c].lock().unwrap_or_else(|p| p.into_inner());
             tlb.map.retain(|k, _| keep(k));
             tlb.flushes += 1;
+        }
+    }
+
+    /// Models local_irq_save(), include/linux/irqflags.h, v5.8: disables
+    /// interrupts on this CPU until the guard is dropped (local_irq_restore());
+    /// a shootdown to this CPU waits until then. Nothing that blocks may run
+    /// in between (GUP-fast's walk takes no lock).
+    pub fn local_irq_save(&self) -> IrqGuard<'_, E> {
+        // The step that makes the flag conflicts with a shootdown's step that
+        // reads whether there is one.
+        E::touch(Obj::Tlb(self.id.0 as u32), true);
+        let irq = &self.k.irqs[self.id.0];
+        irq.disabled
+            .get_or_init(|| E::Monitor::new(false))
+            .update(|d| *d = true);
+        IrqGuard { cpu: self }
+    }
+
+    /// Models local_irq_restore(): interrupts on again, pending IPIs handled.
+    fn local_irq_restore(&self) {
+        if let Some(irq) = self.k.irqs[self.id.0].disabled.get() {
+            irq.update(|d| *d = false);
         }
     }
 

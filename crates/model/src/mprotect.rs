@@ -3,7 +3,8 @@
 //! Models (v5.8): `do_mprotect_pkey`, `mprotect_fixup` (split, flags, merge),
 //! `change_protection` down to `change_pmd_range` (a huge PMD not wholly
 //! covered is split; a covered one goes through change_huge_pmd()) and
-//! `change_pte_range`, and the TLB flush of the range.
+//! `change_pte_range`, the TLB flush of the range, and the populate of a
+//! private VM_LOCKED VMA that becomes writable.
 //!
 //! Leaves out: pkeys, NUMA hinting (prot_numa), uffd-wp, dirty accounting
 //! (anonymous VMAs never get write permission from mprotect: writes come back
@@ -66,7 +67,12 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// Models mprotect_fixup(), mm/mprotect.c, v5.8: returns the VMA that now
-    /// covers exactly `[start, end)` with the new flags.
+    /// covers exactly `[start, end)` with the new flags. A private VM_LOCKED
+    /// VMA that becomes writable is populated for write at once
+    /// (populate_vma_page_range(): COW is broken now, not at the first write).
+    ///
+    /// # Locking
+    /// Called with `mmap_lock` held for write.
     pub fn mprotect_fixup(
         &self,
         mm: &MmStruct<E>,
@@ -88,8 +94,17 @@ impl<E: Engine> Cpu<E> {
             // The part below `end` keeps the old object; find it again.
             vma = mm.vma_at(start).expect("split vma");
         }
+        let oldflags = vma.vm_flags();
         vma.set_vm_flags(newflags);
         self.change_protection(mm, &vma, start, end, vma.vm_page_prot());
+        // Private VM_LOCKED VMA becoming writable: trigger COW to avoid major
+        // fault on access. (5.8 ignores the result.)
+        if oldflags & (vm::WRITE | vm::SHARED | vm::LOCKED) == vm::LOCKED
+            && newflags & vm::WRITE != 0
+        {
+            let mm = self.k.mm(vma.mm);
+            let _ = self.populate_vma_page_range(&mm, &vma, start, end);
+        }
         vma
     }
 

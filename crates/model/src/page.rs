@@ -66,6 +66,11 @@ pub struct Page<E: Engine> {
     compound_head: E::Atomic,
     /// `compound_order` of a head page (read locklessly, as compound_head).
     compound_order: E::Atomic,
+    /// `hpage_pinned_refcount` (head pages of order > 1 only; in Linux it
+    /// lives in the third page of the compound page): FOLL_PIN pins of the
+    /// THP, counted exactly (gup.rs). Made on first use, as most frames are
+    /// never pinned; absent reads as 0.
+    compound_pincount: OnceLock<E::Atomic>,
     /// PG_locked and its wait queue, created on first use (most frames are
     /// never locked; under exploration each monitor costs).
     lock: OnceLock<E::Monitor<PageLockState>>,
@@ -95,6 +100,7 @@ impl<E: Engine> Page<E> {
             index: E::Atomic::new(0),
             compound_head: E::Atomic::new(0),
             compound_order: E::Atomic::new(0),
+            compound_pincount: OnceLock::new(),
             lock: OnceLock::new(),
             on_deferred_list: AtomicBool::new(false),
             free: AtomicBool::new(true),
@@ -140,7 +146,12 @@ impl<E: Engine> Page<E> {
         if let Some(t) = self.table.get() {
             let _ = table.set(t.snapshot());
         }
+        let compound_pincount = OnceLock::new();
+        if let Some(c) = self.compound_pincount.get() {
+            let _ = compound_pincount.set(E::Atomic::new(c.peek()));
+        }
         Page {
+            compound_pincount,
             flags,
             refcount,
             mapcount,
@@ -179,6 +190,7 @@ impl<E: Engine> Page<E> {
             && self.free.load(Ordering::SeqCst)
             && self.data.get().is_none()
             && self.table.get().is_none()
+            && self.compound_pincount.get().is_none()
     }
 
     /// PG_locked's monitor.
@@ -240,6 +252,22 @@ impl<E: Engine> Page<E> {
     }
     pub(crate) fn set_compound_order(&self, order: u32) {
         self.compound_order.store(order as u64);
+    }
+
+    /// `compound_pincount_ptr(page)`: the head's exact pin count.
+    pub fn compound_pincount(&self) -> &E::Atomic {
+        self.compound_pincount.get_or_init(|| E::Atomic::new(0))
+    }
+    /// The pin count for checkers: no scheduling point, nothing made.
+    pub fn compound_pincount_peek(&self) -> i64 {
+        self.compound_pincount.get().map_or(0, |a| a.peek_i64())
+    }
+    /// `atomic_set(compound_pincount_ptr(page), 0)` (prep_compound_page(),
+    /// page_add_new_anon_rmap()): a count never made is 0 already.
+    pub(crate) fn reset_compound_pincount(&self) {
+        if let Some(a) = self.compound_pincount.get() {
+            a.store(0);
+        }
     }
 
     /// The frame's bytes as words, created zeroed on first use.
@@ -451,11 +479,18 @@ impl<E: Engine> Cpu<E> {
             "VM_BUG_ON_PAGE(page_ref_count(page) == 0, page)"
         );
         if new == 0 {
-            if self.page_head(head) {
-                self.free_transhuge_page(head);
-            } else {
-                self.free_unref_page(head, 0);
-            }
+            self.__put_page(head);
+        }
+    }
+
+    /// Models __put_page(), mm/swap.c, v5.8: frees a page whose last
+    /// reference is gone (a compound page through its destructor,
+    /// free_transhuge_page()).
+    pub fn __put_page(&self, head: Pfn) {
+        if self.page_head(head) {
+            self.free_transhuge_page(head);
+        } else {
+            self.free_unref_page(head, 0);
         }
     }
 
@@ -622,7 +657,7 @@ mod tests {
     fn the_boot_state_is_what_page_new_makes() {
         assert!(Page::<StdEngine>::new(2).in_boot_state());
         assert!(Page::<StdEngine>::new(2).snapshot().in_boot_state());
-        let changes: [fn(&Page<StdEngine>); 14] = [
+        let changes: [fn(&Page<StdEngine>); 15] = [
             |p| Atomic::store(&p.flags, pg::LRU),
             |p| Atomic::store(&p.refcount, 1),
             |p| Atomic::store(&p.mapcount, 0),
@@ -642,6 +677,9 @@ mod tests {
             },
             |p| {
                 p.table_body(4);
+            },
+            |p| {
+                p.compound_pincount();
             },
         ];
         for (i, change) in changes.iter().enumerate() {

@@ -329,6 +329,10 @@ impl<E: Engine> Cpu<E> {
             // prep_compound_page()
             head.set_flag(pg::HEAD);
             head.set_compound_order(order);
+            if order > 1 {
+                // hpage_pincount_available()
+                head.reset_compound_pincount();
+            }
             for i in 1..nr {
                 self.page(pfn.add(i)).set_compound_head(Some(pfn));
             }
@@ -351,7 +355,11 @@ impl<E: Engine> Cpu<E> {
             if p.refcount.load() != 0 && i == 0 {
                 self.bad_page(pfn.add(i), "nonzero _refcount");
             }
-            if p.is_locked() {
+            // PAGE_FLAGS_CHECK_AT_FREE: PG_locked and __PG_MLOCKED (the last
+            // unmap cleared it, page_remove_rmap()). PG_lru and PG_active are
+            // not checked: __page_cache_release(), which takes a page off the
+            // LRU before it is freed, is not modelled.
+            if p.is_locked() || p.test_flag(pg::MLOCKED) {
                 self.bad_page(pfn.add(i), "PAGE_FLAGS_CHECK_AT_FREE flag(s) set");
             }
             p.flags.store(0);

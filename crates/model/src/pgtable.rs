@@ -243,6 +243,13 @@ impl Pmd {
     pub fn is_write(self) -> bool {
         matches!(self, Pmd::Huge { flags, .. } if flags.write)
     }
+    /// The flags of a huge PMD (default for other entries).
+    pub fn flags(self) -> PteFlags {
+        match self {
+            Pmd::Huge { flags, .. } => flags,
+            _ => PteFlags::default(),
+        }
+    }
     /// pmd_page() of a huge PMD.
     pub fn huge_pfn(self) -> Option<Pfn> {
         match self {

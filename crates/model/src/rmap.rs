@@ -56,6 +56,9 @@ pub struct TtuFlags {
     pub ignore_mlock: bool,
     /// TTU_IGNORE_ACCESS: do not keep a recently referenced page mapped.
     pub ignore_access: bool,
+    /// TTU_MUNLOCK: try_to_munlock()'s walk: mlock the page again if a
+    /// VM_LOCKED VMA maps it, unmap nothing.
+    pub munlock: bool,
 }
 
 impl<E: Engine> Cpu<E> {
@@ -191,6 +194,11 @@ impl<E: Engine> Cpu<E> {
                 "VM_BUG_ON_PAGE(!PageTransHuge(page), page)"
             );
             self.page(page).compound_mapcount.store_i64(0);
+            // hpage_pincount_available(): the new page is this CPU's alone, so
+            // its order is read without a scheduling point.
+            if self.page(page).compound_order_peek() > 1 {
+                self.page(page).reset_compound_pincount();
+            }
         } else {
             crate::vm_bug_on_page!(
                 self,
@@ -242,7 +250,12 @@ impl<E: Engine> Cpu<E> {
         }
     }
 
-    /// Models page_remove_rmap(), mm/rmap.c, v5.8.
+    /// Models page_remove_rmap(), mm/rmap.c, v5.8: the last unmap of a page
+    /// clears PG_mlocked (clear_page_mlock()).
+    ///
+    /// # Locking
+    /// Called under the page-table lock of the mapping; clear_page_mlock()
+    /// takes `lru_lock`.
     pub fn page_remove_rmap(&self, page: Pfn, compound: bool) {
         let _f = self.func("page_remove_rmap");
         if compound {
@@ -253,13 +266,17 @@ impl<E: Engine> Cpu<E> {
         if self.page(page).mapcount.add_return(-1) >= 0 {
             return;
         }
+        if self.page_mlocked(page) {
+            self.clear_page_mlock(page);
+        }
         if self.page_trans_compound(page) {
             let head = self.compound_head(page);
             self.deferred_split_huge_page(head);
         }
     }
 
-    /// Models page_remove_anon_compound_rmap(), mm/rmap.c, v5.8.
+    /// Models page_remove_anon_compound_rmap(), mm/rmap.c, v5.8: the last PMD
+    /// unmap of a THP clears PG_mlocked.
     fn page_remove_anon_compound_rmap(&self, page: Pfn) {
         if self.page(page).compound_mapcount.add_return(-1) >= 0 {
             return;
@@ -280,6 +297,9 @@ impl<E: Engine> Cpu<E> {
             if nr > 0 && nr < nr_pmd {
                 self.deferred_split_huge_page(page);
             }
+        }
+        if self.page_mlocked(page) {
+            self.clear_page_mlock(page);
         }
     }
 
@@ -491,10 +511,11 @@ impl<E: Engine> Cpu<E> {
     /// Models try_to_unmap_one(), mm/rmap.c, v5.8: each PTE mapping of the
     /// page in `vma` is cleared and flushed; for migration (TTU_MIGRATION) or
     /// a split (TTU_SPLIT_FREEZE) it becomes a migration entry. Returns false
-    /// to stop the rmap walk. The branches the model does not implement
-    /// (PMD-level THP migration, mlock, the access check and swap-out of
-    /// reclaim, MADV_FREE, file pages) report MODEL-LIMIT rather than unmap
-    /// the page some other way.
+    /// to stop the rmap walk. For try_to_munlock() (TTU_MUNLOCK) it unmaps
+    /// nothing: a VM_LOCKED VMA that maps the page mlocks it again. The
+    /// branches the model does not implement (PMD-level THP migration, the
+    /// access check and swap-out of reclaim, MADV_FREE, file pages) report
+    /// MODEL-LIMIT rather than unmap the page some other way.
     ///
     /// # Locking
     /// page_vma_mapped_walk() takes the PTE lock of each entry it returns;
@@ -508,6 +529,10 @@ impl<E: Engine> Cpu<E> {
     ) -> bool {
         let _f = self.func("try_to_unmap_one");
         let mm = self.k.mm(vma.mm);
+        // munlock has nothing to gain from examining un-locked vmas.
+        if flags.munlock && vma.vm_flags() & vm::LOCKED == 0 {
+            return true;
+        }
         if flags.split_huge_pmd {
             self.split_huge_pmd_address(&mm, vma, address, flags.split_freeze, Some(page));
         }
@@ -533,13 +558,25 @@ impl<E: Engine> Cpu<E> {
                     Some(page),
                 );
             }
-            // If the page is mlock()d, we cannot swap it out (no TTU_MUNLOCK
-            // in the model).
-            if !flags.ignore_mlock && vma.vm_flags() & vm::LOCKED != 0 {
-                self.unmodelled(
-                    "try_to_unmap_one(): an mlocked VMA (mlock_vma_page())",
-                    Some(page),
-                );
+            // If the page is mlock()d, we cannot swap it out. If it's
+            // recently referenced (perhaps page_referenced skipped mlocked
+            // pages) then treat it as mlocked.
+            if !flags.ignore_mlock {
+                if vma.vm_flags() & vm::LOCKED != 0 {
+                    // PTE-mapped THP are never mlocked.
+                    if !self.page_trans_compound(page) {
+                        // Holding pte lock, we do *not* need mmap_lock
+                        // here (try_to_munlock()'s caller holds the page
+                        // lock mlock_vma_page() wants).
+                        self.mlock_vma_page(page);
+                    }
+                    ret = false;
+                    pvmw.done();
+                    break;
+                }
+                if flags.munlock {
+                    continue;
+                }
             }
             // Unexpected PMD-mapped THP?
             let Some(pte) = pvmw.pte else {

@@ -27,6 +27,9 @@ impl<E: Engine> Cpu<E> {
         if !self.k.cfg.fixes.applied(Fix::ThpWpAccurateMapcount) {
             // Before 6d0a07edd17c: `!PageTransCompound(page) && page_mapcount(page) == 1`.
             if self.page_trans_compound(page) {
+                self.note(|| {
+                    "reuse_swap_page(): PageTransCompound: a THP subpage is never reused (the rule before 6d0a07edd17c)".to_string()
+                });
                 return false;
             }
             let count = self.page_mapcount(page);

@@ -111,6 +111,41 @@ impl<E: Engine> Cpu<E> {
         }
     }
 
+    /// Whether the page at `addr` is mlocked as /proc shows it: the VMA is
+    /// VM_LOCKED (smaps' `Locked:`) and the page PageMlocked (KPF_MLOCKED,
+    /// the head's flag for a THP subpage).
+    pub fn page_is_mlocked(&self, mm: &MmStruct<E>, addr: VirtAddr) -> bool {
+        let locked = mm
+            .vma_at(addr)
+            .is_some_and(|v| v.vm_flags() & crate::mm_types::vm::LOCKED != 0);
+        let info = self.page_info(mm, addr);
+        let frame = match info.kind {
+            MapKind::Base | MapKind::ThpPmd | MapKind::ThpPte => info.head.or(info.pfn),
+            _ => None,
+        };
+        locked && frame.is_some_and(|f| self.page(f).test_flag_peek(crate::page::pg::MLOCKED))
+    }
+
+    /// The frame `mm` maps at `addr` (a present PTE or a huge PMD's subpage),
+    /// read for checkers: no scheduling point, nothing made. A checker that
+    /// runs inside a step (the memory oracle's view of a device write) uses
+    /// this, so it never adds an interleaving.
+    pub fn frame_peek(&self, mm: &MmStruct<E>, addr: VirtAddr) -> Option<Pfn> {
+        let g = self.k.geo;
+        let Upper::Table(pud_t) = Upper::decode(mm.pgd.peek(g.index(Level::Pgd, addr))) else {
+            return None;
+        };
+        let Upper::Table(pmd_t) = Upper::decode(self.table(pud_t).peek(g.index(Level::Pud, addr)))
+        else {
+            return None;
+        };
+        match Pmd::decode(self.table(pmd_t).peek(g.index(Level::Pmd, addr))) {
+            Pmd::Huge { pfn, .. } => Some(pfn.add(g.index(Level::Pte, addr) as u64)),
+            Pmd::Table(t) => Pte::decode(self.table(t).peek(g.index(Level::Pte, addr))).pfn(),
+            Pmd::None | Pmd::Migration { .. } => None,
+        }
+    }
+
     /// The bytes of the page at `page_addr` as a read would see them, without
     /// faulting (unmapped pages read as zero).
     pub fn peek_page(&self, mm: &MmStruct<E>, page_addr: VirtAddr) -> Vec<u8> {

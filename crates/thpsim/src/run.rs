@@ -9,13 +9,15 @@
 //! interleaving. After every step outside a block and after every block, the
 //! audit and the memory oracle check the whole machine.
 
+mod pins;
+
 use crate::labels::Labels;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
 use thpsim_model::check::oracle::MemoryOracle;
-use thpsim_model::check::{audit::audit, CpuStalled, KernelOops, Violation};
+use thpsim_model::check::{audit::audit_pinned, CpuStalled, KernelOops, Violation};
 use thpsim_model::coverage::ExecCoverage;
 use thpsim_model::errno::Errno;
 use thpsim_model::fixes::Fix;
@@ -147,7 +149,14 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
     check_supported(scn, |f| {
         matches!(
             f,
-            Feature::Core | Feature::Nodes | Feature::KhugepagedLimits
+            Feature::Core
+                | Feature::Nodes
+                | Feature::KhugepagedLimits
+                | Feature::Pin
+                | Feature::PinFast
+                | Feature::PinReadOnly
+                | Feature::Device
+                | Feature::Mlock
         )
     })?;
     for step in scn.steps() {
@@ -254,6 +263,9 @@ struct Proc<E: Engine> {
 /// The scenario-level state, changed only between kernel operations.
 struct State<E: Engine> {
     procs: BTreeMap<String, Proc<E>>,
+    /// The pins held (`P: pin R = ...`), by name: the device's buffers (the
+    /// memory oracle knows whose memory each pins).
+    pins: BTreeMap<String, thpsim_model::dma::DmaBuffer>,
     oracle: MemoryOracle,
     labels: Labels,
     /// The data epoch the last memory check covered.
@@ -315,6 +327,7 @@ fn errno_outcome(e: Errno) -> Outcome {
         Errno::Enomem => Outcome::Enomem,
         Errno::Einval | Errno::Eacces => Outcome::Einval,
         Errno::Ebusy => Outcome::Ebusy,
+        Errno::Efault => Outcome::Efault,
     }
 }
 
@@ -372,6 +385,7 @@ impl<E: Engine> Machine<E> {
         let page_size = k.geo.page_size();
         let st = State {
             procs: BTreeMap::new(),
+            pins: BTreeMap::new(),
             oracle: MemoryOracle::new(page_size),
             labels: Labels::default(),
             last_check_epoch: 0,
@@ -481,6 +495,8 @@ impl<E: Engine> Machine<E> {
             .collect();
         let state = State {
             procs,
+            // A pin names frames by number, the same in the copy.
+            pins: st.pins.clone(),
             oracle: st.oracle.clone(),
             labels: st.labels.clone(),
             last_check_epoch: st.last_check_epoch,
@@ -645,13 +661,26 @@ impl<E: Engine> Machine<E> {
         }
         let cpu = self.cpu(0);
         let mut found = self.k.take_reports();
-        found.extend(audit(&cpu));
+        let pinned: Vec<_> = self
+            .st()
+            .pins
+            .values()
+            .flat_map(|buf| buf.pages.iter().copied())
+            .collect();
+        found.extend(audit_pinned(&cpu, &pinned));
         let mut guard = self.st();
         let st = &mut *guard;
         let last = st.last_check_epoch;
         st.last_check_epoch = self.k.begin_data_check();
         let procs = &st.procs;
         let mm_of = |name: &str| procs.get(name).filter(|p| p.alive).map(|p| p.mm.clone());
+        // The pin rule first: a process that no longer maps its pinned frame
+        // is the cause of what the byte comparison then finds.
+        found.extend(st.oracle.check_pins(|name, page| {
+            mm_of(name)
+                .and_then(|mm| cpu.page_info(&mm, VirtAddr(page)).pfn)
+                .map(|f| f.0)
+        }));
         let mem = st.oracle.check_changed(
             |name, page| {
                 mm_of(name)
@@ -699,6 +728,13 @@ impl<E: Engine> Machine<E> {
                 format!("region `{}` is not mapped in this process", t.region.text),
             ));
         };
+        let (s, e) = self.selector_range(t, len)?;
+        Ok((start + s, start + e))
+    }
+
+    /// Resolves a target's selector to `[s, e)` within a thing of `len` bytes
+    /// (a region, or a pin for `device:` steps).
+    fn selector_range(&self, t: &Target, len: u64) -> Result<(u64, u64), ScenarioError> {
         let (s, e) = match &t.selector {
             Selector::At(q) => {
                 let off = self.scn.resolve(q, &self.units)?;
@@ -736,7 +772,7 @@ impl<E: Engine> Machine<E> {
                 ),
             ));
         }
-        Ok((start + s, start + e))
+        Ok((s, e))
     }
 
     /// Runs one step on `cpu`, catching a kernel oops.
@@ -978,11 +1014,38 @@ impl<E: Engine> Machine<E> {
                             note: None,
                         })
                     }
+                    Op::Pin {
+                        pin,
+                        target,
+                        write,
+                        fast,
+                    } => self.pin(cpu, &name, &mm, pin, target, *write, *fast),
+                    Op::Unpin { pin } => self.unpin(cpu, pin),
+                    Op::Mlock { target } => {
+                        let (s, e) = self.range(&name, target)?;
+                        Ok(match cpu.do_mlock(&mm, VirtAddr(s), e - s) {
+                            Ok(()) => Done::ok(),
+                            Err(e) => Done::outcome(errno_outcome(e)),
+                        })
+                    }
+                    Op::Munlock { target } => {
+                        let (s, e) = self.range(&name, target)?;
+                        Ok(match cpu.do_munlock(&mm, VirtAddr(s), e - s) {
+                            Ok(()) => Done::ok(),
+                            Err(e) => Done::outcome(errno_outcome(e)),
+                        })
+                    }
                     other => Err(self.err(
                         step.op_span,
                         format!("`{}` is not supported yet", other.keyword()),
                     )),
                 }
+            }
+            (Context::Device, Op::DeviceWrite { target, value }) => {
+                self.device_write(cpu, target, value.value)
+            }
+            (Context::Device, Op::DeviceRead { target, expect }) => {
+                self.device_read(cpu, target, expect.as_ref().map(|x| x.value))
             }
             (Context::Kernel, Op::SplitHugePage { process, target }) => {
                 // As the debugfs interface: the write succeeds whether or not
@@ -1033,8 +1096,18 @@ impl<E: Engine> Machine<E> {
         if self.dead() {
             return Ok(());
         }
-        let (info, _) = self.info_at(&x.process, &x.target)?;
+        let (info, addr) = self.info_at(&x.process, &x.target)?;
         let (ok, found) = match &x.what {
+            Expectation::Kind(k) if k.value == PageKind::Mlocked => {
+                let mm = self.proc_mm(&x.process)?;
+                let mlocked = self.cpu(0).page_is_mlocked(&mm, VirtAddr(addr));
+                let found = if mlocked {
+                    "mlocked".to_string()
+                } else {
+                    format!("{}, not mlocked", info.kind.keyword())
+                };
+                (mlocked, found)
+            }
             Expectation::Kind(k) => {
                 let Some(want) = kind_of(k.value) else {
                     return Err(self.err(
@@ -1120,7 +1193,7 @@ impl<E: Engine> Machine<E> {
 }
 
 /// What is mapped for a page kind; `None` for `mlocked` (a page flag, not a
-/// kind of mapping; `check_supported` rejects it with `mlock`).
+/// kind of mapping: `expect` checks it apart).
 fn kind_of(k: PageKind) -> Option<MapKind> {
     Some(match k {
         PageKind::None => MapKind::None,

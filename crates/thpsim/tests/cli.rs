@@ -117,14 +117,14 @@ fn missing_file_and_unknown_fix_exit_2() {
 #[test]
 fn unsupported_features_exit_2_not_yet() {
     let p = write_tmp(
-        "pin.thp",
-        "process P\nP: mmap A 1h\nP: pin R = A[..] write\n",
+        "hugetlb.thp",
+        "process P\nP: mmap A 1u hugetlb\nP: write A[0] = 1\n",
     );
     let out = thpsim(&["run", p.to_str().expect("utf8")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr.contains("line 3") && stderr.contains("not supported yet"),
+        stderr.contains("line 2") && stderr.contains("not supported yet"),
         "{stderr}"
     );
     let p = write_tmp("shared.thp", "process P\nP: mmap A 1h shared\n");
@@ -148,18 +148,6 @@ fn later_language_features_exit_2_not_yet() {
             3,
             "`mirror` is not supported yet",
         ),
-        (
-            "pin_fast.thp",
-            "process P\nP: mmap A 1h\nP: pin R = A[..] write fast\n",
-            3,
-            "not supported yet",
-        ),
-        (
-            "pin_read.thp",
-            "process P\nP: mmap A 1h\nP: pin R = A[..]\n",
-            3,
-            "not supported yet",
-        ),
     ] {
         let p = write_tmp(name, src);
         let out = thpsim(&["run", p.to_str().expect("utf8")]);
@@ -169,6 +157,40 @@ fn later_language_features_exit_2_not_yet() {
             stderr.contains(&format!("line {line},")) && stderr.contains(what),
             "{name}: {stderr}"
         );
+    }
+}
+
+/// Pins run (all three kinds), with their outcomes; a pin the process may not
+/// take fails with `efault`; 5.8 breaking the pin promise is exit 1.
+#[test]
+fn pins_run() {
+    for (name, src, code) in [
+        (
+            "pins.thp",
+            "process P\nP: mmap A 1h\nP: write A[..] = 7\nP: pin R = A[..] write\n\
+             P: pin F = A[..] write fast\nP: pin O = A[0..1p]\ndevice: read O[0] == 7\n\
+             device: write R[1p] = 9\nP: read A[1p] == 9\nP: exit\n",
+            0,
+        ),
+        (
+            "efault.thp",
+            "process P\nP: mmap A 1p\nP: mprotect A[..] none\nP: pin R = A[..] => efault\n",
+            0,
+        ),
+        (
+            "fork.thp",
+            "process P\nP: mmap A 1p\nP: write A[0] = 1\nP: pin R = A[..] write\n\
+             P: fork C\nP: write A[0] = 2\n",
+            1,
+        ),
+    ] {
+        let p = write_tmp(name, src);
+        let out = thpsim(&["run", p.to_str().expect("utf8")]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(code), "{name}: {stdout}");
+        if code == 1 {
+            assert!(stdout.contains("MEM-PIN-COHERENT"), "{name}: {stdout}");
+        }
     }
 }
 

@@ -4,6 +4,12 @@
 //! reads raw `struct page` fields and raw entries, never the model's mapcount
 //! helpers.
 //!
+//! Pins are references too: the caller passes the pages its pins hold (one
+//! entry per pinned page per pin, as the driver's pages array has them), and
+//! the audit adds what 5.8 adds for each: GUP_PIN_COUNTING_BIAS to a base
+//! page's `_refcount`, or one to the head's `_refcount` and one to the exact
+//! pin count of a compound page of order > 1.
+//!
 //! Run only when no CPU is inside the kernel (between steps).
 
 use super::{invariants as inv, Violation, ViolationKind};
@@ -20,6 +26,14 @@ use std::sync::Arc;
 struct Tally {
     pte_maps: BTreeMap<Pfn, i64>,
     pmd_maps: BTreeMap<Pfn, i64>,
+    /// Per head frame: the references the pins hold, and the pinned subpages
+    /// (the exact pin count of a compound page).
+    pin_refs: BTreeMap<Pfn, i64>,
+    pin_count: BTreeMap<Pfn, i64>,
+    /// Frames a PTE of a VM_LOCKED VMA maps, and THP heads a huge PMD of one
+    /// maps.
+    locked_ptes: BTreeSet<Pfn>,
+    locked_pmds: BTreeSet<Pfn>,
     tables: BTreeSet<Pfn>,
     violations: Vec<Violation>,
 }
@@ -39,9 +53,26 @@ impl Tally {
 
 /// Audits the whole machine. `cpu` is an idle CPU used only to read.
 pub fn audit<E: Engine>(cpu: &Cpu<E>) -> Vec<Violation> {
+    audit_pinned(cpu, &[])
+}
+
+/// Audits the whole machine with the pins held: `pinned` has one entry per
+/// page of each pin (a page pinned twice appears twice).
+pub fn audit_pinned<E: Engine>(cpu: &Cpu<E>, pinned: &[Pfn]) -> Vec<Violation> {
     let k = &cpu.k;
     let g = k.geo;
     let mut t = Tally::default();
+    for &p in pinned {
+        let head = k.mem.page(p).tail_head_peek().unwrap_or(p);
+        let hp = k.mem.page(head);
+        // hpage_pincount_available()
+        if hp.test_flag_peek(pg::HEAD) && hp.compound_order_peek() > 1 {
+            *t.pin_refs.entry(head).or_default() += 1;
+            *t.pin_count.entry(head).or_default() += 1;
+        } else {
+            *t.pin_refs.entry(head).or_default() += crate::gup::GUP_PIN_COUNTING_BIAS;
+        }
+    }
     for mm in k.all_mms() {
         if mm.exited.load(std::sync::atomic::Ordering::SeqCst) {
             continue;
@@ -92,6 +123,9 @@ fn walk_mm<E: Engine>(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, g: &Geometry, t: &mut
                             {
                                 if !cpu.is_huge_zero_page(pfn) {
                                     *t.pmd_maps.entry(pfn).or_default() += 1;
+                                    if v.vm_flags() & crate::mm_types::vm::LOCKED != 0 {
+                                        t.locked_pmds.insert(pfn);
+                                    }
                                     check_rmap(cpu, mm, &v, pfn, base, t);
                                 }
                             }
@@ -169,6 +203,9 @@ fn walk_ptes<E: Engine>(
             Pte::Present { pfn, .. } if pfn == cpu.k.zero_pfn => {}
             Pte::Present { pfn, .. } => {
                 *t.pte_maps.entry(pfn).or_default() += 1;
+                if vma.vm_flags() & crate::mm_types::vm::LOCKED != 0 {
+                    t.locked_ptes.insert(pfn);
+                }
                 check_rmap(cpu, mm, &vma, pfn, addr, t);
             }
             Pte::Migration { pfn, .. } => {
@@ -249,13 +286,18 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
     let k = &cpu.k;
     let nr = k.geo.hpage_pmd_nr();
     let huge_zero = k.huge_zero_pfn();
-    // Mapped frames that are free: use after free.
-    for (&p, _) in t.pte_maps.iter().chain(t.pmd_maps.iter()) {
+    // Mapped or pinned frames that are free: use after free.
+    for (&p, _) in t
+        .pte_maps
+        .iter()
+        .chain(t.pmd_maps.iter())
+        .chain(t.pin_refs.iter())
+    {
         if k.mem.is_free(p) {
             t.violations.push(Violation {
                 id: inv::AUDIT_FREE,
                 kind: ViolationKind::Audit,
-                message: format!("free frame {} is mapped", p.0),
+                message: format!("free frame {} is mapped or pinned", p.0),
                 cpu: None,
                 backtrace: Vec::new(),
                 page: Some(p),
@@ -366,13 +408,33 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                 t.fail(inv::AUDIT_DOUBLE_MAP, format!("THP {pfn}: mapped by {pmd_maps} PMDs and {total_pte} PTEs without PageDoubleMap"), Some(p));
             }
             let want = pmd_maps + total_pte;
-            if refcount != want {
-                t.fail(inv::AUDIT_REFCOUNT, format!("THP {pfn}: refcount {refcount}, but it has {want} mappings and no other user"), Some(p));
+            let pins = t.pin_refs.get(&p).copied().unwrap_or(0);
+            if refcount != want + pins {
+                t.fail(inv::AUDIT_REFCOUNT, format!("THP {pfn}: refcount {refcount}, but it has {want} mappings, {pins} pin references and no other user"), Some(p));
             }
-            if want == 0 {
+            let pincount = page.compound_pincount_peek();
+            let pinned = t.pin_count.get(&p).copied().unwrap_or(0);
+            if order > 1 && pincount != pinned {
+                t.fail(inv::AUDIT_REFCOUNT, format!("THP {pfn}: compound_pincount {pincount}, but its pins hold {pinned} subpages"), Some(p));
+            }
+            if want == 0 && pins == 0 {
                 t.fail(
                     inv::AUDIT_LEAK,
                     format!("THP {pfn} is allocated but mapped nowhere"),
+                    Some(p),
+                );
+            }
+            if page.test_flag_peek(pg::MLOCKED) && (!t.locked_pmds.contains(&p) || total_pte > 0) {
+                t.fail(
+                    inv::AUDIT_MLOCK,
+                    format!(
+                        "THP {pfn} is PageMlocked, but {} and {total_pte} PTEs map it",
+                        if t.locked_pmds.contains(&p) {
+                            "a VM_LOCKED huge PMD maps it"
+                        } else {
+                            "no VM_LOCKED huge PMD maps it"
+                        }
+                    ),
                     Some(p),
                 );
             }
@@ -397,19 +459,27 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                 Some(p),
             );
         }
-        if refcount != ptes {
+        let pins = t.pin_refs.get(&p).copied().unwrap_or(0);
+        if refcount != ptes + pins {
             t.fail(
                 inv::AUDIT_REFCOUNT,
                 format!(
-                    "page {pfn}: refcount {refcount}, but it has {ptes} mappings and no other user"
+                    "page {pfn}: refcount {refcount}, but it has {ptes} mappings, {pins} pin references and no other user"
                 ),
                 Some(p),
             );
         }
-        if ptes == 0 {
+        if ptes == 0 && pins == 0 {
             t.fail(
                 inv::AUDIT_LEAK,
                 format!("page {pfn} is allocated but mapped nowhere"),
+                Some(p),
+            );
+        }
+        if page.test_flag_peek(pg::MLOCKED) && !t.locked_ptes.contains(&p) {
+            t.fail(
+                inv::AUDIT_MLOCK,
+                format!("page {pfn} is PageMlocked, but no VM_LOCKED VMA maps it"),
                 Some(p),
             );
         }
@@ -452,6 +522,15 @@ fn check_locks<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                 inv::AUDIT_LOCKS,
                 format!("page {pfn} is still locked at a quiescent point"),
                 Some(Pfn(pfn)),
+            );
+        }
+    }
+    for (c, irq) in k.irqs.iter().enumerate() {
+        if irq.disabled_peek() {
+            t.fail(
+                inv::AUDIT_LOCKS,
+                format!("CPU{c} runs with interrupts disabled at a quiescent point"),
+                None,
             );
         }
     }

@@ -25,29 +25,33 @@ pub const AUDIT_LOCKS: &str = "AUDIT-LOCKS";
 pub const AUDIT_DEFERRED: &str = "AUDIT-DEFERRED";
 pub const AUDIT_MIGRATION: &str = "AUDIT-MIGRATION";
 pub const AUDIT_TLB: &str = "AUDIT-TLB";
+pub const AUDIT_MLOCK: &str = "AUDIT-MLOCK";
 pub const MEM_PRIVATE: &str = "MEM-PRIVATE";
 pub const MEM_LOST_WRITE: &str = "MEM-LOST-WRITE";
+pub const MEM_PIN_COHERENT: &str = "MEM-PIN-COHERENT";
 pub const MODEL_LIMIT: &str = "MODEL-LIMIT";
 
 pub const INVARIANTS: &[Invariant] = &[
     Invariant { id: VM_BUG_ON, checked_by: "inline (the kernel's assertions)", statement: "No BUG_ON/VM_BUG_ON/VM_BUG_ON_PAGE/VM_BUG_ON_VMA condition of the modelled functions holds." },
     Invariant { id: VM_WARN, checked_by: "inline", statement: "No WARN_ON/VM_WARN_ON_ONCE condition of the modelled functions holds." },
-    Invariant { id: BAD_PAGE, checked_by: "inline (free_pages_check)", statement: "A page is freed unmapped, unlocked, with no references (no \"BUG: Bad page state\")." },
+    Invariant { id: BAD_PAGE, checked_by: "inline (free_pages_check)", statement: "A page is freed unmapped, unlocked, not mlocked, with no references (no \"BUG: Bad page state\")." },
     Invariant { id: LOCK_ORDER, checked_by: "sync::lockdep", statement: "Locks are taken in the order of the comment at the top of mm/rmap.c; no lock is taken twice." },
     Invariant { id: DEADLOCK, checked_by: "engine", statement: "Some thread can always make progress." },
     Invariant { id: AUDIT_MAPCOUNT, checked_by: "check::audit", statement: "Each page's _mapcount + 1 equals the PTEs mapping it, plus 1 if its THP is PageDoubleMap." },
     Invariant { id: AUDIT_COMPOUND_MAPCOUNT, checked_by: "check::audit", statement: "A THP's compound_mapcount equals the huge PMDs mapping it." },
     Invariant { id: AUDIT_DOUBLE_MAP, checked_by: "check::audit", statement: "PageDoubleMap is set exactly when a THP is mapped by a PMD and one of its subpages by a PTE." },
-    Invariant { id: AUDIT_REFCOUNT, checked_by: "check::audit", statement: "A page's _refcount equals its mappings (each PTE and each huge PMD holds one) plus pins and page-table use; nothing else holds a reference at a quiescent point." },
+    Invariant { id: AUDIT_REFCOUNT, checked_by: "check::audit", statement: "A page's _refcount equals its mappings (each PTE and each huge PMD holds one) plus pins (GUP_PIN_COUNTING_BIAS per pin of a base page; one per pinned subpage of a THP, whose compound_pincount counts them) and page-table use; nothing else holds a reference at a quiescent point." },
     Invariant { id: AUDIT_FREE, checked_by: "check::audit", statement: "A frame on the free lists has no mapping and no references; a frame in use is not on them." },
-    Invariant { id: AUDIT_LEAK, checked_by: "check::audit", statement: "Every allocated frame is reachable: mapped, a page table, deposited, queued for deferred split, or a zero page." },
+    Invariant { id: AUDIT_LEAK, checked_by: "check::audit", statement: "Every allocated frame is reachable: mapped, pinned, a page table, deposited, queued for deferred split, or a zero page." },
     Invariant { id: AUDIT_RMAP, checked_by: "check::audit", statement: "Every mapped anonymous page's anon_vma reaches every VMA that maps it, at the address its index gives." },
     Invariant { id: AUDIT_VMA, checked_by: "check::audit", statement: "No page-table entry maps an address outside a VMA; a huge PMD lies wholly inside one VMA; each huge PMD has a deposited page table." },
-    Invariant { id: AUDIT_LOCKS, checked_by: "check::audit", statement: "At a quiescent point no lock is held and no page is locked." },
+    Invariant { id: AUDIT_LOCKS, checked_by: "check::audit", statement: "At a quiescent point no lock is held, no page is locked and no CPU runs with interrupts disabled." },
     Invariant { id: AUDIT_DEFERRED, checked_by: "check::audit", statement: "Only THPs that are still compound sit on the deferred split queue." },
     Invariant { id: AUDIT_MIGRATION, checked_by: "check::audit", statement: "No migration entry is left in a page table at a quiescent point (a split or migration always remaps)." },
     Invariant { id: AUDIT_TLB, checked_by: "check::audit", statement: "Every TLB entry translates to the page the page tables map, and allows a write only if the entry does (no flush was missed)." },
+    Invariant { id: AUDIT_MLOCK, checked_by: "check::audit", statement: "A PageMlocked page is mapped by a VM_LOCKED VMA: a base page by a PTE, a THP by a huge PMD and by no PTE (5.8 never mlocks a PTE-mapped THP). The converse need not hold: 5.8 leaves some pages of VM_LOCKED VMAs to vmscan to mlock." },
     Invariant { id: MEM_PRIVATE, checked_by: "check::oracle", statement: "A process's private memory shows only what it (or a device through its pins) wrote, or what it inherited at fork; unwritten memory reads 0." },
     Invariant { id: MEM_LOST_WRITE, checked_by: "check::oracle", statement: "No completed write is lost: a later read by the writer sees it unless the writer itself changed the memory since." },
+    Invariant { id: MEM_PIN_COHERENT, checked_by: "check::oracle", statement: "While a long-term write pin (FOLL_WRITE with FOLL_LONGTERM) holds, the process that pinned and the device see the same bytes at every pinned address the process still maps: it maps the pinned frame there (5.8's promise; its fork breaks it)." },
     Invariant { id: MODEL_LIMIT, checked_by: "inline (Cpu::unmodelled)", statement: "No kernel path the model does not implement is reached, and no state the model cannot represent: a limit of the model, reported instead of going on silently (not a kernel bug)." },
 ];

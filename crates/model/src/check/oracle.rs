@@ -8,6 +8,20 @@
 //! again, exit forgets everything. The checker compares it with what the model
 //! shows a process (every byte of every mapped page at a quiescent point, and
 //! each read).
+//!
+//! Pins (GUP, `P: pin R = ...`): a device reads and writes the pinned pages.
+//! A FOLL_WRITE|FOLL_LONGTERM pin promises that the process and the device
+//! see the same memory while the process maps the pinned addresses: a device
+//! write is a write of the process's memory (it may read it back), a device
+//! read must see the process's memory, and at a quiescent point the process
+//! must map the pinned frame at each pinned address (MEM-PIN-COHERENT; the
+//! frames are the one observation of the model the rule needs). Once the
+//! process unmaps a pinned page (munmap, MADV_DONTNEED, exit), the pinned
+//! page keeps what it held then, and only the device changes it. A read-only
+//! pin promises less: the device sees some version of the process's page (as
+//! it was when pinned, or after a later write of the process), never bytes
+//! the process never had; a device write through it (a driver bug, accepted)
+//! reaches the process only if the process still maps the pinned frame.
 
 use super::{invariants as inv, Violation, ViolationKind};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -60,11 +74,47 @@ struct ProcMem {
     pages: BTreeMap<u64, PageData>,
 }
 
+/// How the oracle sees one pinned page.
+#[derive(Clone, Debug)]
+enum PinnedPage {
+    /// A write pin's page the owner still maps: the device sees the owner's
+    /// memory.
+    Coherent,
+    /// The owner no longer maps it: the frame's content is in
+    /// `MemoryOracle::left` (shared by every pin of the frame).
+    Left,
+    /// A read-only pin's page: the device may see any of these versions of
+    /// the owner's page; `attached` while the owner maps it (its writes add
+    /// versions).
+    Versions {
+        attached: bool,
+        versions: Vec<PageData>,
+    },
+}
+
+/// A pin as the oracle sees it.
+#[derive(Clone, Debug)]
+struct PinView {
+    /// The process that pinned.
+    owner: String,
+    /// FOLL_WRITE|FOLL_LONGTERM: the coherence promise holds.
+    write: bool,
+    /// Page address (in the owner's address space) → the frame pinned there.
+    frames: BTreeMap<u64, u64>,
+    /// Page address → what the device may see there.
+    pages: BTreeMap<u64, PinnedPage>,
+}
+
 /// The oracle for all processes, keyed by the scenario's process names.
 #[derive(Clone, Debug)]
 pub struct MemoryOracle {
     page_size: u64,
     procs: BTreeMap<String, ProcMem>,
+    /// The pins held, by name.
+    pins: BTreeMap<String, PinView>,
+    /// Pinned frames no process maps where it pinned them: what they hold
+    /// (frozen when left, changed only by the device since), by frame.
+    left: BTreeMap<u64, PageData>,
     /// Pages whose expected content changed since the last full check.
     dirty: BTreeSet<(String, u64)>,
     /// The frame each page showed at the last check (for incremental checks).
@@ -76,6 +126,8 @@ impl MemoryOracle {
         MemoryOracle {
             page_size,
             procs: BTreeMap::new(),
+            pins: BTreeMap::new(),
+            left: BTreeMap::new(),
             dirty: BTreeSet::new(),
             seen: HashMap::new(),
         }
@@ -101,6 +153,7 @@ impl MemoryOracle {
 
     pub fn on_munmap(&mut self, proc_: &str, start: u64, len: u64) {
         self.mark_dirty(proc_, start, len);
+        self.leave_pins(proc_, start, start + len);
         let end = start + len;
         if let Some(p) = self.procs.get_mut(proc_) {
             p.pages.retain(|&a, _| a < start || a >= end);
@@ -124,6 +177,7 @@ impl MemoryOracle {
     /// MADV_DONTNEED of private anonymous memory: it reads as zero again.
     pub fn on_dontneed(&mut self, proc_: &str, start: u64, len: u64) {
         self.mark_dirty(proc_, start, len);
+        self.leave_pins(proc_, start, start + len);
         if let Some(p) = self.procs.get_mut(proc_) {
             p.pages.retain(|&a, _| a < start || a >= start + len);
         }
@@ -135,6 +189,7 @@ impl MemoryOracle {
     }
 
     pub fn on_exit(&mut self, proc_: &str) {
+        self.leave_pins(proc_, 0, u64::MAX);
         self.procs.remove(proc_);
         self.seen.retain(|(p, _), _| p != proc_);
         self.dirty.retain(|(p, _)| p != proc_);
@@ -174,6 +229,7 @@ impl MemoryOracle {
             }
             a = end;
         }
+        self.add_pin_versions(proc_, start, start + len);
     }
 
     /// Whether the process has `addr` mapped (as far as the scenario says).
@@ -201,6 +257,298 @@ impl MemoryOracle {
                 while a < e {
                     out.push((name.clone(), a));
                     a += self.page_size;
+                }
+            }
+        }
+        out
+    }
+
+    /// The owner's page data at `page` (zero if never written).
+    fn page_data(&self, proc_: &str, page: u64) -> PageData {
+        self.procs
+            .get(proc_)
+            .and_then(|p| p.pages.get(&page))
+            .cloned()
+            .unwrap_or(PageData::Fill(0))
+    }
+
+    /// A pin `pin` of `owner`'s `[start, start + len)` was taken; `frames`
+    /// are the pinned frames, one per page from the page of `start`.
+    pub fn on_pin(
+        &mut self,
+        pin: &str,
+        owner: &str,
+        start: u64,
+        len: u64,
+        write: bool,
+        frames: &[u64],
+    ) {
+        let ps = self.page_size;
+        let first = start & !(ps - 1);
+        let mut view = PinView {
+            owner: owner.to_string(),
+            write,
+            frames: BTreeMap::new(),
+            pages: BTreeMap::new(),
+        };
+        for (i, &f) in frames.iter().enumerate() {
+            let page = first + i as u64 * ps;
+            if page >= start + len {
+                break;
+            }
+            view.frames.insert(page, f);
+            let state = if write {
+                PinnedPage::Coherent
+            } else {
+                PinnedPage::Versions {
+                    attached: true,
+                    versions: vec![self.page_data(owner, page)],
+                }
+            };
+            view.pages.insert(page, state);
+        }
+        self.pins.insert(pin.to_string(), view);
+    }
+
+    /// The pin was released.
+    pub fn on_unpin(&mut self, pin: &str) {
+        self.pins.remove(pin);
+        let still: BTreeSet<u64> = self
+            .pins
+            .values()
+            .flat_map(|v| {
+                v.pages
+                    .iter()
+                    .filter(|(_, s)| matches!(s, PinnedPage::Left))
+                    .map(|(p, _)| v.frames[p])
+            })
+            .collect();
+        self.left.retain(|f, _| still.contains(f));
+    }
+
+    /// The owner no longer maps `[start, end)`: its pinned pages there keep
+    /// what they hold now.
+    fn leave_pins(&mut self, proc_: &str, start: u64, end: u64) {
+        let owned: Vec<(String, Vec<u64>)> = self
+            .pins
+            .iter()
+            .filter(|(_, v)| v.owner == proc_)
+            .map(|(n, v)| {
+                let pages = v
+                    .pages
+                    .keys()
+                    .copied()
+                    .filter(|&p| p + self.page_size > start && p < end)
+                    .collect();
+                (n.clone(), pages)
+            })
+            .collect();
+        for (name, pages) in owned {
+            for page in pages {
+                let now = self.page_data(proc_, page);
+                let Some(v) = self.pins.get_mut(&name) else {
+                    continue;
+                };
+                let frame = v.frames[&page];
+                let Some(state) = v.pages.get_mut(&page) else {
+                    continue;
+                };
+                match state {
+                    PinnedPage::Coherent => {
+                        *state = PinnedPage::Left;
+                        // Another pin of the frame may have left it already.
+                        self.left.entry(frame).or_insert(now);
+                    }
+                    PinnedPage::Versions { attached, .. } => *attached = false,
+                    PinnedPage::Left => {}
+                }
+            }
+        }
+    }
+
+    /// The owner wrote `[start, end)`: a read-only pin's device may now see
+    /// the new version of those pages.
+    fn add_pin_versions(&mut self, proc_: &str, start: u64, end: u64) {
+        let ps = self.page_size;
+        let mut updates = Vec::new();
+        for (name, v) in &self.pins {
+            if v.owner != proc_ || v.write {
+                continue;
+            }
+            for &page in v.pages.keys() {
+                if page + ps > start && page < end {
+                    updates.push((name.clone(), page));
+                }
+            }
+        }
+        for (name, page) in updates {
+            let now = self.page_data(proc_, page);
+            if let Some(PinnedPage::Versions {
+                attached: true,
+                versions,
+            }) = self
+                .pins
+                .get_mut(&name)
+                .and_then(|v| v.pages.get_mut(&page))
+            {
+                versions.push(now);
+            }
+        }
+    }
+
+    /// The pin's view of the page of the owner's `addr` (None if the pin is
+    /// not held or does not cover it).
+    fn pin_page(&self, pin: &str, addr: u64) -> Option<(&PinView, u64, usize)> {
+        let (page, off) = self.page_of(addr);
+        let v = self.pins.get(pin)?;
+        v.pages.contains_key(&page).then_some((v, page, off))
+    }
+
+    /// The pinned (process, page address) pairs whose frame is `frame` and
+    /// whose read-only pin needs to know whether the process still maps the
+    /// frame there (for [`MemoryOracle::on_device_write`]).
+    pub fn read_only_pins_of(&self, frame: u64) -> Vec<(String, u64)> {
+        let mut out = Vec::new();
+        for v in self.pins.values() {
+            for (&page, state) in &v.pages {
+                if v.frames[&page] == frame
+                    && matches!(state, PinnedPage::Versions { attached: true, .. })
+                {
+                    out.push((v.owner.clone(), page));
+                }
+            }
+        }
+        out
+    }
+
+    /// The device wrote `value` to bytes `[off, off + len)` of the pinned
+    /// `frame`. Every pin of the frame sees it: a write pin's owner that
+    /// still maps the page has its memory written (it may read it back); a
+    /// frame no process maps keeps it; a read-only pin's versions all have
+    /// it, and its owner sees it if it maps the frame there (`maps`, from
+    /// [`MemoryOracle::read_only_pins_of`]; a read-only pin promises nothing
+    /// about it).
+    pub fn on_device_write(
+        &mut self,
+        frame: u64,
+        off: u64,
+        len: u64,
+        value: u8,
+        maps: &BTreeSet<(String, u64)>,
+    ) {
+        let ps = self.page_size as usize;
+        let (off, len) = (off as usize, len as usize);
+        let set = |d: &mut PageData| d.bytes_mut(ps)[off..off + len].fill(value);
+        let mut owners = BTreeSet::new();
+        for v in self.pins.values_mut() {
+            for (&page, state) in v.pages.iter_mut() {
+                if v.frames[&page] != frame {
+                    continue;
+                }
+                match state {
+                    PinnedPage::Coherent => {
+                        owners.insert((v.owner.clone(), page));
+                    }
+                    PinnedPage::Left => {}
+                    PinnedPage::Versions { attached, versions } => {
+                        versions.iter_mut().for_each(set);
+                        if *attached && maps.contains(&(v.owner.clone(), page)) {
+                            owners.insert((v.owner.clone(), page));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(d) = self.left.get_mut(&frame) {
+            set(d);
+        }
+        for (owner, page) in owners {
+            // A write of the owner's memory, which it may read back.
+            self.mark_dirty(&owner, page + off as u64, len as u64);
+            let p = self.procs.entry(owner).or_default();
+            set(p.pages.entry(page).or_insert(PageData::Fill(0)));
+        }
+    }
+
+    /// Compares a byte the device read through `pin` at the owner's `addr`
+    /// with what it may see.
+    pub fn check_device_read(&self, pin: &str, addr: u64, seen: u8) -> Option<Violation> {
+        let (v, page, off) = self.pin_page(pin, addr)?;
+        let (want, id, what) = match &v.pages[&page] {
+            PinnedPage::Coherent => {
+                let want = self.expected(&v.owner, addr);
+                (
+                    want,
+                    inv::MEM_PIN_COHERENT,
+                    format!("process {} holds {want:#04x} there: the device and the process no longer see the same memory", v.owner),
+                )
+            }
+            PinnedPage::Left => {
+                let want = self.left.get(&v.frames[&page]).map_or(0, |d| d.byte(off));
+                let (id, what) = kind_of(seen, want);
+                (
+                    want,
+                    id,
+                    format!(
+                        "the pinned page held {want:#04x} when process {} left it: {what}",
+                        v.owner
+                    ),
+                )
+            }
+            PinnedPage::Versions { versions, .. } => {
+                if versions.iter().any(|d| d.byte(off) == seen) {
+                    return None;
+                }
+                let want = versions.last().map_or(0, |d| d.byte(off));
+                (
+                    want,
+                    inv::MEM_PRIVATE,
+                    format!("no version of process {}'s page held it (the last held {want:#04x}): the read-only pin shows a byte the process never had", v.owner),
+                )
+            }
+        };
+        (seen != want).then(|| Violation {
+            id,
+            kind: ViolationKind::Memory,
+            message: format!(
+                "pin {pin} (process {}) at {addr:#x}: the device reads {seen:#04x}; {what}",
+                v.owner
+            ),
+            cpu: None,
+            backtrace: Vec::new(),
+            page: None,
+        })
+    }
+
+    /// The pin rule at a quiescent point: for each FOLL_WRITE|FOLL_LONGTERM
+    /// pin, the owner maps the pinned frame at every pinned address it still
+    /// maps. `frame_of(process, page address)` is the frame the process maps
+    /// there.
+    pub fn check_pins(&self, mut frame_of: impl FnMut(&str, u64) -> Option<u64>) -> Vec<Violation> {
+        let mut out = Vec::new();
+        for (name, v) in &self.pins {
+            if !v.write {
+                continue;
+            }
+            for (&page, state) in &v.pages {
+                if !matches!(state, PinnedPage::Coherent) {
+                    continue;
+                }
+                let pinned = v.frames[&page];
+                let maps = frame_of(&v.owner, page);
+                if maps != Some(pinned) {
+                    let maps = maps.map_or("no frame".to_string(), |f| format!("frame {f}"));
+                    out.push(Violation {
+                        id: inv::MEM_PIN_COHERENT,
+                        kind: ViolationKind::Memory,
+                        message: format!(
+                            "pin {name} (process {}, FOLL_WRITE|FOLL_LONGTERM) at {page:#x}: the process maps {maps}, the pin holds frame {pinned}: the process and the device no longer see the same memory",
+                            v.owner
+                        ),
+                        cpu: None,
+                        backtrace: Vec::new(),
+                        page: None,
+                    });
                 }
             }
         }
@@ -271,15 +619,21 @@ impl MemoryOracle {
     }
 }
 
-fn violation(proc_: &str, addr: u64, seen: u8, want: u8) -> Violation {
-    let (id, what) = if seen == 0 && want != 0 {
+/// Which invariant a wrong byte breaks: a zero where a write was is a lost
+/// write, anything else a byte the memory should not show.
+fn kind_of(seen: u8, want: u8) -> (&'static str, &'static str) {
+    if seen == 0 && want != 0 {
         (inv::MEM_LOST_WRITE, "a completed write is lost")
     } else {
         (
             inv::MEM_PRIVATE,
             "private memory shows a byte this process never wrote or inherited",
         )
-    };
+    }
+}
+
+fn violation(proc_: &str, addr: u64, seen: u8, want: u8) -> Violation {
+    let (id, what) = kind_of(seen, want);
     Violation {
         id,
         kind: ViolationKind::Memory,
@@ -312,5 +666,77 @@ mod tests {
         assert!(!o.is_mapped("P", 0x450));
         assert!(o.is_mapped("P", 0x400));
         assert_eq!(o.mapped_pages().iter().filter(|(p, _)| p == "P").count(), 3);
+    }
+
+    /// A write pin: device writes are the process's writes, device reads see
+    /// the process's memory, and the process must map the pinned frame.
+    #[test]
+    fn a_write_pin_is_coherent_with_its_process() {
+        let mut o = MemoryOracle::new(64);
+        o.on_mmap("P", 0x400, 256);
+        o.on_write("P", 0x400, 1);
+        o.on_pin("R", "P", 0x400, 256, true, &[10, 11, 12, 13]);
+        o.on_device_write(11, 2, 2, 0x44, &BTreeSet::new());
+        assert_eq!(o.expected("P", 0x442), 0x44);
+        assert_eq!(o.expected("P", 0x441), 0);
+        assert!(o.check_device_read("R", 0x400, 1).is_none());
+        let v = o.check_device_read("R", 0x400, 2).expect("incoherent");
+        assert_eq!(v.id, inv::MEM_PIN_COHERENT);
+        let frames = |_: &str, page: u64| Some(10 + (page - 0x400) / 64);
+        assert!(o.check_pins(frames).is_empty());
+        let moved = |_: &str, page: u64| {
+            Some(if page == 0x400 {
+                99
+            } else {
+                10 + (page - 0x400) / 64
+            })
+        };
+        let v = o.check_pins(moved);
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].id, inv::MEM_PIN_COHERENT);
+        assert!(v[0].message.contains("frame 99") && v[0].message.contains("frame 10"));
+        // Once the process unmaps a page, the pinned frame keeps its bytes
+        // and only the device changes them; every pin of the frame sees it.
+        o.on_pin("S", "P", 0x440, 64, true, &[11]);
+        o.on_munmap("P", 0x440, 64);
+        assert!(o
+            .check_pins(moved)
+            .iter()
+            .all(|v| !v.message.contains("0x440")));
+        assert!(o.check_device_read("S", 0x442, 0x44).is_none());
+        o.on_device_write(11, 0, 1, 0x55, &BTreeSet::new());
+        assert!(o.check_device_read("R", 0x440, 0x55).is_none());
+        assert!(o.check_device_read("S", 0x440, 0x55).is_none());
+        let v = o.check_device_read("S", 0x440, 0).expect("lost");
+        assert_eq!(v.id, inv::MEM_LOST_WRITE);
+        o.on_unpin("R");
+        o.on_unpin("S");
+        assert!(o.left.is_empty());
+    }
+
+    /// A read-only pin: the device sees some version of the process's page,
+    /// never a byte the process never had.
+    #[test]
+    fn a_read_only_pin_sees_a_version_of_its_process() {
+        let mut o = MemoryOracle::new(64);
+        o.on_mmap("P", 0x400, 64);
+        o.on_write("P", 0x400, 1);
+        o.on_pin("O", "P", 0x400, 64, false, &[10]);
+        o.on_write("P", 0x400, 2);
+        assert!(o.check_device_read("O", 0x400, 1).is_none());
+        assert!(o.check_device_read("O", 0x400, 2).is_none());
+        let v = o.check_device_read("O", 0x400, 3).expect("a foreign byte");
+        assert_eq!(v.id, inv::MEM_PRIVATE);
+        // After the process leaves the page, its writes are no versions.
+        o.on_munmap("P", 0x400, 64);
+        o.on_mmap("P", 0x400, 64);
+        o.on_write("P", 0x400, 4);
+        assert!(o.check_device_read("O", 0x400, 4).is_some());
+        // A device write through it reaches the process only if the process
+        // maps the frame (it does not here).
+        assert_eq!(o.read_only_pins_of(10), Vec::<(String, u64)>::new());
+        o.on_device_write(10, 0, 1, 7, &BTreeSet::new());
+        assert!(o.check_device_read("O", 0x400, 7).is_none());
+        assert_eq!(o.expected("P", 0x400), 4);
     }
 }

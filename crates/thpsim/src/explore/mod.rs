@@ -951,6 +951,7 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
         f.index = r.index;
         f
     });
+    let failed = found.is_some();
     Ok(ExploreReport {
         scenario: scn.name.clone(),
         strategy: opts.strategy,
@@ -983,8 +984,10 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
                     b.pruned += s.pruned;
                     b.complete &= s.complete;
                 }
-                // The search also ends when an execution had no decision.
-                if executions == 1 && b.schedules == 0 {
+                // The search also ends when an execution had no decision (an
+                // execution that failed ends it too, but says nothing of the
+                // rest of the tree).
+                if executions == 1 && b.schedules == 0 && !failed {
                     b.schedules = 1;
                     b.complete = true;
                 }

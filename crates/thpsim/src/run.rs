@@ -293,6 +293,9 @@ pub struct Machine<E: Engine> {
     out: Arc<Mutex<Vec<Record>>>,
     /// What each concurrent `together` block reached (item index, coverage).
     coverage: Mutex<Vec<(usize, ExecCoverage)>>,
+    /// Concurrent blocks record the kernel trace (on unless the explorer
+    /// turns it off for a search's executions: [`Machine::set_trace_blocks`]).
+    trace_blocks: std::sync::atomic::AtomicBool,
 }
 
 /// What a step did.
@@ -399,6 +402,7 @@ impl<E: Engine> Machine<E> {
             st: Mutex::new(st),
             out: Arc::new(Mutex::new(Vec::new())),
             coverage: Mutex::new(Vec::new()),
+            trace_blocks: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -517,6 +521,9 @@ impl<E: Engine> Machine<E> {
             st: Mutex::new(state),
             out: Arc::new(Mutex::new(records)),
             coverage: Mutex::new(coverage),
+            trace_blocks: std::sync::atomic::AtomicBool::new(
+                self.trace_blocks.load(std::sync::atomic::Ordering::Relaxed),
+            ),
         }
     }
 
@@ -626,7 +633,8 @@ impl<E: Engine> Machine<E> {
                 }) as Box<dyn FnOnce() + Send + 'static>
             })
             .collect();
-        self.k.set_tracing(true);
+        self.k
+            .set_tracing(self.trace_blocks.load(std::sync::atomic::Ordering::Relaxed));
         self.k.coverage.set_enabled(true);
         E::run_threads(threads);
         self.k.coverage.set_enabled(false);
@@ -652,6 +660,13 @@ impl<E: Engine> Machine<E> {
         for v in found {
             self.push(Record::Violation { line, violation: v });
         }
+    }
+
+    /// Whether concurrent blocks record the kernel trace (default on). The
+    /// trace is no scheduling point: turning it off changes no schedule.
+    pub fn set_trace_blocks(&self, on: bool) {
+        self.trace_blocks
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Runs the checkers at a quiescent point.

@@ -501,11 +501,16 @@ fn account(
 
 /// Runs executions with `scheduler` until one fails, the scheduler ends, the
 /// search is stopped or its time is up. Returns the outputs of the last
-/// execution and whether it failed.
+/// execution and whether it failed. `trace`: the executions record the
+/// kernel trace of their blocks (a replay that shows a failure); a search's
+/// executions do not (the trace is only read from the replay of the failing
+/// schedule, and recording it is no scheduling point, so the schedules are
+/// the same either way).
 fn drive<S: Scheduler + 'static>(
     p: &Prepared,
     scheduler: S,
     shared: Arc<Mutex<Shared>>,
+    trace: bool,
 ) -> (Outputs, bool) {
     let outputs = Arc::new(Mutex::new(Outputs::default()));
     let search = shared
@@ -543,6 +548,7 @@ fn drive<S: Scheduler + 'static>(
                     Ok(0),
                 ),
             };
+            m.set_trace_blocks(trace);
             {
                 let mut o = out2.lock().unwrap_or_else(|p| p.into_inner());
                 *o = Outputs {
@@ -711,14 +717,14 @@ fn describe(report: &RunReport) -> String {
 
 /// Replays one switch list; returns the outputs, the executed schedule, and
 /// whether it failed.
-fn replay_switches(p: &Prepared, sw: &Switches) -> (Outputs, Switches, bool) {
+fn replay_switches(p: &Prepared, sw: &Switches, trace: bool) -> (Outputs, Switches, bool) {
     let shared = Arc::new(Mutex::new(Shared::default()));
     let sched = SwitchReplay {
         switches: sw.0.iter().copied().collect(),
         point: 0,
         started: false,
     };
-    let (o, failed) = drive(p, sched, shared.clone());
+    let (o, failed) = drive(p, sched, shared.clone(), trace);
     let actual = shared
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -735,7 +741,7 @@ fn probe_decisions(p: &Prepared) -> usize {
         point: 0,
         started: false,
     };
-    drive(p, sched, shared.clone());
+    drive(p, sched, shared.clone(), false);
     let n = shared
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -758,7 +764,7 @@ fn shrink(p: &Prepared, start: Switches, sig: &str) -> Switches {
         let mut cand = best.clone();
         cand.0.remove(i);
         budget -= 1;
-        let (o, actual, failed) = replay_switches(p, &cand);
+        let (o, actual, failed) = replay_switches(p, &cand, false);
         if failed
             && o.report.as_ref().and_then(signature).as_deref() == Some(sig)
             && actual.0.len() < best.0.len()
@@ -807,7 +813,7 @@ where
 {
     let one = |part: sched::Slice| {
         let shared = Arc::new(Mutex::new(Shared::new(search.clone(), part)));
-        let (outputs, failed) = drive(p, make(part), shared.clone());
+        let (outputs, failed) = drive(p, make(part), shared.clone(), false);
         let sh = shared.lock().unwrap_or_else(|p| p.into_inner());
         JobResult {
             outputs,
@@ -1010,7 +1016,7 @@ fn finish(
     at: usize,
     error: Option<String>,
 ) -> (Found, Switches) {
-    let (o, actual, _failed) = replay_switches(p, &sw);
+    let (o, actual, _failed) = replay_switches(p, &sw, true);
     let trace = o
         .trace
         .as_ref()

@@ -6,7 +6,8 @@
 //! scenario without a fix to revert, the regression of a model defect, gets
 //! the clean search only); then the bounded search up to two preemptions on
 //! one core: its schedules and time with the fix, and the time to the failure
-//! with the fix reverted.
+//! with the fix reverted. A bounded search is given [`BOUNDED_CAP_SECS`]: one
+//! that does not end by then is reported as not exhaustive, with what it ran.
 
 use crate::bundled::BUNDLED;
 use crate::explore::{explore, ExploreOptions, Strategy};
@@ -28,6 +29,9 @@ fn fix_of(src: &str) -> Option<Fix> {
             Fix::by_name(&name)
         })
 }
+
+/// The time a bounded search of the benchmark is given.
+pub const BOUNDED_CAP_SECS: u64 = 120;
 
 /// Runs the race benchmarks and renders a markdown report.
 pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> String {
@@ -122,6 +126,7 @@ pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> Stri
             },
             strategy: Strategy::Bounded { preemptions: 2 },
             iterations: usize::MAX,
+            time: Some(std::time::Duration::from_secs(BOUNDED_CAP_SECS)),
             ..ExploreOptions::default()
         };
         let t = Instant::now();
@@ -136,6 +141,10 @@ pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> Stri
                         b.schedules as f64 / secs
                     ),
                     (Some(_), _) => "FAILED with the fix".to_string(),
+                    (None, Some(b)) => format!(
+                        "not exhaustive in {BOUNDED_CAP_SECS} s: {} schedules, {} pruned",
+                        b.schedules, b.pruned
+                    ),
                     _ => "not exhaustive".to_string(),
                 }
             }
@@ -153,7 +162,13 @@ pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> Stri
                             t.elapsed().as_secs_f64()
                         )
                     }
-                    Ok(_) => "not found within the bound".to_string(),
+                    Ok(r) if r.bounded.is_some_and(|b| b.complete) => {
+                        "not found within the bound".to_string()
+                    }
+                    Ok(r) => format!(
+                        "not found in {BOUNDED_CAP_SECS} s ({} schedules)",
+                        r.executions
+                    ),
                     Err(e) => format!("invalid: {e}"),
                 }
             }

@@ -27,6 +27,7 @@ const CLEAN: &[&str] = &[
     "gup_fast_vs_pmd_split",
     "pin_vs_child_cow",
     "munlock_vs_split_and_cow",
+    "mlock_vs_split_and_cow",
 ];
 
 fn root() -> PathBuf {

@@ -220,9 +220,8 @@ pub trait Engine: Send + Sync + Sized + 'static {
     /// would wait on a monitor stops instead ([`crate::check::CpuStalled`]),
     /// and the CPUs already waiting are woken to stop too, so an execution
     /// ends without a deadlock (which the explorer would see as shuttle's
-    /// failure). Nothing on the std engine: the unwinding CPU drops its lock
-    /// guards, but a CPU there waiting on a page lock the oopsed CPU held
-    /// would wait forever (no bundled scenario reaches that).
+    /// failure). On the std engine the CPUs of the oopsed CPU's `together`
+    /// block see it too: their waits poll for it and stop the same way.
     #[inline]
     fn note_oops() {}
 
@@ -253,8 +252,29 @@ impl Engine for StdEngine {
     type Monitor<S: Send + 'static> = StdMonitor<S>;
     const NAME: &'static str = "std";
 
+    /// On a CPU thread of a `together` block: the block's CPUs see the oops
+    /// (their monitor waits poll for it and stop, `check::CpuStalled`).
+    fn note_oops() {
+        STD_BLOCK_OOPSED.with(|o| {
+            if let Some(flag) = &*o.borrow() {
+                flag.store(true, SC);
+            }
+        });
+    }
+
     fn run_threads(threads: Vec<Box<dyn FnOnce() + Send + 'static>>) {
-        let handles: Vec<_> = threads.into_iter().map(std::thread::spawn).collect();
+        // The block's CPUs share one oops flag (`note_oops`).
+        let oopsed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handles: Vec<_> = threads
+            .into_iter()
+            .map(|f| {
+                let oopsed = oopsed.clone();
+                std::thread::spawn(move || {
+                    STD_BLOCK_OOPSED.with(|o| *o.borrow_mut() = Some(oopsed));
+                    f()
+                })
+            })
+            .collect();
         for h in handles {
             if let Err(p) = h.join() {
                 std::panic::resume_unwind(p);
@@ -302,6 +322,17 @@ impl_atomic!(std::sync::atomic::AtomicU64);
 
 const SC: std::sync::atomic::Ordering = std::sync::atomic::Ordering::SeqCst;
 
+thread_local! {
+    /// On a CPU thread of a `together` block on the std engine: the flag its
+    /// CPUs share, set when one of them oopsed ([`Engine::note_oops`]).
+    static STD_BLOCK_OOPSED: std::cell::RefCell<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// How often a std monitor wait on a block's CPU looks whether another CPU
+/// oopsed (it is woken at once by any update of the monitor).
+const STD_OOPS_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// [`Monitor`] over `std::sync::{Mutex, Condvar}`; it counts its waiters so an
 /// uncontended update makes no wake-up system call.
 pub struct StdMonitor<S> {
@@ -339,8 +370,23 @@ impl<S: Send + 'static> Monitor<S> for StdMonitor<S> {
             if let Some(r) = f(&mut g.0) {
                 return r;
             }
+            // After another CPU of the block oopsed, what it held stays held:
+            // stop instead of waiting forever (as on the exploration engine).
+            let oopsed = STD_BLOCK_OOPSED.with(|o| o.borrow().clone());
+            if oopsed.as_ref().is_some_and(|f| f.load(SC)) {
+                drop(g);
+                std::panic::panic_any(crate::check::CpuStalled);
+            }
             g.1 += 1;
-            g = self.cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            g = match oopsed {
+                Some(_) => {
+                    self.cv
+                        .wait_timeout(g, STD_OOPS_POLL)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.cv.wait(g).unwrap_or_else(|p| p.into_inner()),
+            };
             g.1 -= 1;
         }
     }
@@ -645,6 +691,35 @@ impl<S: Send + 'static> Monitor<S> for ShuttleMonitor<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On the std engine, a CPU of a block that waits on what an oopsed CPU
+    /// kept stops (CpuStalled) instead of waiting forever.
+    #[test]
+    fn after_an_oops_a_std_wait_stops() {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Arc;
+        let held = Arc::new(StdMonitor::new(true));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let (h, s) = (held.clone(), stalled.clone());
+        StdEngine::run_threads(vec![
+            Box::new(|| {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                StdEngine::note_oops();
+            }),
+            Box::new(move || {
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    h.wait_until(|locked| if *locked { None } else { Some(()) })
+                }));
+                let why = r.err();
+                s.store(
+                    why.is_some_and(|p| p.downcast_ref::<crate::check::CpuStalled>().is_some()),
+                    SC,
+                );
+            }),
+        ]);
+        assert!(stalled.load(SC));
+        assert!(held.peek(|l| *l), "nobody released it");
+    }
 
     /// `Monitor::peek` reads the state; on the exploration engine it is no
     /// scheduling point, where `inspect` is one. On an OS thread that counts

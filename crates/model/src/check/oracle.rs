@@ -128,10 +128,12 @@ pub struct MemoryOracle {
     /// Pinned frames no process maps where it pinned them: what they hold
     /// (frozen when left, changed only by the device since), by frame.
     left: BTreeMap<u64, PageData>,
-    /// Pages whose expected content changed since the last full check.
-    dirty: BTreeSet<(String, u64)>,
-    /// The frame each page showed at the last check (for incremental checks).
-    seen: HashMap<(String, u64), Option<u64>>,
+    /// Pages whose expected content changed since the last full check, by
+    /// process.
+    dirty: BTreeMap<String, BTreeSet<u64>>,
+    /// The frame each page showed at the last check (for incremental checks),
+    /// by process.
+    seen: BTreeMap<String, HashMap<u64, Option<u64>>>,
 }
 
 impl MemoryOracle {
@@ -141,8 +143,8 @@ impl MemoryOracle {
             procs: BTreeMap::new(),
             pins: BTreeMap::new(),
             left: BTreeMap::new(),
-            dirty: BTreeSet::new(),
-            seen: HashMap::new(),
+            dirty: BTreeMap::new(),
+            seen: BTreeMap::new(),
         }
     }
 
@@ -204,15 +206,21 @@ impl MemoryOracle {
     pub fn on_exit(&mut self, proc_: &str) {
         self.leave_pins(proc_, 0, u64::MAX);
         self.procs.remove(proc_);
-        self.seen.retain(|(p, _), _| p != proc_);
-        self.dirty.retain(|(p, _)| p != proc_);
+        self.seen.remove(proc_);
+        self.dirty.remove(proc_);
     }
 
     fn mark_dirty(&mut self, proc_: &str, start: u64, len: u64) {
         let ps = self.page_size;
+        if !self.dirty.contains_key(proc_) {
+            self.dirty.insert(proc_.to_string(), BTreeSet::new());
+        }
+        let Some(dirty) = self.dirty.get_mut(proc_) else {
+            return;
+        };
         let mut a = start & !(ps - 1);
         while a < start + len {
-            self.dirty.insert((proc_.to_string(), a));
+            dirty.insert(a);
             a += ps;
         }
     }
@@ -611,20 +619,30 @@ impl MemoryOracle {
         mut observe: impl FnMut(&str, u64) -> Vec<u8>,
     ) -> Vec<Violation> {
         let mut out = Vec::new();
-        let mut seen_now = HashMap::new();
-        for (name, page) in self.mapped_pages() {
-            let key = (name.clone(), page);
-            let frame = frame_of(&name, page);
-            let same = !self.dirty.contains(&key)
-                && self.seen.get(&key) == Some(&frame)
-                && frame.is_none_or(|f| !frame_changed(f));
-            if !same {
-                let bytes = observe(&name, page);
-                if let Some(v) = self.compare(&name, page, &bytes) {
-                    out.push(v);
+        let mut seen_now = BTreeMap::new();
+        // In the order of `mapped_pages()`: by process, then by range.
+        for (name, p) in &self.procs {
+            let old = self.seen.get(name);
+            let dirty = self.dirty.get(name);
+            let mut now = HashMap::new();
+            for &(s, e) in &p.ranges {
+                let mut page = s;
+                while page < e {
+                    let frame = frame_of(name, page);
+                    let same = !dirty.is_some_and(|d| d.contains(&page))
+                        && old.and_then(|o| o.get(&page)) == Some(&frame)
+                        && frame.is_none_or(|f| !frame_changed(f));
+                    if !same {
+                        let bytes = observe(name, page);
+                        if let Some(v) = self.compare(name, page, &bytes) {
+                            out.push(v);
+                        }
+                    }
+                    now.insert(page, frame);
+                    page += self.page_size;
                 }
             }
-            seen_now.insert(key, frame);
+            seen_now.insert(name.clone(), now);
         }
         self.seen = seen_now;
         self.dirty.clear();

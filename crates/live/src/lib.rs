@@ -39,6 +39,8 @@ pub mod decode;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod observe;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod pins;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod run;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod session;

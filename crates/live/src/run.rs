@@ -1177,9 +1177,7 @@ mod tests {
             ("kernel 3.16\nprocess P\n".to_string(), 1),
             (format!("khugepaged max_ptes_none=0\n{p}"), 1),
             (format!("{p}P: mirror M = A[..]\nmirror: read M[0]\n"), 3),
-            (format!("{p}P: pin R = A[..] write fast\n"), 3),
-            (format!("{p}P: pin R = A[..]\n"), 3),
-            (format!("{p}expect P A[0] mlocked\n"), 3),
+            (format!("{p}P: madvise A[..] pageout\n"), 3),
         ] {
             let scn = thpsim_scenario::parse("t.thp", &src).expect("valid");
             match preflight(&scn) {
@@ -1192,5 +1190,33 @@ mod tests {
         }
         let scn = thpsim_scenario::parse("t.thp", &format!("kernel 5.8\n{p}")).expect("valid");
         assert!(preflight(&scn).is_ok());
+    }
+
+    /// Pins, device steps and mlock pass preflight where io_uring works; where
+    /// it does not, the first pin's line is named with the reason.
+    #[test]
+    fn pins_pass_preflight_or_name_the_io_uring_problem() {
+        let src = "process P\nP: mmap A 1h\nP: mlock A[..]\nexpect P A[0] mlocked\n\
+                   P: pin R = A[..]\nP: pin S = A[..] write fast\ndevice: write R[0] = 1\n\
+                   device: read S[0] == 1\nP: unpin R\nP: munlock A[..]\n";
+        let scn = thpsim_scenario::parse("t.thp", src).expect("valid");
+        match (preflight(&scn), pins::available()) {
+            (Ok(notes), Ok(())) => {
+                assert!(
+                    notes
+                        .iter()
+                        .any(|n| n.contains("line 5") && n.contains("FOLL_WRITE")),
+                    "{notes:?}"
+                );
+                assert!(
+                    notes
+                        .iter()
+                        .any(|n| n.contains("line 6") && n.contains("fast")),
+                    "{notes:?}"
+                );
+            }
+            (Err(LiveError::Unsupported { line: 5, what }), Err(why)) => assert_eq!(what, why),
+            (got, avail) => panic!("{got:?} with io_uring {avail:?}"),
+        }
     }
 }

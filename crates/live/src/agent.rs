@@ -11,6 +11,11 @@
 //! success, 1 = the syscall failed with errno `code`, 2 = the access raised
 //! signal `code`. `exit` has no reply: the controller watches the agent's pidfd.
 //! An agent exits when its socket reaches end-of-file (the controller is gone).
+//! `pin` carries the controller's pidfd: the agent takes a copy of the
+//! controller's io_uring fd with pidfd_getfd(), registers its own memory
+//! there (io_uring_register(2), which pins the calling process's pages) and
+//! closes its copies, so the ring, and with it the pin, belongs to the
+//! controller (see `crate::pins`).
 //!
 //! Memory accesses are real user accesses. A fault is caught soundly without
 //! setjmp: the only instructions that touch scenario memory are two
@@ -34,6 +39,16 @@ pub const OP_FILL: u64 = 5;
 pub const OP_READ: u64 = 6;
 pub const OP_FORK: u64 = 7;
 pub const OP_EXIT: u64 = 8;
+/// `pin`: register `[a, a + b)` as buffer 0 of the controller's io_uring
+/// instance with fd number `c` in the controller, whose pidfd comes with the
+/// request (SCM_RIGHTS; an io_uring fd itself cannot be sent over a socket,
+/// so the agent takes a copy with pidfd_getfd()); the agent closes its copies.
+pub const OP_PIN: u64 = 9;
+pub const OP_MLOCK: u64 = 10;
+pub const OP_MUNLOCK: u64 = 11;
+
+/// `IORING_REGISTER_BUFFERS` (include/uapi/linux/io_uring.h).
+const IORING_REGISTER_BUFFERS: u32 = 0;
 
 pub const REPLY_OK: u64 = 0;
 pub const REPLY_ERRNO: u64 = 1;
@@ -302,6 +317,13 @@ pub unsafe fn agent_main(chan: c_int) -> ! {
     // Children of agents are reaped automatically; the controller watches
     // every agent through a pidfd.
     set_handler(libc::SIGCHLD, libc::SIG_IGN, 0);
+    // mlock(2) counts against RLIMIT_MEMLOCK without CAP_IPC_LOCK; lift it
+    // (best effort: root may, and root has CAP_IPC_LOCK anyway).
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited);
     // Only now unblock (the controller blocks everything across the fork).
     let mut empty: libc::sigset_t = zeroed();
     libc::sigemptyset(&mut empty);
@@ -312,7 +334,7 @@ pub unsafe fn agent_main(chan: c_int) -> ! {
         let Some([op, a, b, c]) = recv_req(chan, &mut passed) else {
             libc::_exit(0);
         };
-        if op != OP_FORK && passed >= 0 {
+        if op != OP_FORK && op != OP_PIN && passed >= 0 {
             libc::close(passed);
         }
         let r = match op {
@@ -369,6 +391,40 @@ pub unsafe fn agent_main(chan: c_int) -> ! {
                     }
                 }
             }
+            OP_PIN => {
+                if passed < 0 {
+                    [REPLY_ERRNO, libc::EBADF as u64, 0, 0]
+                } else {
+                    let ring = libc::syscall(libc::SYS_pidfd_getfd, passed, c as c_int, 0u32);
+                    let out = if ring < 0 {
+                        // Not an outcome of the step: the controller reports it.
+                        [REPLY_SIGNAL, errno(), 0, 0]
+                    } else {
+                        let iov = libc::iovec {
+                            iov_base: a as *mut c_void,
+                            iov_len: b as usize,
+                        };
+                        let r = libc::syscall(
+                            libc::SYS_io_uring_register,
+                            ring as c_int,
+                            IORING_REGISTER_BUFFERS,
+                            &iov as *const libc::iovec,
+                            1u32,
+                        );
+                        let out = if r == 0 {
+                            [REPLY_OK, 0, 0, 0]
+                        } else {
+                            [REPLY_ERRNO, errno(), 0, 0]
+                        };
+                        libc::close(ring as c_int);
+                        out
+                    };
+                    libc::close(passed);
+                    out
+                }
+            }
+            OP_MLOCK => sys_result(libc::mlock(a as *const c_void, b as usize)),
+            OP_MUNLOCK => sys_result(libc::munlock(a as *const c_void, b as usize)),
             OP_EXIT => libc::_exit(0),
             _ => [REPLY_ERRNO, libc::ENOSYS as u64, 0, 0],
         };

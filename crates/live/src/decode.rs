@@ -54,6 +54,8 @@ pub mod kpf {
     pub const NOPAGE: u32 = 20;
     pub const THP: u32 = 22;
     pub const ZERO_PAGE: u32 = 24;
+    /// PG_mlocked (of the folio on Linux >= 6.x).
+    pub const MLOCKED: u32 = 33;
 }
 
 /// A /proc/kpageflags word.
@@ -194,9 +196,47 @@ pub fn smaps_anon_huge(smaps: &str) -> Vec<(u64, u64, u64)> {
     out
 }
 
+/// Whether the VMA of /proc/PID/smaps that holds `addr` is VM_LOCKED
+/// (`lo` among its VmFlags); false when no VMA holds it.
+pub fn smaps_vm_locked(smaps: &str, addr: u64) -> bool {
+    let mut inside = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((s, e)) = first.split_once('-') {
+            if let (Ok(s), Ok(e)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) {
+                inside = s <= addr && addr < e;
+                continue;
+            }
+        }
+        if inside {
+            if let Some(rest) = line.strip_prefix("VmFlags:") {
+                return rest.split_whitespace().any(|f| f == "lo");
+            }
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_locked_comes_from_the_vma_holding_the_address() {
+        let smaps = "\
+7f0000000000-7f0000200000 rw-p 00000000 00:00 0
+Size:               2048 kB
+VmFlags: rd wr mr mw me lo ac sd
+7f0000200000-7f0000400000 rw-p 00000000 00:00 0
+Size:               2048 kB
+VmFlags: rd wr mr mw me ac sd
+";
+        assert!(smaps_vm_locked(smaps, 0x7f0000000000));
+        assert!(smaps_vm_locked(smaps, 0x7f00001fffff));
+        assert!(!smaps_vm_locked(smaps, 0x7f0000200000));
+        assert!(!smaps_vm_locked(smaps, 0x7f0000400000));
+        assert!(!smaps_vm_locked("", 0));
+    }
 
     // Values observed on Linux 6.18 (x86_64).
     const THP_HEAD_ANON: u64 = 0x4_0040_d828;

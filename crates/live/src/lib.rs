@@ -32,12 +32,40 @@
 //! when debugfs is missing or locked down); `kernel: deferred-split` writes 2
 //! to /proc/sys/vm/drop_caches, whose drop_slab() runs every shrinker of every
 //! memcg, the deferred-split one included.
+//!
+//! Pins and the device (issue 9; `pins`): `P: pin R = A[range] [write]
+//! [fast]` creates an io_uring instance in the controller (one per pin) and
+//! has P's agent register the range as buffer 0 (IORING_REGISTER_BUFFERS,
+//! which pins P's pages with FOLL_WRITE|FOLL_LONGTERM through
+//! pin_user_pages_fast(), all or nothing; an EFAULT is the step's `efault`).
+//! An io_uring fd cannot travel over a Unix socket, so the agent takes a copy
+//! of the controller's with pidfd_getfd() and closes it once registered: the
+//! ring, and the pin, are the controller's, and outlive P as the language
+//! says. `unpin R` is IORING_UNREGISTER_BUFFERS (any process may unpin; a pin
+//! whose step failed holds nothing). `device: write R[range] = V` is an
+//! IORING_OP_READ_FIXED from a memfd holding V into the buffer, `device: read
+//! R[off]` an IORING_OP_WRITE_FIXED from the buffer into the memfd, read back
+//! by the controller: both reach the pinned frames through the buffer's
+//! bio_vecs, not through any page table, the model's DMA. Live, every pin is
+//! a write pin and a fast one (io_uring's flags): a read-only pin is noted
+//! per line, and differs where the write flag decides (docs/CONFORMANCE.md
+//! D11); `fast` is noted as changing nothing. Where io_uring cannot be used
+//! (io_uring_setup() fails: ENOSYS, or EPERM with kernel.io_uring_disabled 2
+//! or 1), a scenario with a pin is refused before anything runs, naming the
+//! first pin's line and the reason; the sysctl is never changed.
+//!
+//! `mlock`/`munlock` are the syscalls in the agent (RLIMIT_MEMLOCK lifted;
+//! root has CAP_IPC_LOCK anyway); `expect P A[x] mlocked` holds when the VMA's
+//! smaps VmFlags has `lo` (VM_LOCKED) and /proc/kpageflags has KPF_MLOCKED
+//! (bit 33) for the page (a THP's head), as the model's rule.
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod agent;
 pub mod decode;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod observe;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod pins;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod run;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -168,7 +196,7 @@ pub fn live_tests_enabled() -> Result<(), String> {
 /// [`LiveError::Unsupported`] before touching anything when the scenario uses
 /// what the live runner cannot do (features of later issues, shared anonymous
 /// memory, a non-x86_64 geometry, `split-huge-page` without a writable
-/// debugfs). Runs are serialised machine-wide (a lock file), since THP
+/// debugfs, pins where io_uring is unavailable). Runs are serialised machine-wide (a lock file), since THP
 /// settings are global.
 pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
     imp::run_live(scn)

@@ -181,6 +181,13 @@ impl ProcFiles {
         Ok(PagemapEntry(u64::from_le_bytes(b)))
     }
 
+    /// Whether the VMA holding `addr` is VM_LOCKED.
+    pub fn vm_locked(&self, addr: u64) -> Result<bool, LiveError> {
+        let p = format!("/proc/{}/smaps", self.pid);
+        let s = std::fs::read_to_string(&p).map_err(io_err(format!("reading {p}")))?;
+        Ok(crate::decode::smaps_vm_locked(&s, addr))
+    }
+
     fn smaps(&mut self) -> Result<&[(u64, u64, u64)], LiveError> {
         if self.smaps.is_none() {
             let p = format!("/proc/{}/smaps", self.pid);
@@ -214,6 +221,11 @@ impl Observer {
 
     fn flags(&self, pfn: u64) -> Result<KFlags, LiveError> {
         Ok(KFlags(read_u64(&self.kflags, pfn, "/proc/kpageflags")?))
+    }
+
+    /// Whether a frame is PageMlocked (/proc/kpageflags KPF_MLOCKED).
+    pub fn frame_mlocked(&self, pfn: u64) -> Result<bool, LiveError> {
+        Ok(self.flags(pfn)?.has(crate::decode::kpf::MLOCKED))
     }
 
     /// The node of a frame, from the memory block holding it.

@@ -4,6 +4,7 @@
 
 use crate::agent::{self, NO_EXPECT};
 use crate::observe::{Observer, PageObs, ProcFiles, PAGE};
+use crate::pins::{self, DeviceFile, LivePin};
 use crate::session::{self, Session, Settings, INTERRUPTED};
 use crate::vmstat::Snapshot;
 use crate::{LiveError, LiveRecord, LiveReport};
@@ -14,8 +15,8 @@ use std::mem::{size_of, zeroed};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 use thpsim_scenario::{
-    Advice, Backing, Context, Expectation, Feature, Geometry, Item, Name, Op, Outcome, Protection,
-    Scenario, Selector, Show, Span, Step, Target, ThpPolicy, UnitSizes,
+    Advice, Backing, Context, Expectation, Feature, Geometry, Item, Name, Op, Outcome, PageKind,
+    Protection, Scenario, Selector, Show, Span, Step, Target, ThpPolicy, UnitSizes,
 };
 
 const SPLIT_HUGE_PAGES: &str = "/sys/kernel/debug/split_huge_pages";
@@ -51,7 +52,15 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
         }
     }
     for (f, span) in scn.features() {
-        if f != Feature::Core {
+        if !matches!(
+            f,
+            Feature::Core
+                | Feature::Pin
+                | Feature::PinFast
+                | Feature::PinReadOnly
+                | Feature::Device
+                | Feature::Mlock
+        ) {
             return Err(unsupported(
                 span,
                 format!("`{f}` is not supported by the live runner yet"),
@@ -71,6 +80,7 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
     }
     let mut split = None;
     let mut deferred = None;
+    let mut first_pin = None;
     for step in scn.steps() {
         match &step.op {
             Op::Mmap {
@@ -101,12 +111,34 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
             Op::DeferredSplit => {
                 deferred.get_or_insert(step.span);
             }
+            Op::Pin { write, fast, .. } => {
+                first_pin.get_or_insert(step.span);
+                if !*write {
+                    notes.push(format!(
+                        "line {}: a read-only pin runs as io_uring's buffer registration, which \
+                         pins with FOLL_WRITE|FOLL_LONGTERM (docs/CONFORMANCE.md D11)",
+                        step.span.line
+                    ));
+                }
+                if *fast {
+                    notes.push(format!(
+                        "line {}: `fast` changes nothing live: io_uring always pins with \
+                         pin_user_pages_fast()",
+                        step.span.line
+                    ));
+                }
+            }
             Op::Fork { .. }
             | Op::Exit
             | Op::Munmap { .. }
             | Op::Mprotect { .. }
             | Op::Write { .. }
-            | Op::Read { .. } => {}
+            | Op::Read { .. }
+            | Op::Unpin { .. }
+            | Op::DeviceWrite { .. }
+            | Op::DeviceRead { .. }
+            | Op::Mlock { .. }
+            | Op::Munlock { .. } => {}
             other => {
                 return Err(unsupported(
                     step.op_span,
@@ -117,12 +149,9 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
                 ))
             }
         }
-        if matches!(step.context, Context::Device) {
-            return Err(unsupported(
-                step.span,
-                "`device:` steps are not supported yet".into(),
-            ));
-        }
+    }
+    if let Some(span) = first_pin {
+        pins::available().map_err(|why| unsupported(span, why))?;
     }
     if let Some(span) = split {
         check_writable(SPLIT_HUGE_PAGES).map_err(|why| {
@@ -420,6 +449,11 @@ struct Runner<'a> {
     last: Snapshot,
     /// Background events seen during the run (see `vmstat`).
     interference: Vec<String>,
+    /// The pins held, by name (see `pins`): the controller's, so they
+    /// outlive their process.
+    pins: HashMap<String, LivePin>,
+    /// The device's file, made at the first `device:` step.
+    device: Option<DeviceFile>,
 }
 
 impl<'a> Runner<'a> {
@@ -462,6 +496,13 @@ impl<'a> Runner<'a> {
                 format!("region `{}` is not mapped in this process", t.region.text),
             ));
         };
+        let (s, e) = self.selector(t, len)?;
+        Ok((start + s, start + e))
+    }
+
+    /// `[start, end)` of a target's selector, as offsets in something of
+    /// `len` bytes (a region, or a pin for `device:` steps).
+    fn selector(&self, t: &Target, len: u64) -> Result<(u64, u64), LiveError> {
         let (s, e) = match &t.selector {
             Selector::At(q) => {
                 let off = self.resolve(q)?;
@@ -499,7 +540,23 @@ impl<'a> Runner<'a> {
                 ),
             ));
         }
-        Ok((start + s, start + e))
+        Ok((s, e))
+    }
+
+    /// The pin a `device:` step names and the step's range in it.
+    fn device_target(&mut self, t: &Target) -> Result<(u64, u64), LiveError> {
+        let name = &t.region.text;
+        let Some(len) = self.pins.get(name).map(|p| p.len) else {
+            return Err(self.invalid(
+                t.region.span,
+                format!("pin `{name}` is not held: its `pin` step did not succeed"),
+            ));
+        };
+        let r = self.selector(t, len)?;
+        if self.device.is_none() {
+            self.device = Some(DeviceFile::new()?);
+        }
+        Ok(r)
     }
 
     /// Forks the keeper from this process: an agent that maps nothing, forks
@@ -751,6 +808,54 @@ impl<'a> Runner<'a> {
                             Reply::Errno(_) => unreachable_reply(line),
                         }
                     }
+                    Op::Pin { pin, target, .. } => {
+                        let (s, e) = self.range(&name, target)?;
+                        let ring = pins::new_ring()
+                            .map_err(|what| LiveError::Unsupported { line, what })?;
+                        let me = pidfd_open(std::process::id() as i32)?;
+                        let p = self.proc(pn)?;
+                        let req = [agent::OP_PIN, s, e - s, ring.as_raw_fd() as u64];
+                        p.send(req, Some(me.as_raw_fd()))?;
+                        match p.recv()? {
+                            Reply::Ok { .. } => {
+                                self.pins
+                                    .insert(pin.text.clone(), LivePin::new(ring, s, e - s));
+                                ok
+                            }
+                            Reply::Errno(e) => Ok((
+                                errno_outcome(line, "io_uring buffer registration", e)?,
+                                None,
+                            )),
+                            // pidfd_getfd() of the controller's ring failed.
+                            Reply::Signal(e) => Err(LiveError::Failed {
+                                line,
+                                what: format!(
+                                    "the agent could not take the controller's io_uring fd \
+                                     (pidfd_getfd: {})",
+                                    io::Error::from_raw_os_error(e)
+                                ),
+                            }),
+                        }
+                    }
+                    Op::Unpin { pin } => {
+                        // A pin whose `pin` step failed holds nothing (as the
+                        // model: nothing to unpin).
+                        if let Some(held) = self.pins.remove(&pin.text) {
+                            held.unpin().map_err(|e| LiveError::Failed {
+                                line,
+                                what: format!("IORING_UNREGISTER_BUFFERS failed: {e}"),
+                            })?;
+                        }
+                        ok
+                    }
+                    Op::Mlock { target } => {
+                        let (s, e) = self.range(&name, target)?;
+                        self.syscall(line, "mlock", &name, [agent::OP_MLOCK, s, e - s, 0])
+                    }
+                    Op::Munlock { target } => {
+                        let (s, e) = self.range(&name, target)?;
+                        self.syscall(line, "munlock", &name, [agent::OP_MUNLOCK, s, e - s, 0])
+                    }
                     other => Err(LiveError::Unsupported {
                         line,
                         what: format!(
@@ -759,6 +864,31 @@ impl<'a> Runner<'a> {
                         ),
                     }),
                 }
+            }
+            (Context::Device, Op::DeviceWrite { target, value }) => {
+                let (s, e) = self.device_target(target)?;
+                let (Some(pin), Some(dev)) = (self.pins.get_mut(&target.region.text), &self.device)
+                else {
+                    return unreachable_reply(line);
+                };
+                pin.device_write(dev, s, e, value.value)
+                    .map_err(|e| LiveError::Failed {
+                        line,
+                        what: format!("the device's IORING_OP_READ_FIXED failed: {e}"),
+                    })?;
+                ok
+            }
+            (Context::Device, Op::DeviceRead { target, .. }) => {
+                let (s, e) = self.device_target(target)?;
+                let (Some(pin), Some(dev)) = (self.pins.get_mut(&target.region.text), &self.device)
+                else {
+                    return unreachable_reply(line);
+                };
+                let first = pin.device_read(dev, s, e).map_err(|e| LiveError::Failed {
+                    line,
+                    what: format!("the device's IORING_OP_WRITE_FIXED failed: {e}"),
+                })?;
+                Ok((Outcome::Ok, Some(first)))
             }
             (Context::Kernel, Op::SplitHugePage { process, target }) => {
                 // As the model: the debugfs write succeeds whether or not the
@@ -823,6 +953,22 @@ impl<'a> Runner<'a> {
     fn expect(&mut self, x: &thpsim_scenario::Expect) -> Result<(), LiveError> {
         let info = self.observe(&x.process, &x.target)?;
         let (ok, found) = match &x.what {
+            Expectation::Kind(k) if k.value == PageKind::Mlocked => {
+                // As the model: the VMA is VM_LOCKED and the page (a THP's
+                // head) is PageMlocked.
+                let pid = self.proc(&x.process)?.pid;
+                let (addr, _) = self.range(&x.process.text, &x.target)?;
+                let vma_locked = ProcFiles::open(pid)?.vm_locked(addr)?;
+                let page_locked = match info.head.or(info.pfn) {
+                    Some(f) => self.obs.frame_mlocked(f)?,
+                    None => false,
+                };
+                if vma_locked && page_locked {
+                    (true, "mlocked".to_string())
+                } else {
+                    (false, format!("{}, not mlocked", info.kind.keyword()))
+                }
+            }
             Expectation::Kind(k) => {
                 let kind = info.kind.keyword();
                 (kind == k.value.keyword(), kind.to_string())
@@ -994,6 +1140,8 @@ pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
         records: Vec::new(),
         last: Snapshot::now(),
         interference: Vec::new(),
+        pins: HashMap::new(),
+        device: None,
     };
     let result = runner.run_items();
     let end = Snapshot::now();
@@ -1029,9 +1177,7 @@ mod tests {
             ("kernel 3.16\nprocess P\n".to_string(), 1),
             (format!("khugepaged max_ptes_none=0\n{p}"), 1),
             (format!("{p}P: mirror M = A[..]\nmirror: read M[0]\n"), 3),
-            (format!("{p}P: pin R = A[..] write fast\n"), 3),
-            (format!("{p}P: pin R = A[..]\n"), 3),
-            (format!("{p}expect P A[0] mlocked\n"), 3),
+            (format!("{p}P: madvise A[..] pageout\n"), 3),
         ] {
             let scn = thpsim_scenario::parse("t.thp", &src).expect("valid");
             match preflight(&scn) {
@@ -1044,5 +1190,33 @@ mod tests {
         }
         let scn = thpsim_scenario::parse("t.thp", &format!("kernel 5.8\n{p}")).expect("valid");
         assert!(preflight(&scn).is_ok());
+    }
+
+    /// Pins, device steps and mlock pass preflight where io_uring works; where
+    /// it does not, the first pin's line is named with the reason.
+    #[test]
+    fn pins_pass_preflight_or_name_the_io_uring_problem() {
+        let src = "process P\nP: mmap A 1h\nP: mlock A[..]\nexpect P A[0] mlocked\n\
+                   P: pin R = A[..]\nP: pin S = A[..] write fast\ndevice: write R[0] = 1\n\
+                   device: read S[0] == 1\nP: unpin R\nP: munlock A[..]\n";
+        let scn = thpsim_scenario::parse("t.thp", src).expect("valid");
+        match (preflight(&scn), pins::available()) {
+            (Ok(notes), Ok(())) => {
+                assert!(
+                    notes
+                        .iter()
+                        .any(|n| n.contains("line 5") && n.contains("FOLL_WRITE")),
+                    "{notes:?}"
+                );
+                assert!(
+                    notes
+                        .iter()
+                        .any(|n| n.contains("line 6") && n.contains("fast")),
+                    "{notes:?}"
+                );
+            }
+            (Err(LiveError::Unsupported { line: 5, what }), Err(why)) => assert_eq!(what, why),
+            (got, avail) => panic!("{got:?} with io_uring {avail:?}"),
+        }
     }
 }

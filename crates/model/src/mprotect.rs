@@ -51,16 +51,20 @@ impl<E: Engine> Cpu<E> {
             }
             let tmp = vma.vm_end().min(end);
             let done = self.mprotect_fixup(mm, &vma, nstart, tmp, newflags);
+            // The merge comes before the next VMA is looked at, as 5.8's
+            // (`vma_merge()` in mprotect_fixup(), then `prev->vm_next`): it
+            // may have swallowed that VMA, and then the walk goes on from the
+            // end of the merged one (`nstart = prev->vm_end`).
+            self.vma_merge(mm, &done);
             nstart = tmp;
+            if let Some(prev) = mm.vma_at(VirtAddr(tmp.0 - 1)) {
+                nstart = nstart.max(prev.vm_end());
+            }
             if nstart >= end {
-                self.vma_merge(mm, &done);
                 return Ok(());
             }
             match mm.find_vma(nstart) {
-                Some(v) if v.vm_start() == nstart => {
-                    self.vma_merge(mm, &done);
-                    vma = v;
-                }
+                Some(v) if v.vm_start() == nstart => vma = v,
                 _ => return Err(Errno::Enomem),
             }
         }
@@ -216,5 +220,41 @@ impl<E: Engine> Cpu<E> {
         }
         let end = start.add_bytes(len.div_ceil(ps) * ps);
         Ok((end != start).then_some(end))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::audit::audit;
+    use crate::types::{CpuId, Geometry};
+    use crate::{Config, Kernel, StdEngine};
+
+    /// An mprotect() across VMAs whose first, once changed, merges with the
+    /// next goes on from the end of the merged VMA (5.8's `prev->vm_end`):
+    /// one VMA covers the range at the end, with the new protection, and the
+    /// way back merges too.
+    #[test]
+    fn mprotect_walks_on_from_a_merged_vma() {
+        let geo = Geometry::TINY;
+        let cpu = Cpu::new(Kernel::<StdEngine>::new(Config::new(geo)), CpuId(0));
+        let mm = cpu.mm_alloc();
+        let ps = geo.page_size();
+        let a = cpu.do_mmap(&mm, 6 * ps, Prot::ReadWrite, ps).expect("mmap");
+        let at = |n: u64| VirtAddr(a.0 + n * ps);
+        // [rw][r][rw]
+        cpu.do_mprotect(&mm, at(2), 2 * ps, Prot::Read).expect("r");
+        assert_eq!(mm.vma_list().len(), 3);
+        cpu.do_mprotect(&mm, a, 6 * ps, Prot::Read).expect("all r");
+        let vmas = mm.vma_list();
+        assert_eq!(vmas.len(), 1, "one VMA after the merges");
+        assert_eq!((vmas[0].vm_start(), vmas[0].vm_end()), (a, at(6)));
+        assert_eq!(vmas[0].vm_flags() & vm::WRITE, 0);
+        cpu.do_mprotect(&mm, a, 6 * ps, Prot::ReadWrite)
+            .expect("all rw");
+        let vmas = mm.vma_list();
+        assert_eq!(vmas.len(), 1);
+        assert_ne!(vmas[0].vm_flags() & vm::WRITE, 0);
+        assert!(audit(&cpu).is_empty(), "{:?}", audit(&cpu));
     }
 }

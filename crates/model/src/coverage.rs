@@ -181,16 +181,13 @@ impl Coverage {
             active.resize(cpu + 1, 0);
         }
         active[cpu] += 1;
-        if active[cpu] == 1 {
-            let others: Vec<usize> = (0..active.len())
-                .filter(|&c| c != cpu && active[c] > 0)
-                .collect();
-            drop(active);
-            if !others.is_empty() {
-                let mut d = self.lock();
-                for c in others {
-                    d.overlaps.insert((c.min(cpu), c.max(cpu)));
-                }
+        if active[cpu] == 1 && (0..active.len()).any(|c| c != cpu && active[c] > 0) {
+            // Lock order: `active`, then `data` (`copy` takes them one at a
+            // time); no allocation on this path, which every outermost
+            // kernel entry takes.
+            let mut d = self.lock();
+            for c in (0..active.len()).filter(|&c| c != cpu && active[c] > 0) {
+                d.overlaps.insert((c.min(cpu), c.max(cpu)));
             }
         }
         true
@@ -208,15 +205,16 @@ impl Coverage {
     /// whether it records, what it recorded, and how deep each CPU is in
     /// active code.
     pub fn copy(&self) -> Coverage {
+        let data = self.lock().clone();
+        let active = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Coverage {
             on: AtomicBool::new(self.enabled()),
-            data: Mutex::new(self.lock().clone()),
-            active: Mutex::new(
-                self.active
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone(),
-            ),
+            data: Mutex::new(data),
+            active: Mutex::new(active),
         }
     }
 

@@ -190,6 +190,19 @@ pub fn live_tests_enabled() -> Result<(), String> {
     }
 }
 
+/// Whether pins can run live here: an io_uring instance can be created (a
+/// container's seccomp profile or `kernel.io_uring_disabled` may forbid it).
+pub fn io_uring_available() -> Result<(), String> {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        pins::available()
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        Err("pins run live on Linux x86_64 only".to_string())
+    }
+}
+
 /// Runs a scenario on the live kernel.
 ///
 /// Fails with [`LiveError::Environment`] when [`environment`] does, with

@@ -17,6 +17,21 @@ fn live() -> bool {
     }
 }
 
+/// Live, and io_uring can pin here (a container may forbid io_uring: then
+/// the pin tests print `skipped: <reason>` and pass).
+fn live_pins() -> bool {
+    if !live() {
+        return false;
+    }
+    match thpsim_live::io_uring_available() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("skipped: io_uring is unavailable: {e}");
+            false
+        }
+    }
+}
+
 fn scenario_file(name: &str) -> thpsim_scenario::Scenario {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../scenarios")
@@ -514,7 +529,7 @@ fn expect_at(r: &LiveReport, line: usize) -> (bool, String) {
 
 #[test]
 fn a_device_write_through_a_pin_is_seen_by_the_process() {
-    if !live() {
+    if !live_pins() {
         return;
     }
     let scn = scenario(
@@ -555,7 +570,7 @@ expect P A[0] thp-pmd
 
 #[test]
 fn a_device_read_through_a_pin_sees_the_process_writes() {
-    if !live() {
+    if !live_pins() {
         return;
     }
     let scn = scenario(
@@ -595,7 +610,7 @@ device: read R[1p+7]
 /// that is not. So `unpin` is seen to release the page.
 #[test]
 fn unpin_releases_the_pinned_page() {
-    if !live() {
+    if !live_pins() {
         return;
     }
     let scn = scenario(
@@ -617,7 +632,7 @@ expect P A[0] same C2 A[0]
 
 #[test]
 fn pins_of_inaccessible_memory_fail_with_efault() {
-    if !live() {
+    if !live_pins() {
         return;
     }
     let scn = scenario(

@@ -839,6 +839,21 @@ impl<E: Engine> Cpu<E> {
         self.__get_user_pages_locked(mm, start, nr_pages, pages, None, gup_flags)
     }
 
+    /// The check that opens pin_user_pages() and pin_user_pages_fast(),
+    /// mm/gup.c, v5.8: FOLL_GET and FOLL_PIN are mutually exclusive
+    /// (`WARN_ON_ONCE(gup_flags & FOLL_GET)`, -EINVAL).
+    fn pin_flags_ok(&self, gup_flags: FollFlags) -> Result<(), Errno> {
+        if gup_flags.contains(FollFlags::GET) {
+            self.warn(
+                crate::check::invariants::VM_WARN,
+                "WARN_ON_ONCE(gup_flags & FOLL_GET)",
+                None,
+            );
+            return Err(Errno::Einval);
+        }
+        Ok(())
+    }
+
     /// Models pin_user_pages(), mm/gup.c, v5.8: pins `nr_pages` pages from
     /// `start` (FOLL_PIN) into `pages`. Returns how many were pinned (maybe
     /// fewer), or the error of the first.
@@ -854,15 +869,7 @@ impl<E: Engine> Cpu<E> {
         pages: &mut Vec<Pfn>,
     ) -> Result<u64, Errno> {
         let _f = self.func("pin_user_pages");
-        // FOLL_GET and FOLL_PIN are mutually exclusive.
-        if gup_flags.contains(FollFlags::GET) {
-            self.warn(
-                crate::check::invariants::VM_WARN,
-                "WARN_ON_ONCE(gup_flags & FOLL_GET)",
-                None,
-            );
-            return Err(Errno::Einval);
-        }
+        self.pin_flags_ok(gup_flags)?;
         self.__gup_longterm_locked(mm, start, nr_pages, Some(pages), gup_flags | FollFlags::PIN)
     }
 
@@ -1289,15 +1296,7 @@ impl<E: Engine> Cpu<E> {
         pages: &mut Vec<Pfn>,
     ) -> Result<u64, Errno> {
         let _f = self.func("pin_user_pages_fast");
-        // FOLL_GET and FOLL_PIN are mutually exclusive.
-        if gup_flags.contains(FollFlags::GET) {
-            self.warn(
-                crate::check::invariants::VM_WARN,
-                "WARN_ON_ONCE(gup_flags & FOLL_GET)",
-                None,
-            );
-            return Err(Errno::Einval);
-        }
+        self.pin_flags_ok(gup_flags)?;
         self.internal_get_user_pages_fast(mm, start, nr_pages, gup_flags | FollFlags::PIN, pages)
     }
 }
@@ -1315,15 +1314,7 @@ mod tests {
 
     type E = StdEngine;
 
-    fn machine(geo: Geometry, thp: ThpPolicy) -> (Cpu<E>, Arc<MmStruct<E>>, VirtAddr) {
-        let mut cfg = Config::new(geo);
-        cfg.thp = thp;
-        let cpu = Cpu::new(Kernel::<E>::new(cfg), CpuId(0));
-        let mm = cpu.mm_alloc();
-        let pmd = geo.pmd_size();
-        let a = cpu.do_mmap(&mm, pmd, Prot::ReadWrite, pmd).expect("mmap");
-        (cpu, mm, a)
-    }
+    use crate::testing::machine;
 
     fn fill(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, a: VirtAddr, v: u8) {
         let g = cpu.k.geo;

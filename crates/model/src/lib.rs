@@ -63,6 +63,8 @@ pub mod rmap;
 pub mod swapfile;
 pub mod sync;
 pub mod task_mmu;
+#[cfg(test)]
+mod testing;
 pub mod types;
 
 pub use cpu::Cpu;

@@ -114,14 +114,7 @@ impl<E: Engine> Cpu<E> {
         if new_flags == vma.vm_flags() {
             return;
         }
-        let mut vma = vma.clone();
-        if start != vma.vm_start() {
-            vma = self.__split_vma(mm, &vma, start, false);
-        }
-        if end != vma.vm_end() {
-            self.__split_vma(mm, &vma, end, true);
-            vma = mm.vma_at(start).expect("split vma");
-        }
+        let vma = self.split_vma_to(mm, vma, start, end);
         vma.set_vm_flags(new_flags);
         self.vma_merge(mm, &vma);
     }

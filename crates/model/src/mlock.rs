@@ -280,14 +280,7 @@ impl<E: Engine> Cpu<E> {
         if newflags == vma.vm_flags() {
             return vma.clone();
         }
-        let mut vma = vma.clone();
-        if start != vma.vm_start() {
-            vma = self.__split_vma(mm, &vma, start, false);
-        }
-        if end != vma.vm_end() {
-            self.__split_vma(mm, &vma, end, true);
-            vma = mm.vma_at(start).expect("split vma");
-        }
+        let vma = self.split_vma_to(mm, vma, start, end);
         // vm_flags is protected by the mmap_lock held in write mode. It's
         // okay if try_to_unmap_one unmaps a page just after we set VM_LOCKED,
         // populate_vma_page_range will bring it back.
@@ -410,21 +403,13 @@ mod tests {
     use crate::mmap::Prot;
     use crate::mmu::Access;
     use crate::task_mmu::MapKind;
-    use crate::types::{CpuId, Geometry};
-    use crate::{Config, Kernel, StdEngine, ThpPolicy};
+    use crate::types::Geometry;
+    use crate::{StdEngine, ThpPolicy};
 
     type E = StdEngine;
 
     /// A machine with one PMD-aligned, PMD-sized read-write region.
-    fn machine(geo: Geometry, thp: ThpPolicy) -> (Cpu<E>, Arc<MmStruct<E>>, VirtAddr) {
-        let mut cfg = Config::new(geo);
-        cfg.thp = thp;
-        let cpu = Cpu::new(Kernel::<E>::new(cfg), CpuId(0));
-        let mm = cpu.mm_alloc();
-        let pmd = geo.pmd_size();
-        let a = cpu.do_mmap(&mm, pmd, Prot::ReadWrite, pmd).expect("mmap");
-        (cpu, mm, a)
-    }
+    use crate::testing::machine;
 
     fn page_at(cpu: &Cpu<E>, mm: &MmStruct<E>, a: VirtAddr) -> Pfn {
         cpu.page_info(mm, a).pfn.expect("mapped")

@@ -109,6 +109,32 @@ impl<E: Engine> Cpu<E> {
         Ok(addr)
     }
 
+    /// The VMA that covers exactly `[start, end)` of `vma`, split off at
+    /// either end as needed: the two `split_vma()` calls that
+    /// madvise_behavior(), mprotect_fixup() and mlock_fixup() each make in
+    /// v5.8 (`start` first, the part above; then `end`, the part below).
+    ///
+    /// # Locking
+    /// Called with `mmap_lock` held for write.
+    pub fn split_vma_to(
+        &self,
+        mm: &MmStruct<E>,
+        vma: &Arc<Vma>,
+        start: VirtAddr,
+        end: VirtAddr,
+    ) -> Arc<Vma> {
+        let mut vma = vma.clone();
+        if start != vma.vm_start() {
+            vma = self.__split_vma(mm, &vma, start, false);
+        }
+        if end != vma.vm_end() {
+            self.__split_vma(mm, &vma, end, true);
+            // The part below `end` keeps the old object; find it again.
+            vma = mm.vma_at(start).expect("split vma");
+        }
+        vma
+    }
+
     /// Models __split_vma(), mm/mmap.c, v5.8: split `vma` at `addr`; the new VMA
     /// is the part below `addr` if `new_below`. Returns the new VMA.
     pub fn __split_vma(

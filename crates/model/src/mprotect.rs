@@ -89,15 +89,7 @@ impl<E: Engine> Cpu<E> {
         if newflags == vma.vm_flags() {
             return vma.clone();
         }
-        let mut vma = vma.clone();
-        if start != vma.vm_start() {
-            vma = self.__split_vma(mm, &vma, start, false);
-        }
-        if end != vma.vm_end() {
-            self.__split_vma(mm, &vma, end, true);
-            // The part below `end` keeps the old object; find it again.
-            vma = mm.vma_at(start).expect("split vma");
-        }
+        let vma = self.split_vma_to(mm, vma, start, end);
         let oldflags = vma.vm_flags();
         vma.set_vm_flags(newflags);
         self.change_protection(mm, &vma, start, end, vma.vm_page_prot());

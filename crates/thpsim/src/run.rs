@@ -342,6 +342,22 @@ fn access_outcome(e: AccessError) -> Outcome {
     }
 }
 
+/// The record of a step that never finished (its CPU oopsed, or stalled
+/// after another CPU's oops): failed, with `why`.
+fn unfinished(step: &Step, line: usize, cpu: usize, text: String, why: &str) -> Record {
+    Record::Step {
+        line,
+        cpu,
+        text,
+        outcome: Outcome::Ok,
+        expected: step.expected(),
+        value: None,
+        ok: false,
+        detail: Some(why.to_string()),
+        note: None,
+    }
+}
+
 /// Silences the panic message of a kernel oops (`BUG()`), which the run
 /// reports itself; other panics print as usual.
 pub fn install_oops_hook() {
@@ -818,20 +834,13 @@ impl<E: Engine> Machine<E> {
             Err(payload) if payload.downcast_ref::<CpuStalled>().is_some() => {
                 // Another CPU oopsed, and this one would have waited forever
                 // on what it held: the step never ends.
-                self.push(Record::Step {
+                self.push(unfinished(
+                    step,
                     line,
                     cpu,
                     text,
-                    outcome: Outcome::Ok,
-                    expected: step.expected(),
-                    value: None,
-                    ok: false,
-                    detail: Some(
-                        "stalled: waits on a lock or page another CPU held when it oopsed"
-                            .to_string(),
-                    ),
-                    note: None,
-                });
+                    "stalled: waits on a lock or page another CPU held when it oopsed",
+                ));
                 Ok(())
             }
             Err(payload) => {
@@ -841,18 +850,13 @@ impl<E: Engine> Machine<E> {
                 let reports = self.k.take_reports();
                 let mut st = self.st();
                 st.dead = true;
-                let detail = Some("kernel BUG: the CPU oopsed".to_string());
-                self.push(Record::Step {
+                self.push(unfinished(
+                    step,
                     line,
                     cpu,
                     text,
-                    outcome: Outcome::Ok,
-                    expected: step.expected(),
-                    value: None,
-                    ok: false,
-                    detail,
-                    note: None,
-                });
+                    "kernel BUG: the CPU oopsed",
+                ));
                 for v in reports {
                     self.push(Record::Violation { line, violation: v });
                 }

@@ -169,9 +169,12 @@ impl<E: Engine> Cpu<E> {
     pub fn pte_alloc_one(&self) -> Option<Pfn> {
         let pfn = self.alloc_pages(0, 0, false)?;
         self.page(pfn).set_flag(pg::TABLE);
+        // The frame is cleared (an entry never made is already none).
         let t = self.table(pfn);
         for i in 0..t.len() {
-            t.raw(i).store(0);
+            if let Some(e) = t.made(i) {
+                e.store(0);
+            }
         }
         Some(pfn)
     }
@@ -179,7 +182,8 @@ impl<E: Engine> Cpu<E> {
     /// Models pte_free(): frees a page-table frame.
     pub fn pte_free(&self, pfn: Pfn) {
         let t = self.table(pfn);
-        let busy = (0..t.len()).any(|i| t.raw(i).load() != 0);
+        // A model check, read as a checker reads (no scheduling point).
+        let busy = (0..t.len()).any(|i| t.peek(i) != 0);
         crate::vm_bug_on_page!(
             self,
             busy,
@@ -1034,77 +1038,221 @@ impl<E: Engine> Cpu<E> {
         self.tlb_finish_mmu(tlb);
     }
 
-    /// Models free_pgtables()/free_pgd_range(), mm/memory.c, v5.8: free the page
-    /// tables under `[start, end)` that map only `[floor, ceiling)`, the hole an
-    /// unmap leaves. Walks only the tables that exist, as free_pgd_range() does.
+    /// Models free_pgtables(), mm/memory.c, v5.8: hide each VMA from rmap
+    /// (unlink_anon_vmas()), then free the page tables under it that no other
+    /// VMA uses, nearby VMAs gathered into one call down. `vmas` are detached
+    /// and in address order; `floor` is the end of the VMA before them (0:
+    /// FIRST_USER_ADDRESS) and `ceiling` the start of the one after (the
+    /// task size: USER_PGTABLES_CEILING, the top).
+    ///
+    /// DIVERGENCE: no hugetlb branch (hugetlb_free_pgd_range()); hugetlb VMAs
+    /// are not modelled yet.
     pub fn free_pgtables(
         &self,
         tlb: &mut MmuGather,
         mm: &MmStruct<E>,
-        start: VirtAddr,
-        end: VirtAddr,
+        vmas: &[Arc<Vma>],
         floor: VirtAddr,
         ceiling: VirtAddr,
     ) {
         let _f = self.func("free_pgtables");
+        let pmd_size = self.k.geo.pmd_size();
+        let mut i = 0;
+        while i < vmas.len() {
+            let addr = vmas[i].vm_start();
+            self.unlink_anon_vmas(&vmas[i]);
+            // Optimization: gather nearby vmas into one call down.
+            while let Some(next) = vmas.get(i + 1) {
+                if next.vm_start().0 > vmas[i].vm_end().0 + pmd_size {
+                    break;
+                }
+                i += 1;
+                self.unlink_anon_vmas(&vmas[i]);
+            }
+            let up_to = vmas.get(i + 1).map_or(ceiling, |n| n.vm_start());
+            self.free_pgd_range(tlb, mm, addr.0, vmas[i].vm_end().0, floor.0, up_to.0);
+            i += 1;
+        }
+    }
+
+    /// Models free_pgd_range(), mm/memory.c, v5.8, with its arithmetic: addr
+    /// and floor 0 are the bottom of the address space, end and ceiling 0 its
+    /// top, hence the "- 1"s. A table is freed when `[floor, ceiling)`, the
+    /// hole between the neighbouring VMAs, covers all it maps.
+    ///
+    /// The walk reads each entry that was ever made (`TableBody::made`): with
+    /// mmap_lock held for write, or the mm dead, no other CPU can make one.
+    /// 4-level paging: the p4d level is folded into the PGD
+    /// (free_p4d_range()'s own pgd_clear() and p4d_free_tlb() do nothing).
+    fn free_pgd_range(
+        &self,
+        tlb: &mut MmuGather,
+        mm: &MmStruct<E>,
+        addr: u64,
+        end: u64,
+        floor: u64,
+        ceiling: u64,
+    ) {
         let g = self.k.geo;
-        let covers = |lo: u64, size: u64| lo >= floor.0 && lo + size <= ceiling.0;
-        let overlaps = |lo: u64, size: u64| lo < end.0 && lo + size > start.0;
-        let empty = |t: &TableBody<E>| (0..t.len()).all(|i| t.raw(i).load() == 0);
-        let pgd_span = 1u64 << g.pgdir_shift();
-        for i in 0..g.ptrs(Level::Pgd) {
-            let pgd_base = i as u64 * pgd_span;
-            if !overlaps(pgd_base, pgd_span) {
-                continue;
+        // USER_PGTABLES_CEILING is 0, the top.
+        let ceiling = if ceiling >= g.task_size() { 0 } else { ceiling };
+        let pmd_mask = !(g.pmd_size() - 1);
+        let mut addr = addr & pmd_mask;
+        let mut end = end;
+        if addr < floor {
+            addr = addr.wrapping_add(g.pmd_size());
+            if addr == 0 {
+                return;
             }
-            let pgd_slot = mm.pgd.raw(i);
-            let Upper::Table(pud_t) = Upper::decode(pgd_slot.load()) else {
-                continue;
-            };
-            for j in 0..g.ptrs(Level::Pud) {
-                let pud_base = pgd_base + j as u64 * g.pud_size();
-                if !overlaps(pud_base, g.pud_size()) {
-                    continue;
-                }
-                let pud_slot = self.table(pud_t).raw(j);
-                let Upper::Table(pmd_t) = Upper::decode(pud_slot.load()) else {
-                    continue;
-                };
-                for l in 0..g.ptrs(Level::Pmd) {
-                    let base = pud_base + l as u64 * g.pmd_size();
-                    if !overlaps(base, g.pmd_size()) || !covers(base, g.pmd_size()) {
-                        continue;
-                    }
-                    let pmd = EntryRef {
-                        table: pmd_t,
-                        index: l,
-                    };
-                    if let Pmd::Table(t) = self.pmd_read(pmd) {
-                        let ptl = self.pmd_lockptr(pmd).lock(self);
-                        self.set_pmd_at(pmd, Pmd::None);
-                        drop(ptl);
-                        self.tlb_remove_table(tlb, t, VirtAddr(base));
-                    }
-                }
-                if covers(pud_base, g.pud_size()) {
-                    let tb = self.table(pmd_t);
-                    let no_deposit = tb
-                        .deposited
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .is_empty();
-                    if empty(tb) && no_deposit {
-                        pud_slot.store(0);
-                        self.tlb_remove_table(tlb, pmd_t, VirtAddr(pud_base));
-                    }
+        }
+        let mut ceiling_pmd = ceiling;
+        if ceiling_pmd != 0 {
+            ceiling_pmd &= pmd_mask;
+            if ceiling_pmd == 0 {
+                return;
+            }
+        }
+        if end.wrapping_sub(1) > ceiling_pmd.wrapping_sub(1) {
+            end -= g.pmd_size();
+        }
+        if addr > end.wrapping_sub(1) {
+            return;
+        }
+        let pgdir_size = 1u64 << g.pgdir_shift();
+        loop {
+            let next = addr_end(addr, end, pgdir_size);
+            if let Some(pgd) = mm.pgd.made(g.index(Level::Pgd, VirtAddr(addr))) {
+                if let Upper::Table(pud_t) = Upper::decode(pgd.load()) {
+                    self.free_pud_range(tlb, pgd, pud_t, addr, next, floor, ceiling);
                 }
             }
-            if covers(pgd_base, pgd_span) && empty(self.table(pud_t)) {
-                pgd_slot.store(0);
-                self.tlb_remove_table(tlb, pud_t, VirtAddr(pgd_base));
+            addr = next;
+            if addr == end {
+                break;
             }
         }
     }
+
+    /// Models free_pud_range() (and the folded free_p4d_range()), mm/memory.c,
+    /// v5.8: free the PMD tables under `[addr, end)`, then the PUD table
+    /// itself (p4d_clear() clears the PGD entry) if the hole covers it.
+    #[allow(clippy::too_many_arguments)]
+    fn free_pud_range(
+        &self,
+        tlb: &mut MmuGather,
+        pgd: &E::Atomic,
+        pud_t: Pfn,
+        addr: u64,
+        end: u64,
+        floor: u64,
+        ceiling: u64,
+    ) {
+        let g = self.k.geo;
+        let start = addr;
+        let mut addr = addr;
+        loop {
+            let next = addr_end(addr, end, g.pud_size());
+            if let Some(pud) = self.table(pud_t).made(g.index(Level::Pud, VirtAddr(addr))) {
+                if let Upper::Table(pmd_t) = Upper::decode(pud.load()) {
+                    self.free_pmd_range(tlb, pud, pmd_t, addr, next, floor, ceiling);
+                }
+            }
+            addr = next;
+            if addr == end {
+                break;
+            }
+        }
+        let pgdir_mask = !((1u64 << g.pgdir_shift()) - 1); // P4D_MASK, folded
+        if !frees_table(start, end, floor, ceiling, pgdir_mask) {
+            return;
+        }
+        pgd.store(0); // p4d_clear()
+        self.tlb_remove_table(tlb, pud_t, VirtAddr(start & pgdir_mask)); // pud_free_tlb()
+    }
+
+    /// Models free_pmd_range() and free_pte_range(), mm/memory.c, v5.8: free
+    /// the PTE tables under `[addr, end)` (pmd_clear(), no lock: the VMAs are
+    /// gone), then the PMD table itself if the hole covers it.
+    #[allow(clippy::too_many_arguments)]
+    fn free_pmd_range(
+        &self,
+        tlb: &mut MmuGather,
+        pud: &E::Atomic,
+        pmd_t: Pfn,
+        addr: u64,
+        end: u64,
+        floor: u64,
+        ceiling: u64,
+    ) {
+        let g = self.k.geo;
+        let start = addr;
+        let mut addr = addr;
+        loop {
+            let next = addr_end(addr, end, g.pmd_size());
+            let pmd = EntryRef {
+                table: pmd_t,
+                index: g.index(Level::Pmd, VirtAddr(addr)),
+            };
+            if self.table(pmd_t).made(pmd.index).is_some() {
+                // pmd_none_or_clear_bad(); free_pte_range()
+                if let Pmd::Table(t) = self.pmd_read(pmd) {
+                    self.set_pmd_at(pmd, Pmd::None); // pmd_clear()
+                    self.tlb_remove_table(tlb, t, VirtAddr(addr)); // pte_free_tlb()
+                }
+            }
+            addr = next;
+            if addr == end {
+                break;
+            }
+        }
+        let pud_mask = !(g.pud_size() - 1);
+        if !frees_table(start, end, floor, ceiling, pud_mask) {
+            return;
+        }
+        pud.store(0); // pud_clear()
+                      // pmd_free_tlb(): ___pmd_free_tlb() runs pgtable_pmd_page_dtor().
+        let deposited = !self
+            .table(pmd_t)
+            .deposited
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty();
+        crate::vm_bug_on_page!(
+            self,
+            deposited,
+            pmd_t,
+            "pgtable_pmd_page_dtor: VM_BUG_ON_PAGE(page->pmd_huge_pte)"
+        );
+        self.tlb_remove_table(tlb, pmd_t, VirtAddr(start & pud_mask));
+    }
+}
+
+/// pgd_addr_end()/pud_addr_end()/pmd_addr_end(): the end of the entry of
+/// `size` that holds `addr`, or `end` if that comes first (0 is the top).
+fn addr_end(addr: u64, end: u64, size: u64) -> u64 {
+    let boundary = addr.wrapping_add(size) & !(size - 1);
+    if boundary.wrapping_sub(1) < end.wrapping_sub(1) {
+        boundary
+    } else {
+        end
+    }
+}
+
+/// The test at the end of free_pmd_range()/free_pud_range(), mm/memory.c,
+/// v5.8: the table that maps `start` (rounded down by `mask`) is freed only
+/// if `[floor, ceiling)` covers it.
+fn frees_table(start: u64, end: u64, floor: u64, ceiling: u64, mask: u64) -> bool {
+    if start & mask < floor {
+        return false;
+    }
+    let mut ceiling = ceiling;
+    if ceiling != 0 {
+        ceiling &= mask;
+        if ceiling == 0 {
+            return false;
+        }
+    }
+    end.wrapping_sub(1) <= ceiling.wrapping_sub(1)
 }
 
 /// assert_spin_locked().
@@ -1121,10 +1269,61 @@ mod tests {
     use crate::check::audit::audit;
     use crate::mmap::Prot;
     use crate::mmu::Access;
-    use crate::pgtable::Pte;
+    use crate::pgtable::{Pmd, Pte};
     use crate::rmap::TtuFlags;
-    use crate::types::{CpuId, Geometry};
+    use crate::types::{CpuId, Geometry, VirtAddr};
     use crate::{Config, Cpu, Kernel, StdEngine};
+
+    /// free_pgtables() frees a table only when the hole between the
+    /// neighbouring VMAs covers it (5.8's floor/ceiling rule): munmap of the
+    /// middle of three PMD-sized VMAs frees its PTE table and keeps the PMD
+    /// table the others use; exit frees every table and every frame comes back.
+    #[test]
+    fn free_pgtables_frees_what_the_hole_covers() {
+        use crate::ThpPolicy;
+        for geo in [Geometry::TINY, Geometry::X86_64] {
+            let mut cfg = Config::new(geo);
+            cfg.thp = ThpPolicy::Never;
+            let cpu = Cpu::new(Kernel::<StdEngine>::new(cfg), CpuId(0));
+            let free_at_boot = cpu.k.mem.nr_free();
+            let mm = cpu.mm_alloc();
+            let pmd = geo.pmd_size();
+            let a = cpu
+                .do_mmap(&mm, 3 * pmd, Prot::ReadWrite, pmd)
+                .expect("mmap");
+            for i in 0..3 {
+                cpu.user_access(&mm, a.add_bytes(i * pmd), Access::Write(7))
+                    .expect("write");
+            }
+            // The middle third becomes its own VMA (mprotect splits it off).
+            cpu.do_mprotect(&mm, a.add_bytes(pmd), pmd, Prot::Read)
+                .expect("mprotect");
+            let table_of = |addr: VirtAddr| match cpu.pmd_read(cpu.pmd_offset(&mm, addr).unwrap()) {
+                Pmd::Table(t) => Some(t),
+                _ => None,
+            };
+            let middle = table_of(a.add_bytes(pmd)).expect("a PTE table");
+            let pmd_table = cpu.pmd_offset(&mm, a).unwrap().table;
+            cpu.do_munmap(&mm, a.add_bytes(pmd), pmd).expect("munmap");
+            assert_eq!(
+                table_of(a.add_bytes(pmd)),
+                None,
+                "the PTE table is unhooked"
+            );
+            assert!(cpu.k.mem.is_free(middle), "the hole's PTE table is freed");
+            assert!(table_of(a).is_some() && table_of(a.add_bytes(2 * pmd)).is_some());
+            assert!(
+                !cpu.k.mem.is_free(pmd_table),
+                "the PMD table others use stays"
+            );
+            assert_eq!(cpu.user_load(&mm, a, 1).expect("read"), vec![7]);
+            cpu.mmput(&mm);
+            assert!(cpu.k.reports().is_empty(), "{:?}", cpu.k.reports());
+            assert!(cpu.k.mem.is_free(pmd_table), "exit frees the PMD table");
+            // Every frame is back (the model's PGD is no frame).
+            assert_eq!(cpu.k.mem.nr_free(), free_at_boot, "{}", geo.name);
+        }
+    }
 
     /// fork while a PTE-mapped THP is frozen to migration entries (what
     /// unmap_page() leaves for split_huge_page()): copy_one_pte() copies the

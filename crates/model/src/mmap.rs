@@ -371,10 +371,7 @@ impl<E: Engine> Cpu<E> {
             .map(|v| v.vm_start())
             .min()
             .unwrap_or(VirtAddr(self.k.geo.task_size()));
-        for v in vmas {
-            self.unlink_anon_vmas(v);
-        }
-        self.free_pgtables(&mut tlb, mm, start, end, floor, ceiling);
+        self.free_pgtables(&mut tlb, mm, vmas, floor, ceiling);
         self.tlb_finish_mmu(tlb);
     }
 
@@ -394,14 +391,11 @@ impl<E: Engine> Cpu<E> {
         for v in &vmas {
             self.unmap_page_range(&mut tlb, mm, v, v.vm_start(), v.vm_end());
         }
-        for v in &vmas {
-            self.unlink_anon_vmas(v);
-        }
+        // FIRST_USER_ADDRESS, USER_PGTABLES_CEILING
         self.free_pgtables(
             &mut tlb,
             mm,
-            VirtAddr(0),
-            VirtAddr(self.k.geo.task_size()),
+            &vmas,
             VirtAddr(0),
             VirtAddr(self.k.geo.task_size()),
         );

@@ -342,6 +342,13 @@ impl<E: Engine> TableBody<E> {
     pub fn raw(&self, i: usize) -> &E::Atomic {
         self.entries[i].get_or_init(|| E::Atomic::new(0))
     }
+    /// Entry `i` if it was ever made. For a walk that may treat an entry never
+    /// made as none without reading it: one under a lock that keeps entries
+    /// from being made (free_pgtables() under mmap_lock for write, or of an
+    /// mm no one else uses), or one of a frame no other CPU can reach yet.
+    pub fn made(&self, i: usize) -> Option<&E::Atomic> {
+        self.entries[i].get()
+    }
     /// Entry `i`'s value for checkers: no scheduling point, nothing made.
     pub fn peek(&self, i: usize) -> u64 {
         self.entries[i].get().map_or(0, |a| a.peek())

@@ -162,6 +162,15 @@ pub trait Atomic: Send + Sync + 'static {
         self.load()
     }
 
+    /// Writes the word without a scheduling point: for an object no other CPU
+    /// can reach, such as the fields of a frame just taken from the free
+    /// lists (the kernel's own rule for its non-atomic `__SetPage*()` and
+    /// `set_page_count()`). The same as [`Atomic::store`] on engines without
+    /// scheduling.
+    fn init(&self, v: u64) {
+        self.store(v)
+    }
+
     /// The word read as a signed counter (`atomic_read`).
     fn load_i64(&self) -> i64 {
         self.load() as i64
@@ -606,6 +615,11 @@ impl Atomic for ShuttleAtomic {
     }
     fn peek(&self) -> u64 {
         self.v.load(SC)
+    }
+    fn init(&self, v: u64) {
+        // No scheduling point, but the step in progress wrote it.
+        footprint::hidden(footprint::Obj::Id(self.id), true);
+        self.v.store(v, SC)
     }
 }
 

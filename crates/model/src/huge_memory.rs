@@ -177,7 +177,7 @@ impl<E: Engine> Cpu<E> {
         for i in 0..self.k.geo.hpage_pmd_nr() {
             self.clear_page(page.add(i)); // clear_huge_page()
         }
-        self.page(page).set_flag(pg::UPTODATE);
+        self.page(page).__set_flag(pg::UPTODATE); // __SetPageUptodate()
         let ptl = self.pmd_lockptr(pmd).lock(self);
         if !self.pmd_read(pmd).is_none() {
             drop(ptl);
@@ -664,14 +664,14 @@ impl<E: Engine> Cpu<E> {
                     flags,
                 }
             };
-            let r = EntryRef {
-                table: pgtable,
-                index: i as usize,
-            };
-            if !self.pte_read(r).is_none() {
+            // The withdrawn table is reached by no other CPU until
+            // pmd_populate() below: its entries are read and written without
+            // scheduling points.
+            let slot = self.table(pgtable).raw(i as usize);
+            if !Pte::decode(slot.peek()).is_none() {
                 self.bug("BUG_ON(!pte_none(*pte))", Some(page));
             }
-            self.set_pte_at(r, entry);
+            slot.init(entry.encode()); // set_pte_at()
             if !pmd_migration {
                 self.page(page.add(i)).mapcount.fetch_add(1);
             }

@@ -168,12 +168,13 @@ impl<E: Engine> Cpu<E> {
     /// Models pte_alloc_one()/pmd_alloc_one(): a zeroed frame for a page table.
     pub fn pte_alloc_one(&self) -> Option<Pfn> {
         let pfn = self.alloc_pages(0, 0, false)?;
-        self.page(pfn).set_flag(pg::TABLE);
-        // The frame is cleared (an entry never made is already none).
+        self.page(pfn).__set_flag(pg::TABLE); // pgtable_pte_page_ctor(): __SetPageTable()
+                                              // The frame, no other CPU's yet, is cleared (an entry never made is
+                                              // already none).
         let t = self.table(pfn);
         for i in 0..t.len() {
             if let Some(e) = t.made(i) {
-                e.store(0);
+                e.init(0);
             }
         }
         Some(pfn)
@@ -467,7 +468,7 @@ impl<E: Engine> Cpu<E> {
         let Some(page) = self.alloc_pages(0, node, true) else {
             return VmFaultT::OOM;
         };
-        self.page(page).set_flag(pg::UPTODATE);
+        self.page(page).__set_flag(pg::UPTODATE); // __SetPageUptodate()
         let mut flags = vma.vm_page_prot();
         flags.young = true;
         if vma.vm_flags() & vm::WRITE != 0 {
@@ -501,16 +502,23 @@ impl<E: Engine> Cpu<E> {
     /// Models lru_cache_add_active_or_unevictable(), mm/swap.c, v5.8: a new
     /// page joins the LRU, active, or mlocked at once in a VM_LOCKED VMA (the
     /// unevictable list is not modelled).
+    ///
+    /// The page is new, not yet mapped or on the LRU: no other CPU can reach
+    /// it, so its flags change without a scheduling point until PG_lru is
+    /// set (5.8's SetPageActive()/TestSetPageMlocked() are atomic, but
+    /// nothing can race with them here).
     pub fn lru_cache_add_active_or_unevictable(&self, pfn: Pfn, vma: &Vma) {
+        let page = self.page(pfn);
         crate::vm_bug_on_page!(
             self,
-            self.page(pfn).test_flag(pg::LRU),
+            page.test_flag_peek(pg::LRU),
             pfn,
             "VM_BUG_ON_PAGE(PageLRU(page), page)"
         );
         if vma.vm_flags() & vm::LOCKED == 0 {
-            self.page(pfn).set_flag(pg::ACTIVE);
-        } else if !self.page(pfn).test_set_flag(pg::MLOCKED) {
+            page.__set_flag(pg::ACTIVE);
+        } else if !page.test_flag_peek(pg::MLOCKED) {
+            page.__set_flag(pg::MLOCKED);
             self.note(|| format!("page {} mlocked as it is faulted in", pfn.0));
         }
         // lru_cache_add()
@@ -642,7 +650,7 @@ impl<E: Engine> Cpu<E> {
             self.note(|| "cow_user_page()".to_string());
             self.copy_page(new_page, old); // cow_user_page()
         }
-        self.page(new_page).set_flag(pg::UPTODATE);
+        self.page(new_page).__set_flag(pg::UPTODATE); // __SetPageUptodate()
         let pte = vmf.pte.unwrap_or_else(|| {
             self.pte_offset(self.pmd_read(vmf.pmd.expect("pmd")), vmf.address)
                 .expect("pte table")

@@ -217,6 +217,12 @@ impl<E: Engine> Page<E> {
     pub fn clear_flag(&self, f: u64) {
         self.flags.fetch_and(!f);
     }
+    /// Models the non-atomic `__SetPage*()`, include/linux/page-flags.h, v5.8:
+    /// for a page no other CPU can reach (a new page before it is mapped), so
+    /// no scheduling point.
+    pub fn __set_flag(&self, f: u64) {
+        self.flags.init(self.flags.peek() | f);
+    }
     /// TestSetPage*(): returns the old value.
     pub fn test_set_flag(&self, f: u64) -> bool {
         self.flags.fetch_or(f) & f != 0
@@ -243,6 +249,15 @@ impl<E: Engine> Page<E> {
     pub(crate) fn set_compound_head(&self, head: Option<Pfn>) {
         self.compound_head.store(head.map_or(0, |h| h.0 + 1));
     }
+    /// [`Page::set_compound_head`] of a frame no other CPU can reach (no
+    /// scheduling point, [`Atomic::init`]).
+    pub(crate) fn init_compound_head(&self, head: Option<Pfn>) {
+        self.compound_head.init(head.map_or(0, |h| h.0 + 1));
+    }
+    /// `set_compound_order()` of a frame no other CPU can reach.
+    pub(crate) fn init_compound_order(&self, order: u32) {
+        self.compound_order.init(order as u64);
+    }
     pub fn compound_order(&self) -> u32 {
         self.compound_order.load() as u32
     }
@@ -264,9 +279,11 @@ impl<E: Engine> Page<E> {
     }
     /// `atomic_set(compound_pincount_ptr(page), 0)` (prep_compound_page(),
     /// page_add_new_anon_rmap()): a count never made is 0 already.
+    /// `atomic_set(compound_pincount_ptr(page), 0)` of a new compound page
+    /// (no other CPU can reach it: no scheduling point).
     pub(crate) fn reset_compound_pincount(&self) {
         if let Some(a) = self.compound_pincount.get() {
-            a.store(0);
+            a.init(0);
         }
     }
 

@@ -309,64 +309,74 @@ impl<E: Engine> Cpu<E> {
             .map(|i| (node as usize + i) % n)
             .find_map(|z| mem.take(z, order))?;
         let nr = 1u64 << order;
+        // The frames are this CPU's alone until the head's reference count
+        // is set: every field is written without a scheduling point.
         for i in 0..nr {
             let p = self.page(pfn.add(i));
-            p.flags.store(0);
-            p.refcount.store(0);
-            p.mapcount.store_i64(-1);
-            p.compound_mapcount.store_i64(-1);
-            p.mapping.store(0);
-            p.index.store(0);
-            p.set_compound_head(None);
-            p.set_compound_order(0);
+            p.flags.init(0);
+            p.refcount.init(0);
+            p.mapcount.init(u64::MAX); // -1
+            p.compound_mapcount.init(u64::MAX);
+            p.mapping.init(0);
+            p.index.init(0);
+            p.init_compound_head(None);
+            p.init_compound_order(0);
             if zeroed {
                 self.clear_page(pfn.add(i));
             }
         }
         let head = self.page(pfn);
-        head.refcount.store(1);
         if order > 0 {
             // prep_compound_page()
-            head.set_flag(pg::HEAD);
-            head.set_compound_order(order);
+            head.__set_flag(pg::HEAD);
+            head.init_compound_order(order);
             if order > 1 {
                 // hpage_pincount_available()
                 head.reset_compound_pincount();
             }
             for i in 1..nr {
-                self.page(pfn.add(i)).set_compound_head(Some(pfn));
+                self.page(pfn.add(i)).init_compound_head(Some(pfn));
             }
         }
+        // set_page_refcounted(): from here get_page_unless_zero() of the
+        // frame can succeed. DIVERGENCE: 5.8 sets it before
+        // prep_compound_page() (post_alloc_hook()); the model last, so that
+        // no field is written once the frame can be reached.
+        head.refcount.store(1);
         Some(pfn)
     }
 
     /// Models free_pages_check() and __free_pages_ok()/free_unref_page(),
     /// mm/page_alloc.c, v5.8: a page still mapped, locked or used as anything is
     /// a "Bad page state" (reported as a violation of BAD-PAGE).
+    ///
+    /// A page whose reference count has reached 0 is the freeing CPU's alone
+    /// (get_page_unless_zero() and GUP-fast's speculative reference fail on
+    /// it), so its fields are checked and reset without scheduling points.
     pub fn free_unref_page(&self, pfn: Pfn, order: u32) {
         let _f = self.func("free_unref_page");
         let nr = 1u64 << order;
         for i in 0..nr {
             let p = self.page(pfn.add(i));
-            let mapcount = p.mapcount.load_i64();
+            let mapcount = p.mapcount.peek_i64();
             if mapcount != -1 {
                 self.bad_page(pfn.add(i), "nonzero mapcount");
             }
-            if p.refcount.load() != 0 && i == 0 {
+            if p.refcount.peek() != 0 && i == 0 {
                 self.bad_page(pfn.add(i), "nonzero _refcount");
             }
             // PAGE_FLAGS_CHECK_AT_FREE: PG_locked and __PG_MLOCKED (the last
             // unmap cleared it, page_remove_rmap()). PG_lru and PG_active are
             // not checked: __page_cache_release(), which takes a page off the
             // LRU before it is freed, is not modelled.
-            if p.is_locked() || p.test_flag(pg::MLOCKED) {
+            if p.is_locked() || p.test_flag_peek(pg::MLOCKED) {
                 self.bad_page(pfn.add(i), "PAGE_FLAGS_CHECK_AT_FREE flag(s) set");
             }
-            p.flags.store(0);
-            p.mapping.store(0);
-            p.set_compound_head(None);
-            p.set_compound_order(0);
-            p.compound_mapcount.store_i64(-1);
+            p.flags.init(0);
+            p.mapping.init(0);
+            p.init_compound_head(None);
+            p.init_compound_order(0);
+            p.compound_mapcount.init(u64::MAX); // -1
         }
         self.k.mem.give(pfn, order);
     }

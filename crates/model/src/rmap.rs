@@ -185,7 +185,10 @@ impl<E: Engine> Cpu<E> {
             address < vma.vm_start() || address >= vma.vm_end(),
             "VM_BUG_ON_VMA(address < vma->vm_start || address >= vma->vm_end, vma)"
         );
-        self.page(page).set_flag(pg::SWAPBACKED);
+        // The page is new: this CPU's alone until it is mapped, so its fields
+        // change without scheduling points (__SetPageSwapBacked(),
+        // atomic_set(), and __page_set_anon_rmap()'s WRITE_ONCE()s).
+        self.page(page).__set_flag(pg::SWAPBACKED);
         if compound {
             crate::vm_bug_on_page!(
                 self,
@@ -193,7 +196,7 @@ impl<E: Engine> Cpu<E> {
                 page,
                 "VM_BUG_ON_PAGE(!PageTransHuge(page), page)"
             );
-            self.page(page).compound_mapcount.store_i64(0);
+            self.page(page).compound_mapcount.init(0);
             // hpage_pincount_available(): the new page is this CPU's alone, so
             // its order is read without a scheduling point.
             if self.page(page).compound_order_peek() > 1 {
@@ -206,9 +209,16 @@ impl<E: Engine> Cpu<E> {
                 page,
                 "VM_BUG_ON_PAGE(PageTransCompound(page), page)"
             );
-            self.page(page).mapcount.store_i64(0);
+            self.page(page).mapcount.init(0);
         }
-        self.__page_set_anon_rmap(page, vma, address, true);
+        // __page_set_anon_rmap(page, vma, address, 1) of a page not yet anon.
+        let Some(av) = vma.anon_vma() else {
+            self.bug("BUG_ON(!anon_vma)", Some(page));
+        };
+        let p = self.page(page);
+        p.mapping.init(anon_mapping(av));
+        p.index
+            .init(vma.linear_page_index(address, self.k.geo.page_shift));
     }
 
     /// Models page_add_anon_rmap()/do_page_add_anon_rmap(), mm/rmap.c, v5.8.

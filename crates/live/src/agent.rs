@@ -46,6 +46,11 @@ pub const OP_EXIT: u64 = 8;
 pub const OP_PIN: u64 = 9;
 pub const OP_MLOCK: u64 = 10;
 pub const OP_MUNLOCK: u64 = 11;
+/// `move-pages`: move_pages(2) of every 4 KiB page of `[a, a + b)` to node
+/// `c & 0xffff_ffff`, with MPOL_MF_MOVE_ALL if bit 32 of `c` is set, else
+/// MPOL_MF_MOVE. The reply's third word is the call's return (the pages not
+/// migrated).
+pub const OP_MOVE_PAGES: u64 = 12;
 
 /// `IORING_REGISTER_BUFFERS` (include/uapi/linux/io_uring.h).
 const IORING_REGISTER_BUFFERS: u32 = 0;
@@ -58,6 +63,7 @@ pub const REPLY_SIGNAL: u64 = 2;
 pub const NO_EXPECT: u64 = u64::MAX;
 
 const PMD: u64 = 2 << 20;
+const PAGE: u64 = 4096;
 
 /// The fd every agent keeps its channel on.
 const CHAN_FD: c_int = 3;
@@ -296,6 +302,49 @@ fn sys_result(r: c_int) -> [u64; 4] {
     }
 }
 
+/// move_pages(2) of the pages of `[start, start + len)` in chunks of a fixed
+/// size (the agent allocates nothing): see [`OP_MOVE_PAGES`].
+unsafe fn move_pages(start: u64, len: u64, c: u64) -> [u64; 4] {
+    const CHUNK: usize = 512;
+    const MPOL_MF_MOVE: c_int = 1 << 1;
+    const MPOL_MF_MOVE_ALL: c_int = 1 << 2;
+    let node = (c & 0xffff_ffff) as c_int;
+    let flags = if c >> 32 & 1 != 0 {
+        MPOL_MF_MOVE_ALL
+    } else {
+        MPOL_MF_MOVE
+    };
+    let first = start & !(PAGE - 1);
+    let end = start + len;
+    let mut not_migrated = 0u64;
+    let mut addr = first;
+    while addr < end {
+        let mut pages = [null_mut::<c_void>(); CHUNK];
+        let nodes = [node; CHUNK];
+        let mut status = [0 as c_int; CHUNK];
+        let mut n = 0;
+        while n < CHUNK && addr < end {
+            pages[n] = addr as *mut c_void;
+            n += 1;
+            addr += PAGE;
+        }
+        let r = libc::syscall(
+            libc::SYS_move_pages,
+            0 as c_int,
+            n as libc::c_ulong,
+            pages.as_mut_ptr(),
+            nodes.as_ptr(),
+            status.as_mut_ptr(),
+            flags,
+        );
+        if r < 0 {
+            return [REPLY_ERRNO, errno(), 0, 0];
+        }
+        not_migrated += r as u64;
+    }
+    [REPLY_OK, 0, not_migrated, 0]
+}
+
 /// The agent's life. Never returns.
 ///
 /// # Safety
@@ -425,6 +474,7 @@ pub unsafe fn agent_main(chan: c_int) -> ! {
             }
             OP_MLOCK => sys_result(libc::mlock(a as *const c_void, b as usize)),
             OP_MUNLOCK => sys_result(libc::munlock(a as *const c_void, b as usize)),
+            OP_MOVE_PAGES => move_pages(a, b, c),
             OP_EXIT => libc::_exit(0),
             _ => [REPLY_ERRNO, libc::ENOSYS as u64, 0, 0],
         };

@@ -63,6 +63,7 @@
 mod agent;
 pub mod decode;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod migrate;
 mod observe;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod pins;

@@ -52,6 +52,21 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
         }
     }
     for (f, span) in scn.features() {
+        if f == Feature::Nodes {
+            // The scenario's machine has more nodes than one: this one must
+            // have them too.
+            let (want, live) = (scn.header.nodes(), crate::migrate::online_nodes());
+            if want > live {
+                return Err(unsupported(
+                    span,
+                    format!(
+                        "`nodes {want}`: this machine has {live} NUMA node{}",
+                        if live == 1 { "" } else { "s" }
+                    ),
+                ));
+            }
+            continue;
+        }
         if !matches!(
             f,
             Feature::Core
@@ -60,6 +75,8 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
                 | Feature::PinReadOnly
                 | Feature::Device
                 | Feature::Mlock
+                | Feature::MovePages
+                | Feature::MovePagesAll
         ) {
             return Err(unsupported(
                 span,
@@ -125,6 +142,19 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
                         "line {}: `fast` changes nothing live: io_uring always pins with \
                          pin_user_pages_fast()",
                         step.span.line
+                    ));
+                }
+            }
+            Op::MovePages { node, .. } => {
+                let live = crate::migrate::online_nodes();
+                if node.value >= live {
+                    return Err(unsupported(
+                        node.span,
+                        format!(
+                            "move-pages to node {}: this machine has {live} NUMA node{}",
+                            node.value,
+                            if live == 1 { "" } else { "s" }
+                        ),
                     ));
                 }
             }
@@ -855,6 +885,18 @@ impl<'a> Runner<'a> {
                     Op::Munlock { target } => {
                         let (s, e) = self.range(&name, target)?;
                         self.syscall(line, "munlock", &name, [agent::OP_MUNLOCK, s, e - s, 0])
+                    }
+                    Op::MovePages { target, node, all } => {
+                        // The call succeeds when some pages stay (its return
+                        // counts them), as on the model.
+                        let (s, e) = self.range(&name, target)?;
+                        let c = u64::from(node.value) | u64::from(*all) << 32;
+                        self.syscall(
+                            line,
+                            "move_pages",
+                            &name,
+                            [agent::OP_MOVE_PAGES, s, e - s, c],
+                        )
                     }
                     other => Err(LiveError::Unsupported {
                         line,

@@ -18,4 +18,7 @@ pub enum Errno {
     /// A bad address (get_user_pages() of an unmapped or inaccessible range).
     #[error("EFAULT")]
     Efault,
+    /// No page there (a move_pages(2) status).
+    #[error("ENOENT")]
+    Enoent,
 }

@@ -15,11 +15,11 @@
 //! `__split_huge_page_tail`, `__split_huge_page`, `split_huge_page_to_list`),
 //! the deferred split queue (`deferred_split_huge_page`, `deferred_split_scan`,
 //! `free_transhuge_page`) and the debugfs interface `split_huge_pages_pid`
-//! (5.13's per-address form, which the scenario language uses).
+//! (5.13's per-address form, which the scenario language uses), and PMD-level
+//! THP migration (`set_pmd_migration_entry`, `remove_migration_pmd`).
 //!
-//! Leaves out: file and shmem THP, DAX, the huge zero page shrinker, PMD-level
-//! THP migration (with move-pages), NUMA hinting, userfaultfd, memcg, defrag
-//! (allocation never stalls).
+//! Leaves out: file and shmem THP, DAX, the huge zero page shrinker, NUMA
+//! hinting, userfaultfd, memcg, defrag (allocation never stalls).
 
 use crate::coverage::Mark;
 use crate::cpu::Cpu;
@@ -548,6 +548,67 @@ impl<E: Engine> Cpu<E> {
         let haddr = self.k.geo.pmd_align_down(addr);
         self.flush_tlb_range(vma.mm, haddr, haddr.add_bytes(self.k.geo.pmd_size()));
         old
+    }
+
+    /// Models set_pmd_migration_entry(), mm/huge_memory.c, v5.8: replace the
+    /// huge PMD that maps `page` (a THP head) by a migration entry, moving
+    /// its dirty bit to the page and dropping its mapping and reference.
+    ///
+    /// # Locking
+    /// Called with the PMD lock held (page_vma_mapped_walk()).
+    pub fn set_pmd_migration_entry(&self, vma: &Vma, address: VirtAddr, pmd: EntryRef, page: Pfn) {
+        let _f = self.func("set_pmd_migration_entry");
+        let pmdval = self.pmdp_invalidate(vma, address, pmd);
+        let Pmd::Huge { flags, .. } = pmdval else {
+            self.bug("set_pmd_migration_entry(): the PMD is not huge", Some(page));
+        };
+        if flags.dirty {
+            self.page(page).set_flag(pg::DIRTY); // set_page_dirty()
+        }
+        self.set_pmd_at(
+            pmd,
+            Pmd::Migration {
+                pfn: page,
+                write: flags.write,
+            },
+        );
+        self.page_remove_rmap(page, true);
+        self.put_page(page);
+    }
+
+    /// Models remove_migration_pmd(), mm/huge_memory.c, v5.8: map the new
+    /// THP `new` by a huge PMD where the migration entry is (old, and
+    /// writable if the entry was), mlocked again in a VM_LOCKED VMA.
+    ///
+    /// # Locking
+    /// Called with the PMD lock held (page_vma_mapped_walk()).
+    pub fn remove_migration_pmd(&self, vma: &Vma, address: VirtAddr, pmd: EntryRef, new: Pfn) {
+        let _f = self.func("remove_migration_pmd");
+        let mmun_start = self.k.geo.pmd_align_down(address);
+        let Pmd::Migration { write, .. } = self.pmd_read(pmd) else {
+            self.bug(
+                "remove_migration_pmd(): not a PMD migration entry",
+                Some(new),
+            );
+        };
+        self.get_page(new);
+        let mut flags = vma.vm_page_prot();
+        flags.young = false; // pmd_mkold()
+        if write {
+            self.maybe_mkwrite(&mut flags, vma); // maybe_pmd_mkwrite()
+        }
+        self.page_add_anon_rmap(new, vma, mmun_start, true);
+        self.set_pmd_at(
+            pmd,
+            Pmd::Huge {
+                pfn: new,
+                flags,
+                invalid: false,
+            },
+        );
+        if vma.vm_flags() & vm::LOCKED != 0 && !self.page_double_map(new) {
+            self.mlock_vma_page(new);
+        }
     }
 
     // ---------------------------------------------------------------------

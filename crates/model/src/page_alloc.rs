@@ -308,6 +308,20 @@ impl<E: Engine> Cpu<E> {
         let pfn = (0..n)
             .map(|i| (node as usize + i) % n)
             .find_map(|z| mem.take(z, order))?;
+        Some(self.prep_new_page(pfn, order, zeroed))
+    }
+
+    /// [`Cpu::alloc_pages`] with __GFP_THISNODE: `node` or nothing
+    /// (alloc_pages_node(), __alloc_pages_node() of a migration target).
+    pub fn alloc_pages_thisnode(&self, order: u32, node: u32) -> Option<Pfn> {
+        let _f = self.func("__alloc_pages_nodemask");
+        let pfn = self.k.mem.take(node as usize, order)?;
+        Some(self.prep_new_page(pfn, order, false))
+    }
+
+    /// Models prep_new_page() and prep_compound_page(), mm/page_alloc.c, v5.8,
+    /// of a block just taken from the free lists.
+    fn prep_new_page(&self, pfn: Pfn, order: u32, zeroed: bool) -> Pfn {
         let nr = 1u64 << order;
         // The frames are this CPU's alone until the head's reference count
         // is set: every field is written without a scheduling point.
@@ -343,7 +357,7 @@ impl<E: Engine> Cpu<E> {
         // prep_compound_page() (post_alloc_hook()); the model last, so that
         // no field is written once the frame can be reached.
         head.refcount.store(1);
-        Some(pfn)
+        pfn
     }
 
     /// Models free_pages_check() and __free_pages_ok()/free_unref_page(),

@@ -563,10 +563,15 @@ impl<E: Engine> Cpu<E> {
         while self.page_vma_mapped_walk(&mut pvmw) {
             // PMD-mapped THP migration entry
             if pvmw.pte.is_none() && flags.migration {
-                self.unmodelled(
-                    "try_to_unmap_one(): set_pmd_migration_entry() (PMD-level THP migration)",
-                    Some(page),
+                crate::vm_bug_on_page!(
+                    self,
+                    !self.page_trans_compound(page),
+                    page,
+                    "VM_BUG_ON_PAGE(PageHuge(page) || !PageTransCompound(page), page)"
                 );
+                let pmd = pvmw.pmd.expect("a PMD-level match has its PMD");
+                self.set_pmd_migration_entry(vma, pvmw.address, pmd, page);
+                continue;
             }
             // If the page is mlock()d, we cannot swap it out. If it's
             // recently referenced (perhaps page_referenced skipped mlocked

@@ -9,6 +9,7 @@
 //! interleaving. After every step outside a block and after every block, the
 //! audit and the memory oracle check the whole machine.
 
+mod migrate;
 mod pins;
 
 use crate::labels::Labels;
@@ -157,6 +158,8 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
                 | Feature::PinReadOnly
                 | Feature::Device
                 | Feature::Mlock
+                | Feature::MovePages
+                | Feature::MovePagesAll
         )
     })?;
     for step in scn.steps() {
@@ -330,7 +333,7 @@ fn errno_outcome(e: Errno) -> Outcome {
         Errno::Enomem => Outcome::Enomem,
         Errno::Einval | Errno::Eacces => Outcome::Einval,
         Errno::Ebusy => Outcome::Ebusy,
-        Errno::Efault => Outcome::Efault,
+        Errno::Efault | Errno::Enoent => Outcome::Efault,
     }
 }
 
@@ -1040,6 +1043,9 @@ impl<E: Engine> Machine<E> {
                         fast,
                     } => self.pin(cpu, &name, &mm, pin, target, *write, *fast),
                     Op::Unpin { pin } => self.unpin(cpu, pin),
+                    Op::MovePages { target, node, all } => {
+                        self.move_pages(cpu, &name, &mm, target, node.value, *all)
+                    }
                     Op::Mlock { target } => {
                         let (s, e) = self.range(&name, target)?;
                         Ok(match cpu.do_mlock(&mm, VirtAddr(s), e - s) {

@@ -28,6 +28,7 @@ const CLEAN: &[&str] = &[
     "pin_vs_child_cow",
     "munlock_vs_split_and_cow",
     "mlock_vs_split_and_cow",
+    "move_pages_vs_write",
 ];
 
 fn root() -> PathBuf {

@@ -39,7 +39,7 @@ pub const INVARIANTS: &[Invariant] = &[
     Invariant { id: DEADLOCK, checked_by: "engine", statement: "Some thread can always make progress." },
     Invariant { id: AUDIT_MAPCOUNT, checked_by: "check::audit", statement: "Each page's _mapcount + 1 equals the PTEs mapping it, plus 1 if its THP is PageDoubleMap." },
     Invariant { id: AUDIT_COMPOUND_MAPCOUNT, checked_by: "check::audit", statement: "A THP's compound_mapcount equals the huge PMDs mapping it." },
-    Invariant { id: AUDIT_DOUBLE_MAP, checked_by: "check::audit", statement: "PageDoubleMap is set exactly when a THP is mapped by a PMD and one of its subpages by a PTE." },
+    Invariant { id: AUDIT_DOUBLE_MAP, checked_by: "check::audit", statement: "PageDoubleMap is set only while a huge PMD maps the THP (and then every subpage's _mapcount carries the PMD's +1, AUDIT-MAPCOUNT). A THP mapped by a PMD and PTEs without it is allowed: 5.8 sets it only when it splits one of several PMDs, and migration maps a new THP both ways without it." },
     Invariant { id: AUDIT_REFCOUNT, checked_by: "check::audit", statement: "A page's _refcount equals its mappings (each PTE and each huge PMD holds one) plus pins (GUP_PIN_COUNTING_BIAS per pin of a base page; one per pinned subpage of a THP, whose compound_pincount counts them) and page-table use; nothing else holds a reference at a quiescent point." },
     Invariant { id: AUDIT_FREE, checked_by: "check::audit", statement: "A frame on the free lists has no mapping and no references; a frame in use is not on them." },
     Invariant { id: AUDIT_LEAK, checked_by: "check::audit", statement: "Every allocated frame is reachable: mapped, pinned, a page table, deposited, queued for deferred split, or a zero page." },

@@ -86,6 +86,10 @@ type Clock = [u32; MAXT];
 struct ObjState {
     write: Clock,
     reads: Clock,
+    /// The execution (`Tracker::generation`) these clocks are from: a state
+    /// of an earlier one reads as untouched, so the dense table is kept
+    /// between executions and never cleared.
+    generation: u32,
 }
 
 fn join(into: &mut Clock, other: &Clock) {
@@ -129,8 +133,11 @@ type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<MixHasher>>;
 struct Tracker {
     clocks: [Clock; MAXT],
     counts: [u32; MAXT],
-    /// Objects by number (`Obj::Id`), dense.
+    /// Objects by number (`Obj::Id`), dense; entries of other generations
+    /// are untouched.
     ids: Vec<ObjState>,
+    /// The current execution's number (starts at 1).
+    generation: u32,
     /// Other objects (TLBs, frames, arenas).
     others: FastMap<Obj, ObjState>,
     /// Join of every step so far (what an `All` step comes after).
@@ -141,8 +148,28 @@ struct Tracker {
 }
 
 impl Tracker {
+    /// Starts the next execution: nothing is touched, the object table keeps
+    /// its allocation.
+    fn reset(&mut self) {
+        let ids = std::mem::take(&mut self.ids);
+        let mut others = std::mem::take(&mut self.others);
+        others.clear();
+        let generation = self.generation.wrapping_add(1).max(1);
+        *self = Tracker {
+            ids,
+            others,
+            generation,
+            ..Tracker::default()
+        };
+        if generation == 1 {
+            // Wrapped around: an old entry could claim this generation.
+            self.ids.clear();
+        }
+    }
+
     fn state(&mut self, obj: Obj) -> &mut ObjState {
-        match obj {
+        let generation = self.generation;
+        let st = match obj {
             Obj::Id(i) => {
                 let i = i as usize;
                 if self.ids.len() <= i {
@@ -151,7 +178,14 @@ impl Tracker {
                 &mut self.ids[i]
             }
             other => self.others.entry(other).or_default(),
+        };
+        if st.generation != generation {
+            *st = ObjState {
+                generation,
+                ..ObjState::default()
+            };
         }
+        st
     }
 
     /// A step of thread `t` (< `MAXT`) that touched `fp`.
@@ -260,6 +294,10 @@ pub struct Bounded {
     cost: usize,
     covered: bool,
     tracker: Tracker,
+    /// Every decision replayed in this execution is at its default.
+    on_default: bool,
+    /// A buffer for the runnable threads of a decision.
+    ids_buf: Vec<usize>,
     pending: Vec<Option<Access>>,
     /// The current step's footprint (a buffer kept between steps).
     fp: Vec<Access>,
@@ -316,6 +354,8 @@ impl Bounded {
             cost: 0,
             covered: false,
             tracker: Tracker::default(),
+            on_default: true,
+            ids_buf: Vec::new(),
             pending: Vec::new(),
             fp: Vec::new(),
             counted_out: false,
@@ -501,8 +541,12 @@ impl Scheduler for Bounded {
         self.cost = 0;
         self.covered = false;
         self.unreduced = false;
-        self.tracker = Tracker::default();
+        self.tracker.reset();
         self.pending.clear();
+        // New decisions sit at the end of the path replayed so far, and
+        // start at their default: the path is on the default schedule
+        // exactly when every replayed decision is.
+        self.on_default = self.stack.iter().all(|n| n.next == 0);
         footprint::reset();
         Some(Schedule::new(0))
     }
@@ -518,16 +562,19 @@ impl Scheduler for Bounded {
         if runnable.len() < 2 {
             return runnable.first().map(|t| t.id());
         }
-        let mut ids: Vec<usize> = runnable.iter().map(|t| usize::from(t.id())).collect();
+        let mut ids = std::mem::take(&mut self.ids_buf);
+        ids.clear();
+        ids.extend(runnable.iter().map(|t| usize::from(t.id())));
         ids.sort_unstable();
         let choice = if self.pos < self.stack.len() {
             let node = &self.stack[self.pos];
-            let mut recorded = node.options.clone();
-            recorded.sort_unstable();
-            assert_eq!(
-                recorded, ids,
-                "the model is not deterministic: decision {} offered other threads on replay",
-                self.pos
+            assert!(
+                node.options.len() == ids.len() && ids.iter().all(|t| node.options.contains(t)),
+                "the model is not deterministic: decision {} offered other threads on replay \
+                 ({:?}, recorded {:?})",
+                self.pos,
+                ids,
+                node.options
             );
             self.cost += node.cost_of(node.next);
             node.options[node.next]
@@ -538,7 +585,7 @@ impl Scheduler for Bounded {
                 options.push(c);
             }
             options.extend(ids.iter().copied().filter(|&t| Some(t) != current));
-            let on_default = self.stack.iter().all(|n| n.next == 0);
+            let on_default = self.on_default;
             let mut node = Node {
                 on_default,
                 options,
@@ -571,6 +618,7 @@ impl Scheduler for Bounded {
             c
         };
         self.pos += 1;
+        self.ids_buf = ids;
         Some(TaskId::from(choice))
     }
 

@@ -39,6 +39,12 @@
 //! reduction only uses nodes inside a part's own subtrees, so each part is
 //! exhaustive for its subtrees on its own.
 //!
+//! The fingerprints met are kept in a table of fixed size ([`SeenTable`],
+//! a transposition table): a newer fingerprint may take an older one's slot,
+//! which only loses a chance to prune, never a schedule, and keeps a long
+//! search's memory flat (a map of every fingerprint grew to gigabytes while
+//! pruning a few in ten thousand).
+//!
 //! The fingerprint is 128 bits; two different traces could collide with a
 //! probability of about n²/2¹²⁸ for n decisions, which the report does not
 //! hide (it is far below anything a run could reach).
@@ -47,6 +53,62 @@ use super::sched::mix;
 use shuttle::scheduler::{Schedule, Scheduler, Task, TaskId};
 use std::collections::HashMap;
 use thpsim_model::engine::footprint::{self, Access, Obj};
+
+/// The trace fingerprints met, with the running thread and the preemptions
+/// left there: a direct-mapped table of [`SeenTable::SLOTS`] entries, each
+/// holding the whole key (a hit is exact; a slot taken by another key is a
+/// miss).
+struct SeenTable {
+    slots: Vec<SeenSlot>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct SeenSlot {
+    /// The fingerprint; (0, 0) for an empty slot.
+    a: u64,
+    b: u64,
+    /// The running thread + 1 (0: none).
+    current: u32,
+    /// Preemptions left there.
+    left: u32,
+}
+
+impl SeenTable {
+    /// 2^20 entries of 24 bytes: 24 MiB per search job.
+    const SLOTS: usize = 1 << 20;
+
+    fn new() -> SeenTable {
+        SeenTable { slots: Vec::new() }
+    }
+
+    /// Whether `(fingerprint, current)` was met with at least `left`
+    /// preemptions left; if not, it is recorded with `left` (taking the slot).
+    fn covered_or_insert(
+        &mut self,
+        (a, b): (u64, u64),
+        current: Option<usize>,
+        left: usize,
+    ) -> bool {
+        if self.slots.is_empty() {
+            self.slots = vec![SeenSlot::default(); Self::SLOTS];
+        }
+        let current = current.map_or(0, |c| c as u32 + 1);
+        let left = left as u32;
+        let i = (mix(a ^ b.rotate_left(29) ^ u64::from(current)) as usize) & (Self::SLOTS - 1);
+        let slot = &mut self.slots[i];
+        let same = slot.a == a && slot.b == b && slot.current == current && (a, b) != (0, 0);
+        if same && slot.left >= left {
+            return true;
+        }
+        *slot = SeenSlot {
+            a,
+            b,
+            current,
+            left,
+        };
+        false
+    }
+}
 
 /// One decision on the current path.
 #[derive(Debug)]
@@ -309,7 +371,7 @@ pub struct Bounded {
     /// that check the reduction loses nothing).
     reduce: bool,
     // Across executions:
-    seen: FastMap<(u64, u64, usize), usize>,
+    seen: SeenTable,
     limit: Option<u64>,
     /// This part of the search: `(i, n)`.
     part: (u64, u64),
@@ -361,7 +423,7 @@ impl Bounded {
             counted_out: false,
             unreduced: false,
             reduce: true,
-            seen: FastMap::default(),
+            seen: SeenTable::new(),
             limit,
             part: (0, 1),
             stats: BoundedStats {
@@ -598,19 +660,15 @@ impl Scheduler for Bounded {
             // this part's alone, so it neither prunes nor covers.
             if !node.covered && !self.unreduced && self.reduce && !on_default {
                 let left = self.k - self.cost;
-                let (a, b) = self.tracker.fingerprint;
-                let key = (a, b, current.unwrap_or(usize::MAX));
-                match self.seen.get(&key) {
-                    Some(&had) if had >= left => {
-                        node.covered = true;
-                        self.covered = true;
-                        self.stats.pruned += (1..node.options.len())
-                            .filter(|&i| node.cost + node.cost_of(i) <= self.k)
-                            .count() as u64;
-                    }
-                    _ => {
-                        self.seen.insert(key, left);
-                    }
+                if self
+                    .seen
+                    .covered_or_insert(self.tracker.fingerprint, current, left)
+                {
+                    node.covered = true;
+                    self.covered = true;
+                    self.stats.pruned += (1..node.options.len())
+                        .filter(|&i| node.cost + node.cost_of(i) <= self.k)
+                        .count() as u64;
                 }
             }
             let c = node.options[0];
@@ -644,6 +702,29 @@ mod tests {
             t.step(*th, &[*acc]);
         }
         t.fingerprint
+    }
+
+    #[test]
+    fn the_seen_table_covers_only_an_exact_key_with_the_budget() {
+        let mut t = SeenTable::new();
+        let fp = (0x1234, 0x5678);
+        assert!(!t.covered_or_insert(fp, Some(1), 1), "first meeting");
+        assert!(
+            t.covered_or_insert(fp, Some(1), 1),
+            "the same budget is covered"
+        );
+        assert!(t.covered_or_insert(fp, Some(1), 0), "a smaller one too");
+        assert!(
+            !t.covered_or_insert(fp, Some(2), 0),
+            "another running thread"
+        );
+        // A larger budget is never covered by a smaller one; it then is.
+        assert!(!t.covered_or_insert(fp, Some(1), 2));
+        assert!(t.covered_or_insert(fp, Some(1), 2));
+        assert!(
+            !t.covered_or_insert((fp.0, fp.1 + 1), Some(1), 0),
+            "another trace"
+        );
     }
 
     #[test]

@@ -676,6 +676,48 @@ mod tests {
         }
     }
 
+    /// A THP one process maps by a PMD and another by PTEs (the parent's PMD
+    /// split by its write after fork) moves whole with MPOL_MF_MOVE_ALL:
+    /// remove_migration_pmd() maps the new THP by the child's PMD and
+    /// remove_migration_pte() by the parent's PTEs, without PageDoubleMap,
+    /// as in 5.8; every count holds (the audit) and each process keeps its
+    /// bytes.
+    #[test]
+    fn a_thp_mapped_by_a_pmd_and_by_ptes_moves_whole() {
+        use crate::page::pg;
+        for geo in [Geometry::TINY, Geometry::X86_64] {
+            let cpu = two_nodes(geo, ThpPolicy::Always);
+            let (ps, pmd) = (geo.page_size(), geo.pmd_size());
+            let mm = cpu.mm_alloc();
+            let a = cpu.do_mmap(&mm, pmd, Prot::ReadWrite, pmd).expect("mmap");
+            cpu.user_access(&mm, a, Access::Write(1)).expect("write");
+            let child = cpu.dup_mm(&mm).expect("fork");
+            // The parent's write splits its PMD and copies one subpage.
+            cpu.user_access(&mm, a.add_bytes(ps), Access::Write(2))
+                .expect("write");
+            assert_eq!(cpu.page_info(&child, a).kind, MapKind::ThpPmd);
+            assert_eq!(cpu.page_info(&mm, a).kind, MapKind::ThpPte);
+            let n = geo.hpage_pmd_nr();
+            let r = cpu.do_pages_move(&child, &pages(a, n, ps), 1, true);
+            assert_eq!(r.ret, Ok(0), "{geo:?}: {r:?}");
+            let (c, p) = (cpu.page_info(&child, a), cpu.page_info(&mm, a));
+            assert_eq!((c.kind, c.node), (MapKind::ThpPmd, Some(1)));
+            assert_eq!((p.kind, p.node, p.pfn), (MapKind::ThpPte, Some(1), c.pfn));
+            let head = c.pfn.unwrap();
+            assert!(!cpu.page(head).test_flag_peek(pg::DOUBLE_MAP));
+            let v = audit(&cpu);
+            assert!(v.is_empty(), "{geo:?}: {v:?}");
+            assert_eq!(cpu.user_load(&child, a, 1).unwrap(), vec![1]);
+            assert_eq!(cpu.user_load(&child, a.add_bytes(ps), 1).unwrap(), vec![0]);
+            assert_eq!(cpu.user_load(&mm, a, 1).unwrap(), vec![1]);
+            assert_eq!(cpu.user_load(&mm, a.add_bytes(ps), 1).unwrap(), vec![2]);
+            assert!(cpu.k.reports().is_empty(), "{:?}", cpu.k.reports());
+            cpu.mmput(&child);
+            cpu.mmput(&mm);
+            assert!(audit(&cpu).is_empty());
+        }
+    }
+
     /// A page another process maps stays without MPOL_MF_MOVE_ALL (EACCES)
     /// and moves with it, for both; an unmapped address is EFAULT (FOLL_DUMP
     /// of an anonymous VMA) and one outside every VMA too.

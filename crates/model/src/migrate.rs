@@ -295,7 +295,13 @@ impl<E: Engine> Cpu<E> {
         }
         match self.do_move_pages_to_node(pagelist, node) {
             Ok(0) => {}
-            Ok(failed) => return Err(Ok(failed + status.len().saturating_sub(i + 1))),
+            Ok(failed) => {
+                // `err += nr_pages - i - 1`, as 5.8 computes it: at the final
+                // flush `i` is `nr_pages`, so the count comes out one short.
+                let nr = status.len() as i64;
+                let ret = failed as i64 + nr - i as i64 - 1;
+                return Err(Ok(ret.max(0) as usize));
+            }
             Err(e) => return Err(Err(e)),
         }
         for s in &mut status[start..i] {

@@ -333,7 +333,10 @@ fn errno_outcome(e: Errno) -> Outcome {
         Errno::Enomem => Outcome::Enomem,
         Errno::Einval | Errno::Eacces => Outcome::Einval,
         Errno::Ebusy => Outcome::Ebusy,
-        Errno::Efault | Errno::Enoent => Outcome::Efault,
+        Errno::Efault => Outcome::Efault,
+        // Only a move_pages(2) status, never a call's return; the language
+        // has no `enoent` outcome.
+        Errno::Enoent => Outcome::Efault,
     }
 }
 

@@ -790,6 +790,13 @@ impl<E: Engine> Cpu<E> {
         let _f = self.func("__split_huge_pmd");
         let fix = self.k.cfg.fixes.applied(Fix::SplitPmdPageLock);
         let haddr = self.k.geo.pmd_align_down(address);
+        let mm = self.k.mm(vma.mm);
+        self.mmu_notifier_start(
+            &mm,
+            crate::mmu_notifier::NotifyEvent::Clear,
+            haddr,
+            haddr.add_bytes(self.k.geo.pmd_size()),
+        );
         let lock = self.pmd_lockptr(pmd);
         let mut ptl = lock.lock(self);
         crate::vm_bug_on!(self, freeze && page.is_none(), "VM_BUG_ON(freeze && !page)");
@@ -852,6 +859,8 @@ impl<E: Engine> Cpu<E> {
                 self.unlock_page(p);
             }
         }
+        // mmu_notifier_invalidate_range_only_end()
+        self.mmu_notifier_invalidate_range_end(&mm);
     }
 
     /// Models split_huge_pmd(): split only if the PMD is huge or migrating.

@@ -128,6 +128,8 @@ pub struct Kernel<E: Engine> {
     trace: Arc<Mutex<Vec<TraceRecord>>>,
     /// What executions reached (off unless the runner turns it on).
     pub coverage: crate::coverage::Coverage,
+    /// The secondary MMUs (test_hmm.rs), by `MirrorId`.
+    mirrors: RwLock<Vec<Arc<crate::test_hmm::Dmirror<E>>>>,
 }
 
 impl<E: Engine> Kernel<E> {
@@ -160,6 +162,7 @@ impl<E: Engine> Kernel<E> {
             data_epoch: AtomicU64::new(1),
             trace: Arc::new(Mutex::new(Vec::new())),
             coverage: crate::coverage::Coverage::default(),
+            mirrors: RwLock::new(Vec::new()),
             cfg,
         })
     }
@@ -233,7 +236,39 @@ impl<E: Engine> Kernel<E> {
                 self.trace.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             )),
             coverage: self.coverage.copy(),
+            mirrors: RwLock::new(
+                self.all_mirrors()
+                    .iter()
+                    .map(|m| Arc::new(m.snapshot()))
+                    .collect(),
+            ),
         })
+    }
+
+    /// Registers a secondary MMU made by `make` with its id.
+    pub(crate) fn register_mirror(
+        &self,
+        make: impl FnOnce(crate::mmu_notifier::MirrorId) -> crate::test_hmm::Dmirror<E>,
+    ) -> crate::mmu_notifier::MirrorId {
+        E::touch(crate::engine::footprint::Obj::Arena(3), true);
+        let mut ms = self.mirrors.write().unwrap_or_else(|p| p.into_inner());
+        let id = crate::mmu_notifier::MirrorId(ms.len());
+        ms.push(Arc::new(make(id)));
+        id
+    }
+
+    /// The secondary MMU `id`.
+    pub fn mirror(&self, id: crate::mmu_notifier::MirrorId) -> Arc<crate::test_hmm::Dmirror<E>> {
+        E::touch(crate::engine::footprint::Obj::Arena(3), false);
+        self.mirrors.read().unwrap_or_else(|p| p.into_inner())[id.0].clone()
+    }
+
+    /// Every secondary MMU, for checkers.
+    pub fn all_mirrors(&self) -> Vec<Arc<crate::test_hmm::Dmirror<E>>> {
+        self.mirrors
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records a violation.

@@ -18,6 +18,7 @@ use crate::coverage::Mark;
 use crate::cpu::Cpu;
 use crate::engine::{Atomic, Engine};
 use crate::mm_types::{vm, MmStruct, Vma};
+use crate::mmu_notifier::NotifyEvent;
 use crate::page::pg;
 use crate::pgtable::{EntryRef, Pmd, Pte, PteFlags, TableBody, Upper};
 use crate::sync::SpinLock;
@@ -651,6 +652,14 @@ impl<E: Engine> Cpu<E> {
             self.copy_page(new_page, old); // cow_user_page()
         }
         self.page(new_page).__set_flag(pg::UPTODATE); // __SetPageUptodate()
+        let ps = self.k.geo.page_size();
+        let page_addr = VirtAddr(vmf.address.0 & !(ps - 1));
+        self.mmu_notifier_start(
+            &vmf.mm,
+            NotifyEvent::Clear,
+            page_addr,
+            page_addr.add_bytes(ps),
+        );
         let pte = vmf.pte.unwrap_or_else(|| {
             self.pte_offset(self.pmd_read(vmf.pmd.expect("pmd")), vmf.address)
                 .expect("pte table")
@@ -686,6 +695,8 @@ impl<E: Engine> Cpu<E> {
             self.put_page(freed);
         }
         drop(ptl);
+        // mmu_notifier_invalidate_range_only_end()
+        self.mmu_notifier_invalidate_range_end(&vmf.mm);
         if let Some(old) = old_page {
             if copied && vma.vm_flags() & vm::LOCKED != 0 {
                 // LRU manipulation
@@ -722,20 +733,31 @@ impl<E: Engine> Cpu<E> {
             return true;
         }
         let (start, end) = (vma.vm_start(), vma.vm_end());
+        // We need to invalidate the secondary MMU mappings only when there
+        // could be a permission downgrade on the ptes of the parent mm.
+        let range = vma
+            .is_cow_mapping()
+            .then(|| self.mmu_notifier_start(src, NotifyEvent::ProtectionPage, start, end));
+        let mut ok = true;
         let mut addr = start;
         while addr < end {
             let next = self.k.geo.pmd_addr_end(addr, end);
             if let Some(src_pmd) = self.pmd_offset(src, addr) {
                 let Some(dst_pmd) = self.pmd_alloc(dst, addr) else {
-                    return false;
+                    ok = false;
+                    break;
                 };
                 if !self.copy_pmd_range(dst, src, dst_pmd, src_pmd, vma, new_vma, addr, next) {
-                    return false;
+                    ok = false;
+                    break;
                 }
             }
             addr = next;
         }
-        true
+        if range.is_some() {
+            self.mmu_notifier_invalidate_range_end(src);
+        }
+        ok
     }
 
     /// Models one step of copy_pmd_range(), mm/memory.c, v5.8.
@@ -1042,7 +1064,9 @@ impl<E: Engine> Cpu<E> {
     pub fn zap_page_range(&self, mm: &MmStruct<E>, vma: &Arc<Vma>, start: VirtAddr, end: VirtAddr) {
         let _f = self.func("zap_page_range");
         let mut tlb = self.tlb_gather_mmu(mm.id, false);
+        self.mmu_notifier_start(mm, NotifyEvent::Clear, start, end);
         self.unmap_page_range(&mut tlb, mm, vma, start, end);
+        self.mmu_notifier_invalidate_range_end(mm);
         self.tlb_finish_mmu(tlb);
     }
 

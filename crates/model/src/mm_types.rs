@@ -196,6 +196,9 @@ pub struct MmStruct<E: Engine> {
     pub exited: AtomicBool,
     /// MMF_HUGE_ZERO_PAGE: the mm holds a reference on the huge zero page.
     pub huge_zero_ref: AtomicBool,
+    /// `mm->notifier_subscriptions` (mmu_notifier.rs), made on the first
+    /// registration.
+    pub notifiers: crate::mmu_notifier::SubscriptionsSlot<E>,
 }
 
 impl<E: Engine> MmStruct<E> {
@@ -208,6 +211,7 @@ impl<E: Engine> MmStruct<E> {
             vmas: RwLock::new(Vec::new()),
             exited: AtomicBool::new(false),
             huge_zero_ref: AtomicBool::new(false),
+            notifiers: std::sync::OnceLock::new(),
         }
     }
 
@@ -236,6 +240,10 @@ impl<E: Engine> MmStruct<E> {
             vmas: RwLock::new(list),
             exited: AtomicBool::new(self.exited.load(SeqCst)),
             huge_zero_ref: AtomicBool::new(self.huge_zero_ref.load(SeqCst)),
+            notifiers: match self.notifiers.get() {
+                Some(n) => std::sync::OnceLock::from(n.snapshot()),
+                None => std::sync::OnceLock::new(),
+            },
         }
     }
 

@@ -16,6 +16,7 @@ use crate::cpu::Cpu;
 use crate::engine::Engine;
 use crate::errno::Errno;
 use crate::mm_types::{vm, MmStruct, Vma};
+use crate::mmu_notifier::NotifyEvent;
 use crate::types::VirtAddr;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
@@ -354,9 +355,12 @@ impl<E: Engine> Cpu<E> {
     ) {
         let _f = self.func("unmap_region");
         let mut tlb = self.tlb_gather_mmu(mm.id, false);
+        // unmap_vmas(): one notifier range over the whole unmap.
+        self.mmu_notifier_start(mm, NotifyEvent::Unmap, start, end);
         for v in vmas {
             self.unmap_page_range(&mut tlb, mm, v, start, end);
         }
+        self.mmu_notifier_invalidate_range_end(mm);
         // free_pgtables(): floor and ceiling are the neighbours' boundaries.
         let list = mm.vma_list();
         let floor = list
@@ -379,6 +383,8 @@ impl<E: Engine> Cpu<E> {
     /// after munlocking every VM_LOCKED VMA (munlock_vma_pages_all()).
     pub fn exit_mmap(&self, mm: &Arc<MmStruct<E>>) {
         let _f = self.func("exit_mmap");
+        // mm's last user has gone, and its about to be pulled down
+        self.mmu_notifier_release(mm);
         let vmas = mm.vma_list();
         // DIVERGENCE: 5.8 tests mm->locked_vm first; the model keeps no
         // locked_vm, which is non-zero exactly when some VMA is VM_LOCKED.
@@ -388,9 +394,12 @@ impl<E: Engine> Cpu<E> {
             }
         }
         let mut tlb = self.tlb_gather_mmu(mm.id, true);
+        // unmap_vmas(tlb, vma, 0, -1)
+        self.mmu_notifier_start(mm, NotifyEvent::Unmap, VirtAddr(0), VirtAddr(u64::MAX));
         for v in &vmas {
             self.unmap_page_range(&mut tlb, mm, v, v.vm_start(), v.vm_end());
         }
+        self.mmu_notifier_invalidate_range_end(mm);
         // FIRST_USER_ADDRESS, USER_PGTABLES_CEILING
         self.free_pgtables(
             &mut tlb,

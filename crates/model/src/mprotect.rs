@@ -15,6 +15,7 @@ use crate::engine::Engine;
 use crate::errno::Errno;
 use crate::mm_types::{vm, MmStruct, Vma};
 use crate::mmap::Prot;
+use crate::mmu_notifier::NotifyEvent;
 use crate::pgtable::{EntryRef, Pmd, Pte, PteFlags};
 use crate::types::{Level, VirtAddr};
 use std::sync::Arc;
@@ -117,11 +118,24 @@ impl<E: Engine> Cpu<E> {
         let g = self.k.geo;
         let mut pages = 0;
         let mut addr = start;
+        // change_pmd_range()'s notifier range: from its first populated PMD
+        // to the end of its PUD's span, started when that PMD is met.
+        let mut range_end: Option<VirtAddr> = None;
         while addr < end {
             let next = g.pmd_addr_end(addr, end);
+            if range_end.is_some_and(|e| addr >= e) {
+                self.mmu_notifier_invalidate_range_end(mm);
+                range_end = None;
+            }
             if let Some(pmd) = self.pmd_offset(mm, addr) {
                 // change_pmd_range()
                 let cur = self.pmd_read(pmd);
+                if range_end.is_none() && !cur.is_none() {
+                    let pud_end =
+                        VirtAddr(((addr.0 & !(g.pud_size() - 1)) + g.pud_size()).min(end.0));
+                    self.mmu_notifier_start(mm, NotifyEvent::ProtectionVma, addr, pud_end);
+                    range_end = Some(pud_end);
+                }
                 let mut handled = false;
                 if cur.is_swap_pmd() || cur.is_trans_huge() {
                     if next.0 - addr.0 != g.pmd_size() {
@@ -141,6 +155,9 @@ impl<E: Engine> Cpu<E> {
                 }
             }
             addr = next;
+        }
+        if range_end.is_some() {
+            self.mmu_notifier_invalidate_range_end(mm);
         }
         if pages > 0 {
             self.flush_tlb_range(mm.id, start, end);

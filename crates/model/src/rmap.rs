@@ -559,6 +559,18 @@ impl<E: Engine> Cpu<E> {
                 migration: false,
             },
         );
+        // For THP, we have to assume the worse case ie pmd for invalidation
+        // (page_size(page): the whole THP for its head). The caller holds
+        // the page lock, so its order cannot change: read without a
+        // scheduling point.
+        let size = self.k.geo.page_size() << self.page(page).compound_order_peek();
+        let range_end = VirtAddr(vma.vm_end().0.min(address.0 + size));
+        self.mmu_notifier_start(
+            &mm,
+            crate::mmu_notifier::NotifyEvent::Clear,
+            address,
+            range_end,
+        );
         let mut ret = true;
         while self.page_vma_mapped_walk(&mut pvmw) {
             // PMD-mapped THP migration entry
@@ -655,6 +667,7 @@ impl<E: Engine> Cpu<E> {
             self.page_remove_rmap(subpage, false);
             self.put_page(page);
         }
+        self.mmu_notifier_invalidate_range_end(&mm);
         ret
     }
 }

@@ -10,6 +10,7 @@
 //! audit and the memory oracle check the whole machine.
 
 mod migrate;
+mod mirror;
 mod pins;
 
 use crate::labels::Labels;
@@ -160,6 +161,7 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
                 | Feature::Mlock
                 | Feature::MovePages
                 | Feature::MovePagesAll
+                | Feature::Mirror
         )
     })?;
     for step in scn.steps() {
@@ -269,6 +271,8 @@ struct State<E: Engine> {
     /// The pins held (`P: pin R = ...`), by name: the device's buffers (the
     /// memory oracle knows whose memory each pins).
     pins: BTreeMap<String, thpsim_model::dma::DmaBuffer>,
+    /// The mirrors registered (`P: mirror M = ...`), by name.
+    mirrors: BTreeMap<String, mirror::MirrorInfo>,
     oracle: MemoryOracle,
     labels: Labels,
     /// The data epoch the last memory check covered.
@@ -411,6 +415,7 @@ impl<E: Engine> Machine<E> {
         let st = State {
             procs: BTreeMap::new(),
             pins: BTreeMap::new(),
+            mirrors: BTreeMap::new(),
             oracle: MemoryOracle::new(page_size),
             labels: Labels::default(),
             last_check_epoch: 0,
@@ -523,6 +528,7 @@ impl<E: Engine> Machine<E> {
             procs,
             // A pin names frames by number, the same in the copy.
             pins: st.pins.clone(),
+            mirrors: st.mirrors.clone(),
             oracle: st.oracle.clone(),
             labels: st.labels.clone(),
             last_check_epoch: st.last_check_epoch,
@@ -1049,6 +1055,7 @@ impl<E: Engine> Machine<E> {
                     Op::MovePages { target, node, all } => {
                         self.move_pages(cpu, &name, &mm, target, node.value, *all)
                     }
+                    Op::Mirror { mirror, target } => self.mirror(cpu, &name, &mm, mirror, target),
                     Op::Mlock { target } => {
                         let (s, e) = self.range(&name, target)?;
                         Ok(match cpu.do_mlock(&mm, VirtAddr(s), e - s) {
@@ -1071,6 +1078,12 @@ impl<E: Engine> Machine<E> {
             }
             (Context::Device, Op::DeviceWrite { target, value }) => {
                 self.device_write(cpu, target, value.value)
+            }
+            (Context::Mirror, Op::MirrorWrite { target, value }) => {
+                self.mirror_write(cpu, target, value.value)
+            }
+            (Context::Mirror, Op::MirrorRead { target, expect }) => {
+                self.mirror_read(cpu, target, expect.as_ref().map(|x| x.value))
             }
             (Context::Device, Op::DeviceRead { target, expect }) => {
                 self.device_read(cpu, target, expect.as_ref().map(|x| x.value))

@@ -143,10 +143,10 @@ fn later_language_features_exit_2_not_yet() {
             "`kernel 3.16` is not supported yet",
         ),
         (
-            "mirror.thp",
-            "process P\nP: mmap A 1h\nP: mirror M = A[..]\nmirror: write M[0] = 1\n",
+            "khugepaged.thp",
+            "process P\nP: mmap A 1h\nkernel: khugepaged P A[..]\n",
             3,
-            "`mirror` is not supported yet",
+            "`khugepaged` is not supported yet",
         ),
     ] {
         let p = write_tmp(name, src);

@@ -29,6 +29,7 @@ const CLEAN: &[&str] = &[
     "munlock_vs_split_and_cow",
     "mlock_vs_split_and_cow",
     "move_pages_vs_write",
+    "mirror_write_vs_cow",
 ];
 
 fn root() -> PathBuf {

@@ -83,6 +83,7 @@ pub fn audit_pinned<E: Engine>(cpu: &Cpu<E>, pinned: &[Pfn]) -> Vec<Violation> {
     check_deferred(cpu, &mut t);
     check_locks(cpu, &mut t);
     check_tlbs(cpu, &mut t);
+    check_mirrors(cpu, &mut t);
     t.violations
 }
 
@@ -563,6 +564,55 @@ fn check_locks<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                 format!("page table {}: lock still held", tb.0),
                 None,
             );
+        }
+    }
+}
+
+/// MIRROR-COHERENT: each secondary MMU's entries against the page tables,
+/// as `check_tlbs` checks the CPUs' TLBs.
+fn check_mirrors<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
+    let k = &cpu.k;
+    for m in k.all_mirrors() {
+        let mm = k.mm(m.mm);
+        let entries = m.entries();
+        if mm.exited.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Some(&(_, pfn, _)) = entries.first() {
+                t.fail(
+                    inv::MIRROR_COHERENT,
+                    format!(
+                        "mirror {} still translates {} page(s) of exited mm {}",
+                        m.id.0,
+                        entries.len(),
+                        m.mm.0
+                    ),
+                    Some(pfn),
+                );
+            }
+            continue;
+        }
+        if mm.notifiers.get().is_some_and(|n| n.peek_invalidating()) {
+            continue;
+        }
+        for (vpn, pfn, write) in entries {
+            let addr = VirtAddr(vpn << k.geo.page_shift);
+            let info = cpu.page_info(&mm, addr);
+            let writable = writable_at(cpu, &mm, addr);
+            if info.pfn != Some(pfn) || (write && !writable) {
+                t.fail(
+                    inv::MIRROR_COHERENT,
+                    format!(
+                        "mirror {}: stale entry for mm {} {:?} -> frame {}{} (page tables: {:?}{})",
+                        m.id.0,
+                        m.mm.0,
+                        addr,
+                        pfn.0,
+                        if write { " writable" } else { "" },
+                        info.pfn.map(|p| p.0),
+                        if writable { " writable" } else { "" }
+                    ),
+                    Some(pfn),
+                );
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ pub const AUDIT_LEAK: &str = "AUDIT-LEAK";
 pub const AUDIT_RMAP: &str = "AUDIT-RMAP";
 pub const AUDIT_VMA: &str = "AUDIT-VMA";
 pub const AUDIT_LOCKS: &str = "AUDIT-LOCKS";
+pub const MIRROR_COHERENT: &str = "MIRROR-COHERENT";
 pub const AUDIT_DEFERRED: &str = "AUDIT-DEFERRED";
 pub const AUDIT_MIGRATION: &str = "AUDIT-MIGRATION";
 pub const AUDIT_TLB: &str = "AUDIT-TLB";
@@ -46,6 +47,7 @@ pub const INVARIANTS: &[Invariant] = &[
     Invariant { id: AUDIT_RMAP, checked_by: "check::audit", statement: "Every mapped anonymous page's anon_vma reaches every VMA that maps it, at the address its index gives." },
     Invariant { id: AUDIT_VMA, checked_by: "check::audit", statement: "No page-table entry maps an address outside a VMA; a huge PMD lies wholly inside one VMA; each huge PMD has a deposited page table." },
     Invariant { id: AUDIT_LOCKS, checked_by: "check::audit", statement: "At a quiescent point no lock is held, no page is locked and no CPU runs with interrupts disabled." },
+    Invariant { id: MIRROR_COHERENT, checked_by: "check::audit", statement: "Once no invalidation of its mm is in progress, a secondary MMU (mirror) translates only to the frame the process maps at that address, and writes only where the process's mapping is writable; an exited mm leaves no translation in a mirror." },
     Invariant { id: AUDIT_DEFERRED, checked_by: "check::audit", statement: "Only THPs that are still compound sit on the deferred split queue." },
     Invariant { id: AUDIT_MIGRATION, checked_by: "check::audit", statement: "No migration entry is left in a page table at a quiescent point (a split or migration always remaps)." },
     Invariant { id: AUDIT_TLB, checked_by: "check::audit", statement: "Every TLB entry translates to the page the page tables map, and allows a write only if the entry does (no flush was missed)." },

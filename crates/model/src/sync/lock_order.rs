@@ -38,6 +38,12 @@ pub enum LockClass {
     IMmapRwsem,
     /// `anon_vma->root->rwsem`.
     AnonVmaRwsem,
+    /// A secondary MMU's update lock (lib/test_hmm.c's `dmirror->mutex`,
+    /// the driver lock of Documentation/vm/hmm.rst): taken by its
+    /// invalidate callback, which mmu_notifier_invalidate_range_start()
+    /// calls under mmap_lock, the page lock or the anon_vma lock, never
+    /// under a page-table lock.
+    DmirrorMutex,
     /// `mm->page_table_lock`, the split PMD lock and the PTE lock.
     PageTableLock,
     /// `pgdat->lru_lock`.
@@ -55,6 +61,7 @@ impl LockClass {
             LockClass::PageLock => 20,
             LockClass::IMmapRwsem => 30,
             LockClass::AnonVmaRwsem => 40,
+            LockClass::DmirrorMutex => 45,
             LockClass::PageTableLock => 50,
             LockClass::LruLock => 60,
             LockClass::SplitQueueLock => 70,
@@ -68,6 +75,7 @@ impl LockClass {
             LockClass::PageLock => "PG_locked",
             LockClass::IMmapRwsem => "&mapping->i_mmap_rwsem",
             LockClass::AnonVmaRwsem => "&anon_vma->rwsem",
+            LockClass::DmirrorMutex => "&dmirror->mutex",
             LockClass::PageTableLock => "ptlock_ptr(page)",
             LockClass::LruLock => "&pgdat->lru_lock",
             LockClass::SplitQueueLock => "&ds_queue->split_queue_lock",

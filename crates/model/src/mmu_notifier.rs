@@ -78,6 +78,14 @@ pub struct SubsState {
 }
 
 impl SubsState {
+    /// `mirror`'s subscription: in the tree, or waiting to be inserted.
+    fn sub(&self, mirror: MirrorId) -> Option<&IntervalSub> {
+        self.itree
+            .iter()
+            .chain(self.deferred.iter().filter(|(_, ins)| *ins).map(|(i, _)| i))
+            .find(|i| i.mirror == mirror)
+    }
+
     fn sub_mut(&mut self, mirror: MirrorId) -> Option<&mut IntervalSub> {
         self.itree
             .iter_mut()
@@ -217,7 +225,7 @@ impl<E: Engine> Cpu<E> {
         let _f = self.func("mmu_interval_read_begin");
         let subs = mm.notifiers.get().expect("a subscribed mm");
         let (seq, is_invalidating) = subs.state.update(|s| {
-            let seq = s.sub_mut(mirror).map_or(0, |i| i.seq);
+            let seq = s.sub(mirror).map_or(0, |i| i.seq);
             (seq, seq == s.invalidate_seq)
         });
         if is_invalidating {
@@ -233,13 +241,7 @@ impl<E: Engine> Cpu<E> {
     /// the invalidate callback takes.
     pub fn mmu_interval_read_retry(&self, mm: &MmStruct<E>, mirror: MirrorId, seq: u64) -> bool {
         let subs = mm.notifiers.get().expect("a subscribed mm");
-        subs.state.inspect(|s| {
-            s.itree
-                .iter()
-                .chain(s.deferred.iter().map(|(i, _)| i))
-                .find(|i| i.mirror == mirror)
-                .map_or(0, |i| i.seq)
-        }) != seq
+        subs.state.inspect(|s| s.sub(mirror).map_or(0, |i| i.seq)) != seq
     }
 
     /// Models mmu_interval_set_seq(), include/linux/mmu_notifier.h, v5.8:
@@ -343,5 +345,55 @@ impl<E: Engine> Cpu<E> {
         };
         self.mmu_notifier_invalidate_range_start(mm, &range);
         range
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NotifyEvent;
+    use crate::testing::machine;
+    use crate::types::{Geometry, VirtAddr};
+    use crate::ThpPolicy;
+
+    /// The sequence protocol of mm/mmu_notifier.c: a subscription inserted
+    /// while idle starts one below the (even) sequence; an invalidation that
+    /// covers a subscription makes the sequence odd and hands it to the
+    /// callback (mmu_interval_set_seq()); one inserted during such an
+    /// invalidation waits on the deferred list for its end; one inserted
+    /// during an invalidation that covers nobody makes the sequence odd
+    /// itself. read_retry() is true exactly when the subscription's sequence
+    /// moved.
+    #[test]
+    fn the_sequence_protocol() {
+        let (cpu, mm, a) = machine(Geometry::TINY, ThpPolicy::Never);
+        let ps = Geometry::TINY.page_size();
+        let (s, e) = (a, a.add_bytes(4 * ps));
+        let m1 = cpu.dmirror_fops_open(&mm, s, e);
+        let seq_is = |m, v| !cpu.mmu_interval_read_retry(&mm, m, v);
+        assert!(seq_is(m1, 1), "idle insert: invalidate_seq - 1");
+        assert_eq!(cpu.mmu_interval_read_begin(&mm, m1), 1);
+        // An invalidation of m1's range.
+        cpu.mmu_notifier_start(&mm, NotifyEvent::Clear, s, s.add_bytes(ps));
+        assert!(seq_is(m1, 3), "the callback set the odd sequence");
+        let m2 = cpu.dmirror_fops_open(&mm, s, e);
+        assert!(seq_is(m2, 3), "deferred, at the current sequence");
+        cpu.mmu_notifier_invalidate_range_end(&mm);
+        // Even again (4): neither waits now.
+        assert_eq!(cpu.mmu_interval_read_begin(&mm, m1), 3);
+        assert_eq!(cpu.mmu_interval_read_begin(&mm, m2), 3);
+        // An invalidation that covers no subscription keeps it even ...
+        let far = VirtAddr(e.0 + 64 * ps);
+        cpu.mmu_notifier_start(&mm, NotifyEvent::Clear, far, far.add_bytes(ps));
+        assert!(seq_is(m1, 3), "not covered: not called");
+        // ... until an insert makes it odd (5).
+        let m3 = cpu.dmirror_fops_open(&mm, s, e);
+        assert!(seq_is(m3, 5));
+        cpu.mmu_notifier_invalidate_range_end(&mm);
+        assert_eq!(cpu.mmu_interval_read_begin(&mm, m3), 5);
+        // Removal while idle.
+        cpu.mmu_interval_notifier_remove(&mm, m3);
+        cpu.mmu_notifier_start(&mm, NotifyEvent::Clear, s, e);
+        assert!(seq_is(m1, 7) && seq_is(m2, 7));
+        cpu.mmu_notifier_invalidate_range_end(&mm);
     }
 }

@@ -775,6 +775,65 @@ impl<E: Engine> Machine<E> {
         Ok((start + s, start + e))
     }
 
+    /// A read of `[s, e)` (`span`) of `owner`'s memory, page by page through `load`
+    /// (the process's own loads, or a mirror's): a byte the memory oracle
+    /// did not expect when the page's read began is checked against it as it
+    /// is when the read ended (a concurrent store of the same process may
+    /// land in between); a byte other than `expect` is the step's detail
+    /// (`who` read it, at its offset from `base`).
+    fn read_checked(
+        &self,
+        owner: &str,
+        (s, e): (u64, u64),
+        expect: Option<u8>,
+        base: u64,
+        who: &str,
+        mut load: impl FnMut(u64, u64) -> Result<Vec<u8>, Outcome>,
+    ) -> Done {
+        let ps = self.k.geo.page_size();
+        let (mut first, mut detail) = (None, None);
+        let mut a = s;
+        while a < e {
+            let chunk = ((a & !(ps - 1)) + ps).min(e) - a;
+            let before: Vec<u8> = {
+                let st = self.st();
+                (a..a + chunk)
+                    .map(|x| st.oracle.expected(owner, x))
+                    .collect()
+            };
+            let bytes = match load(a, chunk) {
+                Ok(b) => b,
+                Err(o) => return Done::outcome(o),
+            };
+            let st = self.st();
+            for (i, &b) in bytes.iter().enumerate() {
+                let addr = a + i as u64;
+                first.get_or_insert(b);
+                if b != before[i] {
+                    if let Some(v) = st.oracle.check_read(owner, addr, b) {
+                        self.k.report(v);
+                    }
+                }
+                if let Some(x) = expect {
+                    if b != x && detail.is_none() {
+                        detail = Some(format!(
+                            "{who} {b:#04x} at offset {:#x}, expected {x:#04x}",
+                            addr - base
+                        ));
+                    }
+                }
+            }
+            drop(st);
+            a += chunk;
+        }
+        Done {
+            outcome: Outcome::Ok,
+            value: first,
+            detail,
+            note: None,
+        }
+    }
+
     /// Resolves a target's selector to `[s, e)` within a thing of `len` bytes
     /// (a region, or a pin for `device:` steps).
     fn selector_range(&self, t: &Target, len: u64) -> Result<(u64, u64), ScenarioError> {
@@ -998,52 +1057,13 @@ impl<E: Engine> Machine<E> {
                     }
                     Op::Read { target, expect } => {
                         let (s, e) = self.range(&name, target)?;
-                        let mut a = s;
-                        let mut first = None;
-                        let mut detail = None;
-                        while a < e {
-                            let chunk = ((a & !(ps - 1)) + ps).min(e) - a;
-                            // The oracle allows the memory as it was when the load
-                            // started or when it ended: a concurrent store of the
-                            // same process may land in between.
-                            let before: Vec<u8> = {
-                                let st = self.st();
-                                (a..a + chunk)
-                                    .map(|x| st.oracle.expected(&name, x))
-                                    .collect()
-                            };
-                            let bytes = match cpu.user_load(&mm, VirtAddr(a), chunk) {
-                                Ok(b) => b,
-                                Err(err) => return Ok(Done::outcome(access_outcome(err))),
-                            };
-                            let st = self.st();
-                            for (i, &b) in bytes.iter().enumerate() {
-                                let addr = a + i as u64;
-                                first.get_or_insert(b);
-                                if b != before[i] {
-                                    if let Some(v) = st.oracle.check_read(&name, addr, b) {
-                                        self.k.report(v);
-                                    }
-                                }
-                                if let Some(x) = expect {
-                                    if b != x.value && detail.is_none() {
-                                        detail = Some(format!(
-                                            "read {b:#04x} at offset {:#x}, expected {:#04x}",
-                                            addr - s,
-                                            x.value
-                                        ));
-                                    }
-                                }
-                            }
-                            drop(st);
-                            a += chunk;
-                        }
-                        Ok(Done {
-                            outcome: Outcome::Ok,
-                            value: first,
-                            detail,
-                            note: None,
-                        })
+                        let expect = expect.as_ref().map(|x| x.value);
+                        Ok(
+                            self.read_checked(&name, (s, e), expect, s, "read", |a, chunk| {
+                                cpu.user_load(&mm, VirtAddr(a), chunk)
+                                    .map_err(access_outcome)
+                            }),
+                        )
                     }
                     Op::Pin {
                         pin,

@@ -14,7 +14,7 @@ use thpsim_model::mm_types::MmStruct;
 use thpsim_model::mmu_notifier::MirrorId;
 use thpsim_model::types::VirtAddr;
 use thpsim_model::{Cpu, Engine};
-use thpsim_scenario::{Name, Outcome, ScenarioError, Target};
+use thpsim_scenario::{Name, ScenarioError, Target};
 
 /// A registered mirror: its model id, whose memory it mirrors and where.
 #[derive(Clone, Debug)]
@@ -86,7 +86,8 @@ impl<E: Engine> Machine<E> {
         Ok(Done::ok())
     }
 
-    /// `mirror: read M[...] [== V]`.
+    /// `mirror: read M[...] [== V]`: checked by the oracle as a read of the
+    /// process.
     pub(super) fn mirror_read(
         &self,
         cpu: &Cpu<E>,
@@ -95,50 +96,17 @@ impl<E: Engine> Machine<E> {
     ) -> Result<Done, ScenarioError> {
         let m = self.mirror_of(target)?;
         let (s, e) = self.selector_range(target, m.len)?;
-        let ps = self.k.geo.page_size();
-        let (mut first, mut detail) = (None, None);
-        let mut a = m.start + s;
-        let end = m.start + e;
-        while a < end {
-            let chunk = ((a & !(ps - 1)) + ps).min(end) - a;
-            // As a process read: the memory as it was when the read began or
-            // as it is when it ended.
-            let before: Vec<u8> = {
-                let st = self.st();
-                (a..a + chunk)
-                    .map(|x| st.oracle.expected(&m.owner, x))
-                    .collect()
-            };
-            let bytes = match cpu.dmirror_read(m.id, VirtAddr(a), chunk) {
-                Ok(b) => b,
-                Err(err) => return Ok(Done::outcome(errno_outcome(err))),
-            };
-            let st = self.st();
-            for (i, &b) in bytes.iter().enumerate() {
-                let addr = a + i as u64;
-                first.get_or_insert(b);
-                if b != before[i] {
-                    if let Some(v) = st.oracle.check_read(&m.owner, addr, b) {
-                        self.k.report(v);
-                    }
-                }
-                if let Some(x) = expect {
-                    if b != x && detail.is_none() {
-                        detail = Some(format!(
-                            "the mirror read {b:#04x} at offset {:#x}, expected {x:#04x}",
-                            addr - m.start
-                        ));
-                    }
-                }
-            }
-            drop(st);
-            a += chunk;
-        }
-        Ok(Done {
-            outcome: Outcome::Ok,
-            value: first,
-            detail,
-            note: None,
-        })
+        let (s, e) = (m.start + s, m.start + e);
+        Ok(self.read_checked(
+            &m.owner,
+            (s, e),
+            expect,
+            m.start,
+            "the mirror read",
+            |a, chunk| {
+                cpu.dmirror_read(m.id, VirtAddr(a), chunk)
+                    .map_err(errno_outcome)
+            },
+        ))
     }
 }

@@ -183,38 +183,50 @@ impl<E: Engine> Cpu<E> {
         self.dmirror_range_fault(&mm, id, start, end, write)
     }
 
-    /// Models dmirror_read() and dmirror_do_read(), lib/test_hmm.c, v5.8:
-    /// the device reads `[start, end)` (within one page) through its own
-    /// entry, faulting it in on a miss.
+    /// The loop dmirror_read() and dmirror_write() share (lib/test_hmm.c,
+    /// v5.8): under `dmirror->mutex`, `access` the frame the device's entry
+    /// for `start`'s page names (a writable one for `write`) at `start`'s
+    /// offset in it; on a miss (-ENOENT) fault the page in and try again.
     ///
     /// # Locking
-    /// Takes `dmirror->mutex` around the copy.
-    pub fn dmirror_read(&self, id: MirrorId, start: VirtAddr, len: u64) -> Result<Vec<u8>, Errno> {
-        let _f = self.func("dmirror_read");
+    /// Takes `dmirror->mutex` around the access; the fault takes `mmap_lock`
+    /// for read, then the mutex.
+    fn dmirror_access<R>(
+        &self,
+        id: MirrorId,
+        start: VirtAddr,
+        write: bool,
+        access: impl FnOnce(Pfn, u64) -> R,
+    ) -> Result<R, Errno> {
         let d = self.k.mirror(id);
         let ps = self.k.geo.page_size();
         let vpn = start.0 / ps;
+        let mut access = Some(access);
         loop {
             {
                 let _m = d.mutex.lock(self);
                 let hit = d.pt().get(&vpn).copied();
-                if let Some((pfn, _)) = hit {
-                    return Ok(self.dma_read(pfn, start.0 % ps, len));
+                if let Some((pfn, _)) = hit.filter(|&(_, w)| w || !write) {
+                    let f = access.take().expect("a hit ends the loop");
+                    return Ok(f(pfn, start.0 % ps));
                 }
             }
-            // -ENOENT: fault the page in, then read again.
             let page = VirtAddr(vpn * ps);
-            self.dmirror_fault(id, page, page.add_bytes(ps), false)?;
+            self.dmirror_fault(id, page, page.add_bytes(ps), write)?;
         }
+    }
+
+    /// Models dmirror_read() and dmirror_do_read(), lib/test_hmm.c, v5.8:
+    /// the device reads `[start, start + len)` (within one page) through its
+    /// own entry, faulting it in on a miss.
+    pub fn dmirror_read(&self, id: MirrorId, start: VirtAddr, len: u64) -> Result<Vec<u8>, Errno> {
+        let _f = self.func("dmirror_read");
+        self.dmirror_access(id, start, false, |pfn, off| self.dma_read(pfn, off, len))
     }
 
     /// Models dmirror_write() and dmirror_do_write(), lib/test_hmm.c, v5.8:
     /// the device writes `value` to `[start, start + len)` (within one page)
     /// through its own writable entry, faulting it in for write on a miss.
-    ///
-    /// # Locking
-    /// Takes `dmirror->mutex` around the copy.
-    ///
     /// `on_write` runs right after the copy, still under the mutex (the
     /// runner tells the memory oracle there, in the same step).
     pub fn dmirror_write(
@@ -226,22 +238,10 @@ impl<E: Engine> Cpu<E> {
         on_write: impl FnOnce(),
     ) -> Result<(), Errno> {
         let _f = self.func("dmirror_write");
-        let d = self.k.mirror(id);
-        let ps = self.k.geo.page_size();
-        let vpn = start.0 / ps;
-        loop {
-            {
-                let _m = d.mutex.lock(self);
-                let hit = d.pt().get(&vpn).copied();
-                if let Some((pfn, true)) = hit {
-                    self.dma_write(pfn, start.0 % ps, len, value);
-                    on_write();
-                    return Ok(());
-                }
-            }
-            let page = VirtAddr(vpn * ps);
-            self.dmirror_fault(id, page, page.add_bytes(ps), true)?;
-        }
+        self.dmirror_access(id, start, true, |pfn, off| {
+            self.dma_write(pfn, off, len, value);
+            on_write();
+        })
     }
 }
 

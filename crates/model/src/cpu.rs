@@ -137,6 +137,21 @@ impl<E: Engine> Cpu<E> {
         self.held.borrow().stack.clone()
     }
 
+    /// A lock this CPU would wait for forever (it holds it itself): report
+    /// the self-deadlock as lockdep would (LOCK-ORDER) and stop the CPU,
+    /// where the kernel would hang.
+    pub fn deadlock(&self, what: &str) -> ! {
+        self.k.report(Violation {
+            id: invariants::LOCK_ORDER,
+            kind: ViolationKind::LockOrder,
+            message: format!("possible recursive locking detected: {what}"),
+            cpu: Some(self.id),
+            backtrace: self.backtrace(),
+            page: None,
+        });
+        std::panic::panic_any(KernelOops)
+    }
+
     /// A failed kernel assertion: report it and oops (`BUG()`).
     pub fn bug(&self, text: &str, page: Option<Pfn>) -> ! {
         let message = match page {

@@ -21,4 +21,10 @@ pub enum Errno {
     /// No page there (a move_pages(2) status).
     #[error("ENOENT")]
     Enoent,
+    /// A page is already in the page cache there (add_to_page_cache()).
+    #[error("EEXIST")]
+    Eexist,
+    /// No free hugetlb page (alloc_huge_page()).
+    #[error("ENOSPC")]
+    Enospc,
 }

@@ -4,6 +4,10 @@
 //! anon_vma_fork(), copy_page_range(), the parent's TLB flushed at the end)
 //! and `mmput` → exit_mmap().
 //!
+//! A hugetlb VMA's copy shares the file (get_file(), linked into its
+//! `i_mmap`) and, if shared, the reservation; a private one's reservation
+//! stays the parent's (reset_vma_resv_huge_pages()).
+//!
 //! Leaves out: tasks and threads (a scenario process is one mm), VM_DONTCOPY,
 //! VM_WIPEONFORK, the OOM killer, khugepaged registration.
 
@@ -34,15 +38,27 @@ impl<E: Engine> Cpu<E> {
         let mut result = Ok(());
         for mpnt in oldmm.vma_list() {
             let flags = mpnt.vm_flags() & !(vm::LOCKED | vm::LOCKONFAULT);
-            let tmp = Arc::new(Vma::new(
-                self.k.new_vma_id(),
-                mm.id,
-                mpnt.vm_start(),
-                mpnt.vm_end(),
-                mpnt.vm_pgoff(),
-                flags,
-            ));
+            let tmp = Arc::new(
+                Vma::new(
+                    self.k.new_vma_id(),
+                    mm.id,
+                    mpnt.vm_start(),
+                    mpnt.vm_end(),
+                    mpnt.vm_pgoff(),
+                    flags,
+                )
+                .with_file(mpnt.vm_file),
+            );
+            // `*tmp = *mpnt`: vm_private_data too; a hugetlb VMA's private
+            // reservation stays the parent's (reset_vma_resv_huge_pages()).
+            if tmp.vm_flags() & vm::MAYSHARE != 0 {
+                tmp.set_resv(mpnt.resv());
+            }
             self.anon_vma_fork(&tmp, &mpnt);
+            if let Some(f) = tmp.vm_file {
+                self.get_file(f);
+                self.vma_link_file(&tmp); // vma_interval_tree_insert_after()
+            }
             mm.vmas
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
@@ -50,6 +66,9 @@ impl<E: Engine> Cpu<E> {
             if !self.copy_page_range(&mm, oldmm, &mpnt, &tmp) {
                 result = Err(Errno::Enomem);
                 break;
+            }
+            if tmp.is_hugetlb() {
+                self.hugetlb_vm_op_open(&tmp); // tmp->vm_ops->open(tmp)
             }
         }
         // arch_dup_mmap(); flush_tlb_mm(oldmm): the parent's PTEs were

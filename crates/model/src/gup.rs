@@ -738,6 +738,40 @@ impl<E: Engine> Cpu<E> {
                         break 'out Err(Errno::Efault);
                     }
                     vma = Some(v.clone());
+                    if v.is_hugetlb() {
+                        if Self::should_force_cow_break(&v, foll_flags) {
+                            foll_flags |= FollFlags::WRITE;
+                        }
+                        let write = foll_flags.contains(FollFlags::WRITE);
+                        let mut grab = |page: Pfn| {
+                            if let Some(p) = pages.as_deref_mut() {
+                                if !self.try_grab_page(page, foll_flags) {
+                                    return false;
+                                }
+                                p.push(page);
+                            }
+                            if let Some(vs) = vmas.as_deref_mut() {
+                                vs.push(v.clone());
+                            }
+                            true
+                        };
+                        match self.follow_hugetlb_page(
+                            mm,
+                            &v,
+                            &mut start,
+                            &mut nr_pages,
+                            write,
+                            &mut grab,
+                        ) {
+                            Ok(n) => i += n,
+                            Err(e) if i == 0 => break 'out Err(e),
+                            Err(_) => {}
+                        }
+                        if nr_pages == 0 {
+                            break Ok(());
+                        }
+                        continue;
+                    }
                     v
                 }
             };

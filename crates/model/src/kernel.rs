@@ -17,7 +17,7 @@ use crate::mmu::{LocalIrq, Tlb};
 use crate::page::pg;
 use crate::page_alloc::{CopyPlan, Memory};
 use crate::sync::{LockClass, SpinLock};
-use crate::types::{AnonVmaId, CpuId, Geometry, MmId, Pfn, VmaId};
+use crate::types::{AnonVmaId, CpuId, FileId, Geometry, MmId, Pfn, VmaId};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -42,6 +42,8 @@ pub struct Config {
     /// Physical memory in bytes.
     pub memory_bytes: u64,
     pub nodes: u32,
+    /// Free PMD-size hugetlb pages made at boot on each node (`hugetlb-pool`).
+    pub hugetlb_pool: u64,
     /// CPUs (one per concurrent thread of a scenario).
     pub cpus: usize,
     pub fixes: FixSet,
@@ -60,6 +62,7 @@ impl Config {
             use_zero_page: true,
             memory_bytes,
             nodes: 1,
+            hugetlb_pool: 0,
             cpus: 4,
             fixes: FixSet::default(),
         }
@@ -130,6 +133,10 @@ pub struct Kernel<E: Engine> {
     pub coverage: crate::coverage::Coverage,
     /// The secondary MMUs (test_hmm.rs), by `MirrorId`.
     mirrors: RwLock<Vec<Arc<crate::test_hmm::Dmirror<E>>>>,
+    /// The hugetlb pool and reservation maps (hugetlb.rs).
+    pub hstate: crate::hugetlb::Hstate<E>,
+    /// The files (filemap.rs), by `FileId`.
+    files: RwLock<Vec<Arc<crate::filemap::Inode<E>>>>,
 }
 
 impl<E: Engine> Kernel<E> {
@@ -163,8 +170,43 @@ impl<E: Engine> Kernel<E> {
             trace: Arc::new(Mutex::new(Vec::new())),
             coverage: crate::coverage::Coverage::default(),
             mirrors: RwLock::new(Vec::new()),
+            hstate: crate::hugetlb::Hstate::new(cfg.nodes, cfg.cpus),
+            files: RwLock::new(Vec::new()),
             cfg,
         })
+        .boot_hugetlb()
+    }
+
+    /// Fills the hugetlb pool at boot (hugetlb_init()).
+    fn boot_hugetlb(self: Arc<Self>) -> Arc<Self> {
+        if self.cfg.hugetlb_pool > 0 {
+            let cpu = crate::cpu::Cpu::new(self.clone(), CpuId(0));
+            cpu.hugetlb_hstate_alloc_pages(self.cfg.hugetlb_pool);
+        }
+        self
+    }
+
+    /// Registers a file made by `make` with its id.
+    pub(crate) fn register_file(
+        &self,
+        make: impl FnOnce(FileId) -> crate::filemap::Inode<E>,
+    ) -> Arc<crate::filemap::Inode<E>> {
+        E::touch(crate::engine::footprint::Obj::Arena(4), true);
+        let mut fs = self.files.write().unwrap_or_else(|p| p.into_inner());
+        let f = Arc::new(make(FileId(fs.len())));
+        fs.push(f.clone());
+        f
+    }
+
+    /// The file `id`.
+    pub fn file(&self, id: FileId) -> Arc<crate::filemap::Inode<E>> {
+        E::touch(crate::engine::footprint::Obj::Arena(4), false);
+        self.files.read().unwrap_or_else(|p| p.into_inner())[id.0].clone()
+    }
+
+    /// Every file, for checkers.
+    pub fn all_files(&self) -> Vec<Arc<crate::filemap::Inode<E>>> {
+        self.files.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A copy of the whole machine as it is now, sharing nothing with it,
@@ -215,6 +257,11 @@ impl<E: Engine> Kernel<E> {
             .iter()
             .map(|av| Arc::new(av.snapshot(&mut vmas)))
             .collect();
+        let files: Vec<Arc<crate::filemap::Inode<E>>> = self
+            .all_files()
+            .iter()
+            .map(|f| Arc::new(f.snapshot(&mut vmas)))
+            .collect();
         let lock = |t: &Mutex<Tlb>| t.lock().unwrap_or_else(|p| p.into_inner()).clone();
         Arc::new(Kernel {
             geo: self.geo,
@@ -242,6 +289,8 @@ impl<E: Engine> Kernel<E> {
                     .map(|m| Arc::new(m.snapshot()))
                     .collect(),
             ),
+            hstate: self.hstate.snapshot(),
+            files: RwLock::new(files),
         })
     }
 

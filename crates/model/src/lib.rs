@@ -26,6 +26,10 @@
 //!   [`dma`]: a DMA device through long-term pins [fs/io_uring.c's fixed
 //!   buffers].
 //! - [`migrate`]: migration entries [mm/migrate.c].
+//! - [`hugetlb`]: the hugetlb pool, reservations, faults, COW, fork and
+//!   unmap [mm/hugetlb.c]; [`hugetlbfs`]: its files (MAP_HUGETLB,
+//!   memfd_create(MFD_HUGETLB)) [fs/hugetlbfs/inode.c]; [`filemap`]: inodes,
+//!   address spaces and the page cache [include/linux/fs.h, mm/filemap.c].
 //! - [`swapfile`]: the reuse rule [mm/swapfile.c].
 //! - [`mmap`], [`mprotect`], [`madvise`], [`mlock`], [`khugepaged`], [`fork`]:
 //!   system calls [mm/mmap.c, mprotect.c, madvise.c, mlock.c, khugepaged.c,
@@ -41,11 +45,14 @@ pub mod cpu;
 pub mod dma;
 pub mod engine;
 pub mod errno;
+pub mod filemap;
 pub mod fixes;
 pub mod fork;
 pub mod gup;
 pub mod hmm;
 pub mod huge_memory;
+pub mod hugetlb;
+pub mod hugetlbfs;
 pub mod kernel;
 pub mod khugepaged;
 pub mod madvise;

@@ -94,8 +94,7 @@ impl<E: Engine> Cpu<E> {
                 } else {
                     HugepageAdvice::NoHugepage
                 };
-                self.madvise_behavior(mm, vma, start, end, a);
-                Ok(())
+                self.madvise_behavior(mm, vma, start, end, a)
             }
         }
     }
@@ -108,14 +107,17 @@ impl<E: Engine> Cpu<E> {
         start: VirtAddr,
         end: VirtAddr,
         advice: HugepageAdvice,
-    ) {
+    ) -> Result<(), Errno> {
         let _f = self.func("madvise_behavior");
         let new_flags = self.hugepage_madvise(vma.vm_flags(), advice);
         if new_flags == vma.vm_flags() {
-            return;
+            return Ok(());
         }
-        let vma = self.split_vma_to(mm, vma, start, end);
+        // A split a VMA refuses (hugetlb, not at a huge page boundary) is
+        // EINVAL (out_convert_errno).
+        let vma = self.split_vma_to(mm, vma, start, end)?;
         vma.set_vm_flags(new_flags);
         self.vma_merge(mm, &vma);
+        Ok(())
     }
 }

@@ -325,6 +325,9 @@ impl<E: Engine> Cpu<E> {
     /// Models handle_mm_fault(), mm/memory.c, v5.8.
     pub fn handle_mm_fault(&self, vmf: &VmFault<E>) -> VmFaultT {
         let _f = self.func("handle_mm_fault");
+        if vmf.vma.is_hugetlb() {
+            return self.hugetlb_fault(&vmf.mm, &vmf.vma, vmf.address, vmf.flags);
+        }
         let mut vmf = VmFault {
             mm: vmf.mm.clone(),
             vma: vmf.vma.clone(),
@@ -732,6 +735,10 @@ impl<E: Engine> Cpu<E> {
         if vma.vm_flags() & vm::HUGETLB == 0 && vma.anon_vma().is_none() {
             return true;
         }
+        if vma.is_hugetlb() {
+            let _ = new_vma;
+            return self.copy_hugetlb_page_range(dst, src, vma);
+        }
         let (start, end) = (vma.vm_start(), vma.vm_end());
         // We need to invalidate the secondary MMU mappings only when there
         // could be a permission downgrade on the ptes of the parent mm.
@@ -958,6 +965,12 @@ impl<E: Engine> Cpu<E> {
         let _f = self.func("unmap_page_range");
         let start = start.max(vma.vm_start());
         let end = end.min(vma.vm_end());
+        if vma.is_hugetlb() {
+            if start < end {
+                self.unmap_hugetlb_vma(tlb, mm, vma, start, end);
+            }
+            return;
+        }
         let mut addr = start;
         while addr < end {
             let next = self.k.geo.pmd_addr_end(addr, end);
@@ -1076,9 +1089,8 @@ impl<E: Engine> Cpu<E> {
     /// and in address order; `floor` is the end of the VMA before them (0:
     /// FIRST_USER_ADDRESS) and `ceiling` the start of the one after (the
     /// task size: USER_PGTABLES_CEILING, the top).
-    ///
-    /// DIVERGENCE: no hugetlb branch (hugetlb_free_pgd_range()); hugetlb VMAs
-    /// are not modelled yet.
+    /// A hugetlb VMA's tables are freed as any other's: on x86
+    /// hugetlb_free_pgd_range() is free_pgd_range().
     pub fn free_pgtables(
         &self,
         tlb: &mut MmuGather,
@@ -1093,13 +1105,19 @@ impl<E: Engine> Cpu<E> {
         while i < vmas.len() {
             let addr = vmas[i].vm_start();
             self.unlink_anon_vmas(&vmas[i]);
-            // Optimization: gather nearby vmas into one call down.
+            self.unlink_file_vma(&vmas[i]);
+            // Optimization: gather nearby vmas into one call down (never a
+            // hugetlb one, which goes down alone).
             while let Some(next) = vmas.get(i + 1) {
-                if next.vm_start().0 > vmas[i].vm_end().0 + pmd_size {
+                if vmas[i].is_hugetlb()
+                    || next.is_hugetlb()
+                    || next.vm_start().0 > vmas[i].vm_end().0 + pmd_size
+                {
                     break;
                 }
                 i += 1;
                 self.unlink_anon_vmas(&vmas[i]);
+                self.unlink_file_vma(&vmas[i]);
             }
             let up_to = vmas.get(i + 1).map_or(ceiling, |n| n.vm_start());
             self.free_pgd_range(tlb, mm, addr.0, vmas[i].vm_end().0, floor.0, up_to.0);

@@ -275,12 +275,14 @@ impl<E: Engine> Cpu<E> {
         start: VirtAddr,
         end: VirtAddr,
         newflags: u64,
-    ) -> Arc<Vma> {
+    ) -> Result<Arc<Vma>, Errno> {
         let _f = self.func("mlock_fixup");
-        if newflags == vma.vm_flags() {
-            return vma.clone();
+        // Don't set VM_LOCKED or VM_LOCKONFAULT and don't count (a hugetlb
+        // VMA is never split or marked; its pages are populated all the same).
+        if newflags == vma.vm_flags() || vma.is_hugetlb() {
+            return Ok(vma.clone());
         }
-        let vma = self.split_vma_to(mm, vma, start, end);
+        let vma = self.split_vma_to(mm, vma, start, end)?;
         // vm_flags is protected by the mmap_lock held in write mode. It's
         // okay if try_to_unmap_one unmaps a page just after we set VM_LOCKED,
         // populate_vma_page_range will bring it back.
@@ -289,7 +291,7 @@ impl<E: Engine> Cpu<E> {
         } else {
             self.munlock_vma_pages_range(&vma, start, end);
         }
-        vma
+        Ok(vma)
     }
 
     /// Models apply_vma_lock_flags(), mm/mlock.c, v5.8: `flags` (VM_LOCKED or
@@ -314,7 +316,7 @@ impl<E: Engine> Cpu<E> {
         loop {
             let newflags = (vma.vm_flags() & !(vm::LOCKED | vm::LOCKONFAULT)) | flags;
             let tmp = vma.vm_end().min(end);
-            let done = self.mlock_fixup(mm, &vma, nstart, tmp, newflags);
+            let done = self.mlock_fixup(mm, &vma, nstart, tmp, newflags)?;
             self.vma_merge(mm, &done);
             nstart = tmp;
             // The merge may have grown the VMA past tmp (`*prev` in 5.8).

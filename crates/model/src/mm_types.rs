@@ -8,14 +8,18 @@
 //! lock) read them safely. The anon_vma interval tree is a list of the VMAs
 //! linked to the anon_vma (`anon_vma_chain`s), filtered by pgoff on a walk.
 //!
-//! Leaves out: the maple/rb tree (a sorted vector), vm_ops and files, mm
+//! A hugetlb VMA carries its file (`vm_file`) and its reservation fields
+//! (`vm_private_data`, [`VmaResv`]); mm/hugetlb.c's vm_ops are called by
+//! name where mm/mmap.c calls them through the pointer.
+//!
+//! Leaves out: the maple/rb tree (a sorted vector), vm_ops of other files, mm
 //! counters (RSS), anon_vma reuse by degree in anon_vma_clone() (DIVERGENCE:
 //! a forked VMA always gets a fresh anon_vma), userfaultfd.
 
 use crate::engine::Engine;
 use crate::pgtable::{PteFlags, TableBody};
 use crate::sync::{LockClass, RwSem, SpinLock};
-use crate::types::{AnonVmaId, MmId, VirtAddr, VmaId};
+use crate::types::{AnonVmaId, FileId, MmId, ResvMapId, VirtAddr, VmaId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
@@ -55,6 +59,29 @@ pub struct Vma {
     pub chains: Mutex<Vec<AnonVmaId>>,
     /// The VMA has been unlinked (munmap/exit).
     pub dead: AtomicBool,
+    /// `vma->vm_file`: the hugetlbfs file a hugetlb VMA maps (fixed at mmap;
+    /// a split or a fork copies it).
+    pub vm_file: Option<FileId>,
+    /// `vma->vm_private_data` of a hugetlb VMA (mm/hugetlb.c): its private
+    /// reservation map and the HPAGE_RESV_* flags. Changed under mmap_lock
+    /// for write, or under the file's i_mmap_rwsem for write
+    /// (HPAGE_RESV_UNMAPPED from unmap_ref_private()), which every reader
+    /// holds for read.
+    pub resv: Mutex<VmaResv>,
+}
+
+/// A hugetlb VMA's `vm_private_data`: a `resv_map` pointer with the
+/// HPAGE_RESV_OWNER and HPAGE_RESV_UNMAPPED bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmaResv {
+    /// The private mapping's reservation map (None for shared mappings,
+    /// whose map is the inode's, and for a fork child's private mapping).
+    pub map: Option<ResvMapId>,
+    /// HPAGE_RESV_OWNER: this VMA made the reservation (the mmap()er).
+    pub owner: bool,
+    /// HPAGE_RESV_UNMAPPED: the owner unmapped a page from this VMA to keep
+    /// its own reservation; later faults here SIGBUS.
+    pub unmapped: bool,
 }
 
 impl Vma {
@@ -76,7 +103,26 @@ impl Vma {
             anon_vma: AtomicU64::new(0),
             chains: Mutex::new(Vec::new()),
             dead: AtomicBool::new(false),
+            vm_file: None,
+            resv: Mutex::new(VmaResv::default()),
         }
+    }
+    /// The VMA mapping `file` (set by mmap, copied by split and fork).
+    pub fn with_file(mut self, file: Option<FileId>) -> Self {
+        self.vm_file = file;
+        self
+    }
+    /// is_vm_hugetlb_page().
+    pub fn is_hugetlb(&self) -> bool {
+        self.vm_flags() & vm::HUGETLB != 0
+    }
+    /// The hugetlb reservation fields (`vm_private_data`).
+    pub fn resv(&self) -> VmaResv {
+        *self.resv.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Changes the hugetlb reservation fields.
+    pub fn set_resv(&self, r: VmaResv) {
+        *self.resv.lock().unwrap_or_else(|p| p.into_inner()) = r;
     }
     /// A copy of the VMA for a copy of the machine (`Kernel::snapshot`): its
     /// id and mm, range, pgoff, flags, anon_vma, anon_vma chains and whether
@@ -99,6 +145,8 @@ impl Vma {
                     .clone(),
             ),
             dead: AtomicBool::new(self.dead.load(SeqCst)),
+            vm_file: self.vm_file,
+            resv: Mutex::new(self.resv()),
         }
     }
     pub fn vm_start(&self) -> VirtAddr {
@@ -135,11 +183,11 @@ impl Vma {
     pub fn contains(&self, addr: VirtAddr) -> bool {
         self.vm_start() <= addr && addr < self.vm_end()
     }
-    /// vma_is_anonymous(): private or shared anonymous memory without vm_ops.
-    /// DIVERGENCE: shared anonymous memory (shmem) is not modelled yet, so every
-    /// VMA is anonymous and private.
+    /// vma_is_anonymous(): memory without vm_ops; a hugetlb VMA has
+    /// hugetlb_vm_ops. DIVERGENCE: shared anonymous memory (shmem) is not
+    /// modelled yet, so every other VMA is anonymous and private.
     pub fn is_anonymous(&self) -> bool {
-        true
+        self.vm_file.is_none()
     }
     /// is_cow_mapping().
     pub fn is_cow_mapping(&self) -> bool {

@@ -6,7 +6,11 @@
 //! madvise() attempt (`vma_merge`, for neighbours that become identical), and
 //! `exit_mmap`.
 //!
-//! Leaves out: file and shared mappings (shmem, a later issue), MAP_FIXED,
+//! hugetlbfs mappings (MAP_HUGETLB and a memfd's, `do_mmap_hugetlb`) go
+//! through the same paths with their vm_ops (split, open, close) called by
+//! name.
+//!
+//! Leaves out: other file and shared mappings (shmem, a later issue), MAP_FIXED,
 //! stack guard gaps, `vm_unmapped_area`'s top-down search (DIVERGENCE: regions
 //! are placed bottom-up, aligned as asked, one PMD apart so that separate
 //! mmaps never merge; thpsim conform places them the same way), accounting
@@ -110,6 +114,92 @@ impl<E: Engine> Cpu<E> {
         Ok(addr)
     }
 
+    /// Models do_mmap()/mmap_region() of a hugetlbfs file, mm/mmap.c, v5.8:
+    /// MAP_HUGETLB (ksys_mmap_pgoff(): `len` is rounded up to the huge page
+    /// size and an unlinked file made, `file` None) or a MAP_SHARED mapping
+    /// of a memfd (`file`; its `len` must be a multiple of the huge page
+    /// size: hugetlb_get_unmapped_area() says EINVAL). The region is
+    /// placed PUD-aligned when it is at least a PUD long (thpsim's placement
+    /// for PMD sharing, which the live runner follows), else PMD-aligned.
+    /// hugetlbfs_file_mmap() reserves its pages: ENOMEM if the pool cannot.
+    ///
+    /// # Locking
+    /// Takes `mmap_lock` for write; links the VMA into the file's `i_mmap`
+    /// under `i_mmap_rwsem` for write.
+    pub fn do_mmap_hugetlb(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        len: u64,
+        prot: Prot,
+        shared: bool,
+        file: Option<crate::types::FileId>,
+    ) -> Result<VirtAddr, Errno> {
+        let _f = self.func("do_mmap");
+        let hsz = self.huge_page_size();
+        if len == 0 {
+            return Err(Errno::Einval);
+        }
+        let (len, file) = match file {
+            Some(f) => {
+                if len & (hsz - 1) != 0 {
+                    return Err(Errno::Einval);
+                }
+                (len, f)
+            }
+            None => {
+                let len = len.checked_next_multiple_of(hsz).ok_or(Errno::Enomem)?;
+                (len, self.hugetlb_file_setup(None, len))
+            }
+        };
+        let _mmap = mm.mmap_lock.write(self);
+        let g = self.k.geo;
+        let align = if len >= g.pud_size() {
+            g.pud_size()
+        } else {
+            g.pmd_size()
+        };
+        let Some(addr) = self.get_unmapped_area(mm, len, align) else {
+            self.get_file(file);
+            self.fput(file);
+            return Err(Errno::Enomem);
+        };
+        let mut flags = prot.vm_bits() | vm::MAYREAD | vm::MAYWRITE | vm::MAYEXEC | vm::HUGETLB;
+        if shared {
+            flags |= vm::SHARED | vm::MAYSHARE;
+        }
+        let vma = Arc::new(
+            Vma::new(
+                self.k.new_vma_id(),
+                mm.id,
+                addr,
+                addr.add_bytes(len),
+                0,
+                flags,
+            )
+            .with_file(Some(file)),
+        );
+        self.get_file(file);
+        if let Err(e) = self.hugetlbfs_file_mmap(file, &vma) {
+            // unmap_and_free_vma: nothing was mapped yet.
+            self.fput(file);
+            return Err(e);
+        }
+        self.insert_vma(mm, vma.clone());
+        self.vma_link_file(&vma);
+        Ok(addr)
+    }
+
+    /// Models remove_vma(), mm/mmap.c, v5.8: after the unmap, a VMA's
+    /// vm_ops->close() (hugetlb_vm_op_close()) and the fput() of its file.
+    pub fn remove_vma(&self, vma: &Arc<Vma>) {
+        if vma.is_hugetlb() {
+            self.hugetlb_vm_op_close(vma);
+        }
+        if let Some(f) = vma.vm_file {
+            self.fput(f);
+        }
+    }
+
     /// The VMA that covers exactly `[start, end)` of `vma`, split off at
     /// either end as needed: the two `split_vma()` calls that
     /// madvise_behavior(), mprotect_fixup() and mlock_fixup() each make in
@@ -123,29 +213,36 @@ impl<E: Engine> Cpu<E> {
         vma: &Arc<Vma>,
         start: VirtAddr,
         end: VirtAddr,
-    ) -> Arc<Vma> {
+    ) -> Result<Arc<Vma>, Errno> {
         let mut vma = vma.clone();
         if start != vma.vm_start() {
-            vma = self.__split_vma(mm, &vma, start, false);
+            vma = self.__split_vma(mm, &vma, start, false)?;
         }
         if end != vma.vm_end() {
-            self.__split_vma(mm, &vma, end, true);
+            self.__split_vma(mm, &vma, end, true)?;
             // The part below `end` keeps the old object; find it again.
             vma = mm.vma_at(start).expect("split vma");
         }
-        vma
+        Ok(vma)
     }
 
     /// Models __split_vma(), mm/mmap.c, v5.8: split `vma` at `addr`; the new VMA
-    /// is the part below `addr` if `new_below`. Returns the new VMA.
+    /// is the part below `addr` if `new_below`. Returns the new VMA. A
+    /// hugetlb VMA splits only at a huge page boundary
+    /// (vm_ops->split() = hugetlb_vm_op_split(): EINVAL); the new VMA
+    /// shares the file (get_file(), vm_ops->open()) and the reservation
+    /// fields.
     pub fn __split_vma(
         &self,
         mm: &MmStruct<E>,
         vma: &Arc<Vma>,
         addr: VirtAddr,
         new_below: bool,
-    ) -> Arc<Vma> {
+    ) -> Result<Arc<Vma>, Errno> {
         let _f = self.func("__split_vma");
+        if vma.is_hugetlb() {
+            self.hugetlb_vm_op_split(vma, addr)?;
+        }
         let ps = self.k.geo.page_shift;
         let (start, end, pgoff) = (vma.vm_start(), vma.vm_end(), vma.vm_pgoff());
         let new = if new_below {
@@ -167,9 +264,16 @@ impl<E: Engine> Cpu<E> {
                 vma.vm_flags(),
             )
         };
-        let new = Arc::new(new);
+        let new = Arc::new(new.with_file(vma.vm_file));
+        new.set_resv(vma.resv());
         new.set_anon_vma(vma.anon_vma());
         self.anon_vma_clone(&new, vma);
+        if let Some(f) = new.vm_file {
+            self.get_file(f);
+        }
+        if new.is_hugetlb() {
+            self.hugetlb_vm_op_open(&new);
+        }
         if new_below {
             self.__vma_adjust(
                 mm,
@@ -182,7 +286,7 @@ impl<E: Engine> Cpu<E> {
         } else {
             self.__vma_adjust(mm, vma, start, addr, pgoff, Some(new.clone()));
         }
-        new
+        Ok(new)
     }
 
     /// Models __vma_adjust(), mm/mmap.c, v5.8, for shrinking a VMA and
@@ -190,8 +294,12 @@ impl<E: Engine> Cpu<E> {
     /// first (vma_adjust_trans_huge()), then the range changes under the
     /// anon_vma lock.
     ///
+    /// A file VMA's range changes, and the inserted VMA joins the file's
+    /// `i_mmap`, under the file's `i_mmap_rwsem` for write.
+    ///
     /// # Locking
-    /// Called with `mmap_lock` held for write; takes the anon_vma lock for write.
+    /// Called with `mmap_lock` held for write; takes the file's
+    /// `i_mmap_rwsem` for write, then the anon_vma lock for write.
     pub fn __vma_adjust(
         &self,
         mm: &MmStruct<E>,
@@ -202,18 +310,33 @@ impl<E: Engine> Cpu<E> {
         insert: Option<Arc<Vma>>,
     ) {
         let _f = self.func("__vma_adjust");
-        self.vma_adjust_trans_huge(mm, vma, start, end, None);
+        if !vma.is_hugetlb() {
+            // A hugetlb VMA splits at huge page boundaries only: there is no
+            // PMD to split.
+            self.vma_adjust_trans_huge(mm, vma, start, end, None);
+        }
+        let file = vma.vm_file.map(|f| self.k.file(f));
+        let i_mmap = file.as_ref().map(|f| f.mapping.i_mmap_rwsem.write(self));
         let av = vma.anon_vma();
         if let Some(av) = av {
             self.anon_vma_lock_write(av);
         }
         vma.set_range(start, end, pgoff);
         if let Some(ins) = insert {
+            if let Some(f) = &file {
+                // __vma_link_file()
+                f.mapping
+                    .i_mmap
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(ins.clone());
+            }
             self.insert_vma(mm, ins);
         }
         if let Some(av) = av {
             self.anon_vma_unlock_write(av);
         }
+        drop(i_mmap);
     }
 
     /// Models vma_merge(), mm/mmap.c, v5.8, as used after mprotect()/madvise()
@@ -239,8 +362,11 @@ impl<E: Engine> Cpu<E> {
                         .len()
                         == 1)
         };
+        // is_mergeable_vma(): a VMA with vm_ops->close (hugetlb) never merges.
         let mergeable = |a: &Arc<Vma>, b: &Arc<Vma>, neighbour_is_a: bool| {
-            a.vm_end() == b.vm_start()
+            a.vm_file.is_none()
+                && b.vm_file.is_none()
+                && a.vm_end() == b.vm_start()
                 && a.vm_flags() == b.vm_flags()
                 && a.vm_pgoff() + ((a.vm_end().0 - a.vm_start().0) >> ps) == b.vm_pgoff()
                 && if neighbour_is_a {
@@ -316,11 +442,11 @@ impl<E: Engine> Cpu<E> {
             return Ok(());
         }
         if start > vma.vm_start() {
-            self.__split_vma(mm, &vma, start, false);
+            self.__split_vma(mm, &vma, start, false)?;
         }
         if let Some(last) = mm.find_vma(end) {
             if end > last.vm_start() {
-                self.__split_vma(mm, &last, end, true);
+                self.__split_vma(mm, &last, end, true)?;
             }
         }
         // detach_vmas_to_be_unmapped()
@@ -341,6 +467,10 @@ impl<E: Engine> Cpu<E> {
             self.remove_vma_from_list(mm, v);
         }
         self.unmap_region(mm, &doomed, start, end);
+        // remove_vma_list()
+        for v in &doomed {
+            self.remove_vma(v);
+        }
         Ok(())
     }
 
@@ -411,6 +541,10 @@ impl<E: Engine> Cpu<E> {
         self.tlb_finish_mmu(tlb);
         for v in &vmas {
             self.remove_vma_from_list(mm, v);
+        }
+        // Walk the list again, actually closing and freeing it.
+        for v in &vmas {
+            self.remove_vma(v);
         }
         mm.exited.store(true, SeqCst);
     }

@@ -51,7 +51,7 @@ impl<E: Engine> Cpu<E> {
                 return Err(Errno::Eacces);
             }
             let tmp = vma.vm_end().min(end);
-            let done = self.mprotect_fixup(mm, &vma, nstart, tmp, newflags);
+            let done = self.mprotect_fixup(mm, &vma, nstart, tmp, newflags)?;
             // The merge comes before the next VMA is looked at, as 5.8's
             // (`vma_merge()` in mprotect_fixup(), then `prev->vm_next`): it
             // may have swallowed that VMA, and then the walk goes on from the
@@ -85,15 +85,20 @@ impl<E: Engine> Cpu<E> {
         start: VirtAddr,
         end: VirtAddr,
         newflags: u64,
-    ) -> Arc<Vma> {
+    ) -> Result<Arc<Vma>, Errno> {
         let _f = self.func("mprotect_fixup");
         if newflags == vma.vm_flags() {
-            return vma.clone();
+            return Ok(vma.clone());
         }
-        let vma = self.split_vma_to(mm, vma, start, end);
+        let vma = self.split_vma_to(mm, vma, start, end)?;
         let oldflags = vma.vm_flags();
         vma.set_vm_flags(newflags);
-        self.change_protection(mm, &vma, start, end, vma.vm_page_prot());
+        if vma.is_hugetlb() {
+            // change_protection(): is_vm_hugetlb_page() → hugetlb_change_protection()
+            self.hugetlb_change_protection(mm, &vma, start, end);
+        } else {
+            self.change_protection(mm, &vma, start, end, vma.vm_page_prot());
+        }
         // Private VM_LOCKED VMA becoming writable: trigger COW to avoid major
         // fault on access. (5.8 ignores the result.)
         if oldflags & (vm::WRITE | vm::SHARED | vm::LOCKED) == vm::LOCKED
@@ -102,7 +107,7 @@ impl<E: Engine> Cpu<E> {
             let mm = self.k.mm(vma.mm);
             let _ = self.populate_vma_page_range(&mm, &vma, start, end);
         }
-        vma
+        Ok(vma)
     }
 
     /// Models change_protection()/change_protection_range(), mm/mprotect.c, v5.8.

@@ -17,7 +17,7 @@ use crate::sync::lockdep::Acquire;
 use crate::sync::locks::{
     page_lock, page_lock_inherit, page_lock_snapshot, page_trylock, page_unlock, PageLockState,
 };
-use crate::types::{AnonVmaId, Pfn};
+use crate::types::{AnonVmaId, FileId, Pfn};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -39,6 +39,14 @@ pub mod pg {
     pub const RESERVED: u64 = 1 << 10;
     pub const WRITEBACK: u64 = 1 << 11;
     pub const REFERENCED: u64 = 1 << 12;
+    /// PageHuge(): the compound page's destructor is HUGETLB_PAGE_DTOR (a
+    /// hugetlb page, set on the head for the page's life in the pool).
+    pub const HUGETLB: u64 = 1 << 13;
+    /// PG_private of a hugetlb head: the allocation consumed a reservation
+    /// (restore_reserve in free_huge_page()).
+    pub const PRIVATE: u64 = 1 << 14;
+    /// page_huge_active() (5.8 keeps it as PG_private of the first tail).
+    pub const HUGE_ACTIVE: u64 = 1 << 15;
     /// The flags __split_huge_page_tail() copies from head to tail.
     pub const SPLIT_COPY: u64 =
         DIRTY | UPTODATE | LRU | ACTIVE | SWAPBACKED | MLOCKED | SWAPCACHE | REFERENCED;
@@ -46,6 +54,17 @@ pub mod pg {
 
 /// `PAGE_MAPPING_ANON`: the low bit of `page->mapping` for anonymous pages.
 const PAGE_MAPPING_ANON: u64 = 1;
+
+/// `page->mapping` of a page in the page cache of file `f` (an
+/// `address_space` pointer: the low bits clear).
+pub fn file_mapping(f: FileId) -> u64 {
+    (f.0 as u64 + 1) << 2
+}
+
+/// The file a `page->mapping` value names, if it is a file's.
+pub fn mapping_file(mapping: u64) -> Option<FileId> {
+    (mapping != 0 && mapping & 3 == 0).then(|| FileId((mapping >> 2) as usize - 1))
+}
 
 /// One physical frame's `struct page`, and the frame's bytes.
 pub struct Page<E: Engine> {
@@ -407,6 +426,21 @@ impl<E: Engine> Cpu<E> {
         self.page(self.compound_head(pfn)).mapping.load() & PAGE_MAPPING_ANON != 0
     }
 
+    /// Models PageHuge(), mm/hugetlb.c, v5.8: the page belongs to a hugetlb
+    /// page (its head's compound destructor is HUGETLB_PAGE_DTOR). The
+    /// destructor is set when the pool is made and never changes while the
+    /// model runs, so it is read without a scheduling point.
+    pub fn page_huge(&self, pfn: Pfn) -> bool {
+        let head = self.page(pfn).tail_head_peek().unwrap_or(pfn);
+        self.page(head).test_flag_peek(pg::HUGETLB)
+    }
+
+    /// Models page_mapping() of a file page: the file whose page cache holds
+    /// it (`page->mapping` without PAGE_MAPPING_ANON).
+    pub fn page_file(&self, pfn: Pfn) -> Option<FileId> {
+        mapping_file(self.page(self.compound_head(pfn)).mapping.load())
+    }
+
     /// Models PageDoubleMap() (the flag is on the head here).
     pub fn page_double_map(&self, head: Pfn) -> bool {
         self.page(head).test_flag(pg::DOUBLE_MAP)
@@ -504,7 +538,10 @@ impl<E: Engine> Cpu<E> {
     /// reference is gone (a compound page through its destructor,
     /// free_transhuge_page()).
     pub fn __put_page(&self, head: Pfn) {
-        if self.page_head(head) {
+        if self.page_huge(head) {
+            // The compound destructor HUGETLB_PAGE_DTOR.
+            self.free_huge_page(head);
+        } else if self.page_head(head) {
             self.free_transhuge_page(head);
         } else {
             self.free_unref_page(head, 0);
@@ -518,10 +555,10 @@ impl<E: Engine> Cpu<E> {
         if !self.page_compound(pfn) {
             return ret;
         }
-        if !self.page_anon(pfn) {
+        let head = self.compound_head(pfn);
+        if !self.page_anon(pfn) && !self.page_huge(head) {
             return ret;
         }
-        let head = self.compound_head(pfn);
         ret += self.page(head).compound_mapcount.load_i64() + 1;
         if self.page_double_map(head) {
             ret -= 1;
@@ -559,7 +596,24 @@ impl<E: Engine> Cpu<E> {
     /// Takes PG_locked of the head page; see `sync::lock_order`.
     pub fn lock_page(&self, pfn: Pfn) {
         let head = self.compound_head(pfn);
-        page_lock::<E>(self.page(head).lock_state(), self, Acquire::Normal);
+        page_lock::<E>(
+            self.page(head).lock_state(),
+            self,
+            Acquire::Normal,
+            self.page_lock_class(head),
+        );
+    }
+
+    /// The lock class of a page's PG_locked: a hugetlb page's nests inside
+    /// the hugetlb fault mutex (mm/rmap.c's second list). PageHuge() is
+    /// stable while the caller holds a reference, so it is read without a
+    /// scheduling point.
+    fn page_lock_class(&self, head: Pfn) -> crate::sync::LockClass {
+        if self.page(head).test_flag_peek(pg::HUGETLB) {
+            crate::sync::LockClass::HugetlbPageLock
+        } else {
+            crate::sync::LockClass::PageLock
+        }
     }
 
     /// Models trylock_page().
@@ -568,7 +622,11 @@ impl<E: Engine> Cpu<E> {
     /// Tries PG_locked of the head page (no ordering constraint).
     pub fn trylock_page(&self, pfn: Pfn) -> bool {
         let head = self.compound_head(pfn);
-        page_trylock::<E>(self.page(head).lock_state(), self)
+        page_trylock::<E>(
+            self.page(head).lock_state(),
+            self,
+            self.page_lock_class(head),
+        )
     }
 
     /// Models unlock_page().

@@ -3,7 +3,7 @@
 //!
 //! Models the observables thpsim compares with the live kernel: per base page,
 //! what maps it (none, the zero page, a base page, a THP subpage by PMD or by
-//! PTE, a migration or swap entry), which frame (for labels), the mapcount that
+//! PTE, a hugetlb page, a migration or swap entry), which frame (for labels), the mapcount that
 //! /proc/kpagecount reports (page_mapcount(), v5.8) and the node. The walk
 //! reads entries without locks, as pagemap_read() effectively does at a
 //! quiescent point.
@@ -84,6 +84,9 @@ impl<E: Engine> Cpu<E> {
         {
             Pmd::None => return none,
             Pmd::Huge { pfn, .. } if self.is_huge_zero_page(pfn) => (MapKind::Zero, pfn.add(sub)),
+            Pmd::Huge { pfn, .. } if self.page(pfn).test_flag_peek(crate::page::pg::HUGETLB) => {
+                (MapKind::Hugetlb, pfn.add(sub))
+            }
             Pmd::Huge { pfn, .. } => (MapKind::ThpPmd, pfn.add(sub)),
             Pmd::Migration { pfn, .. } => (MapKind::Migration, pfn.add(sub)),
             Pmd::Table(t) => match Pte::decode(self.table(t).raw(g.index(Level::Pte, addr)).load())
@@ -146,20 +149,40 @@ impl<E: Engine> Cpu<E> {
         }
     }
 
+    /// The frame a read of `addr` would see: the one mapped there, or, for a
+    /// shared file (hugetlb) mapping that does not map it yet, the file's
+    /// cached page there (a fault would map it). None: it reads as zero.
+    fn frame_for_read(&self, mm: &MmStruct<E>, addr: VirtAddr) -> Option<Pfn> {
+        if let Some(pfn) = self.page_info(mm, addr).pfn {
+            return Some(pfn);
+        }
+        let vma = mm.vma_at(addr)?;
+        let file = vma.vm_file?;
+        if vma.vm_flags() & crate::mm_types::vm::MAYSHARE == 0 {
+            return None;
+        }
+        let g = self.k.geo;
+        let idx = self.vma_hugecache_offset(&vma, addr);
+        let inode = self.k.all_files().into_iter().find(|f| f.id == file)?;
+        let head = inode.cached().get(&idx).copied()?;
+        Some(head.add(g.index(Level::Pte, addr) as u64))
+    }
+
     /// The bytes of the page at `page_addr` as a read would see them, without
-    /// faulting (unmapped pages read as zero).
+    /// faulting (unmapped pages read as zero, or as their file's page).
     pub fn peek_page(&self, mm: &MmStruct<E>, page_addr: VirtAddr) -> Vec<u8> {
         let ps = self.k.geo.page_size();
-        match self.page_info(mm, page_addr).pfn {
+        match self.frame_for_read(mm, page_addr) {
             Some(pfn) => crate::page::read_page(self.page(pfn).words(ps)),
             None => vec![0; ps as usize],
         }
     }
 
     /// The byte a read of `addr` would return, without faulting: a page that is
-    /// not mapped reads as zero (it would be zero-filled on demand).
+    /// not mapped reads as zero (it would be zero-filled on demand), or as its
+    /// file's page.
     pub fn peek_byte(&self, mm: &MmStruct<E>, addr: VirtAddr) -> u8 {
-        match self.page_info(mm, addr).pfn {
+        match self.frame_for_read(mm, addr) {
             Some(pfn) => crate::page::read_byte(
                 self.page(pfn).words(self.k.geo.page_size()),
                 addr.0 & (self.k.geo.page_size() - 1),

@@ -63,6 +63,15 @@ pub struct AnonVmaId(pub usize);
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize)]
 pub struct VmaId(pub usize);
 
+/// Identifies a file (`struct inode` with its `address_space`): a hugetlbfs
+/// file made by mmap(MAP_HUGETLB) or memfd_create(MFD_HUGETLB).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize)]
+pub struct FileId(pub usize);
+
+/// Identifies a hugetlb reservation map (`struct resv_map`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize)]
+pub struct ResvMapId(pub usize);
+
 /// The page-table geometry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Geometry {

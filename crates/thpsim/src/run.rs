@@ -9,6 +9,7 @@
 //! interleaving. After every step outside a block and after every block, the
 //! audit and the memory oracle check the whole machine.
 
+mod hugetlb;
 mod migrate;
 mod mirror;
 mod pins;
@@ -162,24 +163,11 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
                 | Feature::MovePages
                 | Feature::MovePagesAll
                 | Feature::Mirror
+                | Feature::Hugetlb
+                | Feature::Memfd
         )
     })?;
-    for step in scn.steps() {
-        if let Op::Mmap {
-            shared: true,
-            backing,
-            ..
-        } = &step.op
-        {
-            if backing.value == Backing::Anon {
-                return Err(e(
-                    step.op_span,
-                    "`mmap ... shared` (shared anonymous memory, shmem) is not supported yet"
-                        .into(),
-                ));
-            }
-        }
-    }
+    hugetlb::check_supported(scn)?;
     let geometry = match geo_name {
         thpsim_scenario::Geometry::X86_64 => Geometry::X86_64,
         thpsim_scenario::Geometry::Tiny => Geometry::TINY,
@@ -204,6 +192,9 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
             ));
         }
         cfg.nodes = n.value;
+    }
+    if let Some(p) = &scn.header.hugetlb_pool {
+        cfg.hugetlb_pool = p.value;
     }
     if let Some(m) = &scn.header.memory {
         let bytes = scn.resolve(m, &units)?;
@@ -255,6 +246,7 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
         .max()
         .unwrap_or(1);
     cfg.cpus = threads.max(1);
+    hugetlb::check_pool(scn, &cfg)?;
     Ok((cfg, units))
 }
 
@@ -275,6 +267,10 @@ struct State<E: Engine> {
     mirrors: BTreeMap<String, mirror::MirrorInfo>,
     oracle: MemoryOracle,
     labels: Labels,
+    /// The memfd files made (`memfd F ...`), by name (hugetlb.rs).
+    files: BTreeMap<String, thpsim_model::types::FileId>,
+    /// Shared hugetlb mappings made so far (names their oracle objects).
+    shared_maps: u64,
     /// The data epoch the last memory check covered.
     last_check_epoch: u64,
     /// The kernel oopsed or a check failed: stop.
@@ -341,6 +337,10 @@ fn errno_outcome(e: Errno) -> Outcome {
         // Only a move_pages(2) status, never a call's return; the language
         // has no `enoent` outcome.
         Errno::Enoent => Outcome::Efault,
+        // Kernel-internal (a page-cache race, a hugetlb allocation that a
+        // fault turns into SIGBUS); no system call of the language returns
+        // them.
+        Errno::Eexist | Errno::Enospc => Outcome::Enomem,
     }
 }
 
@@ -418,6 +418,8 @@ impl<E: Engine> Machine<E> {
             mirrors: BTreeMap::new(),
             oracle: MemoryOracle::new(page_size),
             labels: Labels::default(),
+            files: BTreeMap::new(),
+            shared_maps: 0,
             last_check_epoch: 0,
             dead: false,
         };
@@ -531,6 +533,8 @@ impl<E: Engine> Machine<E> {
             mirrors: st.mirrors.clone(),
             oracle: st.oracle.clone(),
             labels: st.labels.clone(),
+            files: st.files.clone(),
+            shared_maps: st.shared_maps,
             last_check_epoch: st.last_check_epoch,
             dead: st.dead,
         };
@@ -711,6 +715,7 @@ impl<E: Engine> Machine<E> {
             .flat_map(|buf| buf.pages.iter().copied())
             .collect();
         found.extend(audit_pinned(&cpu, &pinned));
+        self.forget_unmapped_hugetlb(&cpu);
         let mut guard = self.st();
         let st = &mut *guard;
         let last = st.last_check_epoch;
@@ -974,6 +979,15 @@ impl<E: Engine> Machine<E> {
                         st.oracle.on_exit(&name);
                         Ok(Done::ok())
                     }
+                    Op::Mmap {
+                        region,
+                        size,
+                        shared,
+                        backing,
+                    } if backing.value != Backing::Anon => {
+                        self.mmap_hugetlb(cpu, &name, &mm, region, size, *shared, &backing.value)
+                    }
+                    Op::Memfd { file, size, .. } => self.memfd(cpu, file, size),
                     Op::Mmap { region, size, .. } => {
                         let len = self.scn.resolve(size, &self.units)?;
                         if len == 0 {
@@ -1072,6 +1086,14 @@ impl<E: Engine> Machine<E> {
                         fast,
                     } => self.pin(cpu, &name, &mm, pin, target, *write, *fast),
                     Op::Unpin { pin } => self.unpin(cpu, pin),
+                    Op::MovePages { target, .. } | Op::Mirror { target, .. }
+                        if self.is_hugetlb_target(&name, &mm, target) =>
+                    {
+                        Err(self.err(
+                            step.op_span,
+                            format!("`{}` of hugetlb memory is not supported yet", op.keyword()),
+                        ))
+                    }
                     Op::MovePages { target, node, all } => {
                         self.move_pages(cpu, &name, &mm, target, node.value, *all)
                     }

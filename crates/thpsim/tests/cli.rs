@@ -117,8 +117,8 @@ fn missing_file_and_unknown_fix_exit_2() {
 #[test]
 fn unsupported_features_exit_2_not_yet() {
     let p = write_tmp(
-        "hugetlb.thp",
-        "process P\nP: mmap A 1u hugetlb\nP: write A[0] = 1\n",
+        "shmem.thp",
+        "process P\nP: memfd F 1h\nP: mmap A 1h file=F shared\n",
     );
     let out = thpsim(&["run", p.to_str().expect("utf8")]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -35,6 +35,8 @@ struct Tally {
     locked_ptes: BTreeSet<Pfn>,
     locked_pmds: BTreeSet<Pfn>,
     tables: BTreeSet<Pfn>,
+    /// Hugetlb heads each file's page cache holds (one reference each).
+    cached: BTreeMap<Pfn, crate::types::FileId>,
     violations: Vec<Violation>,
 }
 
@@ -73,6 +75,11 @@ pub fn audit_pinned<E: Engine>(cpu: &Cpu<E>, pinned: &[Pfn]) -> Vec<Violation> {
             *t.pin_refs.entry(head).or_default() += crate::gup::GUP_PIN_COUNTING_BIAS;
         }
     }
+    for f in k.all_files() {
+        for (_, page) in f.cached() {
+            t.cached.insert(page, f.id);
+        }
+    }
     for mm in k.all_mms() {
         if mm.exited.load(std::sync::atomic::Ordering::SeqCst) {
             continue;
@@ -84,6 +91,7 @@ pub fn audit_pinned<E: Engine>(cpu: &Cpu<E>, pinned: &[Pfn]) -> Vec<Violation> {
     check_locks(cpu, &mut t);
     check_tlbs(cpu, &mut t);
     check_mirrors(cpu, &mut t);
+    check_hugetlb_pool(cpu, &mut t);
     t.violations
 }
 
@@ -111,6 +119,9 @@ fn walk_mm<E: Engine>(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, g: &Geometry, t: &mut
                     Pmd::Table(pte_t) => {
                         t.tables.insert(pte_t);
                         walk_ptes(cpu, mm, pte_t, base, &vma_of, g, t);
+                    }
+                    Pmd::Huge { pfn, .. } if is_hugetlb_entry(cpu, &vma_of, pfn, base) => {
+                        walk_hugetlb_entry(cpu, mm, pfn, base, &vma_of, t);
                     }
                     Pmd::Huge { pfn, invalid, .. } => {
                         huge_entries += 1;
@@ -352,6 +363,11 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                 );
             }
             next = pfn + 1;
+            continue;
+        }
+        if page.test_flag_peek(pg::HUGETLB) {
+            check_hugetlb_page(cpu, p, t);
+            next = pfn + (1u64 << page.compound_order_peek());
             continue;
         }
         if page.test_flag_peek(pg::HEAD) {
@@ -675,5 +691,278 @@ fn writable_at<E: Engine>(cpu: &Cpu<E>, mm: &MmStruct<E>, addr: VirtAddr) -> boo
             .pte_offset(v, addr)
             .is_some_and(|p| cpu.pte_read(p).is_write()),
         _ => false,
+    }
+}
+
+/// Whether the huge PMD at `base` maps a hugetlb page (the page is PageHuge
+/// or the VMA is a hugetlb one: a mismatch is reported by
+/// [`walk_hugetlb_entry`]).
+fn is_hugetlb_entry<E: Engine>(
+    cpu: &Cpu<E>,
+    vma_of: &dyn Fn(VirtAddr) -> Option<Arc<Vma>>,
+    pfn: Pfn,
+    base: VirtAddr,
+) -> bool {
+    cpu.k.mem.page(pfn).test_flag_peek(pg::HUGETLB) || vma_of(base).is_some_and(|v| v.is_hugetlb())
+}
+
+/// A hugetlb entry: a PageHuge head mapped whole by a hugetlb VMA, whose
+/// rmap (its anon_vma for a private page, its file's `i_mmap` for a shared
+/// one) reaches the VMA at the address its index (in huge pages) gives.
+fn walk_hugetlb_entry<E: Engine>(
+    cpu: &Cpu<E>,
+    mm: &Arc<MmStruct<E>>,
+    pfn: Pfn,
+    base: VirtAddr,
+    vma_of: &dyn Fn(VirtAddr) -> Option<Arc<Vma>>,
+    t: &mut Tally,
+) {
+    let g = cpu.k.geo;
+    let page = cpu.k.mem.page(pfn);
+    let Some(vma) = vma_of(base) else {
+        t.fail(
+            inv::AUDIT_VMA,
+            format!("mm {} {:?}: hugetlb entry outside any VMA", mm.id.0, base),
+            Some(pfn),
+        );
+        return;
+    };
+    if !vma.is_hugetlb() || !page.test_flag_peek(pg::HUGETLB) || page.tail_head_peek().is_some() {
+        t.fail(
+            inv::AUDIT_VMA,
+            format!(
+                "mm {} {:?}: a huge PMD of a {} VMA maps {} frame {}",
+                mm.id.0,
+                base,
+                if vma.is_hugetlb() {
+                    "hugetlb"
+                } else {
+                    "non-hugetlb"
+                },
+                if page.test_flag_peek(pg::HUGETLB) {
+                    "the hugetlb"
+                } else {
+                    "the non-hugetlb"
+                },
+                pfn.0
+            ),
+            Some(pfn),
+        );
+        return;
+    }
+    *t.pmd_maps.entry(pfn).or_default() += 1;
+    let mapping = page.mapping.peek();
+    let reaches = if let Some(av) = page.anon_vma_peek() {
+        cpu.k
+            .anon_vma(av)
+            .vmas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|v| Arc::ptr_eq(v, &vma))
+    } else if let Some(f) = crate::page::mapping_file(mapping) {
+        vma.vm_file == Some(f) && cpu.k.file(f).mappers().iter().any(|v| Arc::ptr_eq(v, &vma))
+    } else {
+        false
+    };
+    if !reaches {
+        t.fail(
+            inv::AUDIT_RMAP,
+            format!(
+                "mm {} {:?}: the hugetlb page's mapping ({mapping:#x}) does not reach the VMA mapping it",
+                mm.id.0, base
+            ),
+            Some(pfn),
+        );
+    }
+    let order = g.pmd_shift() - g.page_shift;
+    let pgoff = page.index.peek() << order;
+    let expect =
+        vma.vm_start().0 as i128 + ((pgoff as i128 - vma.vm_pgoff() as i128) << g.page_shift);
+    if expect != base.0 as i128 {
+        t.fail(
+            inv::AUDIT_RMAP,
+            format!(
+                "mm {} {:?}: hugetlb page index {} points at {:#x}",
+                mm.id.0,
+                base,
+                page.index.peek(),
+                expect
+            ),
+            Some(pfn),
+        );
+    }
+}
+
+/// A hugetlb page in use: mapped only by huge PMDs (its compound mapcount
+/// counts them, no subpage has a PTE mapcount), referenced by its mappings,
+/// its pins and its file's page cache, and reachable from one of them; a
+/// free one (on the pool's free list) has no reference and no mapping.
+fn check_hugetlb_page<E: Engine>(cpu: &Cpu<E>, p: Pfn, t: &mut Tally) {
+    let k = &cpu.k;
+    let page = k.mem.page(p);
+    let pfn = p.0;
+    let refcount = page.refcount.peek_i64();
+    let pmd_maps = t.pmd_maps.get(&p).copied().unwrap_or(0);
+    let pins = t.pin_refs.get(&p).copied().unwrap_or(0);
+    let cached = t.cached.contains_key(&p) as i64;
+    let compound = page.compound_mapcount.peek_i64() + 1;
+    if refcount == 0 {
+        if pmd_maps != 0 || pins != 0 || cached != 0 || compound != 0 {
+            t.fail(
+                inv::AUDIT_FREE,
+                format!("free hugetlb page {pfn} is in use: {pmd_maps} mappings, {pins} pin references, compound_mapcount {compound}{}", if cached != 0 { ", in a page cache" } else { "" }),
+                Some(p),
+            );
+        }
+        return;
+    }
+    if compound != pmd_maps {
+        t.fail(
+            inv::AUDIT_COMPOUND_MAPCOUNT,
+            format!(
+                "hugetlb page {pfn}: compound_mapcount {compound}, but {pmd_maps} huge PMDs map it"
+            ),
+            Some(p),
+        );
+    }
+    let n = 1u64 << page.compound_order_peek();
+    for i in 0..n {
+        let sub = k.mem.page(p.add(i));
+        if sub.mapcount.peek_i64() != -1 || t.pte_maps.contains_key(&p.add(i)) {
+            t.fail(
+                inv::AUDIT_MAPCOUNT,
+                format!("hugetlb page {pfn} subpage {i}: mapped by a PTE (hugetlb pages are always mapped with PMDs)"),
+                Some(p.add(i)),
+            );
+        }
+    }
+    if refcount != pmd_maps + pins + cached {
+        t.fail(
+            inv::AUDIT_REFCOUNT,
+            format!("hugetlb page {pfn}: refcount {refcount}, but it has {pmd_maps} mappings, {pins} pin references{} and no other user", if cached != 0 { ", a page-cache reference" } else { "" }),
+            Some(p),
+        );
+    }
+    if pmd_maps + pins + cached == 0 {
+        t.fail(
+            inv::AUDIT_LEAK,
+            format!("hugetlb page {pfn} is allocated but mapped nowhere, pinned by no one and in no page cache"),
+            Some(p),
+        );
+    }
+    if page.test_flag_peek(pg::PRIVATE) {
+        t.fail(
+            inv::AUDIT_HUGETLB,
+            format!("hugetlb page {pfn}: PagePrivate (a consumed reservation not yet handed to a mapping) at a quiescent point"),
+            Some(p),
+        );
+    }
+}
+
+/// The pool's books: the free lists hold exactly the pool's unreferenced
+/// pages, the counters count them, and `resv_huge_pages` is what the
+/// mappings were promised and have not used: for each private mapping whose
+/// VMA owns its reservation, its pages not yet consumed (not in its map),
+/// and for each file, the reserved pages of its map that are not in its
+/// page cache.
+fn check_hugetlb_pool<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
+    let k = &cpu.k;
+    let h = &k.hstate;
+    let pool = h.pool_peek();
+    let order = k.geo.pmd_shift() - k.geo.page_shift;
+    let listed: usize = pool.freelists.iter().map(Vec::len).sum();
+    if listed as u64 != pool.free_huge_pages
+        || pool.free_huge_pages_node.iter().sum::<u64>() != pool.free_huge_pages
+        || pool.nr_huge_pages != pool.free_huge_pages + pool.active.len() as u64
+    {
+        t.fail(
+            inv::AUDIT_HUGETLB,
+            format!(
+                "hugetlb pool: free_huge_pages {} but {listed} pages on the free lists ({:?} per node), {} in use of nr_huge_pages {}",
+                pool.free_huge_pages, pool.free_huge_pages_node, pool.active.len(), pool.nr_huge_pages
+            ),
+            None,
+        );
+    }
+    for (nid, list) in pool.freelists.iter().enumerate() {
+        for &p in list {
+            let page = k.mem.page(p);
+            if page.refcount.peek_i64() != 0 || page.node as usize != nid {
+                t.fail(
+                    inv::AUDIT_HUGETLB,
+                    format!(
+                        "hugetlb page {} is on node {nid}'s free list with refcount {} (node {})",
+                        p.0,
+                        page.refcount.peek_i64(),
+                        page.node
+                    ),
+                    Some(p),
+                );
+            }
+        }
+    }
+    for &p in &pool.active {
+        if k.mem.page(p).refcount.peek_i64() == 0 {
+            t.fail(
+                inv::AUDIT_HUGETLB,
+                format!(
+                    "hugetlb page {} is in use (on the active list) with no reference",
+                    p.0
+                ),
+                Some(p),
+            );
+        }
+    }
+    let mut promised: i64 = 0;
+    for mm in k.all_mms() {
+        if mm.exited.load(std::sync::atomic::Ordering::SeqCst) {
+            continue;
+        }
+        for v in mm.vma_list() {
+            let r = v.resv();
+            if !v.is_hugetlb() || v.vm_flags() & crate::mm_types::vm::MAYSHARE != 0 || !r.owner {
+                continue;
+            }
+            let Some(map) = r.map else { continue };
+            let start = v.vm_pgoff() >> order; // vma_hugecache_offset(vm_start)
+            let end = start + ((v.vm_end().0 - v.vm_start().0) >> k.geo.pmd_shift());
+            let used: u64 = h
+                .resv_map(map)
+                .regions()
+                .iter()
+                .map(|&(s, e)| e.min(end).saturating_sub(s.max(start)))
+                .sum();
+            promised += (end - start) as i64 - used as i64;
+        }
+    }
+    for f in k.all_files() {
+        if f.refs.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            continue;
+        }
+        let cached = f.cached();
+        for (s, e) in h.resv_map(f.resv_map).regions() {
+            promised += (s..e).filter(|i| !cached.contains_key(i)).count() as i64;
+        }
+    }
+    if promised != pool.resv_huge_pages as i64 {
+        t.fail(
+            inv::AUDIT_HUGETLB,
+            format!(
+                "hugetlb pool: resv_huge_pages {}, but the mappings hold {promised} unused reservations",
+                pool.resv_huge_pages
+            ),
+            None,
+        );
+    }
+    if pool.resv_huge_pages > pool.free_huge_pages {
+        t.fail(
+            inv::AUDIT_HUGETLB,
+            format!(
+                "hugetlb pool: {} pages reserved but only {} free",
+                pool.resv_huge_pages, pool.free_huge_pages
+            ),
+            None,
+        );
     }
 }

@@ -9,6 +9,11 @@
 //! shows a process (every byte of every mapped page at a quiescent point, and
 //! each read).
 //!
+//! Shared mappings (MAP_SHARED of a file, [`MemoryOracle::on_mmap_shared`]):
+//! their pages are a shared object's, the file's, which every process
+//! mapping it sees: a write by one is a write for all, fork shares it, and
+//! munmap leaves it to the file.
+//!
 //! Pins (GUP, `P: pin R = ...`): a device reads and writes the pinned pages.
 //! A FOLL_WRITE|FOLL_LONGTERM pin promises that the process and the device
 //! see the same memory while the process maps the pinned addresses: a device
@@ -84,7 +89,30 @@ fn all_bytes_are(bytes: &[u8], v: u8) -> bool {
 struct ProcMem {
     /// Mapped ranges `[start, end)`.
     ranges: Vec<(u64, u64)>,
+    /// Private pages.
     pages: BTreeMap<u64, PageData>,
+    /// Shared mappings: their pages are the shared object's.
+    shared: Vec<SharedRange>,
+}
+
+/// A shared mapping of a process: `[start, end)` shows the shared object
+/// `obj` (a file) from its byte offset `off`.
+#[derive(Clone, Debug)]
+struct SharedRange {
+    start: u64,
+    end: u64,
+    obj: String,
+    off: u64,
+}
+
+impl ProcMem {
+    /// The shared object and its page offset behind the page at `page`.
+    fn shared_at(&self, page: u64) -> Option<(&str, u64)> {
+        self.shared
+            .iter()
+            .find(|r| r.start <= page && page < r.end)
+            .map(|r| (r.obj.as_str(), r.off + (page - r.start)))
+    }
 }
 
 /// How the oracle sees one pinned page.
@@ -134,6 +162,11 @@ pub struct MemoryOracle {
     /// The frame each page showed at the last check (for incremental checks),
     /// by process.
     seen: BTreeMap<String, HashMap<u64, Option<u64>>>,
+    /// Shared objects (files mapped MAP_SHARED): page offset → bytes
+    /// (absent = zero), by name. Every process that maps a page of one sees
+    /// the same bytes; a write by any of them, or a device through a pin of
+    /// it, is everyone's.
+    objects: BTreeMap<String, BTreeMap<u64, PageData>>,
 }
 
 impl MemoryOracle {
@@ -145,6 +178,77 @@ impl MemoryOracle {
             left: BTreeMap::new(),
             dirty: BTreeMap::new(),
             seen: BTreeMap::new(),
+            objects: BTreeMap::new(),
+        }
+    }
+
+    /// A shared mapping: the process maps `[start, start + len)` of the
+    /// shared object `obj` from its byte offset `off` (MAP_SHARED of a
+    /// file: what it shows is the file's, and stays the file's when the
+    /// mapping goes).
+    pub fn on_mmap_shared(&mut self, proc_: &str, start: u64, len: u64, obj: &str, off: u64) {
+        self.on_mmap(proc_, start, len);
+        self.objects.entry(obj.to_string()).or_default();
+        let p = self.procs.entry(proc_.to_string()).or_default();
+        p.shared.push(SharedRange {
+            start,
+            end: start + len,
+            obj: obj.to_string(),
+            off,
+        });
+    }
+
+    /// The data the process shows at `page`, if any was written (its own,
+    /// or its shared object's).
+    fn data_at(&self, proc_: &str, page: u64) -> Option<&PageData> {
+        let p = self.procs.get(proc_)?;
+        match p.shared_at(page) {
+            Some((obj, off)) => self.objects.get(obj).and_then(|o| o.get(&off)),
+            None => p.pages.get(&page),
+        }
+    }
+
+    /// Changes the data the process shows at `page` (its own, or its shared
+    /// object's, which every process mapping that page sees change).
+    fn write_at(&mut self, proc_: &str, page: u64, f: impl FnOnce(&mut PageData)) {
+        let shared = self
+            .procs
+            .get(proc_)
+            .and_then(|p| p.shared_at(page))
+            .map(|(o, off)| (o.to_string(), off));
+        match shared {
+            Some((obj, off)) => {
+                f(self
+                    .objects
+                    .entry(obj.clone())
+                    .or_default()
+                    .entry(off)
+                    .or_insert(PageData::Fill(0)));
+                // Every process that maps the object there sees it change.
+                let mappers: Vec<(String, u64)> = self
+                    .procs
+                    .iter()
+                    .flat_map(|(n, p)| {
+                        p.shared
+                            .iter()
+                            .filter(|r| {
+                                r.obj == obj && r.off <= off && off < r.off + (r.end - r.start)
+                            })
+                            .map(|r| (n.clone(), r.start + (off - r.off)))
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                for (n, a) in mappers {
+                    self.mark_dirty(&n, a, 1);
+                }
+            }
+            None => f(self
+                .procs
+                .entry(proc_.to_string())
+                .or_default()
+                .pages
+                .entry(page)
+                .or_insert(PageData::Fill(0))),
         }
     }
 
@@ -172,6 +276,27 @@ impl MemoryOracle {
         let end = start + len;
         if let Some(p) = self.procs.get_mut(proc_) {
             p.pages.retain(|&a, _| a < start || a >= end);
+            let mut kept = Vec::new();
+            for r in std::mem::take(&mut p.shared) {
+                if r.end <= start || r.start >= end {
+                    kept.push(r);
+                    continue;
+                }
+                if r.start < start {
+                    kept.push(SharedRange {
+                        end: start,
+                        ..r.clone()
+                    });
+                }
+                if r.end > end {
+                    kept.push(SharedRange {
+                        start: end,
+                        off: r.off + (end - r.start),
+                        ..r.clone()
+                    });
+                }
+            }
+            p.shared = kept;
             let mut out = Vec::new();
             for &(s, e) in &p.ranges {
                 if e <= start || s >= end {
@@ -194,6 +319,8 @@ impl MemoryOracle {
         self.mark_dirty(proc_, start, len);
         self.leave_pins(proc_, start, start + len);
         if let Some(p) = self.procs.get_mut(proc_) {
+            // A shared page keeps its object's bytes (the next touch maps
+            // the object's page again).
             p.pages.retain(|&a, _| a < start || a >= start + len);
         }
     }
@@ -234,19 +361,19 @@ impl MemoryOracle {
     pub fn on_fill(&mut self, proc_: &str, start: u64, len: u64, value: u8) {
         self.mark_dirty(proc_, start, len);
         let ps = self.page_size;
-        let p = self.procs.entry(proc_.to_string()).or_default();
         let mut a = start;
         while a < start + len {
             let page = a & !(ps - 1);
             let end = (page + ps).min(start + len);
             if a == page && end == page + ps {
-                p.pages.insert(page, PageData::Fill(value));
+                self.write_at(proc_, page, |d| *d = PageData::Fill(value));
             } else {
-                let data = p.pages.entry(page).or_insert(PageData::Fill(0));
-                let bytes = data.bytes_mut(ps as usize);
-                for x in a..end {
-                    bytes[(x - page) as usize] = value;
-                }
+                self.write_at(proc_, page, |data| {
+                    let bytes = data.bytes_mut(ps as usize);
+                    for x in a..end {
+                        bytes[(x - page) as usize] = value;
+                    }
+                });
             }
             a = end;
         }
@@ -263,10 +390,7 @@ impl MemoryOracle {
     /// The byte the process must see at `addr`.
     pub fn expected(&self, proc_: &str, addr: u64) -> u8 {
         let (page, off) = self.page_of(addr);
-        self.procs
-            .get(proc_)
-            .and_then(|p| p.pages.get(&page))
-            .map_or(0, |b| b.byte(off))
+        self.data_at(proc_, page).map_or(0, |b| b.byte(off))
     }
 
     /// The mapped pages of each process (for the full check).
@@ -286,9 +410,7 @@ impl MemoryOracle {
 
     /// The owner's page data at `page` (zero if never written).
     fn page_data(&self, proc_: &str, page: u64) -> PageData {
-        self.procs
-            .get(proc_)
-            .and_then(|p| p.pages.get(&page))
+        self.data_at(proc_, page)
             .cloned()
             .unwrap_or(PageData::Fill(0))
     }
@@ -486,8 +608,7 @@ impl MemoryOracle {
         for (owner, page) in owners {
             // A write of the owner's memory, which it may read back.
             self.mark_dirty(&owner, page + off as u64, len as u64);
-            let p = self.procs.entry(owner).or_default();
-            set(p.pages.entry(page).or_insert(PageData::Fill(0)));
+            self.write_at(&owner, page, set);
         }
     }
 
@@ -596,7 +717,7 @@ impl MemoryOracle {
     }
 
     fn compare(&self, name: &str, page: u64, seen: &[u8]) -> Option<Violation> {
-        let data = self.procs.get(name).and_then(|p| p.pages.get(&page));
+        let data = self.data_at(name, page);
         let zero = PageData::Fill(0);
         let want = data.unwrap_or(&zero);
         want.first_difference(seen).map(|off| {

@@ -36,6 +36,12 @@ pub enum LockClass {
     PageLock,
     /// `mapping->i_mmap_rwsem`.
     IMmapRwsem,
+    /// One of `hugetlb_fault_mutex_table[]` (mm/hugetlb.c): serialises the
+    /// faults of one (mapping, index).
+    HugetlbFaultMutex,
+    /// PG_locked of a PageHuge() page, which nests inside the fault mutex
+    /// (the hugetlbfs order of mm/rmap.c's comment).
+    HugetlbPageLock,
     /// `anon_vma->root->rwsem`.
     AnonVmaRwsem,
     /// A secondary MMU's update lock (lib/test_hmm.c's `dmirror->mutex`,
@@ -50,6 +56,12 @@ pub enum LockClass {
     LruLock,
     /// `ds_queue->split_queue_lock`.
     SplitQueueLock,
+    /// `hugetlb_lock`: the hugetlb pool's free lists and counters.
+    HugetlbLock,
+    /// `resv_map->lock`: a hugetlb reservation map's regions.
+    ResvMapLock,
+    /// `mapping->i_pages` (xa_lock): a file's page cache.
+    IPagesLock,
 }
 
 impl LockClass {
@@ -60,11 +72,16 @@ impl LockClass {
             LockClass::MmapLock => 10,
             LockClass::PageLock => 20,
             LockClass::IMmapRwsem => 30,
+            LockClass::HugetlbFaultMutex => 33,
+            LockClass::HugetlbPageLock => 36,
             LockClass::AnonVmaRwsem => 40,
             LockClass::DmirrorMutex => 45,
             LockClass::PageTableLock => 50,
             LockClass::LruLock => 60,
             LockClass::SplitQueueLock => 70,
+            LockClass::HugetlbLock => 72,
+            LockClass::ResvMapLock => 74,
+            LockClass::IPagesLock => 80,
         }
     }
 
@@ -74,11 +91,16 @@ impl LockClass {
             LockClass::MmapLock => "&mm->mmap_lock",
             LockClass::PageLock => "PG_locked",
             LockClass::IMmapRwsem => "&mapping->i_mmap_rwsem",
+            LockClass::HugetlbFaultMutex => "&hugetlb_fault_mutex_table[i]",
+            LockClass::HugetlbPageLock => "PG_locked (PageHuge)",
             LockClass::AnonVmaRwsem => "&anon_vma->rwsem",
             LockClass::DmirrorMutex => "&dmirror->mutex",
             LockClass::PageTableLock => "ptlock_ptr(page)",
             LockClass::LruLock => "&pgdat->lru_lock",
             LockClass::SplitQueueLock => "&ds_queue->split_queue_lock",
+            LockClass::HugetlbLock => "hugetlb_lock",
+            LockClass::ResvMapLock => "&resv_map->lock",
+            LockClass::IPagesLock => "&mapping->i_pages",
         }
     }
 }

@@ -221,6 +221,11 @@ impl<E: Engine> RwSem<E> {
     pub fn is_write_locked(&self) -> bool {
         self.state.inspect(|s| s.writer)
     }
+
+    /// Whether `cpu` holds this rwsem (for read or write).
+    pub fn held_by(&self, cpu: &Cpu<E>) -> bool {
+        cpu.holds(instance_of(self))
+    }
 }
 
 /// A read-held rwsem; `up_read()` on drop.
@@ -271,8 +276,13 @@ pub(crate) fn page_lock_snapshot<E: Engine>(
 }
 
 /// Helpers for the page lock, used by `crate::page`.
-pub(crate) fn page_lock<E: Engine>(m: &E::Monitor<PageLockState>, cpu: &Cpu<E>, how: Acquire) {
-    cpu.lock_acquire(LockClass::PageLock, instance_of(m), how);
+pub(crate) fn page_lock<E: Engine>(
+    m: &E::Monitor<PageLockState>,
+    cpu: &Cpu<E>,
+    how: Acquire,
+    class: LockClass,
+) {
+    cpu.lock_acquire(class, instance_of(m), how);
     m.wait_until(|s| {
         if s.locked {
             None
@@ -281,10 +291,14 @@ pub(crate) fn page_lock<E: Engine>(m: &E::Monitor<PageLockState>, cpu: &Cpu<E>, 
             Some(())
         }
     });
-    cpu.lock_acquired(LockClass::PageLock, instance_of(m));
+    cpu.lock_acquired(class, instance_of(m));
 }
 
-pub(crate) fn page_trylock<E: Engine>(m: &E::Monitor<PageLockState>, cpu: &Cpu<E>) -> bool {
+pub(crate) fn page_trylock<E: Engine>(
+    m: &E::Monitor<PageLockState>,
+    cpu: &Cpu<E>,
+    class: LockClass,
+) -> bool {
     let got = m.update(|s| {
         if s.locked {
             false
@@ -294,7 +308,7 @@ pub(crate) fn page_trylock<E: Engine>(m: &E::Monitor<PageLockState>, cpu: &Cpu<E
         }
     });
     if got {
-        cpu.lock_acquired(LockClass::PageLock, instance_of(m));
+        cpu.lock_acquired(class, instance_of(m));
     }
     got
 }

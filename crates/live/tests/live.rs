@@ -1070,3 +1070,30 @@ impl Drop for HostPool {
         })
     }
 }
+
+/// With no free page left, the child (which holds no reservation) cannot
+/// copy a private hugetlb page on write: SIGBUS. The parent, the
+/// reservation's owner, can: its copy takes the page back from the child
+/// (unmap_ref_private()), whose next access is a SIGBUS too.
+#[test]
+fn a_hugetlb_copy_on_write_without_a_free_page_is_a_sigbus() {
+    if !live_hugetlb() {
+        return;
+    }
+    let scn = scenario(
+        "hugetlb-pool 1
+process P
+P: mmap A 1h hugetlb
+P: write A[0] = 0x11
+P: fork C
+C: write A[1p] = 0x22 => sigbus
+C: read A[0] == 0x11
+P: write A[0] = 0x33
+C: read A[0] => sigbus
+P: read A[0] == 0x33
+",
+    );
+    let r = run(&scn);
+    assert_outcomes(&scn, &r);
+    assert_eq!(value_at(&r, 10), Some(0x33));
+}

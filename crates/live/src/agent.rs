@@ -31,6 +31,11 @@ use std::mem::{size_of, zeroed};
 use std::ptr::{addr_of, null_mut};
 
 pub const OP_HELLO: u64 = 0;
+/// `mmap`: `a` bytes. `b` 0: private anonymous memory, PMD-aligned; else
+/// `b` is the mmap flags (MAP_SHARED or MAP_PRIVATE, MAP_ANONYMOUS,
+/// MAP_HUGETLB) and `c` the alignment, and a file mapping's fd comes with the
+/// request (SCM_RIGHTS; mapped at offset 0, then closed). The reply's third
+/// word is the address.
 pub const OP_MMAP: u64 = 1;
 pub const OP_MUNMAP: u64 = 2;
 pub const OP_MPROTECT: u64 = 3;
@@ -222,10 +227,22 @@ unsafe fn reply(chan: c_int, r: [u64; 4]) {
 
 /// Maps `len` bytes (a multiple of the page size) of private anonymous
 /// read-write memory at a PMD-aligned address with at least a PMD of free
-/// space on both sides: over-reserve `len + 3 PMD` as PROT_NONE, map the
-/// region over it with MAP_FIXED, unmap the slack.
+/// space on both sides (see [`map_placed`]).
 unsafe fn map_region(len: u64) -> Result<u64, u64> {
-    let total = len.checked_add(3 * PMD).ok_or(libc::ENOMEM as u64)?;
+    map_placed(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, PMD)
+}
+
+/// Maps `len` bytes read-write with mmap `flags` (MAP_FIXED added) of `fd`
+/// at offset 0 (-1: anonymous) at an `align`-aligned address (a multiple of
+/// the PMD) with at least a PMD of free space on both sides: reserve
+/// `len + align + 2 PMD` as PROT_NONE (MAP_NORESERVE), map the region over
+/// it with MAP_FIXED, unmap the slack. The errno is the real mapping's (for
+/// hugetlb: hugetlb_reserve_pages()'s ENOMEM, hugetlbfs's EINVAL).
+unsafe fn map_placed(len: u64, flags: c_int, fd: c_int, align: u64) -> Result<u64, u64> {
+    let total = len
+        .checked_add(align)
+        .and_then(|t| t.checked_add(2 * PMD))
+        .ok_or(libc::ENOMEM as u64)?;
     let res = libc::mmap(
         null_mut(),
         total as usize,
@@ -238,13 +255,13 @@ unsafe fn map_region(len: u64) -> Result<u64, u64> {
         return Err(errno());
     }
     let base = res as u64;
-    let start = (base + 2 * PMD - 1) & !(PMD - 1);
+    let start = (base + PMD + align - 1) & !(align - 1);
     let got = libc::mmap(
         start as *mut c_void,
         len as usize,
         libc::PROT_READ | libc::PROT_WRITE,
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-        -1,
+        flags | libc::MAP_FIXED,
+        fd,
         0,
     );
     if got == libc::MAP_FAILED {
@@ -383,15 +400,27 @@ pub unsafe fn agent_main(chan: c_int) -> ! {
         let Some([op, a, b, c]) = recv_req(chan, &mut passed) else {
             libc::_exit(0);
         };
-        if op != OP_FORK && op != OP_PIN && passed >= 0 {
+        if op != OP_FORK && op != OP_PIN && op != OP_MMAP && passed >= 0 {
             libc::close(passed);
         }
         let r = match op {
             OP_HELLO => [REPLY_OK, 0, libc::getpid() as u64, 0],
-            OP_MMAP => match map_region(a) {
-                Ok(addr) => [REPLY_OK, 0, addr, 0],
-                Err(e) => [REPLY_ERRNO, e, 0, 0],
-            },
+            OP_MMAP => {
+                let r = if b == 0 {
+                    map_region(a)
+                } else if c == 0 || c % PMD != 0 || !c.is_power_of_two() {
+                    Err(libc::EINVAL as u64)
+                } else {
+                    map_placed(a, b as c_int, passed, c)
+                };
+                if passed >= 0 {
+                    libc::close(passed);
+                }
+                match r {
+                    Ok(addr) => [REPLY_OK, 0, addr, 0],
+                    Err(e) => [REPLY_ERRNO, e, 0, 0],
+                }
+            }
             OP_MUNMAP => sys_result(libc::munmap(a as *mut c_void, b as usize)),
             OP_MPROTECT => sys_result(libc::mprotect(a as *mut c_void, b as usize, c as c_int)),
             OP_MADVISE => sys_result(libc::madvise(a as *mut c_void, b as usize, c as c_int)),

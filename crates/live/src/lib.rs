@@ -54,6 +54,20 @@
 //! or 1), a scenario with a pin is refused before anything runs, naming the
 //! first pin's line and the reason; the sysctl is never changed.
 //!
+//! hugetlb (`hugetlb`): a scenario that uses hugetlb runs with exactly
+//! `hugetlb-pool N` free 2 MiB hugetlb pages (0 when the line is absent) and
+//! no surplus pages: `nr_hugepages` and `nr_overcommit_hugepages` are set for
+//! the run and restored like the THP knobs, and a run the kernel cannot give
+//! N pages fails before it starts (`Unsupported`, naming the line). `mmap A
+//! SIZE hugetlb [shared]` is MAP_ANONYMOUS|MAP_HUGETLB, private or shared,
+//! of SIZE rounded up to 2 MiB, placed PUD-aligned from 1 GiB on, else
+//! PMD-aligned; `memfd F SIZE hugetlb` is a memfd_create(MFD_HUGETLB) of
+//! the controller's (file names are the scenario's), passed to the agent
+//! that maps it (`mmap A SIZE file=F shared`, SCM_RIGHTS). munmap, mprotect,
+//! madvise are passed to the kernel as they are, so their errnos are its.
+//! shmem (`mmap ... shared` without `hugetlb`, `memfd` without `hugetlb`) is
+//! not supported yet.
+//!
 //! `mlock`/`munlock` are the syscalls in the agent (RLIMIT_MEMLOCK lifted;
 //! root has CAP_IPC_LOCK anyway); `expect P A[x] mlocked` holds when the VMA's
 //! smaps VmFlags has `lo` (VM_LOCKED) and /proc/kpageflags has KPF_MLOCKED
@@ -62,6 +76,8 @@
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod agent;
 pub mod decode;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod hugetlb;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod migrate;
 mod observe;
@@ -209,7 +225,8 @@ pub fn io_uring_available() -> Result<(), String> {
 /// Fails with [`LiveError::Environment`] when [`environment`] does, with
 /// [`LiveError::Unsupported`] before touching anything when the scenario uses
 /// what the live runner cannot do (features of later issues, shared anonymous
-/// memory, a non-x86_64 geometry, `split-huge-page` without a writable
+/// memory and shmem files, hugetlb without 2 MiB hugetlb pages or on a
+/// machine of several NUMA nodes, a non-x86_64 geometry, `split-huge-page` without a writable
 /// debugfs, pins where io_uring is unavailable). Runs are serialised machine-wide (a lock file), since THP
 /// settings are global.
 pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {

@@ -3,12 +3,13 @@
 //! (crates/thpsim/src/run.rs) so that records compare one to one by line.
 
 use crate::agent::{self, NO_EXPECT};
+use crate::hugetlb::{self, HPAGE};
 use crate::observe::{Observer, PageObs, ProcFiles, PAGE};
 use crate::pins::{self, DeviceFile, LivePin};
 use crate::session::{self, Session, Settings, INTERRUPTED};
 use crate::vmstat::Snapshot;
 use crate::{LiveError, LiveRecord, LiveReport};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::mem::{size_of, zeroed};
@@ -67,6 +68,10 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
             }
             continue;
         }
+        if f == Feature::Hugetlb {
+            hugetlb::available().map_err(|why| unsupported(span, why))?;
+            continue;
+        }
         if !matches!(
             f,
             Feature::Core
@@ -77,6 +82,8 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
                 | Feature::Mlock
                 | Feature::MovePages
                 | Feature::MovePagesAll
+                | Feature::Hugetlb
+                | Feature::Memfd
         ) {
             return Err(unsupported(
                 span,
@@ -98,18 +105,42 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
     let mut split = None;
     let mut deferred = None;
     let mut first_pin = None;
+    // The hugetlb files made so far (`memfd F SIZE hugetlb`).
+    let mut hugetlb_files = HashSet::new();
     for step in scn.steps() {
         match &step.op {
             Op::Mmap {
                 shared, backing, ..
-            } => {
-                if *shared || backing.value != Backing::Anon {
+            } => match &backing.value {
+                Backing::Anon if *shared => {
                     return Err(unsupported(
                         step.op_span,
                         "`mmap ... shared` (shared anonymous memory, shmem) is not supported yet"
                             .into(),
                     ));
                 }
+                Backing::Anon | Backing::Hugetlb => {}
+                Backing::File(f) => {
+                    if !hugetlb_files.contains(f.text.as_str()) {
+                        return Err(unsupported(
+                            backing.span,
+                            format!(
+                                "`mmap ... file={f}` of a shmem file (`memfd` without \
+                                 `hugetlb`) is not supported yet"
+                            ),
+                        ));
+                    }
+                }
+            },
+            Op::Memfd { file, hugetlb, .. } => {
+                if !*hugetlb {
+                    return Err(unsupported(
+                        step.op_span,
+                        "`memfd F SIZE` without `hugetlb` (a shmem file) is not supported yet"
+                            .into(),
+                    ));
+                }
+                hugetlb_files.insert(file.text.as_str());
             }
             Op::Madvise { advice, .. } => {
                 if !matches!(
@@ -484,6 +515,9 @@ struct Runner<'a> {
     pins: HashMap<String, LivePin>,
     /// The device's file, made at the first `device:` step.
     device: Option<DeviceFile>,
+    /// The scenario's files (`memfd`), by name: the controller's, so that
+    /// any process can map them (see `hugetlb`).
+    files: HashMap<String, OwnedFd>,
 }
 
 impl<'a> Runner<'a> {
@@ -764,13 +798,57 @@ impl<'a> Runner<'a> {
                         }
                         ok
                     }
-                    Op::Mmap { region, size, .. } => {
+                    Op::Mmap {
+                        region,
+                        size,
+                        backing,
+                        shared,
+                    } => {
                         let len = self.resolve(size)?;
                         if len == 0 {
                             return Ok((Outcome::Einval, None));
                         }
-                        let len = len.div_ceil(PAGE) * PAGE;
-                        match p.call([agent::OP_MMAP, len, 0, 0])? {
+                        let share = if *shared {
+                            libc::MAP_SHARED
+                        } else {
+                            libc::MAP_PRIVATE
+                        };
+                        // hugetlb: the length rounded up to the huge page
+                        // size, as ksys_mmap_pgoff() rounds it (every file is
+                        // a hugetlbfs one: preflight refuses shmem files).
+                        let huge = |len: u64| {
+                            len.checked_next_multiple_of(HPAGE)
+                                .ok_or_else(|| self.invalid(size.span, "size too large"))
+                        };
+                        let (len, req, fd) = match &backing.value {
+                            Backing::Anon => {
+                                let len = len.div_ceil(PAGE) * PAGE;
+                                (len, [agent::OP_MMAP, len, 0, 0], None)
+                            }
+                            Backing::Hugetlb => {
+                                let len = huge(len)?;
+                                let flags = share | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB;
+                                let align = hugetlb::alignment(len);
+                                (len, [agent::OP_MMAP, len, flags as u64, align], None)
+                            }
+                            Backing::File(f) => {
+                                let Some(fd) = self.files.get(&f.text) else {
+                                    return Err(self.invalid(
+                                        f.span,
+                                        format!(
+                                            "file `{f}` does not exist: its `memfd` step did \
+                                             not succeed"
+                                        ),
+                                    ));
+                                };
+                                let len = huge(len)?;
+                                let align = hugetlb::alignment(len);
+                                let req = [agent::OP_MMAP, len, share as u64, align];
+                                (len, req, Some(fd.as_raw_fd()))
+                            }
+                        };
+                        p.send(req, fd)?;
+                        match p.recv()? {
                             Reply::Ok { value, .. } => {
                                 if let Some(p) = self.procs.get_mut(&name) {
                                     p.regions.insert(region.text.clone(), (value, len));
@@ -779,6 +857,32 @@ impl<'a> Runner<'a> {
                             }
                             Reply::Errno(e) => Ok((errno_outcome(line, "mmap", e)?, None)),
                             Reply::Signal(_) => unreachable_reply(line),
+                        }
+                    }
+                    Op::Memfd {
+                        file,
+                        size,
+                        hugetlb: true,
+                    } => {
+                        // Made by the controller, which keeps it for every
+                        // process (see `hugetlb`).
+                        let len = self
+                            .resolve(size)?
+                            .checked_next_multiple_of(HPAGE)
+                            .ok_or_else(|| self.invalid(size.span, "size too large"))?;
+                        match hugetlb::memfd(&file.text, len) {
+                            Ok(fd) => {
+                                self.files.insert(file.text.clone(), fd);
+                                ok
+                            }
+                            Err(e) => Ok((
+                                errno_outcome(
+                                    line,
+                                    "memfd_create(MFD_HUGETLB) + ftruncate",
+                                    e.raw_os_error().unwrap_or(libc::EIO),
+                                )?,
+                                None,
+                            )),
                         }
                     }
                     Op::Munmap { target } => {
@@ -1088,6 +1192,13 @@ impl<'a> Runner<'a> {
             p.kill();
         }
         self.keeper.kill();
+        // Release the pinned and file pages now, so that the session can
+        // shrink the hugetlb pool back (unregistering unpins at once; a
+        // closed ring would unpin later, in its deferred teardown).
+        for (_, pin) in self.pins.drain() {
+            let _ = pin.unpin();
+        }
+        self.files.clear();
     }
 }
 
@@ -1140,6 +1251,12 @@ const SETTLE_MS: u64 = 30;
 pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
     crate::environment()?;
     let mut notes = preflight(scn)?;
+    // The first line that needs hugetlb (the pool line, or a step).
+    let hugetlb_use = scn
+        .features()
+        .into_iter()
+        .find(|(f, _)| *f == Feature::Hugetlb)
+        .map(|(_, span)| span);
     let settings = Settings {
         enabled: scn
             .header
@@ -1154,6 +1271,7 @@ pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
             .as_ref()
             .map(|z| z.value)
             .unwrap_or(true),
+        hugetlb_pool: hugetlb_use.map(|_| scn.header.hugetlb_pool()),
     };
     let obs = Observer::new()?;
     if obs.pagemap_scan {
@@ -1168,6 +1286,16 @@ pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
     }
     let mut session = Session::start(&settings)?;
     notes.append(&mut session.notes);
+    if let (Some(want), Some(span)) = (settings.hugetlb_pool, hugetlb_use) {
+        // On error the session (dropped) restores the pool.
+        let pool = hugetlb::settle_pool(want).map_err(|what| LiveError::Unsupported {
+            line: span.line,
+            what,
+        })?;
+        notes.push(format!(
+            "hugetlb pool at the start: {pool} ({want} free for the scenario)"
+        ));
+    }
     let keeper = Runner::spawn_keeper()?;
     // Let the scans our own setting changes and the keeper's registration
     // woke khugepaged for (one PMD each) finish before counting events.
@@ -1184,6 +1312,7 @@ pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
         interference: Vec::new(),
         pins: HashMap::new(),
         device: None,
+        files: HashMap::new(),
     };
     let result = runner.run_items();
     let end = Snapshot::now();
@@ -1232,6 +1361,37 @@ mod tests {
         }
         let scn = thpsim_scenario::parse("t.thp", &format!("kernel 5.8\n{p}")).expect("valid");
         assert!(preflight(&scn).is_ok());
+    }
+
+    /// hugetlb mappings and files pass preflight where this kernel has
+    /// 2 MiB hugetlb pages; shmem files and shared anonymous memory do not.
+    #[test]
+    fn hugetlb_passes_preflight_and_shmem_does_not() {
+        let src = "hugetlb-pool 2\nprocess P\nP: mmap A 1h hugetlb\nP: mmap B 1h hugetlb shared\n\
+                   P: memfd F 1h hugetlb\nP: mmap C 1h file=F shared\nexpect P A[0] hugetlb\n";
+        let scn = thpsim_scenario::parse("t.thp", src).expect("valid");
+        match (preflight(&scn), hugetlb::available()) {
+            (Ok(_), Ok(())) => {}
+            (Err(LiveError::Unsupported { line: 1, what }), Err(why)) => assert_eq!(what, why),
+            (got, avail) => panic!("{got:?} with hugetlb {avail:?}"),
+        }
+        for (src, line, what) in [
+            (
+                "process P\nP: memfd F 1h\nP: mmap A 1h file=F shared\n",
+                2,
+                "without `hugetlb`",
+            ),
+            ("process P\nP: mmap A 1h shared\n", 2, "shmem"),
+        ] {
+            let scn = thpsim_scenario::parse("t.thp", src).expect("valid");
+            match preflight(&scn) {
+                Err(LiveError::Unsupported { line: l, what: w }) => {
+                    assert_eq!(l, line, "{src}: {w}");
+                    assert!(w.contains(what) && w.contains("not supported yet"), "{w}");
+                }
+                other => panic!("{src}: {other:?}"),
+            }
+        }
     }
 
     /// Pins, device steps and mlock pass preflight where io_uring works; where

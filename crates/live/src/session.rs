@@ -1,5 +1,7 @@
-//! The machine-wide state of a live run: THP sysfs knobs set for the run and
-//! always put back, one run at a time, and cleanup on SIGINT/SIGTERM/SIGHUP.
+//! The machine-wide state of a live run: THP sysfs knobs (and, for a
+//! scenario that uses hugetlb, the 2 MiB hugetlb pool: `hugetlb`) set for the
+//! run and always put back, one run at a time, and cleanup on
+//! SIGINT/SIGTERM/SIGHUP.
 //!
 //! - One run at a time, across threads and processes: an exclusive `flock` on
 //!   `/run/thpsim-live/lock` (or `/tmp/thpsim-live/lock`).
@@ -153,6 +155,10 @@ pub struct Settings {
     pub enabled: String,
     /// `use_zero_page`: true = 1.
     pub zero_page: bool,
+    /// The scenario uses hugetlb: the free 2 MiB hugetlb pages it starts
+    /// with (`hugetlb-pool`, 0 when absent). `None`: the hugetlb pool is
+    /// left alone.
+    pub hugetlb_pool: Option<u64>,
 }
 
 /// The knobs a run sets, in the order they are set (restored in reverse).
@@ -201,6 +207,11 @@ pub fn knobs(s: &Settings) -> Vec<Knob> {
     add("defrag", "always");
     add("use_zero_page", if s.zero_page { "1" } else { "0" });
     add("enabled", &s.enabled);
+    // hugetlb last: allocating the pool may compact memory, and nothing
+    // should fault THPs meanwhile (THP knobs are already in place).
+    if let Some(n) = s.hugetlb_pool {
+        out.extend(crate::hugetlb::knobs(n));
+    }
     out
 }
 
@@ -285,7 +296,7 @@ impl Session {
         let leftovers = restore_saved_file(&saved)?;
         if !leftovers.is_empty() {
             notes.push(format!(
-                "restored THP settings left behind by an interrupted run: {}",
+                "restored THP and hugetlb settings left behind by an interrupted run: {}",
                 leftovers.join(", ")
             ));
         }
@@ -349,18 +360,28 @@ impl Session {
         for k in &knobs {
             write_knob(&k.path, &k.value)?;
         }
-        let set: Vec<String> = knobs
-            .iter()
-            .map(|k| {
-                let rel = k.path.strip_prefix(THP).unwrap_or(&k.path);
-                format!("{}={}", rel.display(), k.value)
-            })
-            .collect();
+        let set = |under: &str| -> Vec<String> {
+            knobs
+                .iter()
+                .filter_map(|k| {
+                    let rel = k.path.strip_prefix(under).ok()?;
+                    Some(format!("{}={}", rel.display(), k.value))
+                })
+                .collect()
+        };
         let mut session = session;
         session.notes.push(format!(
             "THP settings for the run (restored afterwards): {}",
-            set.join(", ")
+            set(THP).join(", ")
         ));
+        let hugetlb = set(crate::hugetlb::HUGEPAGES_2M);
+        if !hugetlb.is_empty() {
+            session.notes.push(format!(
+                "hugetlb settings for the run (restored afterwards): {}: {}",
+                crate::hugetlb::HUGEPAGES_2M,
+                hugetlb.join(", ")
+            ));
+        }
         Ok(session)
     }
 

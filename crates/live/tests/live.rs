@@ -352,11 +352,22 @@ fn later_features_are_unsupported_before_anything_runs() {
         run_live(&scn),
         Err(LiveError::Unsupported { line: 2, .. })
     ));
+    // shmem files, and mappings of them, stay unsupported.
+    let scn = scenario("process P\nP: memfd F 1h\nP: mmap A 1h file=F shared\n");
+    match run_live(&scn) {
+        Err(LiveError::Unsupported { line: 2, what }) => {
+            assert!(what.contains("not supported yet"), "{what}")
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
-/// The machine lock of the live runner (see `session`), to read the THP
-/// settings while no run holds them.
-fn resting_settings() -> Vec<String> {
+/// Taken by the tests that read the settings before and after runs and by
+/// the one that changes the host's hugetlb pool meanwhile.
+static HOST_SETTINGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` under the machine lock of the live runner (see `session`).
+fn locked<T>(f: impl FnOnce() -> T) -> T {
     use std::os::fd::AsRawFd;
     let dir = ["/run/thpsim-live", "/tmp/thpsim-live"]
         .into_iter()
@@ -371,8 +382,19 @@ fn resting_settings() -> Vec<String> {
         .expect("lock file");
     // SAFETY: flock on our own fd; released when `lock` is dropped.
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let out = f();
+    drop(lock);
+    out
+}
+
+/// The THP and hugetlb settings while no run holds them.
+fn resting_settings() -> Vec<String> {
+    locked(settings_now)
+}
+
+fn settings_now() -> Vec<String> {
     let thp = "/sys/kernel/mm/transparent_hugepage";
-    let mut out = Vec::new();
+    let mut out = hugetlb_pool_settings();
     for f in [
         "enabled",
         "defrag",
@@ -389,7 +411,6 @@ fn resting_settings() -> Vec<String> {
             std::fs::read_to_string(format!("{thp}/{f}")).unwrap_or_default()
         ));
     }
-    drop(lock);
     out
 }
 
@@ -398,6 +419,7 @@ fn settings_are_restored() {
     if !live() {
         return;
     }
+    let _host = HOST_SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
     let before = resting_settings();
     // Settings unlike the usual ones, and a run that fails half-way.
     let scn = scenario(
@@ -698,4 +720,380 @@ expect P A[0] mlocked
     // Never touched, never locked: nothing there.
     assert_eq!(expect_at(&r, 10), (false, "none, not mlocked".into()));
     assert_eq!(expect_at(&r, 12), (false, "thp-pmd, not mlocked".into()));
+}
+
+const HUGEPAGES: &str = "/sys/kernel/mm/hugepages/hugepages-2048kB";
+
+/// The 2 MiB hugetlb pool's knobs, read as they are (the caller holds the
+/// runner's lock, or does not care).
+fn hugetlb_pool_settings() -> Vec<String> {
+    ["nr_hugepages", "nr_overcommit_hugepages"]
+        .iter()
+        .map(|f| {
+            format!(
+                "{f}={}",
+                std::fs::read_to_string(format!("{HUGEPAGES}/{f}")).unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+/// Live and with 2 MiB hugetlb pages to set up.
+fn live_hugetlb() -> bool {
+    if !live() {
+        return false;
+    }
+    if !std::path::Path::new(HUGEPAGES)
+        .join("nr_hugepages")
+        .exists()
+    {
+        eprintln!("skipped: this kernel has no 2 MiB hugetlb pages");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn a_private_hugetlb_mapping_faults_hugetlb_pages() {
+    if !live_hugetlb() {
+        return;
+    }
+    let scn = scenario(
+        "hugetlb-pool 4
+process P
+P: mmap A 1h+1p hugetlb
+P: write A[0] = 0x11
+P: write A[1p] = 0x12
+expect P A[0] hugetlb
+expect P A[1p] mapcount 1
+expect P A[1h] none
+P: write A[1h+1p] = 0x13
+expect P A[1h] hugetlb
+expect P A[0] other P A[1h]
+P: read A[1p] == 0x12
+show P A[0..2p]
+",
+    );
+    let r = run(&scn);
+    assert_outcomes(&scn, &r);
+    assert_expects_hold(&r);
+    let shown = pages(&r, "P");
+    assert_eq!(
+        shown,
+        vec![
+            (0, "hugetlb".into(), Some("#1".into()), Some(0), 1, 0x11),
+            (1, "hugetlb".into(), Some("#1".into()), Some(1), 1, 0x12),
+        ]
+    );
+    assert!(
+        r.notes.iter().any(|n| n.contains("nr_hugepages")),
+        "{:?}",
+        r.notes
+    );
+}
+
+#[test]
+fn fork_shares_a_private_hugetlb_page_until_a_write_copies_it() {
+    if !live_hugetlb() {
+        return;
+    }
+    let scn = scenario(
+        "hugetlb-pool 4
+process P
+P: mmap A 2h hugetlb
+P: write A[0] = 0x11
+expect P A[0] hugetlb
+P: fork C
+expect P A[0] same C A[0]
+expect C A[1p] mapcount 2
+C: read A[0] == 0x11
+C: write A[1p] = 0x22
+expect P A[0] other C A[0]
+expect C A[0] hugetlb
+expect P A[1p] mapcount 1
+expect C A[5p] mapcount 1
+P: read A[1p] == 0
+C: read A[0] == 0x11
+C: read A[1p] == 0x22
+",
+    );
+    let r = run(&scn);
+    assert_outcomes(&scn, &r);
+    assert_expects_hold(&r);
+}
+
+#[test]
+fn a_child_write_to_shared_hugetlb_memory_is_seen_by_the_parent() {
+    if !live_hugetlb() {
+        return;
+    }
+    let scn = scenario(
+        "hugetlb-pool 2
+process P
+P: mmap A 1h hugetlb shared
+P: write A[0] = 0x11
+P: fork C
+C: write A[1p] = 0x22
+expect P A[0] same C A[0]
+expect P A[1p] mapcount 2
+expect C A[0] hugetlb
+P: read A[1p] == 0x22
+C: read A[0] == 0x11
+C: exit
+expect P A[0] mapcount 1
+",
+    );
+    let r = run(&scn);
+    assert_outcomes(&scn, &r);
+    assert_expects_hold(&r);
+}
+
+#[test]
+fn a_hugetlb_memfd_mapped_by_two_processes_is_one_page() {
+    if !live_hugetlb() {
+        return;
+    }
+    let scn = scenario(
+        "hugetlb-pool 2
+process P
+process Q
+P: memfd F 1m hugetlb
+P: mmap A 1h file=F shared
+Q: mmap B 1h file=F shared
+P: write A[0] = 0x11
+Q: read B[0] == 0x11
+Q: write B[1p] = 0x22
+P: read A[1p] == 0x22
+expect P A[0] same Q B[0]
+expect Q B[0] hugetlb
+expect P A[3p] mapcount 2
+P: exit
+Q: read B[1p] == 0x22
+expect Q B[0] mapcount 1
+",
+    );
+    let r = run(&scn);
+    assert_outcomes(&scn, &r);
+    assert_expects_hold(&r);
+}
+
+/// `mmap ... file=F` without `shared` (the parser insists on `shared`
+/// today; the runner maps MAP_PRIVATE when the scenario says private).
+#[test]
+fn a_private_mapping_of_a_hugetlb_memfd_copies_on_write() {
+    if !live_hugetlb() {
+        return;
+    }
+    let mut scn = scenario(
+        "hugetlb-pool 3
+process P
+process Q
+P: memfd F 1h hugetlb
+P: mmap A 1h file=F shared
+P: write A[0] = 0x11
+Q: mmap B 1h file=F shared
+Q: read B[0] == 0x11
+expect P A[0] same Q B[0]
+Q: write B[0] = 0x22
+expect P A[0] other Q B[0]
+P: read A[0] == 0x11
+Q: read B[0] == 0x22
+",
+    );
+    for item in &mut scn.items {
+        if let thpsim_scenario::Item::Step(s) = item {
+            if s.span.line == 7 {
+                if let thpsim_scenario::Op::Mmap { shared, .. } = &mut s.op {
+                    *shared = false;
+                }
+            }
+        }
+    }
+    let r = run(&scn);
+    assert_outcomes(&scn, &r);
+    assert_expects_hold(&r);
+}
+
+#[test]
+fn hugetlb_mappings_fail_as_the_kernel_fails_them() {
+    if !live_hugetlb() {
+        return;
+    }
+    // No pool: a private mapping cannot reserve, a shared one neither, and a
+    // memfd is made (its pages are reserved by mappings).
+    let scn = scenario(
+        "process P
+P: mmap A 1h hugetlb => enomem
+P: mmap S 1h hugetlb shared => enomem
+P: memfd F 1h hugetlb
+P: mmap B 1h file=F shared => enomem
+P: mmap Z 0 hugetlb => einval
+",
+    );
+    let r = run(&scn);
+    assert_outcomes(&scn, &r);
+    // A private mapping reserves its whole length at mmap.
+    let scn = scenario(
+        "hugetlb-pool 1
+process P
+P: mmap A 2h hugetlb => enomem
+P: mmap B 1h hugetlb
+P: mmap C 1p hugetlb => enomem
+P: write B[0] = 1
+P: munmap B[..]
+P: mmap D 1p hugetlb
+P: write D[511p+4095] = 2
+expect P D[511p] hugetlb
+",
+    );
+    let r = run(&scn);
+    assert_outcomes(&scn, &r);
+    assert_expects_hold(&r);
+}
+
+#[test]
+fn munmap_and_mprotect_of_part_of_a_huge_page_fail_with_einval() {
+    if !live_hugetlb() {
+        return;
+    }
+    let scn = scenario(
+        "hugetlb-pool 2
+process P
+P: mmap A 2h hugetlb
+P: write A[..] = 0x11
+P: munmap A[0..1m] => einval
+P: munmap A[1p..1h] => einval
+P: mprotect A[0..1p] r => einval
+P: mprotect A[1h..2h] r
+P: write A[1h] = 1 => segv
+P: munmap A[1h..2h]
+P: read A[1h] => segv
+P: madvise A[0..1h] dontneed
+expect P A[0] none
+P: read A[0] == 0
+expect P A[0] hugetlb
+",
+    );
+    let r = run(&scn);
+    assert_outcomes(&scn, &r);
+    assert_expects_hold(&r);
+}
+
+#[test]
+fn a_pin_of_hugetlb_memory_reaches_the_huge_page() {
+    if !live_hugetlb() || !live_pins() {
+        return;
+    }
+    let scn = scenario(
+        "hugetlb-pool 2
+process P
+P: mmap A 1h hugetlb
+P: write A[..] = 0x11
+P: pin R = A[1p..3p] write
+device: write R[0] = 0x44
+P: read A[1p] == 0x44
+P: write A[2p] = 0x55
+device: read R[1p] == 0x55
+P: unpin R
+expect P A[1p] hugetlb
+",
+    );
+    let r = run(&scn);
+    assert_outcomes(&scn, &r);
+    assert_expects_hold(&r);
+    assert_eq!(value_at(&r, 9), Some(0x55));
+}
+
+#[test]
+fn the_hugetlb_pool_is_restored_after_a_run() {
+    if !live_hugetlb() {
+        return;
+    }
+    let _host = HOST_SETTINGS.lock().unwrap_or_else(|e| e.into_inner());
+    // A host with a pool of its own, and overcommit: the runs must neither
+    // use nor keep them.
+    let host = HostPool::set(1, 2);
+    let before = resting_settings();
+    assert!(
+        before.contains(&"nr_hugepages=1\n".to_string()),
+        "{before:?}"
+    );
+    let run_pool = |src: &str| {
+        let scn = scenario(src);
+        let r = run(&scn);
+        assert_outcomes(&scn, &r);
+        assert_eq!(resting_settings(), before);
+    };
+    run_pool("hugetlb-pool 3\nprocess P\nP: mmap A 1h hugetlb\nP: write A[0] = 1\n");
+    // A run that fails half-way, holding a file and a mapping.
+    let scn = scenario(
+        "hugetlb-pool 2\nprocess P\nP: memfd F 1h hugetlb\nP: mmap A 1h file=F shared\n\
+         P: write A[0] = 1\nP: write A[3h] = 1\n",
+    );
+    assert!(matches!(
+        run_live(&scn),
+        Err(LiveError::Invalid { line: 6, .. })
+    ));
+    assert_eq!(resting_settings(), before);
+    // Without a pool line the pool is emptied for the run: the host's free
+    // page is not the scenario's.
+    run_pool("process P\nP: mmap A 1h hugetlb => enomem\n");
+    drop(host);
+}
+
+/// The host's 2 MiB pool and overcommit, set for a test and put back.
+struct HostPool(Vec<(String, String)>);
+
+impl HostPool {
+    fn set(nr: u64, overcommit: u64) -> HostPool {
+        locked(|| {
+            let mut old = Vec::new();
+            for (f, v) in [
+                ("nr_overcommit_hugepages", overcommit),
+                ("nr_hugepages", nr),
+            ] {
+                let p = format!("{HUGEPAGES}/{f}");
+                old.push((p.clone(), std::fs::read_to_string(&p).expect("read")));
+                std::fs::write(&p, v.to_string()).expect("write");
+            }
+            HostPool(old)
+        })
+    }
+}
+
+impl Drop for HostPool {
+    fn drop(&mut self) {
+        locked(|| {
+            for (p, v) in self.0.iter().rev() {
+                let _ = std::fs::write(p, v.trim());
+            }
+        })
+    }
+}
+
+/// With no free page left, the child (which holds no reservation) cannot
+/// copy a private hugetlb page on write: SIGBUS. The parent, the
+/// reservation's owner, can: its copy takes the page back from the child
+/// (unmap_ref_private()), whose next access is a SIGBUS too.
+#[test]
+fn a_hugetlb_copy_on_write_without_a_free_page_is_a_sigbus() {
+    if !live_hugetlb() {
+        return;
+    }
+    let scn = scenario(
+        "hugetlb-pool 1
+process P
+P: mmap A 1h hugetlb
+P: write A[0] = 0x11
+P: fork C
+C: write A[1p] = 0x22 => sigbus
+C: read A[0] == 0x11
+P: write A[0] = 0x33
+C: read A[0] => sigbus
+P: read A[0] == 0x33
+",
+    );
+    let r = run(&scn);
+    assert_outcomes(&scn, &r);
+    assert_eq!(value_at(&r, 10), Some(0x33));
 }

@@ -27,8 +27,13 @@
 //! (`nr_overcommit_hugepages` is 0: an allocation beyond the pool fails),
 //! subpools (hugetlbfs mount limits: MAP_HUGETLB and memfd files have none),
 //! the hugetlb cgroup, hwpoison, userfaultfd, MAP_NORESERVE, changing the
-//! pool size at run time, PMD sharing (`huge_pmd_share()` is a later step:
-//! DIVERGENCE: `huge_pte_alloc()` always allocates a PMD table of its own).
+//! pool size at run time.
+//!
+//! PMD sharing (x86's CONFIG_ARCH_WANT_HUGE_PMD_SHARE): a shared mapping that
+//! covers a whole PUD uses the PMD table of another process's mapping of the
+//! same file pages (`huge_pmd_share()`); the table page's reference count is
+//! the share count, and `huge_pmd_unshare()` drops one sharer (unmap,
+//! mprotect, and, with seed 003's fix, migration's try_to_unmap_one()).
 
 use crate::cpu::Cpu;
 use crate::engine::{Atomic, Engine};
@@ -37,9 +42,9 @@ use crate::memory::{FaultFlags, MmuGather, VmFaultT};
 use crate::mm_types::{vm, MmStruct, Vma, VmaResv};
 use crate::mmu_notifier::NotifyEvent;
 use crate::page::{anon_mapping, pg};
-use crate::pgtable::{EntryRef, Pmd, PteFlags};
+use crate::pgtable::{EntryRef, Pmd, PteFlags, Upper};
 use crate::sync::{LockClass, SpinLock};
-use crate::types::{FileId, Pfn, ResvMapId, VirtAddr};
+use crate::types::{FileId, Level, Pfn, ResvMapId, VirtAddr};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
@@ -709,14 +714,26 @@ impl<E: Engine> Cpu<E> {
         self.pmd_offset(mm, addr)
     }
 
-    /// Models huge_pte_alloc(), mm/hugetlb.c, v5.8, for PMD-size pages.
-    /// DIVERGENCE: no PMD sharing yet (huge_pmd_share()): the PMD table is
-    /// the mm's own.
+    /// Models huge_pte_alloc(), mm/hugetlb.c, v5.8, for PMD-size pages: the
+    /// PMD slot of `addr`, with the PMD table shared with another mapping of
+    /// the file when the PUD is empty and sharing is possible
+    /// (huge_pmd_share()).
     ///
     /// # Locking
-    /// Takes `mm->page_table_lock` to populate an upper level.
-    pub fn huge_pte_alloc(&self, mm: &MmStruct<E>, addr: VirtAddr) -> Option<EntryRef> {
-        let pmd = self.pmd_alloc(mm, addr)?;
+    /// Takes `mm->page_table_lock` to populate an upper level; the caller
+    /// should hold the file's `i_mmap_rwsem` (5.8's hugetlb_fault() calls it
+    /// once before taking it).
+    pub fn huge_pte_alloc(&self, mm: &MmStruct<E>, vma: &Vma, addr: VirtAddr) -> Option<EntryRef> {
+        let g = self.k.geo;
+        let pgd_slot = mm.pgd.raw(g.index(Level::Pgd, addr));
+        let pud_t = self.upper_alloc(mm, pgd_slot)?;
+        let pud_slot = self.table(pud_t).raw(g.index(Level::Pud, addr));
+        let pmd = if Upper::decode(pud_slot.load()) == Upper::None {
+            // want_pmd_share()
+            self.huge_pmd_share(mm, vma, addr, pud_slot)?
+        } else {
+            self.pmd_alloc(mm, addr)?
+        };
         let cur = self.pmd_read(pmd);
         crate::vm_bug_on!(
             self,
@@ -724,6 +741,130 @@ impl<E: Engine> Cpu<E> {
             "BUG_ON(pte && pte_present(*pte) && !pte_huge(*pte))"
         );
         Some(pmd)
+    }
+
+    /// Models vma_shareable(), mm/hugetlb.c, v5.8: a shared mapping that
+    /// covers the whole PUD of `addr`.
+    fn vma_shareable(&self, vma: &Vma, addr: VirtAddr) -> bool {
+        let pud = self.k.geo.pud_size();
+        let base = addr.0 & !(pud - 1);
+        vma.vm_flags() & vm::MAYSHARE != 0
+            && vma.vm_start().0 <= base
+            && base + pud <= vma.vm_end().0
+    }
+
+    /// Models page_table_shareable(), mm/hugetlb.c, v5.8: where `svma` maps
+    /// the file page `idx` that `vma` maps at `addr`, if its PMD table there
+    /// could be `vma`'s: the same PMD index, the same flags (but the mlock
+    /// ones), and the whole PUD inside `svma`.
+    fn page_table_shareable(
+        &self,
+        svma: &Vma,
+        vma: &Vma,
+        addr: VirtAddr,
+        idx: u64,
+    ) -> Option<VirtAddr> {
+        let g = self.k.geo;
+        let saddr = ((idx - svma.vm_pgoff()) << g.page_shift) + svma.vm_start().0;
+        let sbase = saddr & !(g.pud_size() - 1);
+        let s_end = sbase + g.pud_size();
+        // Allow segments to share if only one is marked locked
+        let clear = vm::LOCKED | vm::LOCKONFAULT;
+        let same_index = g.index(Level::Pmd, addr) == g.index(Level::Pmd, VirtAddr(saddr));
+        if !same_index
+            || vma.vm_flags() & !clear != svma.vm_flags() & !clear
+            || sbase < svma.vm_start().0
+            || svma.vm_end().0 < s_end
+        {
+            return None;
+        }
+        Some(VirtAddr(saddr))
+    }
+
+    /// Models huge_pmd_share(), mm/hugetlb.c, v5.8: search the file's other
+    /// mappings for a PMD table this PUD can use; if one is found, take a
+    /// reference on its page (the share count) and point the PUD at it.
+    /// Then pmd_alloc() as usual (which finds the shared table, or makes
+    /// one).
+    ///
+    /// # Locking
+    /// Takes the shared table's PMD lock to populate the PUD.
+    fn huge_pmd_share(
+        &self,
+        mm: &MmStruct<E>,
+        vma: &Vma,
+        addr: VirtAddr,
+        pud_slot: &E::Atomic,
+    ) -> Option<EntryRef> {
+        let _f = self.func("huge_pmd_share");
+        if !self.vma_shareable(vma, addr) {
+            return self.pmd_alloc(mm, addr);
+        }
+        let Some(file) = vma.vm_file else {
+            return self.pmd_alloc(mm, addr);
+        };
+        let ps = self.k.geo.page_shift;
+        let idx = ((addr.0 - vma.vm_start().0) >> ps) + vma.vm_pgoff();
+        let mut spte = None;
+        for svma in self.vma_interval_tree_foreach(file, idx) {
+            if svma.id == vma.id {
+                continue;
+            }
+            if let Some(saddr) = self.page_table_shareable(&svma, vma, addr, idx) {
+                let smm = self.k.mm(svma.mm);
+                if let Some(p) = self.huge_pte_offset(&smm, saddr) {
+                    self.get_page(p.table);
+                    spte = Some(p);
+                    break;
+                }
+            }
+        }
+        if let Some(spte) = spte {
+            let ptl = self.huge_pte_lockptr(spte).lock(self);
+            if Upper::decode(pud_slot.load()) == Upper::None {
+                pud_slot.store(Upper::Table(spte.table).encode()); // pud_populate()
+                self.note(|| format!("huge_pmd_share(): PMD table {} shared", spte.table.0));
+            } else {
+                drop(ptl);
+                self.put_page(spte.table);
+            }
+        }
+        self.pmd_alloc(mm, addr)
+    }
+
+    /// Models huge_pmd_unshare(), mm/hugetlb.c, v5.8: if the PMD table of
+    /// `ptep` is shared (its page's reference count above 1), this mm stops
+    /// using it: clear the PUD and drop the reference. `addr` moves to the
+    /// last huge page of the PUD, so a caller's loop goes on after it.
+    /// Returns whether it unshared.
+    ///
+    /// # Locking
+    /// Called with the PMD lock of `ptep` held, and the file's
+    /// `i_mmap_rwsem` for write.
+    pub fn huge_pmd_unshare(&self, mm: &MmStruct<E>, addr: &mut VirtAddr, ptep: EntryRef) -> bool {
+        let g = self.k.geo;
+        let count = self.page_count(ptep.table);
+        crate::vm_bug_on!(
+            self,
+            count == 0,
+            "BUG_ON(page_count(virt_to_page(ptep)) == 0)"
+        );
+        if count == 1 {
+            return false;
+        }
+        let _f = self.func("huge_pmd_unshare");
+        let Upper::Table(pud_t) = Upper::decode(mm.pgd.raw(g.index(Level::Pgd, *addr)).load())
+        else {
+            self.bug("huge_pmd_unshare(): no PUD table", None);
+        };
+        // pud_clear(pud)
+        self.table(pud_t)
+            .raw(g.index(Level::Pud, *addr))
+            .store(Upper::None.encode());
+        self.put_page(ptep.table);
+        let pud = g.pud_size();
+        *addr = VirtAddr(addr.0.div_ceil(pud) * pud - g.pmd_size());
+        true
     }
 
     /// Models huge_pte_lockptr(), include/linux/hugetlb.h, v5.8: the split
@@ -842,7 +983,7 @@ impl<E: Engine> Cpu<E> {
                 self.pmd_migration_entry_wait(mm, ptep);
                 return VmFaultT::NONE;
             }
-        } else if self.huge_pte_alloc(mm, haddr).is_none() {
+        } else if self.huge_pte_alloc(mm, vma, haddr).is_none() {
             return VmFaultT::OOM;
         }
         let Some(file) = vma.vm_file else {
@@ -850,7 +991,7 @@ impl<E: Engine> Cpu<E> {
         };
         let mapping = &self.k.file(file).mapping;
         mapping.i_mmap_rwsem.down_read(self);
-        let Some(ptep) = self.huge_pte_alloc(mm, haddr) else {
+        let Some(ptep) = self.huge_pte_alloc(mm, vma, haddr) else {
             mapping.i_mmap_rwsem.up_read(self);
             return VmFaultT::OOM;
         };
@@ -1295,6 +1436,7 @@ impl<E: Engine> Cpu<E> {
         dst: &MmStruct<E>,
         src: &MmStruct<E>,
         vma: &Arc<Vma>,
+        dst_vma: &Arc<Vma>,
     ) -> bool {
         let _f = self.func("copy_hugetlb_page_range");
         let sz = self.k.geo.pmd_size();
@@ -1313,7 +1455,7 @@ impl<E: Engine> Cpu<E> {
                 addr = addr.add_bytes(sz);
                 continue;
             };
-            let Some(dst_pte) = self.huge_pte_alloc(dst, addr) else {
+            let Some(dst_pte) = self.huge_pte_alloc(dst, dst_vma, addr) else {
                 ok = false;
                 break;
             };
@@ -1402,6 +1544,17 @@ impl<E: Engine> Cpu<E> {
                 continue;
             };
             let ptl = self.huge_pte_lockptr(ptep).lock(self);
+            let mut unshared = here;
+            if self.huge_pmd_unshare(mm, &mut unshared, ptep) {
+                // We just unmapped a page of PMDs by clearing a PUD. The
+                // caller's TLB flush range should cover this area. (It does
+                // not: 5.8 adds nothing to the gather's range here,
+                // CVE-2021-4002, fixed in 5.16 by "hugetlbfs: flush TLBs
+                // correctly after huge_pmd_unshare".)
+                drop(ptl);
+                address = unshared.add_bytes(sz);
+                continue;
+            }
             let pte = self.pmd_read(ptep);
             let page = match pte {
                 Pmd::None => continue,
@@ -1453,10 +1606,11 @@ impl<E: Engine> Cpu<E> {
         end: VirtAddr,
         ref_page: Option<Pfn>,
     ) {
-        let (ts, te) = self.adjust_range_if_pmd_sharing_possible(vma, start, end);
+        // adjust_range_if_pmd_sharing_possible() widens tlb_start/tlb_end,
+        // which 5.8's tlb_gather_mmu() does not use: the gather flushes the
+        // range its removed entries make.
         let mut tlb = self.tlb_gather_mmu(mm.id, false);
         self.__unmap_hugepage_range(&mut tlb, mm, vma, start, end, ref_page);
-        self.tlb_remove_tlb_entry(&mut tlb, ts, te.0 - ts.0);
         self.tlb_finish_mmu(tlb);
     }
 
@@ -1479,10 +1633,10 @@ impl<E: Engine> Cpu<E> {
         let inode = self.k.file(file);
         let _w = inode.mapping.i_mmap_rwsem.write(self);
         self.__unmap_hugepage_range(tlb, mm, vma, start, end, None);
-        // __unmap_hugepage_range_final(): the VMA is about to be destroyed.
-        // DIVERGENCE: the model keeps VM_MAYSHARE, which hugetlb_vm_op_close()
-        // and the reservation map lookups still read; nothing shares PMD
-        // tables yet.
+        // __unmap_hugepage_range_final(): clear VM_MAYSHARE so that
+        // page_table_shareable() fails on a vma being torn down, and no
+        // huge_pmd_share() grabs a page table on its way out.
+        vma.set_vm_flags(vma.vm_flags() & !vm::MAYSHARE);
     }
 
     /// Models hugetlb_change_protection(), mm/hugetlb.c, v5.8: mprotect of a
@@ -1507,6 +1661,7 @@ impl<E: Engine> Cpu<E> {
         let w = inode.mapping.i_mmap_rwsem.write(self);
         let newprot = vma.vm_page_prot();
         let mut pages = 0;
+        let mut shared_pmd = false;
         let mut address = start;
         while address < end {
             let here = address;
@@ -1515,6 +1670,14 @@ impl<E: Engine> Cpu<E> {
                 continue;
             };
             let ptl = self.huge_pte_lockptr(ptep).lock(self);
+            let mut unshared = here;
+            if self.huge_pmd_unshare(mm, &mut unshared, ptep) {
+                pages += 1;
+                drop(ptl);
+                shared_pmd = true;
+                address = unshared.add_bytes(sz);
+                continue;
+            }
             match self.pmd_read(ptep) {
                 Pmd::Migration { pfn, write: true } => {
                     self.set_pmd_at(ptep, Pmd::Migration { pfn, write: false });
@@ -1542,8 +1705,15 @@ impl<E: Engine> Cpu<E> {
             }
             drop(ptl);
         }
-        // Must flush TLB before releasing i_mmap_rwsem.
-        self.flush_tlb_range(mm.id, start, end);
+        // Must flush TLB before releasing i_mmap_rwsem: x86's
+        // huge_pmd_unshare may have cleared our pud entry and done put_page
+        // on the page table. If we actually did unshare a page of pmds, flush
+        // the range corresponding to the pud.
+        if shared_pmd {
+            self.flush_tlb_range(mm.id, rs, re);
+        } else {
+            self.flush_tlb_range(mm.id, start, end);
+        }
         drop(w);
         self.mmu_notifier_invalidate_range_end(mm);
         pages << self.huge_page_order()
@@ -1638,7 +1808,73 @@ impl<E: Engine> Cpu<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::StdEngine;
+    use crate::mmap::Prot;
+    use crate::types::{CpuId, Geometry};
+    use crate::{Config, Kernel, StdEngine};
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    fn pool_machine(pages: u64) -> Cpu<StdEngine> {
+        let mut cfg = Config::new(Geometry::TINY);
+        cfg.hugetlb_pool = pages;
+        Cpu::new(Kernel::<StdEngine>::new(cfg), CpuId(0))
+    }
+
+    fn counts(cpu: &Cpu<StdEngine>) -> (u64, u64, u64) {
+        let p = cpu.k.hstate.pool_peek();
+        (p.nr_huge_pages, p.free_huge_pages, p.resv_huge_pages)
+    }
+
+    /// The pool is made at boot; a private mapping reserves all its pages
+    /// at mmap (and fails with ENOMEM beyond the pool); a fault consumes a
+    /// reservation; the unmap gives back the page and the unused
+    /// reservations.
+    #[test]
+    fn reservations_follow_5_8() {
+        let cpu = pool_machine(3);
+        assert_eq!(counts(&cpu), (3, 3, 0));
+        let mm = cpu.mm_alloc();
+        let h = cpu.huge_page_size();
+        let a = cpu
+            .do_mmap_hugetlb(&mm, 2 * h, Prot::ReadWrite, false, None)
+            .expect("mmap");
+        assert_eq!(counts(&cpu), (3, 3, 2));
+        assert_eq!(
+            cpu.do_mmap_hugetlb(&mm, 2 * h, Prot::ReadWrite, false, None),
+            Err(Errno::Enomem),
+            "only one page is left unreserved"
+        );
+        assert_eq!(counts(&cpu), (3, 3, 2), "a failed mmap reserves nothing");
+        cpu.user_fill(&mm, a, 1, 0x11).expect("write");
+        assert_eq!(counts(&cpu), (3, 2, 1));
+        cpu.do_munmap(&mm, a, 2 * h).expect("munmap");
+        assert_eq!(counts(&cpu), (3, 3, 0));
+        assert!(crate::check::audit::audit(&cpu).is_empty());
+    }
+
+    /// 5.8's owner COW with no free page deadlocks on the file's
+    /// i_mmap_rwsem (unmap_ref_private() under hugetlb_fault()): reported as
+    /// LOCK-ORDER, and the CPU is stopped instead of hanging.
+    #[test]
+    fn owner_cow_without_a_page_is_5_8s_self_deadlock() {
+        let cpu = pool_machine(1);
+        let mm = cpu.mm_alloc();
+        let h = cpu.huge_page_size();
+        let a = cpu
+            .do_mmap_hugetlb(&mm, h, Prot::ReadWrite, false, None)
+            .expect("mmap");
+        cpu.user_fill(&mm, a, 1, 0x11).expect("write");
+        let _child = cpu.dup_mm(&mm).expect("fork");
+        let r = catch_unwind(AssertUnwindSafe(|| cpu.user_fill(&mm, a, 1, 0x22)));
+        assert!(r.is_err(), "the CPU is stopped");
+        let reports = cpu.k.take_reports();
+        assert!(
+            reports
+                .iter()
+                .any(|v| v.id == crate::check::invariants::LOCK_ORDER
+                    && v.message.contains("unmap_ref_private")),
+            "{reports:?}"
+        );
+    }
 
     /// The region operations keep 5.8's meanings: region_chg counts what is
     /// not covered, region_add covers and coalesces and counts what it
@@ -1646,8 +1882,8 @@ mod tests {
     /// counts.
     #[test]
     fn region_operations_count_as_5_8() {
-        let k = crate::Kernel::<StdEngine>::new(crate::Config::new(crate::types::Geometry::TINY));
-        let cpu = Cpu::new(k.clone(), crate::types::CpuId(0));
+        let k = Kernel::<StdEngine>::new(Config::new(Geometry::TINY));
+        let cpu = Cpu::new(k.clone(), CpuId(0));
         let m = k.hstate.resv_map_alloc();
         assert_eq!(cpu.region_chg(m, 0, 4), 4);
         assert_eq!(cpu.region_add(m, 0, 4), 4);

@@ -212,7 +212,7 @@ impl<E: Engine> Cpu<E> {
         })
     }
 
-    fn upper_alloc(&self, mm: &MmStruct<E>, slot: &E::Atomic) -> Option<Pfn> {
+    pub(crate) fn upper_alloc(&self, mm: &MmStruct<E>, slot: &E::Atomic) -> Option<Pfn> {
         if let Upper::Table(t) = Upper::decode(slot.load()) {
             return Some(t);
         }
@@ -736,8 +736,7 @@ impl<E: Engine> Cpu<E> {
             return true;
         }
         if vma.is_hugetlb() {
-            let _ = new_vma;
-            return self.copy_hugetlb_page_range(dst, src, vma);
+            return self.copy_hugetlb_page_range(dst, src, vma, new_vma);
         }
         let (start, end) = (vma.vm_start(), vma.vm_end());
         // We need to invalidate the secondary MMU mappings only when there

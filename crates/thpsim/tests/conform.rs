@@ -1,5 +1,7 @@
-//! The conformance corpus (`scenarios/conform/`) against the running kernel:
-//! every file agrees with the model (expected divergences aside). Runs with
+//! The conformance corpus (`scenarios/conform/`, and the hugetlb scenarios
+//! of `scenarios/hugetlb/` but those where 5.8 itself breaks) against the
+//! running kernel: every file agrees with the model (expected divergences
+//! aside). Runs with
 //! `THPSIM_LIVE=1` as root on Linux with THP; otherwise it says why it is
 //! skipped.
 
@@ -8,18 +10,32 @@ use thpsim::conform::{conform, ConformError};
 
 #[test]
 fn conformance_corpus_agrees_with_the_running_kernel() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios/conform");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("scenarios/conform")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "thp"))
-        .collect();
-    files.sort();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scenarios");
+    let list = |sub: &str| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(root.join(sub))
+            .expect("scenario folder")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "thp"))
+            .collect();
+        v.sort();
+        v
+    };
+    let files = list("conform");
     assert!(
         files.len() >= 30,
         "the conformance corpus has {} scenarios",
         files.len()
     );
+    let hugetlb: Vec<_> = list("hugetlb")
+        .into_iter()
+        .filter(|p| {
+            !std::fs::read_to_string(p)
+                .expect("read")
+                .contains("# 5.8 breaks:")
+        })
+        .collect();
+    assert!(hugetlb.len() >= 4, "{} hugetlb scenarios", hugetlb.len());
+    let files: Vec<_> = files.into_iter().chain(hugetlb).collect();
     if let Err(e) = thpsim_live::live_tests_enabled() {
         eprintln!("skipped: {e}");
         return;

@@ -30,6 +30,8 @@ const CLEAN: &[&str] = &[
     "mlock_vs_split_and_cow",
     "move_pages_vs_write",
     "mirror_write_vs_cow",
+    "hugetlb_shared_fault_vs_unmap",
+    "hugetlb_fork_vs_write",
 ];
 
 fn root() -> PathBuf {

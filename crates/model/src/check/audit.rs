@@ -35,6 +35,9 @@ struct Tally {
     locked_ptes: BTreeSet<Pfn>,
     locked_pmds: BTreeSet<Pfn>,
     tables: BTreeSet<Pfn>,
+    /// How many upper-level entries point at each PMD table (more than one:
+    /// a shared hugetlb PMD table, whose page's refcount counts them).
+    table_refs: BTreeMap<Pfn, i64>,
     /// Hugetlb heads each file's page cache holds (one reference each).
     cached: BTreeMap<Pfn, crate::types::FileId>,
     violations: Vec<Violation>,
@@ -108,7 +111,31 @@ fn walk_mm<E: Engine>(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, g: &Geometry, t: &mut
             let Upper::Table(pmd_t) = Upper::decode(cpu.table(pud_t).peek(j)) else {
                 continue;
             };
-            t.tables.insert(pmd_t);
+            *t.table_refs.entry(pmd_t).or_default() += 1;
+            if !t.tables.insert(pmd_t) {
+                // A hugetlb PMD table shared with another mm (huge_pmd_share()):
+                // its entries are counted once, by the first mm that reached
+                // it; this mm's VMA must be a shared hugetlb one covering the
+                // PUD.
+                let base = VirtAddr(i as u64 * pgd_span + j as u64 * g.pud_size());
+                let ok = vma_of(base).is_some_and(|v| {
+                    v.is_hugetlb()
+                        && v.vm_flags() & crate::mm_types::vm::MAYSHARE != 0
+                        && v.vm_start() <= base
+                        && base.0 + g.pud_size() <= v.vm_end().0
+                });
+                if !ok {
+                    t.fail(
+                        inv::AUDIT_VMA,
+                        format!(
+                            "mm {} {:?}: PMD table {} is shared, but no shared hugetlb VMA of this mm covers the PUD",
+                            mm.id.0, base, pmd_t.0
+                        ),
+                        Some(pmd_t),
+                    );
+                }
+                continue;
+            }
             let mut huge_entries = 0usize;
             for l in 0..g.ptrs(Level::Pmd) {
                 let base = VirtAddr(
@@ -355,10 +382,11 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                     Some(p),
                 );
             }
-            if refcount != 1 {
+            let want = t.table_refs.get(&p).copied().unwrap_or(1).max(1);
+            if refcount != want {
                 t.fail(
                     inv::AUDIT_REFCOUNT,
-                    format!("page table frame {pfn}: refcount {refcount}, expected 1"),
+                    format!("page table frame {pfn}: refcount {refcount}, expected {want} (the entries pointing at it)"),
                     Some(p),
                 );
             }

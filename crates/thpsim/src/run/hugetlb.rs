@@ -47,7 +47,7 @@ pub(super) fn check_supported(scn: &Scenario) -> Result<(), ScenarioError> {
             Op::Memfd { hugetlb: false, .. } => {
                 return Err(scn.error_at(
                     step.op_span,
-                    "`memfd` without `hugetlb` (a shmem file) is not supported yet",
+                    "`memfd` without `hugetlb` is not supported yet (shmem)",
                 ));
             }
             _ => {}

@@ -91,7 +91,10 @@ impl Fix {
     pub fn revertible(self) -> bool {
         matches!(
             self,
-            Fix::SplitPmdPageLock | Fix::ThpWpAccurateMapcount | Fix::RmapPmdUnderPtl
+            Fix::SplitPmdPageLock
+                | Fix::ThpWpAccurateMapcount
+                | Fix::RmapPmdUnderPtl
+                | Fix::MigrateUnshareHugetlbPmd
         )
     }
 }

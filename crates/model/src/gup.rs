@@ -568,6 +568,13 @@ impl<E: Engine> Cpu<E> {
         if pmdval.is_none() {
             return self.no_page_table(vma, flags);
         }
+        // pmd_huge() (a huge or a non-present entry) of a hugetlb VMA.
+        if vma.is_hugetlb() && matches!(pmdval, Pmd::Huge { .. } | Pmd::Migration { .. }) {
+            if let Some(page) = self.follow_huge_pmd(mm, address, pmd, flags) {
+                return Ok(Some(page));
+            }
+            return self.no_page_table(vma, flags);
+        }
         if !pmdval.is_present() {
             // A migration entry; FOLL_MIGRATION is not set.
             return self.no_page_table(vma, flags);

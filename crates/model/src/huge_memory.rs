@@ -935,6 +935,9 @@ impl<E: Engine> Cpu<E> {
             return self.page(page).mapcount.load_i64() + 1;
         }
         let compound = self.compound_mapcount(page);
+        if self.page_huge(page) {
+            return compound;
+        }
         let nr = self.k.geo.hpage_pmd_nr();
         let mut ret = compound;
         for i in 0..nr {

@@ -348,13 +348,17 @@ impl<E: Engine> Cpu<E> {
         let restore_reserve = p.test_flag_peek(pg::PRIVATE);
         let flags = p.flags.peek();
         p.flags
-            .init(flags & !(pg::PRIVATE | pg::HUGE_ACTIVE | pg::DIRTY | pg::UPTODATE));
+            .init(flags & !(pg::PRIVATE | pg::HUGE_ACTIVE | pg::DIRTY | pg::UPTODATE | pg::ACTIVE));
         let _l = self.hstate().hugetlb_lock.lock(self);
         let mut pool = self.hstate().pool();
         if restore_reserve {
             pool.resv_huge_pages += 1;
         }
-        self.enqueue_huge_page(&mut pool, page);
+        if p.test_flag_peek(pg::HUGE_TEMPORARY) {
+            self.update_and_free_page(&mut pool, page);
+        } else {
+            self.enqueue_huge_page(&mut pool, page);
+        }
     }
 
     /// Models hugetlb_acct_memory(), mm/hugetlb.c, v5.8, without surplus
@@ -1802,6 +1806,476 @@ impl<E: Engine> Cpu<E> {
         } else {
             Err(err)
         }
+    }
+}
+
+impl<E: Engine> Cpu<E> {
+    // ---------------------------------------------------------------------
+    // Migration (mm/migrate.c, mm/hugetlb.c, mm/rmap.c, fs/hugetlbfs)
+    // ---------------------------------------------------------------------
+
+    /// Models follow_huge_pmd(), mm/hugetlb.c, v5.8: the subpage a hugetlb
+    /// PMD maps at `address`, referenced as `flags` ask (try_grab_page());
+    /// a migration entry is waited for and the PMD read again.
+    ///
+    /// # Locking
+    /// Takes the PMD lock.
+    pub fn follow_huge_pmd(
+        &self,
+        mm: &MmStruct<E>,
+        address: VirtAddr,
+        pmd: EntryRef,
+        flags: crate::gup::FollFlags,
+    ) -> Option<Pfn> {
+        let _f = self.func("follow_huge_pmd");
+        let g = self.k.geo;
+        loop {
+            let ptl = self.pmd_lockptr(pmd).lock(self);
+            match self.pmd_read(pmd) {
+                Pmd::Huge { pfn, .. } => {
+                    let page = pfn.add(g.index(Level::Pte, address) as u64);
+                    let got = self.try_grab_page(page, flags);
+                    drop(ptl);
+                    return got.then_some(page);
+                }
+                Pmd::Migration { .. } => {
+                    drop(ptl);
+                    self.pmd_migration_entry_wait(mm, pmd);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Models isolate_huge_page(), mm/hugetlb.c, v5.8: an active hugetlb
+    /// head with a reference to spare goes onto `list` for migration (it is
+    /// no longer page_huge_active()).
+    ///
+    /// # Locking
+    /// Takes `hugetlb_lock`.
+    pub fn isolate_huge_page(&self, page: Pfn, list: &mut Vec<Pfn>) -> bool {
+        let _l = self.hstate().hugetlb_lock.lock(self);
+        let p = self.page(page);
+        if !p.test_flag(pg::HEAD)
+            || !self.page_huge(page)
+            || !p.test_flag(pg::HUGE_ACTIVE)
+            || !self.get_page_unless_zero(page)
+        {
+            return false;
+        }
+        p.clear_flag(pg::HUGE_ACTIVE); // clear_page_huge_active()
+        list.push(page);
+        true
+    }
+
+    /// Models putback_active_hugepage(), mm/hugetlb.c, v5.8: back on the
+    /// active list, and the isolation's (or allocation's) reference dropped.
+    ///
+    /// # Locking
+    /// Takes `hugetlb_lock`.
+    pub fn putback_active_hugepage(&self, page: Pfn) {
+        {
+            let _l = self.hstate().hugetlb_lock.lock(self);
+            self.page(page).set_flag(pg::HUGE_ACTIVE);
+        }
+        self.put_page(page);
+    }
+
+    /// Models alloc_huge_page_node(), mm/hugetlb.c, v5.8, as
+    /// alloc_new_node_page() calls it for a migration to `nid`
+    /// (__GFP_THISNODE): a free pool page of that node if the pool has one
+    /// beyond its reservations, else a temporary fresh one from the buddy
+    /// allocator (alloc_migrate_huge_page(): PageHugeTemporary, freed back
+    /// to the buddy allocator when released).
+    ///
+    /// # Locking
+    /// Takes `hugetlb_lock`.
+    pub fn alloc_huge_page_node(&self, nid: u32) -> Option<Pfn> {
+        let page = {
+            let _l = self.hstate().hugetlb_lock.lock(self);
+            let mut pool = self.hstate().pool();
+            if pool.free_huge_pages > pool.resv_huge_pages {
+                self.dequeue_huge_page_node_exact(&mut pool, nid as usize)
+            } else {
+                None
+            }
+        };
+        if page.is_some() {
+            return page;
+        }
+        // alloc_migrate_huge_page() -> alloc_fresh_huge_page()
+        let page = self.alloc_pages_thisnode(self.huge_page_order(), nid)?;
+        self.prep_new_huge_page(page, nid);
+        self.page(page).__set_flag(pg::HUGE_TEMPORARY); // SetPageHugeTemporary()
+        Some(page)
+    }
+
+    /// Models move_hugetlb_state(), mm/hugetlb.c, v5.8: a temporary new page
+    /// becomes a pool page, and the old one, about to be freed, temporary
+    /// in its place.
+    fn move_hugetlb_state(&self, oldpage: Pfn, newpage: Pfn) {
+        if self.page(newpage).test_clear_flag(pg::HUGE_TEMPORARY) {
+            self.page(oldpage).set_flag(pg::HUGE_TEMPORARY);
+        }
+    }
+
+    /// Models update_and_free_page(), mm/hugetlb.c, v5.8: a page leaves the
+    /// pool for the buddy allocator (called with `hugetlb_lock` held, by
+    /// free_huge_page() of a temporary page).
+    fn update_and_free_page(&self, pool: &mut Pool, page: Pfn) {
+        let nid = self.page(page).node as usize;
+        pool.active.remove(&page);
+        pool.nr_huge_pages -= 1;
+        pool.nr_huge_pages_node[nid] -= 1;
+        // set_compound_page_dtor(page, NULL_COMPOUND_DTOR); __free_pages().
+        let p = self.page(page);
+        p.flags
+            .init(p.flags.peek() & !(pg::HUGETLB | pg::HUGE_TEMPORARY));
+        self.free_unref_page(page, self.huge_page_order());
+    }
+
+    /// Models _get_hugetlb_page_mapping() and
+    /// hugetlb_page_mapping_lock_write(), mm/hugetlb.c, v5.8: the file of a
+    /// locked hugetlb page (a private page's through its anon_vma's first
+    /// VMA), with its `i_mmap_rwsem` taken for write: tried under the page
+    /// lock, else the page lock is dropped to sleep on the rwsem (the lock
+    /// order puts the rwsem first) and the page checked again.
+    ///
+    /// # Locking
+    /// Called with the page locked; returns with it locked and the file's
+    /// `i_mmap_rwsem` held for write (None: neither the rwsem nor a file).
+    fn hugetlb_page_mapping_lock_write(&self, hpage: Pfn) -> Option<FileId> {
+        let get = |c: &Self| -> Option<FileId> {
+            if let Some(f) = c.page_file(hpage) {
+                return Some(f);
+            }
+            // Even anonymous hugetlbfs mappings are associated with an
+            // underlying hugetlbfs file: use the first VMA of the anon_vma.
+            let av = c.page_lock_anon_vma_read(hpage)?;
+            let pgoff = c.page_to_pgoff(hpage);
+            let nr = c.k.geo.hpage_pmd_nr();
+            let ps = c.k.geo.page_shift;
+            let file =
+                c.k.anon_vma(av)
+                    .vmas
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .find(|v| {
+                        let s = v.vm_pgoff();
+                        let e = s + ((v.vm_end().0 - v.vm_start().0) >> ps) - 1;
+                        !(e < pgoff || s > pgoff + nr - 1)
+                    })
+                    .and_then(|v| v.vm_file);
+            c.anon_vma_unlock_read(av);
+            file
+        };
+        let mut mapping = get(self);
+        loop {
+            let file = mapping?;
+            let inode = self.k.file(file);
+            if inode.mapping.i_mmap_rwsem.try_write(self) {
+                return Some(file);
+            }
+            // Must drop page lock and wait on mapping sema. As a hack,
+            // increase map count until we lock page again.
+            self.page(hpage).mapcount.fetch_add(1);
+            self.unlock_page(hpage);
+            inode.mapping.i_mmap_rwsem.down_write(self);
+            self.lock_page(hpage);
+            self.page(hpage).mapcount.fetch_sub(1);
+            // verify page is still mapped
+            if !self.page_mapped(hpage) {
+                inode.mapping.i_mmap_rwsem.up_write(self);
+                return None;
+            }
+            let mapping2 = get(self);
+            if mapping2 == Some(file) {
+                return Some(file);
+            }
+            inode.mapping.i_mmap_rwsem.up_write(self);
+            mapping = mapping2;
+        }
+    }
+
+    /// Models hugetlbfs_migrate_page() with
+    /// migrate_huge_page_move_mapping(), fs/hugetlbfs/inode.c and
+    /// mm/migrate.c, v5.8: the new page takes the old one's place in the
+    /// file's page cache if only the cache and the isolation hold the old
+    /// one (else -EAGAIN); then the bytes and states are copied.
+    ///
+    /// # Locking
+    /// Takes the `i_pages` lock.
+    fn hugetlbfs_migrate_page(&self, file: FileId, newpage: Pfn, page: Pfn) -> bool {
+        let inode = self.k.file(file);
+        {
+            let _x = inode.mapping.i_pages_lock.lock(self);
+            let idx = self.page(page).index.load();
+            let cached = inode
+                .mapping
+                .pages
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&idx)
+                .copied();
+            let expected = 2;
+            if self.page_count(page) != expected || cached != Some(page) {
+                return false;
+            }
+            if !self.page_ref_freeze(page, expected) {
+                return false;
+            }
+            let (old, new) = (self.page(page), self.page(newpage));
+            new.index.init(old.index.load());
+            new.mapping.init(old.mapping.load());
+            self.get_page(newpage);
+            inode
+                .mapping
+                .pages
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(idx, newpage); // xas_store()
+            self.page_ref_unfreeze(page, expected - 1);
+        }
+        self.migrate_page_copy(newpage, page);
+        true
+    }
+
+    /// Models unmap_and_move_huge_page(), mm/migrate.c, v5.8, with
+    /// alloc_new_node_page() and no put_new_page: move one isolated hugetlb
+    /// page to a new one on `node`. Its mappings become migration entries
+    /// under the file's `i_mmap_rwsem` for write (try_to_unmap() may
+    /// unshare PMD tables); the new page, or the old one if the move
+    /// failed, is mapped where they are.
+    ///
+    /// # Locking
+    /// Takes the page lock, the new page's, then the file's `i_mmap_rwsem`
+    /// for write (hugetlb_page_mapping_lock_write()); try_to_unmap() and
+    /// remove_migration_ptes() take the PMD locks.
+    pub(crate) fn unmap_and_move_huge_page(
+        &self,
+        hpage: Pfn,
+        node: u32,
+        force: bool,
+    ) -> crate::migrate::MigrateRc {
+        use crate::migrate::MigrateRc;
+        let _f = self.func("unmap_and_move_huge_page");
+        let Some(new_hpage) = self.alloc_huge_page_node(node) else {
+            return MigrateRc::Nomem;
+        };
+        let mut rc = MigrateRc::Again;
+        'out: {
+            if !self.trylock_page(hpage) {
+                if !force {
+                    break 'out;
+                }
+                self.lock_page(hpage); // MIGRATE_SYNC
+            }
+            let anon_vma = if self.page_anon(hpage) {
+                self.page_get_anon_vma(hpage)
+            } else {
+                None
+            };
+            {
+                // trylock_page(new_hpage): the new page is this CPU's alone,
+                // so its lock cannot fail and makes no CPU wait: it orders
+                // nothing (the model does not record it for lockdep, which
+                // would otherwise see the i_mmap_rwsem taken below it).
+                self.inherit_page_lock(new_hpage);
+                let mut mapping = None;
+                'unlock_put_anon: {
+                    if self.page_mapped(hpage) {
+                        // try_to_unmap could potentially call
+                        // huge_pmd_unshare: take the semaphore in write mode
+                        // and set TTU_RMAP_LOCKED.
+                        mapping = self.hugetlb_page_mapping_lock_write(hpage);
+                        if mapping.is_none() {
+                            break 'unlock_put_anon;
+                        }
+                        self.try_to_unmap(
+                            hpage,
+                            crate::rmap::TtuFlags {
+                                migration: true,
+                                ignore_mlock: true,
+                                ignore_access: true,
+                                rmap_locked: true,
+                                ..Default::default()
+                            },
+                        );
+                    }
+                    if !self.page_mapped(hpage) {
+                        // move_to_new_page()
+                        rc = match self.page_file(hpage) {
+                            Some(f) => {
+                                if self.hugetlbfs_migrate_page(f, new_hpage, hpage) {
+                                    // page->mapping = NULL
+                                    self.page(hpage).mapping.store(0);
+                                    MigrateRc::Success
+                                } else {
+                                    MigrateRc::Again
+                                }
+                            }
+                            None => self.move_to_new_page(new_hpage, hpage),
+                        };
+                    }
+                    if let Some(f) = mapping {
+                        let target = if rc == MigrateRc::Success {
+                            new_hpage
+                        } else {
+                            hpage
+                        };
+                        self.remove_migration_ptes(hpage, target, true);
+                        self.k.file(f).mapping.i_mmap_rwsem.up_write(self);
+                    }
+                }
+                self.unlock_page(new_hpage);
+            }
+            if let Some(av) = anon_vma {
+                self.put_anon_vma(av);
+            }
+            if rc == MigrateRc::Success {
+                self.move_hugetlb_state(hpage, new_hpage);
+            }
+            self.unlock_page(hpage);
+        }
+        if rc != MigrateRc::Again {
+            self.putback_active_hugepage(hpage);
+        }
+        self.putback_active_hugepage(new_hpage);
+        rc
+    }
+
+    /// The PageHuge() branches of try_to_unmap_one(), mm/rmap.c, v5.8, for
+    /// migration (the only unmap of a hugetlb page): the page's entry in
+    /// `vma` (page_vma_mapped_walk()'s hugetlb case: the PMD slot, under
+    /// its lock) becomes a migration entry. With seed 003's fix
+    /// (`migrate-unshare-hugetlb-pmd`), a PMD table this mm shares is
+    /// unshared instead (huge_pmd_unshare()), and the TLB and notifier range
+    /// cover the whole PUD; reverted, the entry in the shared table is
+    /// replaced for every sharer while only this mm's TLB is flushed.
+    ///
+    /// # Locking
+    /// Called with the file's `i_mmap_rwsem` held for write
+    /// (TTU_RMAP_LOCKED); takes the PMD lock.
+    pub(crate) fn try_to_unmap_one_huge(
+        &self,
+        page: Pfn,
+        vma: &Arc<Vma>,
+        address: VirtAddr,
+    ) -> bool {
+        let _f = self.func("try_to_unmap_one");
+        let mm = self.k.mm(vma.mm);
+        let sz = self.huge_page_size();
+        let fixed = self
+            .k
+            .cfg
+            .fixes
+            .applied(crate::fixes::Fix::MigrateUnshareHugetlbPmd);
+        // For hugetlb, it could be much worse if we need to do pud
+        // invalidation in the case of pmd sharing.
+        let (start, end) = (address, VirtAddr(vma.vm_end().0.min(address.0 + sz)));
+        let (rs, re) = if fixed {
+            self.adjust_range_if_pmd_sharing_possible(vma, start, end)
+        } else {
+            (start, end)
+        };
+        self.mmu_notifier_start(&mm, NotifyEvent::Clear, rs, re);
+        // page_vma_mapped_walk(): when pud is not present, pte will be NULL
+        if let Some(ptep) = self.huge_pte_offset(&mm, address) {
+            let ptl = self.huge_pte_lockptr(ptep).lock(self);
+            // check_pte(): a present entry of this page
+            if let Pmd::Huge { pfn, .. } = self.pmd_read(ptep) {
+                if pfn == page {
+                    let mut a = address;
+                    if fixed && self.huge_pmd_unshare(&mm, &mut a, ptep) {
+                        // huge_pmd_unshare unmapped an entire PMD page: flush
+                        // them all; start/end cover this range.
+                        self.flush_tlb_range(mm.id, rs, re);
+                        self.note(|| "try_to_unmap_one(): huge_pmd_unshare()".into());
+                    } else {
+                        // Nuke the page table entry: ptep_clear_flush(). An
+                        // invlpg of an address in a 2 MiB mapping drops its
+                        // whole translation (the model's TLB holds one entry
+                        // per base page: all of them go).
+                        let pteval = self.pmdp_huge_get_and_clear(ptep);
+                        self.flush_tlb_range(mm.id, address, address.add_bytes(sz));
+                        let write = match pteval {
+                            Pmd::Huge { flags, .. } => {
+                                if flags.dirty {
+                                    self.page(page).set_flag(pg::DIRTY);
+                                }
+                                flags.write
+                            }
+                            _ => false,
+                        };
+                        self.set_pmd_at(ptep, Pmd::Migration { pfn: page, write });
+                        self.note(|| "try_to_unmap_one(): hugetlb migration entry".into());
+                        // discard:
+                        self.page_remove_rmap(page, true);
+                        drop(ptl);
+                        self.put_page(page);
+                        self.mmu_notifier_invalidate_range_end(&mm);
+                        return true;
+                    }
+                }
+            }
+            drop(ptl);
+        }
+        self.mmu_notifier_invalidate_range_end(&mm);
+        true
+    }
+
+    /// The PageHuge() branch of remove_migration_pte(), mm/migrate.c, v5.8:
+    /// `vma`'s migration entry for `old` maps `new` again (writable if the
+    /// entry was), with its rmap (hugepage_add_anon_rmap() of a private
+    /// page, page_dup_rmap() of a file page).
+    ///
+    /// # Locking
+    /// Takes the PMD lock.
+    pub(crate) fn remove_migration_pte_huge(
+        &self,
+        new: Pfn,
+        vma: &Arc<Vma>,
+        address: VirtAddr,
+        old: Pfn,
+    ) -> bool {
+        let _f = self.func("remove_migration_pte");
+        let mm = self.k.mm(vma.mm);
+        let Some(ptep) = self.huge_pte_offset(&mm, address) else {
+            return true;
+        };
+        let ptl = self.huge_pte_lockptr(ptep).lock(self);
+        if let Pmd::Migration { pfn, write } = self.pmd_read(ptep) {
+            if pfn == old {
+                self.get_page(new);
+                let mut flags = vma.vm_page_prot();
+                flags.young = false; // pte_mkold()
+                if write {
+                    self.maybe_mkwrite(&mut flags, vma);
+                }
+                self.set_pmd_at(
+                    ptep,
+                    Pmd::Huge {
+                        pfn: new,
+                        flags,
+                        invalid: false,
+                    },
+                );
+                if self.page_anon(new) {
+                    // hugepage_add_anon_rmap()
+                    if self.page(new).compound_mapcount.add_return(1) == 0 {
+                        self.unmodelled(
+                            "hugepage_add_anon_rmap() of a page not yet anonymous",
+                            Some(new),
+                        );
+                    }
+                } else {
+                    self.page_dup_rmap(new, true);
+                }
+            }
+        }
+        drop(ptl);
+        true
     }
 }
 

@@ -14,8 +14,11 @@
 //! the page is unlocked. A page remapped into a VM_LOCKED VMA is mlocked
 //! (mlock.rs).
 //!
-//! Leaves out: hugetlb pages (`unmap_and_move_huge_page`), file and
-//! swap-cache pages (a mapping's `migratepage`), non-LRU movable pages,
+//! Hugetlb pages move through `unmap_and_move_huge_page()` (hugetlb.rs),
+//! whole, as a file page (hugetlbfs_migrate_page()) or an anonymous one.
+//!
+//! Leaves out: file pages but hugetlb ones and swap-cache pages (a
+//! mapping's `migratepage`), non-LRU movable pages,
 //! PG_writeback waits (no writeback), MIGRATE_ASYNC (move_pages(2) is
 //! MIGRATE_SYNC), the split of a THP that cannot be allocated on the target
 //! node (reported as unmodelled), device-private pages, the cpuset and
@@ -49,7 +52,7 @@ pub struct MovePages {
 
 /// What unmap_and_move() returns (MIGRATEPAGE_SUCCESS or an errno).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum MigrateRc {
+pub(crate) enum MigrateRc {
     Success,
     /// -EAGAIN: try again in the next pass.
     Again,
@@ -62,6 +65,23 @@ impl<E: Engine> Cpu<E> {
     /// migration entry for `old` by a PTE mapping `new`.
     pub fn remove_migration_ptes(&self, old: Pfn, new: Pfn, locked: bool) {
         let _f = self.func("remove_migration_ptes");
+        if self.page_huge(new) {
+            // rmap_walk()/rmap_walk_locked() of the page's file or anon_vma.
+            let rmap_one = |c: &Self, vma: &Arc<crate::mm_types::Vma>, addr| {
+                c.remove_migration_pte_huge(new, vma, addr, old)
+            };
+            if self.page_file(new).is_some() {
+                self.rmap_walk_file(new, locked, rmap_one, |_| false);
+                return;
+            }
+            let lock = if locked {
+                RmapLock::Held
+            } else {
+                RmapLock::AnonVmaLockRead
+            };
+            self.rmap_walk_anon(new, lock, rmap_one, |_| false);
+            return;
+        }
         let lock = if locked {
             RmapLock::Held
         } else {
@@ -316,8 +336,13 @@ impl<E: Engine> Cpu<E> {
     fn do_move_pages_to_node(&self, pagelist: &mut Vec<Pfn>, node: u32) -> Result<usize, Errno> {
         let r = self.migrate_pages(pagelist, node);
         if r != Ok(0) {
+            // putback_movable_pages()
             for page in pagelist.drain(..) {
-                self.putback_lru_page(page);
+                if self.page_huge(page) {
+                    self.putback_active_hugepage(page);
+                } else {
+                    self.putback_lru_page(page);
+                }
             }
         }
         r
@@ -356,6 +381,16 @@ impl<E: Engine> Cpu<E> {
             Ok(false)
         } else if self.page_mapcount(page) > 1 && !migrate_all {
             Err(Errno::Eacces)
+        } else if self.page_huge(page) {
+            // Only the head's address queues the hugetlb page; another
+            // subpage's err is 0, so its status is the target node (`err ?:
+            // current_node`). The isolation's result is not looked at.
+            if self.page_head(page) {
+                self.isolate_huge_page(page, pagelist);
+                Ok(true)
+            } else {
+                Ok(false)
+            }
         } else {
             let head = self.compound_head(page);
             if self.isolate_lru_page(head) {
@@ -387,9 +422,14 @@ impl<E: Engine> Cpu<E> {
             let mut i = 0;
             while i < from.len() {
                 let page = from[i];
-                match self.unmap_and_move(page, node, pass > 2) {
+                let rc = if self.page_huge(page) {
+                    self.unmap_and_move_huge_page(page, node, pass > 2)
+                } else {
+                    self.unmap_and_move(page, node, pass > 2)
+                };
+                match rc {
                     MigrateRc::Nomem => {
-                        if self.page_trans_huge(page) {
+                        if self.page_trans_huge(page) && !self.page_huge(page) {
                             // 5.8 splits the THP onto the list and tries its
                             // subpages (split_huge_page_to_list(page, from)).
                             self.unmodelled(
@@ -544,7 +584,7 @@ impl<E: Engine> Cpu<E> {
     /// Models move_to_new_page() and migrate_page(), mm/migrate.c, v5.8, for
     /// an anonymous page without a swap cache (page_mapping() NULL):
     /// migrate_page_move_mapping(), then the copy of the bytes and states.
-    fn move_to_new_page(&self, newpage: Pfn, page: Pfn) -> MigrateRc {
+    pub(crate) fn move_to_new_page(&self, newpage: Pfn, page: Pfn) -> MigrateRc {
         let _f = self.func("move_to_new_page");
         crate::vm_bug_on_page!(
             self,
@@ -594,7 +634,7 @@ impl<E: Engine> Cpu<E> {
     /// Models migrate_page_copy() and migrate_page_states(), mm/migrate.c,
     /// v5.8: the bytes (copy_huge_page() of each subpage for a THP) and the
     /// page flags the model keeps.
-    fn migrate_page_copy(&self, newpage: Pfn, page: Pfn) {
+    pub(crate) fn migrate_page_copy(&self, newpage: Pfn, page: Pfn) {
         let nr = if self.page_trans_huge(page) {
             self.k.geo.hpage_pmd_nr()
         } else {

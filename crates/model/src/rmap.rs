@@ -329,9 +329,13 @@ impl<E: Engine> Cpu<E> {
         self.page(head).mapping.store(anon_mapping(av));
     }
 
-    /// page_to_pgoff(): the linear index of a (sub)page.
+    /// page_to_pgoff(): the linear index of a (sub)page; a hugetlb head's
+    /// index is in huge pages (PageHeadHuge(): `index << compound_order`).
     pub fn page_to_pgoff(&self, page: Pfn) -> u64 {
         let head = self.compound_head(page);
+        if head == page && self.page_huge(page) {
+            return self.page(head).index.load() << self.page(head).compound_order_peek();
+        }
         self.page(head).index.load() + (page.0 - head.0)
     }
 
@@ -496,12 +500,75 @@ impl<E: Engine> Cpu<E> {
         }
     }
 
+    /// Models rmap_walk_file(), mm/rmap.c, v5.8: `rmap_one` for each VMA of
+    /// the page's file whose range covers it, stopping when it returns false
+    /// or `done` holds. `locked`: the caller holds the file's
+    /// `i_mmap_rwsem` (rmap_walk_locked()).
+    ///
+    /// # Locking
+    /// Takes the file's `i_mmap_rwsem` for read unless the caller holds it.
+    pub fn rmap_walk_file(
+        &self,
+        page: Pfn,
+        locked: bool,
+        mut rmap_one: impl FnMut(&Self, &Arc<Vma>, VirtAddr) -> bool,
+        done: impl Fn(&Self) -> bool,
+    ) {
+        let _f = self.func("rmap_walk_file");
+        // The page lock not only makes sure that page->mapping cannot
+        // suddenly be NULLified by truncation, it makes sure that the
+        // structure at mapping cannot be freed and reused yet.
+        crate::vm_bug_on_page!(
+            self,
+            !self.page_locked(page),
+            page,
+            "VM_BUG_ON_PAGE(!PageLocked(page), page)"
+        );
+        let Some(file) = self.page_file(page) else {
+            return;
+        };
+        let inode = self.k.file(file);
+        let pgoff_start = self.page_to_pgoff(page);
+        let pgoff_end = pgoff_start + self.hpage_nr_pages(page) - 1;
+        if !locked {
+            inode.mapping.i_mmap_rwsem.down_read(self);
+        }
+        let ps = self.k.geo.page_shift;
+        for vma in inode.mappers() {
+            let v_start = vma.vm_pgoff();
+            let v_end = v_start + ((vma.vm_end().0 - vma.vm_start().0) >> ps) - 1;
+            if v_end < pgoff_start || v_start > pgoff_end {
+                continue;
+            }
+            let address = self.vma_address(page, &vma);
+            if !rmap_one(self, &vma, address) {
+                break;
+            }
+            if done(self) {
+                break;
+            }
+        }
+        if !locked {
+            inode.mapping.i_mmap_rwsem.up_read(self);
+        }
+    }
+
     /// Models try_to_unmap(), mm/rmap.c, v5.8: returns whether the page ended
-    /// up unmapped (`!page_mapcount(page)`).
+    /// up unmapped (`!page_mapcount(page)`). A file (hugetlb) page is walked
+    /// through its file's `i_mmap` (rmap_walk_file()).
     pub fn try_to_unmap(&self, page: Pfn, flags: TtuFlags) -> bool {
         let _f = self.func("try_to_unmap");
         // page_mapcount_is_zero()
         let done = |c: &Self| c.total_mapcount(page) == 0;
+        if self.page_file(page).is_some() {
+            self.rmap_walk_file(
+                page,
+                flags.rmap_locked,
+                |c, vma, addr| c.try_to_unmap_one(page, vma, addr, flags),
+                done,
+            );
+            return self.page_mapcount(page) == 0;
+        }
         // rmap_walk_locked() with TTU_RMAP_LOCKED; else rmap_walk() with
         // .anon_lock = page_lock_anon_vma_read.
         let lock = if flags.rmap_locked {
@@ -537,6 +604,9 @@ impl<E: Engine> Cpu<E> {
         address: VirtAddr,
         flags: TtuFlags,
     ) -> bool {
+        if self.page_huge(page) {
+            return self.try_to_unmap_one_huge(page, vma, address);
+        }
         let _f = self.func("try_to_unmap_one");
         let mm = self.k.mm(vma.mm);
         // munlock has nothing to gain from examining un-locked vmas.

@@ -1086,9 +1086,7 @@ impl<E: Engine> Machine<E> {
                         fast,
                     } => self.pin(cpu, &name, &mm, pin, target, *write, *fast),
                     Op::Unpin { pin } => self.unpin(cpu, pin),
-                    Op::MovePages { target, .. } | Op::Mirror { target, .. }
-                        if self.is_hugetlb_target(&name, &mm, target) =>
-                    {
+                    Op::Mirror { target, .. } if self.is_hugetlb_target(&name, &mm, target) => {
                         Err(self.err(
                             step.op_span,
                             format!("`{}` of hugetlb memory is not supported yet", op.keyword()),

@@ -16,6 +16,7 @@ const RACES: &[(&str, Fix)] = &[
     ("pinned_thp_wp_vs_dma", Fix::ThpWpAccurateMapcount),
     ("pinned_thp_wp_vs_split", Fix::ThpWpAccurateMapcount),
     ("pinned_thp_child_exit_vs_dma", Fix::ThpWpAccurateMapcount),
+    ("migrate_shared_hugetlb_pmd", Fix::MigrateUnshareHugetlbPmd),
 ];
 
 /// Race scenarios where Linux 5.8 has no failure (model defects of issue 7,

@@ -663,7 +663,7 @@ fn check_mirrors<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
 
 fn check_tlbs<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
     let k = &cpu.k;
-    let entries: Vec<_> = k
+    let mut entries: Vec<_> = k
         .tlbs
         .iter()
         .enumerate()
@@ -675,6 +675,8 @@ fn check_tlbs<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
                 .map(move |e| (i, e))
         })
         .collect();
+    // In a fixed order (a TLB is a hash map): reports are deterministic.
+    entries.sort_by_key(|&(cpu, ((mm, vpn), _))| (cpu, mm, vpn));
     for (cpu_id, ((mm_id, vpn), e)) in entries {
         let mm = k.mm(mm_id);
         if mm.exited.load(std::sync::atomic::Ordering::SeqCst) {

@@ -206,6 +206,23 @@ impl<E: Engine> RwSem<E> {
         std::mem::forget(self.write(cpu));
     }
 
+    /// `down_write_trylock()` without a guard: takes the semaphore for write
+    /// if it is free (no ordering constraint). Pair with [`RwSem::up_write`].
+    pub fn try_write(&self, cpu: &Cpu<E>) -> bool {
+        let got = self.state.update(|s| {
+            if !s.writer && s.readers == 0 {
+                s.writer = true;
+                true
+            } else {
+                false
+            }
+        });
+        if got {
+            cpu.lock_acquired(self.class, instance_of(self));
+        }
+        got
+    }
+
     /// `up_write()` of a [`RwSem::down_write`].
     pub fn up_write(&self, cpu: &Cpu<E>) {
         cpu.lock_release(instance_of(self));

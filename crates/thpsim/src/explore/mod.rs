@@ -779,8 +779,10 @@ fn shrink(p: &Prepared, start: Switches, sig: &str) -> Switches {
 fn prepare(scn: &Scenario, opts: &RunOptions) -> Result<Prepared, ScenarioError> {
     let (mut cfg, units) = configure(scn, opts)?;
     if scn.header.memory.is_none() && cfg.geometry == thpsim_model::types::Geometry::TINY {
-        // Exploration builds a machine per execution: keep it small.
-        cfg.memory_bytes = 12 * cfg.geometry.pmd_size();
+        // Exploration builds a machine per execution: keep it small, with
+        // room beside the hugetlb pool on each node.
+        let blocks = ((cfg.hugetlb_pool + 6) * cfg.nodes as u64).max(12);
+        cfg.memory_bytes = blocks * cfg.geometry.pmd_size();
     }
     Ok(Prepared {
         scn: Arc::new(scn.clone()),

@@ -18,7 +18,7 @@
 //! ([`Machine::forget_unmapped_hugetlb`]).
 //!
 //! Not supported yet: shmem (`memfd` without `hugetlb`, `mmap ... shared`
-//! of anonymous memory), `move-pages` and `mirror` over hugetlb memory.
+//! of anonymous memory), `mirror` over hugetlb memory.
 
 use super::{errno_outcome, Done, Machine};
 use std::sync::Arc;

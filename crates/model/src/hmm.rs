@@ -8,7 +8,10 @@
 //! migration entry, and gives up (-EBUSY) when an invalidation collided with
 //! the read side (`mmu_interval_check_retry()`).
 //!
-//! Leaves out: device-private entries, hugetlb, snapshots without faulting
+//! A hugetlb VMA's entries are read under their PMD lock
+//! (`hmm_vma_walk_hugetlb_entry`).
+//!
+//! Leaves out: device-private entries, snapshots without faulting
 //! (HMM_PFN_REQ_FAULT is always set), the per-range default/mask flags.
 
 use crate::cpu::Cpu;
@@ -81,7 +84,6 @@ impl<E: Engine> Cpu<E> {
         addr: VirtAddr,
         write: bool,
     ) -> Result<Option<HmmPfn>, HmmError> {
-        let g = self.k.geo;
         // hmm_vma_walk_test(): a hole, or a VMA without VM_READ, cannot be
         // faulted.
         let Some(vma) = mm.vma_at(addr) else {
@@ -90,7 +92,79 @@ impl<E: Engine> Cpu<E> {
         if vma.vm_flags() & vm::READ == 0 {
             return Err(HmmError::Fault(Errno::Efault));
         }
-        let present = match self.pmd_offset(mm, addr) {
+        let present = if vma.is_hugetlb() {
+            self.hmm_vma_walk_hugetlb_entry(mm, addr)
+        } else {
+            self.hmm_vma_walk_pmd_one(mm, addr)?
+        };
+        let Some(present) = present else {
+            return Ok(None);
+        };
+        if let Some(p) = present {
+            if !write || p.write {
+                return Ok(Some(p));
+            }
+        }
+        // hmm_vma_fault()
+        if write && vma.vm_flags() & vm::WRITE == 0 {
+            return Err(HmmError::Fault(Errno::Efault)); // -EPERM
+        }
+        let ret = self.handle_mm_fault(&VmFault::new(
+            mm.clone(),
+            vma.clone(),
+            addr,
+            FaultFlags { write },
+        ));
+        if ret.oom() {
+            return Err(HmmError::Fault(Errno::Enomem));
+        }
+        if ret.sigbus() || ret.sigsegv() {
+            return Err(HmmError::Fault(Errno::Efault));
+        }
+        Ok(None)
+    }
+
+    /// Models hmm_vma_walk_hugetlb_entry(), mm/hmm.c, v5.8: the hugetlb
+    /// entry of `addr` read under its PMD lock; a missing or non-present
+    /// one (a migration entry) is faulted (`Some(None)`; hugetlb_fault()
+    /// waits on a migration entry).
+    ///
+    /// # Locking
+    /// Takes the PMD lock.
+    fn hmm_vma_walk_hugetlb_entry(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        addr: VirtAddr,
+    ) -> Option<Option<HmmPfn>> {
+        let g = self.k.geo;
+        let Some(ptep) = self.huge_pte_offset(mm, addr) else {
+            return Some(None);
+        };
+        let ptl = self.huge_pte_lockptr(ptep).lock(self);
+        let entry = self.pmd_read(ptep);
+        drop(ptl);
+        Some(match entry {
+            Pmd::Huge {
+                pfn,
+                flags,
+                invalid: false,
+            } if !flags.protnone => Some(HmmPfn {
+                pfn: pfn.add(g.index(crate::types::Level::Pte, addr) as u64),
+                write: flags.write,
+            }),
+            _ => None,
+        })
+    }
+
+    /// hmm_vma_walk_pmd() for one page (not hugetlb): `Some(translation)`,
+    /// or `None` after a migration wait (walk again).
+    fn hmm_vma_walk_pmd_one(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        addr: VirtAddr,
+    ) -> Result<Option<Option<HmmPfn>>, HmmError> {
+        let g = self.k.geo;
+        Ok(Some(match self.pmd_offset(mm, addr) {
             None => None,
             Some(pmdp) => match self.pmd_read(pmdp) {
                 // hmm_vma_handle_pmd()
@@ -126,28 +200,6 @@ impl<E: Engine> Cpu<E> {
                 }
                 _ => None,
             },
-        };
-        if let Some(p) = present {
-            if !write || p.write {
-                return Ok(Some(p));
-            }
-        }
-        // hmm_vma_fault()
-        if write && vma.vm_flags() & vm::WRITE == 0 {
-            return Err(HmmError::Fault(Errno::Efault)); // -EPERM
-        }
-        let ret = self.handle_mm_fault(&VmFault::new(
-            mm.clone(),
-            vma.clone(),
-            addr,
-            FaultFlags { write },
-        ));
-        if ret.oom() {
-            return Err(HmmError::Fault(Errno::Enomem));
-        }
-        if ret.sigbus() || ret.sigsegv() {
-            return Err(HmmError::Fault(Errno::Efault));
-        }
-        Ok(None)
+        }))
     }
 }

@@ -1086,12 +1086,6 @@ impl<E: Engine> Machine<E> {
                         fast,
                     } => self.pin(cpu, &name, &mm, pin, target, *write, *fast),
                     Op::Unpin { pin } => self.unpin(cpu, pin),
-                    Op::Mirror { target, .. } if self.is_hugetlb_target(&name, &mm, target) => {
-                        Err(self.err(
-                            step.op_span,
-                            format!("`{}` of hugetlb memory is not supported yet", op.keyword()),
-                        ))
-                    }
                     Op::MovePages { target, node, all } => {
                         self.move_pages(cpu, &name, &mm, target, node.value, *all)
                     }

@@ -18,7 +18,7 @@
 //! ([`Machine::forget_unmapped_hugetlb`]).
 //!
 //! Not supported yet: shmem (`memfd` without `hugetlb`, `mmap ... shared`
-//! of anonymous memory), `mirror` over hugetlb memory.
+//! of anonymous memory).
 
 use super::{errno_outcome, Done, Machine};
 use std::sync::Arc;
@@ -28,7 +28,7 @@ use thpsim_model::mmap::Prot;
 use thpsim_model::task_mmu::MapKind;
 use thpsim_model::types::VirtAddr;
 use thpsim_model::{Cpu, Engine};
-use thpsim_scenario::{Backing, Name, Op, Outcome, Quantity, Scenario, ScenarioError, Target};
+use thpsim_scenario::{Backing, Name, Op, Outcome, Quantity, Scenario, ScenarioError};
 
 /// Refuses what this version does not run (exit 2, the line named).
 pub(super) fn check_supported(scn: &Scenario) -> Result<(), ScenarioError> {
@@ -150,15 +150,6 @@ impl<E: Engine> Machine<E> {
             }
             Err(e) => Ok(Done::outcome(errno_outcome(e))),
         }
-    }
-
-    /// Whether `target` of `owner` lies in a hugetlb mapping (for the steps
-    /// that do not support one yet).
-    pub(super) fn is_hugetlb_target(&self, owner: &str, mm: &MmStruct<E>, target: &Target) -> bool {
-        self.range(owner, target)
-            .ok()
-            .and_then(|(s, _)| mm.vma_at(VirtAddr(s)))
-            .is_some_and(|v| v.is_hugetlb())
     }
 
     /// The oracle forgets what the kernel took away on purpose: the pages a

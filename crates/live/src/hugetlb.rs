@@ -196,12 +196,14 @@ pub fn settle_pool(want: u64) -> Result<Pool, String> {
     ))
 }
 
-/// `memfd F SIZE hugetlb`: a hugetlbfs memfd of `len` bytes (a multiple of
-/// 2 MiB). The error carries the errno of memfd_create or ftruncate.
-pub fn memfd(name: &str, len: u64) -> io::Result<OwnedFd> {
+/// `memfd F SIZE [hugetlb]`: a hugetlbfs memfd of `len` bytes (a multiple
+/// of 2 MiB), or a shmem one. The error carries the errno of memfd_create or
+/// ftruncate.
+pub fn memfd(name: &str, len: u64, hugetlb: bool) -> io::Result<OwnedFd> {
     let cname = CString::new(format!("thpsim-{name}")).map_err(io::Error::other)?;
+    let flags = libc::MFD_CLOEXEC | if hugetlb { libc::MFD_HUGETLB } else { 0 };
     // SAFETY: a plain syscall with a NUL-terminated name.
-    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_HUGETLB | libc::MFD_CLOEXEC) };
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -105,43 +105,9 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
     let mut split = None;
     let mut deferred = None;
     let mut first_pin = None;
-    // The hugetlb files made so far (`memfd F SIZE hugetlb`).
-    let mut hugetlb_files = HashSet::new();
     for step in scn.steps() {
         match &step.op {
-            Op::Mmap {
-                shared, backing, ..
-            } => match &backing.value {
-                Backing::Anon if *shared => {
-                    return Err(unsupported(
-                        step.op_span,
-                        "`mmap ... shared` (shared anonymous memory, shmem) is not supported yet"
-                            .into(),
-                    ));
-                }
-                Backing::Anon | Backing::Hugetlb => {}
-                Backing::File(f) => {
-                    if !hugetlb_files.contains(f.text.as_str()) {
-                        return Err(unsupported(
-                            backing.span,
-                            format!(
-                                "`mmap ... file={f}` of a shmem file (`memfd` without \
-                                 `hugetlb`) is not supported yet"
-                            ),
-                        ));
-                    }
-                }
-            },
-            Op::Memfd { file, hugetlb, .. } => {
-                if !*hugetlb {
-                    return Err(unsupported(
-                        step.op_span,
-                        "`memfd F SIZE` without `hugetlb` (a shmem file) is not supported yet"
-                            .into(),
-                    ));
-                }
-                hugetlb_files.insert(file.text.as_str());
-            }
+            Op::Mmap { .. } | Op::Memfd { .. } => {}
             Op::Madvise { advice, .. } => {
                 if !matches!(
                     advice.value,
@@ -518,6 +484,8 @@ struct Runner<'a> {
     /// The scenario's files (`memfd`), by name: the controller's, so that
     /// any process can map them (see `hugetlb`).
     files: HashMap<String, OwnedFd>,
+    /// The shmem ones among them (`memfd F SIZE` without `hugetlb`).
+    shmem_files: HashSet<String>,
 }
 
 impl<'a> Runner<'a> {
@@ -821,6 +789,13 @@ impl<'a> Runner<'a> {
                                 .ok_or_else(|| self.invalid(size.span, "size too large"))
                         };
                         let (len, req, fd) = match &backing.value {
+                            Backing::Anon if *shared => {
+                                // shmem_zero_setup(): placed as anonymous
+                                // memory is (PMD-aligned), as the model does.
+                                let len = len.div_ceil(PAGE) * PAGE;
+                                let flags = libc::MAP_SHARED | libc::MAP_ANONYMOUS;
+                                (len, [agent::OP_MMAP, len, flags as u64, HPAGE], None)
+                            }
                             Backing::Anon => {
                                 let len = len.div_ceil(PAGE) * PAGE;
                                 (len, [agent::OP_MMAP, len, 0, 0], None)
@@ -841,7 +816,14 @@ impl<'a> Runner<'a> {
                                         ),
                                     ));
                                 };
-                                let len = huge(len)?;
+                                // A hugetlb file's length is rounded up to
+                                // the huge page size (ksys_mmap_pgoff()), a
+                                // shmem file's to a page.
+                                let len = if self.shmem_files.contains(&f.text) {
+                                    len.div_ceil(PAGE) * PAGE
+                                } else {
+                                    huge(len)?
+                                };
                                 let align = hugetlb::alignment(len);
                                 let req = [agent::OP_MMAP, len, share as u64, align];
                                 (len, req, Some(fd.as_raw_fd()))
@@ -862,17 +844,22 @@ impl<'a> Runner<'a> {
                     Op::Memfd {
                         file,
                         size,
-                        hugetlb: true,
+                        hugetlb,
                     } => {
                         // Made by the controller, which keeps it for every
-                        // process (see `hugetlb`).
+                        // process (see `hugetlb`): sized to a huge page
+                        // (hugetlb) or a page (shmem).
+                        let unit = if *hugetlb { HPAGE } else { PAGE };
                         let len = self
                             .resolve(size)?
-                            .checked_next_multiple_of(HPAGE)
+                            .checked_next_multiple_of(unit)
                             .ok_or_else(|| self.invalid(size.span, "size too large"))?;
-                        match hugetlb::memfd(&file.text, len) {
+                        match hugetlb::memfd(&file.text, len, *hugetlb) {
                             Ok(fd) => {
                                 self.files.insert(file.text.clone(), fd);
+                                if !*hugetlb {
+                                    self.shmem_files.insert(file.text.clone());
+                                }
                                 ok
                             }
                             Err(e) => Ok((
@@ -1313,6 +1300,7 @@ pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
         pins: HashMap::new(),
         device: None,
         files: HashMap::new(),
+        shmem_files: HashSet::new(),
     };
     let result = runner.run_items();
     let end = Snapshot::now();
@@ -1364,9 +1352,9 @@ mod tests {
     }
 
     /// hugetlb mappings and files pass preflight where this kernel has
-    /// 2 MiB hugetlb pages; shmem files and shared anonymous memory do not.
+    /// 2 MiB hugetlb pages; shmem files and shared anonymous memory pass.
     #[test]
-    fn hugetlb_passes_preflight_and_shmem_does_not() {
+    fn hugetlb_and_shmem_pass_preflight() {
         let src = "hugetlb-pool 2\nprocess P\nP: mmap A 1h hugetlb\nP: mmap B 1h hugetlb shared\n\
                    P: memfd F 1h hugetlb\nP: mmap C 1h file=F shared\nexpect P A[0] hugetlb\n";
         let scn = thpsim_scenario::parse("t.thp", src).expect("valid");
@@ -1375,22 +1363,12 @@ mod tests {
             (Err(LiveError::Unsupported { line: 1, what }), Err(why)) => assert_eq!(what, why),
             (got, avail) => panic!("{got:?} with hugetlb {avail:?}"),
         }
-        for (src, line, what) in [
-            (
-                "process P\nP: memfd F 1h\nP: mmap A 1h file=F shared\n",
-                2,
-                "without `hugetlb`",
-            ),
-            ("process P\nP: mmap A 1h shared\n", 2, "shmem"),
+        for src in [
+            "process P\nP: memfd F 1h\nP: mmap A 1h file=F shared\n",
+            "process P\nP: mmap A 1h shared\n",
         ] {
             let scn = thpsim_scenario::parse("t.thp", src).expect("valid");
-            match preflight(&scn) {
-                Err(LiveError::Unsupported { line: l, what: w }) => {
-                    assert_eq!(l, line, "{src}: {w}");
-                    assert!(w.contains(what) && w.contains("not supported yet"), "{w}");
-                }
-                other => panic!("{src}: {other:?}"),
-            }
+            assert!(preflight(&scn).is_ok(), "{src}");
         }
     }
 

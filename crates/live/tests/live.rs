@@ -347,19 +347,6 @@ fn later_features_are_unsupported_before_anything_runs() {
         run_live(&scn),
         Err(LiveError::Unsupported { line: 1, .. })
     ));
-    let scn = scenario("process P\nP: mmap A 1h shared\n");
-    assert!(matches!(
-        run_live(&scn),
-        Err(LiveError::Unsupported { line: 2, .. })
-    ));
-    // shmem files, and mappings of them, stay unsupported.
-    let scn = scenario("process P\nP: memfd F 1h\nP: mmap A 1h file=F shared\n");
-    match run_live(&scn) {
-        Err(LiveError::Unsupported { line: 2, what }) => {
-            assert!(what.contains("not supported yet"), "{what}")
-        }
-        other => panic!("{other:?}"),
-    }
 }
 
 /// Taken by the tests that read the settings before and after runs and by

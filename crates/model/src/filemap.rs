@@ -9,7 +9,7 @@
 //! reservation map (`inode->i_mapping->private_data`). Files live in the
 //! kernel's arena by [`FileId`].
 //!
-//! Leaves out: every file system but hugetlbfs (shmem is a later issue),
+//! Leaves out: every file system but hugetlbfs and shmem,
 //! the xarray's own structure (a sorted map), writeback, truncation by
 //! ftruncate(2) after creation, readahead and the LRU of file pages (hugetlb
 //! pages are never on it). The i_mmap interval tree is a list filtered by
@@ -54,8 +54,10 @@ pub struct Inode<E: Engine> {
     pub resv_map: ResvMapId,
     /// Open references (`struct file` count): one per VMA mapping it, plus
     /// one for a memfd's descriptor. When the last goes, the inode is
-    /// evicted (hugetlbfs_evict_inode()).
+    /// evicted (hugetlbfs_evict_inode(), shmem_evict_inode()).
     pub refs: AtomicUsize,
+    /// A shmem file (shmem.rs), not a hugetlbfs one.
+    pub shmem: bool,
 }
 
 impl<E: Engine> Inode<E> {
@@ -72,6 +74,7 @@ impl<E: Engine> Inode<E> {
             },
             resv_map,
             refs: AtomicUsize::new(0),
+            shmem: false,
         }
     }
 
@@ -102,6 +105,7 @@ impl<E: Engine> Inode<E> {
             },
             resv_map: self.resv_map,
             refs: AtomicUsize::new(self.refs.load(SeqCst)),
+            shmem: self.shmem,
         }
     }
 

@@ -52,6 +52,11 @@ impl<E: Engine> Cpu<E> {
         if f & vm::NOHUGEPAGE != 0 {
             return false;
         }
+        // vma_is_shmem(): shmem_huge_enabled(), `never` (the default
+        // shmem_enabled).
+        if !vma.is_anonymous() {
+            return false;
+        }
         match self.k.cfg.thp {
             ThpPolicy::Always => true,
             ThpPolicy::Madvise => f & vm::HUGEPAGE != 0,

@@ -95,7 +95,11 @@ impl<E: Engine> Cpu<E> {
     pub fn fput(&self, file: FileId) {
         let inode = self.k.file(file);
         if inode.refs.fetch_sub(1, SeqCst) == 1 {
-            self.hugetlbfs_evict_inode(&inode);
+            if inode.shmem {
+                self.shmem_evict_inode(&inode);
+            } else {
+                self.hugetlbfs_evict_inode(&inode);
+            }
         }
     }
 

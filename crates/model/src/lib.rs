@@ -29,7 +29,9 @@
 //! - [`hugetlb`]: the hugetlb pool, reservations, faults, COW, fork and
 //!   unmap [mm/hugetlb.c]; [`hugetlbfs`]: its files (MAP_HUGETLB,
 //!   memfd_create(MFD_HUGETLB)) [fs/hugetlbfs/inode.c]; [`filemap`]: inodes,
-//!   address spaces and the page cache [include/linux/fs.h, mm/filemap.c].
+//!   address spaces and the page cache [include/linux/fs.h, mm/filemap.c];
+//!   [`shmem`]: shared memory files and the file fault path [mm/shmem.c,
+//!   mm/memory.c].
 //! - [`swapfile`]: the reuse rule [mm/swapfile.c].
 //! - [`mmap`], [`mprotect`], [`madvise`], [`mlock`], [`khugepaged`], [`fork`]:
 //!   system calls [mm/mmap.c, mprotect.c, madvise.c, mlock.c, khugepaged.c,
@@ -69,6 +71,7 @@ pub mod page_alloc;
 pub mod page_vma_mapped;
 pub mod pgtable;
 pub mod rmap;
+pub mod shmem;
 pub mod swapfile;
 pub mod sync;
 pub mod task_mmu;

@@ -10,7 +10,10 @@
 //! `zap_page_range`, `free_pgtables`) with the mmu_gather batching of
 //! mm/mmu_gather.c: pages are freed only after the TLB flush.
 //!
-//! Leaves out: file-backed and shared faults, swap-in (a later issue),
+//! File faults (shmem) are in shmem.rs (`do_fault()`), hugetlb faults in
+//! hugetlb.rs.
+//!
+//! Leaves out: swap-in (a later issue),
 //! userfaultfd, NUMA hinting faults, mmu notifiers (no secondary MMU yet), RSS
 //! counters, `VM_FAULT_RETRY`.
 
@@ -36,6 +39,8 @@ impl VmFaultT {
     pub const WRITE: VmFaultT = VmFaultT(0x8);
     pub const SIGSEGV: VmFaultT = VmFaultT(0x40);
     pub const FALLBACK: VmFaultT = VmFaultT(0x800);
+    /// VM_FAULT_NOPAGE: the fault installed nothing (another CPU did).
+    pub const NOPAGE: VmFaultT = VmFaultT(0x100);
 
     /// VM_FAULT_WRITE: the fault broke COW (or reused the page) for a write.
     pub fn write(self) -> bool {
@@ -401,7 +406,16 @@ impl<E: Engine> Cpu<E> {
             }
         }
         let Some(pte) = vmf.pte else {
-            return self.do_anonymous_page(vmf);
+            if vmf.vma.is_anonymous() {
+                return self.do_anonymous_page(vmf);
+            }
+            let r = self.do_fault(vmf);
+            // VM_FAULT_NOPAGE: someone else mapped it; the access retries.
+            return if r == VmFaultT::NOPAGE {
+                VmFaultT::NONE
+            } else {
+                r
+            };
         };
         let entry = vmf.orig_pte;
         if !entry.is_present() {
@@ -569,6 +583,13 @@ impl<E: Engine> Cpu<E> {
             return self.wp_page_copy(vmf, None);
         };
         let mut ptl = ptl;
+        let f = vmf.vma.vm_flags();
+        if f & (vm::WRITE | vm::SHARED) == vm::WRITE | vm::SHARED {
+            // wp_page_shared(): shmem has no page_mkwrite; the page is
+            // reused (wp_page_reuse()).
+            self.wp_page_reuse(vmf, ptl);
+            return VmFaultT::WRITE;
+        }
         if self.page_anon(page) {
             if !self.trylock_page(page) {
                 self.get_page(page);

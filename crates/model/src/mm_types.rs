@@ -183,9 +183,8 @@ impl Vma {
     pub fn contains(&self, addr: VirtAddr) -> bool {
         self.vm_start() <= addr && addr < self.vm_end()
     }
-    /// vma_is_anonymous(): memory without vm_ops; a hugetlb VMA has
-    /// hugetlb_vm_ops. DIVERGENCE: shared anonymous memory (shmem) is not
-    /// modelled yet, so every other VMA is anonymous and private.
+    /// vma_is_anonymous(): memory without vm_ops; a file VMA (hugetlbfs,
+    /// shmem: also MAP_SHARED|MAP_ANONYMOUS memory) has them.
     pub fn is_anonymous(&self) -> bool {
         self.vm_file.is_none()
     }

@@ -10,7 +10,10 @@
 //! through the same paths with their vm_ops (split, open, close) called by
 //! name.
 //!
-//! Leaves out: other file and shared mappings (shmem, a later issue), MAP_FIXED,
+//! Shared memory (shmem: MAP_SHARED|MAP_ANONYMOUS and a memfd's) goes through
+//! `do_mmap_shmem`.
+//!
+//! Leaves out: other file mappings and private file mappings, MAP_FIXED,
 //! stack guard gaps, `vm_unmapped_area`'s top-down search (DIVERGENCE: regions
 //! are placed bottom-up, aligned as asked, one PMD apart so that separate
 //! mmaps never merge; thpsim conform places them the same way), accounting
@@ -115,10 +118,9 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// Models do_mmap()/mmap_region() of a hugetlbfs file, mm/mmap.c, v5.8:
-    /// MAP_HUGETLB (ksys_mmap_pgoff(): `len` is rounded up to the huge page
-    /// size and an unlinked file made, `file` None) or a MAP_SHARED mapping
-    /// of a memfd (`file`; its `len` must be a multiple of the huge page
-    /// size: hugetlb_get_unmapped_area() says EINVAL). The region is
+    /// MAP_HUGETLB (`file` None: an unlinked file is made) or a MAP_SHARED
+    /// mapping of a memfd (`file`); ksys_mmap_pgoff() rounds `len` up to the
+    /// huge page size in both cases. The region is
     /// placed PUD-aligned when it is at least a PUD long (thpsim's placement
     /// for PMD sharing, which the live runner follows), else PMD-aligned.
     /// hugetlbfs_file_mmap() reserves its pages: ENOMEM if the pool cannot.
@@ -139,17 +141,10 @@ impl<E: Engine> Cpu<E> {
         if len == 0 {
             return Err(Errno::Einval);
         }
-        let (len, file) = match file {
-            Some(f) => {
-                if len & (hsz - 1) != 0 {
-                    return Err(Errno::Einval);
-                }
-                (len, f)
-            }
-            None => {
-                let len = len.checked_next_multiple_of(hsz).ok_or(Errno::Enomem)?;
-                (len, self.hugetlb_file_setup(None, len))
-            }
+        let len = len.checked_next_multiple_of(hsz).ok_or(Errno::Enomem)?;
+        let file = match file {
+            Some(f) => f,
+            None => self.hugetlb_file_setup(None, len),
         };
         let _mmap = mm.mmap_lock.write(self);
         let g = self.k.geo;
@@ -184,6 +179,57 @@ impl<E: Engine> Cpu<E> {
             self.fput(file);
             return Err(e);
         }
+        self.insert_vma(mm, vma.clone());
+        self.vma_link_file(&vma);
+        Ok(addr)
+    }
+
+    /// Models do_mmap()/mmap_region() of a MAP_SHARED shmem mapping, mm/mmap.c,
+    /// v5.8: of `file` (a memfd; placed PUD-aligned when at least a PUD long,
+    /// as thpsim places file mappings), or, `file` None, of a new file of
+    /// `len` bytes (MAP_SHARED|MAP_ANONYMOUS: shmem_zero_setup(), placed
+    /// PMD-aligned as anonymous mappings are). shmem_mmap() sets the vm_ops
+    /// and nothing else: no reservation.
+    ///
+    /// # Locking
+    /// Takes `mmap_lock` for write; links the VMA into the file's `i_mmap`.
+    pub fn do_mmap_shmem(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        len: u64,
+        prot: Prot,
+        file: Option<crate::types::FileId>,
+    ) -> Result<VirtAddr, Errno> {
+        let _f = self.func("do_mmap");
+        if len == 0 {
+            return Err(Errno::Einval);
+        }
+        let len = self.page_align(len);
+        let g = self.k.geo;
+        let align = if file.is_some() && len >= g.pud_size() {
+            g.pud_size()
+        } else {
+            g.pmd_size()
+        };
+        let _mmap = mm.mmap_lock.write(self);
+        let addr = self
+            .get_unmapped_area(mm, len, align)
+            .ok_or(Errno::Enomem)?;
+        let file = file.unwrap_or_else(|| self.shmem_file_setup(None, len));
+        let flags =
+            prot.vm_bits() | vm::MAYREAD | vm::MAYWRITE | vm::MAYEXEC | vm::SHARED | vm::MAYSHARE;
+        let vma = Arc::new(
+            Vma::new(
+                self.k.new_vma_id(),
+                mm.id,
+                addr,
+                addr.add_bytes(len),
+                0,
+                flags,
+            )
+            .with_file(Some(file)),
+        );
+        self.get_file(file);
         self.insert_vma(mm, vma.clone());
         self.vma_link_file(&vma);
         Ok(addr)

@@ -14,7 +14,9 @@
 //! `rmap-pmd-under-ptl` is in (the default), so split_huge_page() walks as
 //! 5.13 does unless the fix is reverted.
 //!
-//! Leaves out: hugetlb (a later issue), device-private entries.
+//! Leaves out: device-private entries; hugetlb's case of the walk (its PMD
+//! slot under its lock) is in hugetlb.rs's `try_to_unmap_one_huge` and
+//! `remove_migration_pte_huge`.
 
 use crate::cpu::Cpu;
 use crate::engine::Engine;

@@ -162,8 +162,12 @@ impl<E: Engine> Cpu<E> {
             return None;
         }
         let g = self.k.geo;
-        let idx = self.vma_hugecache_offset(&vma, addr);
         let inode = self.k.all_files().into_iter().find(|f| f.id == file)?;
+        if inode.shmem {
+            let idx = vma.linear_page_index(addr, g.page_shift);
+            return inode.cached().get(&idx).copied();
+        }
+        let idx = self.vma_hugecache_offset(&vma, addr);
         let head = inode.cached().get(&idx).copied()?;
         Some(head.add(g.index(Level::Pte, addr) as u64))
     }

@@ -167,7 +167,6 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
                 | Feature::Memfd
         )
     })?;
-    hugetlb::check_supported(scn)?;
     let geometry = match geo_name {
         thpsim_scenario::Geometry::X86_64 => Geometry::X86_64,
         thpsim_scenario::Geometry::Tiny => Geometry::TINY,
@@ -984,10 +983,14 @@ impl<E: Engine> Machine<E> {
                         size,
                         shared,
                         backing,
-                    } if backing.value != Backing::Anon => {
+                    } if backing.value != Backing::Anon || *shared => {
                         self.mmap_hugetlb(cpu, &name, &mm, region, size, *shared, &backing.value)
                     }
-                    Op::Memfd { file, size, .. } => self.memfd(cpu, file, size),
+                    Op::Memfd {
+                        file,
+                        size,
+                        hugetlb,
+                    } => self.memfd(cpu, file, size, *hugetlb),
                     Op::Mmap { region, size, .. } => {
                         let len = self.scn.resolve(size, &self.units)?;
                         if len == 0 {
@@ -1086,6 +1089,9 @@ impl<E: Engine> Machine<E> {
                         fast,
                     } => self.pin(cpu, &name, &mm, pin, target, *write, *fast),
                     Op::Unpin { pin } => self.unpin(cpu, pin),
+                    Op::MovePages { target, .. } if self.is_shmem_target(&name, &mm, target) => {
+                        Err(self.err(step.op_span, "`move-pages` of shmem is not supported yet"))
+                    }
                     Op::MovePages { target, node, all } => {
                         self.move_pages(cpu, &name, &mm, target, node.value, *all)
                     }

@@ -117,20 +117,28 @@ fn missing_file_and_unknown_fix_exit_2() {
 #[test]
 fn unsupported_features_exit_2_not_yet() {
     let p = write_tmp(
-        "shmem.thp",
-        "process P\nP: memfd F 1h\nP: mmap A 1h file=F shared\n",
+        "pageout.thp",
+        "process P\nP: mmap A 1h\nP: madvise A[..] pageout\n",
     );
     let out = thpsim(&["run", p.to_str().expect("utf8")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr.contains("line 2") && stderr.contains("not supported yet"),
+        stderr.contains("line 3") && stderr.contains("not supported yet"),
         "{stderr}"
     );
-    let p = write_tmp("shared.thp", "process P\nP: mmap A 1h shared\n");
+    // `move-pages` of shmem memory is refused when the step runs.
+    let p = write_tmp(
+        "shmem_move.thp",
+        "nodes 2\nprocess P\nP: mmap A 1h shared\nP: write A[0] = 1\nP: move-pages A[..] node=1\n",
+    );
     let out = thpsim(&["run", p.to_str().expect("utf8")]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not supported yet"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 5") && stderr.contains("not supported yet"),
+        "{stderr}"
+    );
 }
 
 #[test]

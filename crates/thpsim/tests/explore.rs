@@ -33,6 +33,7 @@ const CLEAN: &[&str] = &[
     "mirror_write_vs_cow",
     "hugetlb_shared_fault_vs_unmap",
     "hugetlb_fork_vs_write",
+    "shmem_fault_vs_zap",
 ];
 
 fn root() -> PathBuf {

@@ -277,34 +277,50 @@ fn check_rmap<E: Engine>(
         None => pfn,
     };
     let hp = cpu.k.mem.page(head);
-    let Some(av) = hp.anon_vma_peek() else {
+    if let Some(f) = crate::page::mapping_file(hp.mapping.peek()) {
+        // A shmem page: its file's i_mmap reaches the VMA.
+        let reaches =
+            vma.vm_file == Some(f) && cpu.k.file(f).mappers().iter().any(|v| Arc::ptr_eq(v, vma));
+        if !reaches {
+            t.fail(
+                inv::AUDIT_RMAP,
+                format!(
+                    "mm {} {:?}: the file page's file does not reach the VMA mapping it",
+                    mm.id.0, addr
+                ),
+                Some(pfn),
+            );
+        }
+    } else if hp.anon_vma_peek().is_none() {
         t.fail(
             inv::AUDIT_RMAP,
             format!(
-                "mm {} {:?}: mapped page is not anonymous (no anon_vma)",
+                "mm {} {:?}: mapped page is neither anonymous (no anon_vma) nor a file's",
                 mm.id.0, addr
             ),
             Some(pfn),
         );
         return;
-    };
-    let reaches = cpu
-        .k
-        .anon_vma(av)
-        .vmas
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .any(|v| Arc::ptr_eq(v, vma));
-    if !reaches {
-        t.fail(
-            inv::AUDIT_RMAP,
-            format!(
-                "mm {} {:?}: the page's anon_vma does not reach the VMA mapping it",
-                mm.id.0, addr
-            ),
-            Some(pfn),
-        );
+    } else {
+        let av = hp.anon_vma_peek().expect("checked");
+        let reaches = cpu
+            .k
+            .anon_vma(av)
+            .vmas
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|v| Arc::ptr_eq(v, vma));
+        if !reaches {
+            t.fail(
+                inv::AUDIT_RMAP,
+                format!(
+                    "mm {} {:?}: the page's anon_vma does not reach the VMA mapping it",
+                    mm.id.0, addr
+                ),
+                Some(pfn),
+            );
+        }
     }
     let pgoff = hp.index.peek() + (pfn.0 - head.0);
     let expect = vma.vm_start().0 as i128
@@ -509,16 +525,18 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
             );
         }
         let pins = t.pin_refs.get(&p).copied().unwrap_or(0);
-        if refcount != ptes + pins {
+        let cached = t.cached.contains_key(&p) as i64;
+        if refcount != ptes + pins + cached {
             t.fail(
                 inv::AUDIT_REFCOUNT,
                 format!(
-                    "page {pfn}: refcount {refcount}, but it has {ptes} mappings, {pins} pin references and no other user"
+                    "page {pfn}: refcount {refcount}, but it has {ptes} mappings, {pins} pin references{} and no other user",
+                    if cached != 0 { ", a page-cache reference" } else { "" }
                 ),
                 Some(p),
             );
         }
-        if ptes == 0 && pins == 0 {
+        if ptes == 0 && pins == 0 && cached == 0 {
             t.fail(
                 inv::AUDIT_LEAK,
                 format!("page {pfn} is allocated but mapped nowhere"),

@@ -17,8 +17,11 @@
 //! oracle forgets the pages such a VMA no longer maps
 //! ([`Machine::forget_unmapped_hugetlb`]).
 //!
-//! Not supported yet: shmem (`memfd` without `hugetlb`, `mmap ... shared`
-//! of anonymous memory).
+//! Shared memory (shmem, `thpsim_model::shmem`) takes the same steps:
+//! `memfd F SIZE` without `hugetlb`, `mmap A SIZE shared` of anonymous
+//! memory (a file of its own), `mmap A SIZE file=F shared` of a shmem file.
+//!
+//! Not supported yet: `move-pages` of shmem memory.
 
 use super::{errno_outcome, Done, Machine};
 use std::sync::Arc;
@@ -28,33 +31,7 @@ use thpsim_model::mmap::Prot;
 use thpsim_model::task_mmu::MapKind;
 use thpsim_model::types::VirtAddr;
 use thpsim_model::{Cpu, Engine};
-use thpsim_scenario::{Backing, Name, Op, Outcome, Quantity, Scenario, ScenarioError};
-
-/// Refuses what this version does not run (exit 2, the line named).
-pub(super) fn check_supported(scn: &Scenario) -> Result<(), ScenarioError> {
-    for step in scn.steps() {
-        match &step.op {
-            Op::Mmap {
-                shared: true,
-                backing,
-                ..
-            } if backing.value == Backing::Anon => {
-                return Err(scn.error_at(
-                    step.op_span,
-                    "`mmap ... shared` (shared anonymous memory, shmem) is not supported yet",
-                ));
-            }
-            Op::Memfd { hugetlb: false, .. } => {
-                return Err(scn.error_at(
-                    step.op_span,
-                    "`memfd` without `hugetlb` is not supported yet (shmem)",
-                ));
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
+use thpsim_scenario::{Backing, Name, Outcome, Quantity, Scenario, ScenarioError};
 
 /// The pool must fit in each node's memory, with room for the rest (the
 /// zero page's block and page tables): at most the node's huge pages less
@@ -104,9 +81,23 @@ impl<E: Engine> Machine<E> {
             }
             _ => None,
         };
-        match cpu.do_mmap_hugetlb(mm, len, Prot::ReadWrite, shared, file) {
+        let shmem = match file {
+            Some(f) => cpu.k.file(f).shmem,
+            None => *backing == Backing::Anon,
+        };
+        let r = if shmem {
+            cpu.do_mmap_shmem(mm, len, Prot::ReadWrite, file)
+        } else {
+            cpu.do_mmap_hugetlb(mm, len, Prot::ReadWrite, shared, file)
+        };
+        match r {
             Ok(addr) => {
-                let len = len.div_ceil(cpu.huge_page_size()) * cpu.huge_page_size();
+                let unit = if shmem {
+                    cpu.k.geo.page_size()
+                } else {
+                    cpu.huge_page_size()
+                };
+                let len = len.div_ceil(unit) * unit;
                 let mut st = self.st();
                 st.procs
                     .get_mut(owner)
@@ -118,7 +109,7 @@ impl<E: Engine> Machine<E> {
                         Backing::File(f) => format!("file {f}"),
                         _ => {
                             st.shared_maps += 1;
-                            format!("shared hugetlb mapping #{}", st.shared_maps)
+                            format!("shared mapping #{}", st.shared_maps)
                         }
                     };
                     st.oracle.on_mmap_shared(owner, addr.0, len, &obj, 0);
@@ -131,25 +122,50 @@ impl<E: Engine> Machine<E> {
         }
     }
 
-    /// `P: memfd F SIZE hugetlb`.
+    /// `P: memfd F SIZE [hugetlb]`: sized to SIZE rounded up to a huge page
+    /// (hugetlb) or a page (shmem).
     pub(super) fn memfd(
         &self,
         cpu: &Cpu<E>,
         file: &Name,
         size: &Quantity,
+        hugetlb: bool,
     ) -> Result<Done, ScenarioError> {
         let len = self.scn.resolve(size, &self.units)?;
-        let hsz = cpu.huge_page_size();
-        let Some(len) = len.checked_next_multiple_of(hsz) else {
+        let unit = if hugetlb {
+            cpu.huge_page_size()
+        } else {
+            cpu.k.geo.page_size()
+        };
+        let Some(len) = len.checked_next_multiple_of(unit) else {
             return Ok(Done::outcome(Outcome::Enomem));
         };
-        match cpu.memfd_create_hugetlb(&file.text, len) {
+        let r = if hugetlb {
+            cpu.memfd_create_hugetlb(&file.text, len)
+        } else {
+            Ok(cpu.memfd_create_shmem(&file.text, len))
+        };
+        match r {
             Ok(id) => {
                 self.st().files.insert(file.text.clone(), id);
                 Ok(Done::ok())
             }
             Err(e) => Ok(Done::outcome(errno_outcome(e))),
         }
+    }
+
+    /// Whether `target` of `owner` lies in a shmem mapping (whose migration
+    /// is not modelled yet).
+    pub(super) fn is_shmem_target(
+        &self,
+        owner: &str,
+        mm: &MmStruct<E>,
+        target: &thpsim_scenario::Target,
+    ) -> bool {
+        self.range(owner, target)
+            .ok()
+            .and_then(|(s, _)| mm.vma_at(VirtAddr(s)))
+            .is_some_and(|v| v.vm_file.is_some() && !v.is_hugetlb())
     }
 
     /// The oracle forgets what the kernel took away on purpose: the pages a

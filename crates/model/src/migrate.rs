@@ -82,6 +82,16 @@ impl<E: Engine> Cpu<E> {
             self.rmap_walk_anon(new, lock, rmap_one, |_| false);
             return;
         }
+        if self.page_file(new).is_some() {
+            // A shmem page: rmap_walk_file().
+            self.rmap_walk_file(
+                new,
+                locked,
+                |c, vma, addr| c.remove_migration_pte(new, vma, addr, old),
+                |_| false,
+            );
+            return;
+        }
         let lock = if locked {
             RmapLock::Held
         } else {
@@ -163,7 +173,11 @@ impl<E: Engine> Cpu<E> {
                 self.maybe_mkwrite(&mut flags, vma);
             }
             self.set_pte_at(pte, Pte::Present { pfn: new, flags });
-            self.page_add_anon_rmap(new, vma, pvmw.address, false);
+            if self.page_anon(new) {
+                self.page_add_anon_rmap(new, vma, pvmw.address, false);
+            } else {
+                self.page_dup_rmap(new, false); // page_add_file_rmap()
+            }
             // A subpage of a split THP in a VM_LOCKED VMA is mlocked again
             // (its PMD's split cleared PG_mlocked); `new` is locked, as every
             // subpage is while split_huge_page() remaps it.
@@ -598,6 +612,17 @@ impl<E: Engine> Cpu<E> {
                 Some(page),
             );
         }
+        if let Some(file) = self.page_file(page) {
+            // shmem's a_ops->migratepage, migrate_page(): the new page takes
+            // the old one's place in the cache; page->mapping of the old
+            // page is cleared.
+            let rc = self.migrate_file_page_move_mapping(file, newpage, page);
+            if rc == MigrateRc::Success {
+                self.migrate_page_copy(newpage, page);
+                self.page(page).mapping.store(0);
+            }
+            return rc;
+        }
         let rc = self.migrate_page_move_mapping(newpage, page);
         if rc == MigrateRc::Success {
             self.migrate_page_copy(newpage, page);
@@ -605,6 +630,56 @@ impl<E: Engine> Cpu<E> {
             // PageAnon stays (PageMappingFlags).
         }
         rc
+    }
+
+    /// Models migrate_page_move_mapping(), mm/migrate.c, v5.8, for a page of
+    /// a shmem file: only the cache and the isolation may hold it
+    /// (expected_page_refs() is 2); under the `i_pages` lock its count is
+    /// frozen, the new page takes its index, mapping, SwapBacked flag and
+    /// place in the cache (with the cache's reference), and the old page
+    /// keeps the isolation's reference.
+    ///
+    /// # Locking
+    /// Takes the `i_pages` lock.
+    fn migrate_file_page_move_mapping(
+        &self,
+        file: crate::types::FileId,
+        newpage: Pfn,
+        page: Pfn,
+    ) -> MigrateRc {
+        let _f = self.func("migrate_page_move_mapping");
+        let inode = self.k.file(file);
+        let _x = inode.mapping.i_pages_lock.lock(self);
+        let idx = self.page(page).index.load();
+        let cached = inode
+            .mapping
+            .pages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&idx)
+            .copied();
+        let expected = 2;
+        if cached != Some(page) || !self.page_ref_freeze(page, expected) {
+            self.mark(crate::coverage::Mark::gives_up(
+                "migrate_page_move_mapping: extra references (-EAGAIN)",
+            ));
+            return MigrateRc::Again;
+        }
+        let (old, new) = (self.page(page), self.page(newpage));
+        new.index.init(old.index.load());
+        new.mapping.init(old.mapping.load());
+        if old.test_flag(pg::SWAPBACKED) {
+            new.__set_flag(pg::SWAPBACKED);
+        }
+        self.get_page(newpage); // page_ref_add(newpage, nr)
+        inode
+            .mapping
+            .pages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(idx, newpage); // xas_store()
+        self.page_ref_unfreeze(page, expected - 1);
+        MigrateRc::Success
     }
 
     /// Models migrate_page_move_mapping(), mm/migrate.c, v5.8, for an

@@ -9,7 +9,9 @@
 //! `try_to_unmap` and `try_to_unmap_one` (the parts split and migration need).
 //! The lock order lives in `sync::lock_order`.
 //!
-//! Leaves out: file rmap, KSM, `page_referenced`, munlock, reclaim's swap-out
+//! rmap_walk_file() walks a file page's i_mmap (hugetlb and shmem pages).
+//!
+//! Leaves out: KSM, `page_referenced`, munlock, reclaim's swap-out
 //! branch of try_to_unmap_one (a later issue), find_mergeable_anon_vma()
 //! (DIVERGENCE: a new VMA never shares a neighbour's anon_vma), anon_vma reuse
 //! by degree.

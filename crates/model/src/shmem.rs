@@ -16,8 +16,8 @@
 //! is `never`, the default, so every shmem page is a base page), swap of
 //! shmem pages, tmpfs mounts and their size limits, private (MAP_PRIVATE)
 //! mappings of a shmem file, fallocate, truncation after creation, seals,
-//! userfaultfd, migration of shmem pages (not supported: `move-pages` of a
-//! shmem range is refused).
+//! userfaultfd. A shmem page migrates as an LRU page whose mapping moves it
+//! in the cache (migrate.rs).
 
 use crate::cpu::Cpu;
 use crate::engine::{Atomic, Engine};

@@ -1089,9 +1089,6 @@ impl<E: Engine> Machine<E> {
                         fast,
                     } => self.pin(cpu, &name, &mm, pin, target, *write, *fast),
                     Op::Unpin { pin } => self.unpin(cpu, pin),
-                    Op::MovePages { target, .. } if self.is_shmem_target(&name, &mm, target) => {
-                        Err(self.err(step.op_span, "`move-pages` of shmem is not supported yet"))
-                    }
                     Op::MovePages { target, node, all } => {
                         self.move_pages(cpu, &name, &mm, target, node.value, *all)
                     }

@@ -127,16 +127,12 @@ fn unsupported_features_exit_2_not_yet() {
         stderr.contains("line 3") && stderr.contains("not supported yet"),
         "{stderr}"
     );
-    // `move-pages` of shmem memory is refused when the step runs.
-    let p = write_tmp(
-        "shmem_move.thp",
-        "nodes 2\nprocess P\nP: mmap A 1h shared\nP: write A[0] = 1\nP: move-pages A[..] node=1\n",
-    );
+    let p = write_tmp("swap.thp", "swap 64m\nprocess P\nP: mmap A 1h\n");
     let out = thpsim(&["run", p.to_str().expect("utf8")]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("line 5") && stderr.contains("not supported yet"),
+        stderr.contains("line 1") && stderr.contains("not supported yet"),
         "{stderr}"
     );
 }

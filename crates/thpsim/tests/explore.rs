@@ -34,6 +34,7 @@ const CLEAN: &[&str] = &[
     "hugetlb_shared_fault_vs_unmap",
     "hugetlb_fork_vs_write",
     "shmem_fault_vs_zap",
+    "move_shmem_vs_write",
 ];
 
 fn root() -> PathBuf {

@@ -20,8 +20,6 @@
 //! Shared memory (shmem, `thpsim_model::shmem`) takes the same steps:
 //! `memfd F SIZE` without `hugetlb`, `mmap A SIZE shared` of anonymous
 //! memory (a file of its own), `mmap A SIZE file=F shared` of a shmem file.
-//!
-//! Not supported yet: `move-pages` of shmem memory.
 
 use super::{errno_outcome, Done, Machine};
 use std::sync::Arc;
@@ -152,20 +150,6 @@ impl<E: Engine> Machine<E> {
             }
             Err(e) => Ok(Done::outcome(errno_outcome(e))),
         }
-    }
-
-    /// Whether `target` of `owner` lies in a shmem mapping (whose migration
-    /// is not modelled yet).
-    pub(super) fn is_shmem_target(
-        &self,
-        owner: &str,
-        mm: &MmStruct<E>,
-        target: &thpsim_scenario::Target,
-    ) -> bool {
-        self.range(owner, target)
-            .ok()
-            .and_then(|(s, _)| mm.vma_at(VirtAddr(s)))
-            .is_some_and(|v| v.vm_file.is_some() && !v.is_hugetlb())
     }
 
     /// The oracle forgets what the kernel took away on purpose: the pages a

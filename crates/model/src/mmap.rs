@@ -162,25 +162,13 @@ impl<E: Engine> Cpu<E> {
         if shared {
             flags |= vm::SHARED | vm::MAYSHARE;
         }
-        let vma = Arc::new(
-            Vma::new(
-                self.k.new_vma_id(),
-                mm.id,
-                addr,
-                addr.add_bytes(len),
-                0,
-                flags,
-            )
-            .with_file(Some(file)),
-        );
-        self.get_file(file);
+        let vma = self.file_vma(mm, addr, len, flags, file);
         if let Err(e) = self.hugetlbfs_file_mmap(file, &vma) {
             // unmap_and_free_vma: nothing was mapped yet.
             self.fput(file);
             return Err(e);
         }
-        self.insert_vma(mm, vma.clone());
-        self.vma_link_file(&vma);
+        self.vma_link(mm, &vma);
         Ok(addr)
     }
 
@@ -218,21 +206,43 @@ impl<E: Engine> Cpu<E> {
         let file = file.unwrap_or_else(|| self.shmem_file_setup(None, len));
         let flags =
             prot.vm_bits() | vm::MAYREAD | vm::MAYWRITE | vm::MAYEXEC | vm::SHARED | vm::MAYSHARE;
-        let vma = Arc::new(
-            Vma::new(
-                self.k.new_vma_id(),
-                mm.id,
-                addr,
-                addr.add_bytes(len),
-                0,
-                flags,
-            )
-            .with_file(Some(file)),
-        );
-        self.get_file(file);
-        self.insert_vma(mm, vma.clone());
-        self.vma_link_file(&vma);
+        let vma = self.file_vma(mm, addr, len, flags, file);
+        self.vma_link(mm, &vma);
         Ok(addr)
+    }
+
+    /// mmap_region()'s new VMA for `[addr, addr + len)` of `file` from its
+    /// start (`vma->vm_file = get_file(file)`).
+    fn file_vma(
+        &self,
+        mm: &MmStruct<E>,
+        addr: VirtAddr,
+        len: u64,
+        flags: u64,
+        file: crate::types::FileId,
+    ) -> Arc<Vma> {
+        let vma = Vma::new(
+            self.k.new_vma_id(),
+            mm.id,
+            addr,
+            addr.add_bytes(len),
+            0,
+            flags,
+        )
+        .with_file(Some(file));
+        self.get_file(file);
+        Arc::new(vma)
+    }
+
+    /// Models vma_link(), mm/mmap.c, v5.8: the VMA joins the mm's list and
+    /// its file's `i_mmap` (__vma_link_file()).
+    ///
+    /// # Locking
+    /// Called with `mmap_lock` held for write; takes the file's
+    /// `i_mmap_rwsem` for write.
+    fn vma_link(&self, mm: &MmStruct<E>, vma: &Arc<Vma>) {
+        self.insert_vma(mm, vma.clone());
+        self.vma_link_file(vma);
     }
 
     /// Models remove_vma(), mm/mmap.c, v5.8: after the unmap, a VMA's

@@ -247,15 +247,7 @@ impl<E: Engine> Cpu<E> {
     /// # Locking
     /// Takes the file's `i_mmap_rwsem` for write.
     pub fn vma_link_file(&self, vma: &Arc<Vma>) {
-        let Some(file) = vma.vm_file else { return };
-        let inode = self.k.file(file);
-        let _w = inode.mapping.i_mmap_rwsem.write(self);
-        inode
-            .mapping
-            .i_mmap
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(vma.clone());
+        self.i_mmap_change(vma, |list| list.push(vma.clone()));
     }
 
     /// Models unlink_file_vma(), mm/mmap.c, v5.8: take `vma` out of its
@@ -264,14 +256,24 @@ impl<E: Engine> Cpu<E> {
     /// # Locking
     /// Takes the file's `i_mmap_rwsem` for write.
     pub fn unlink_file_vma(&self, vma: &Arc<Vma>) {
+        self.i_mmap_change(vma, |list| list.retain(|v| !Arc::ptr_eq(v, vma)));
+    }
+
+    /// `change` of the `i_mmap` of `vma`'s file (if it maps one) under
+    /// `i_mmap_lock_write()`.
+    ///
+    /// # Locking
+    /// Takes the file's `i_mmap_rwsem` for write.
+    fn i_mmap_change(&self, vma: &Vma, change: impl FnOnce(&mut Vec<Arc<Vma>>)) {
         let Some(file) = vma.vm_file else { return };
         let inode = self.k.file(file);
         let _w = inode.mapping.i_mmap_rwsem.write(self);
-        inode
-            .mapping
-            .i_mmap
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|v| !Arc::ptr_eq(v, vma));
+        change(
+            &mut inode
+                .mapping
+                .i_mmap
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
     }
 }

@@ -143,7 +143,13 @@ impl<E: Engine> Cpu<E> {
         let ptl = self.huge_pte_lockptr(ptep).lock(self);
         let entry = self.pmd_read(ptep);
         drop(ptl);
-        Some(match entry {
+        Some(Self::huge_entry_pfn(g, entry, addr))
+    }
+
+    /// The translation of `addr` a present huge PMD (THP or hugetlb) gives
+    /// (pmd_to_hmm_pfn_flags() / pte_to_hmm_pfn_flags()), if it gives one.
+    fn huge_entry_pfn(g: crate::types::Geometry, entry: Pmd, addr: VirtAddr) -> Option<HmmPfn> {
+        match entry {
             Pmd::Huge {
                 pfn,
                 flags,
@@ -153,7 +159,7 @@ impl<E: Engine> Cpu<E> {
                 write: flags.write,
             }),
             _ => None,
-        })
+        }
     }
 
     /// hmm_vma_walk_pmd() for one page (not hugetlb): `Some(translation)`,
@@ -168,14 +174,7 @@ impl<E: Engine> Cpu<E> {
             None => None,
             Some(pmdp) => match self.pmd_read(pmdp) {
                 // hmm_vma_handle_pmd()
-                Pmd::Huge {
-                    pfn,
-                    flags,
-                    invalid: false,
-                } if !flags.protnone => Some(HmmPfn {
-                    pfn: pfn.add(g.index(crate::types::Level::Pte, addr) as u64),
-                    write: flags.write,
-                }),
+                e @ Pmd::Huge { .. } => Self::huge_entry_pfn(g, e, addr),
                 Pmd::Migration { .. } => {
                     self.pmd_migration_entry_wait(mm, pmdp);
                     return Ok(None);

@@ -2007,35 +2007,12 @@ impl<E: Engine> Cpu<E> {
     /// # Locking
     /// Takes the `i_pages` lock.
     fn hugetlbfs_migrate_page(&self, file: FileId, newpage: Pfn, page: Pfn) -> bool {
-        let inode = self.k.file(file);
+        // migrate_huge_page_move_mapping() is migrate_page_move_mapping()'s
+        // file case for a compound page (one cache entry, the same counts).
+        if self.migrate_file_page_move_mapping(file, newpage, page)
+            != crate::migrate::MigrateRc::Success
         {
-            let _x = inode.mapping.i_pages_lock.lock(self);
-            let idx = self.page(page).index.load();
-            let cached = inode
-                .mapping
-                .pages
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&idx)
-                .copied();
-            let expected = 2;
-            if self.page_count(page) != expected || cached != Some(page) {
-                return false;
-            }
-            if !self.page_ref_freeze(page, expected) {
-                return false;
-            }
-            let (old, new) = (self.page(page), self.page(newpage));
-            new.index.init(old.index.load());
-            new.mapping.init(old.mapping.load());
-            self.get_page(newpage);
-            inode
-                .mapping
-                .pages
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(idx, newpage); // xas_store()
-            self.page_ref_unfreeze(page, expected - 1);
+            return false;
         }
         self.migrate_page_copy(newpage, page);
         true

@@ -633,7 +633,9 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// Models migrate_page_move_mapping(), mm/migrate.c, v5.8, for a page of
-    /// a shmem file: only the cache and the isolation may hold it
+    /// a shmem file (and migrate_huge_page_move_mapping() for a hugetlb
+    /// file's, which counts the same): only the cache and the isolation may
+    /// hold it
     /// (expected_page_refs() is 2); under the `i_pages` lock its count is
     /// frozen, the new page takes its index, mapping, SwapBacked flag and
     /// place in the cache (with the cache's reference), and the old page
@@ -641,7 +643,7 @@ impl<E: Engine> Cpu<E> {
     ///
     /// # Locking
     /// Takes the `i_pages` lock.
-    fn migrate_file_page_move_mapping(
+    pub(crate) fn migrate_file_page_move_mapping(
         &self,
         file: crate::types::FileId,
         newpage: Pfn,

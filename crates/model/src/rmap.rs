@@ -472,8 +472,6 @@ impl<E: Engine> Cpu<E> {
         let Some(av) = av else {
             return;
         };
-        let pgoff_start = self.page_to_pgoff(page);
-        let pgoff_end = pgoff_start + self.hpage_nr_pages(page) - 1;
         let vmas = self
             .k
             .anon_vma(av)
@@ -481,24 +479,36 @@ impl<E: Engine> Cpu<E> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        self.rmap_walk_vmas(page, vmas, &mut rmap_one, &done);
+        if !locked {
+            self.anon_vma_unlock_read(av);
+        }
+    }
+
+    /// The loop rmap_walk_anon() and rmap_walk_file() share: `rmap_one` for
+    /// each VMA of `vmas` whose pgoff range overlaps the page's
+    /// (anon_vma_interval_tree_foreach() / vma_interval_tree_foreach()), at
+    /// the page's address there, until it returns false or `done` holds.
+    fn rmap_walk_vmas(
+        &self,
+        page: Pfn,
+        vmas: Vec<Arc<Vma>>,
+        rmap_one: &mut impl FnMut(&Self, &Arc<Vma>, VirtAddr) -> bool,
+        done: &impl Fn(&Self) -> bool,
+    ) {
+        let pgoff_start = self.page_to_pgoff(page);
+        let pgoff_end = pgoff_start + self.hpage_nr_pages(page) - 1;
         let ps = self.k.geo.page_shift;
         for vma in vmas {
-            // anon_vma_interval_tree_foreach(): the VMA's pgoff range overlaps.
             let v_start = vma.vm_pgoff();
             let v_end = v_start + ((vma.vm_end().0 - vma.vm_start().0) >> ps) - 1;
             if v_end < pgoff_start || v_start > pgoff_end {
                 continue;
             }
             let address = self.vma_address(page, &vma);
-            if !rmap_one(self, &vma, address) {
+            if !rmap_one(self, &vma, address) || done(self) {
                 break;
             }
-            if done(self) {
-                break;
-            }
-        }
-        if !locked {
-            self.anon_vma_unlock_read(av);
         }
     }
 
@@ -530,26 +540,10 @@ impl<E: Engine> Cpu<E> {
             return;
         };
         let inode = self.k.file(file);
-        let pgoff_start = self.page_to_pgoff(page);
-        let pgoff_end = pgoff_start + self.hpage_nr_pages(page) - 1;
         if !locked {
             inode.mapping.i_mmap_rwsem.down_read(self);
         }
-        let ps = self.k.geo.page_shift;
-        for vma in inode.mappers() {
-            let v_start = vma.vm_pgoff();
-            let v_end = v_start + ((vma.vm_end().0 - vma.vm_start().0) >> ps) - 1;
-            if v_end < pgoff_start || v_start > pgoff_end {
-                continue;
-            }
-            let address = self.vma_address(page, &vma);
-            if !rmap_one(self, &vma, address) {
-                break;
-            }
-            if done(self) {
-                break;
-            }
-        }
+        self.rmap_walk_vmas(page, inode.mappers(), &mut rmap_one, &done);
         if !locked {
             inode.mapping.i_mmap_rwsem.up_read(self);
         }

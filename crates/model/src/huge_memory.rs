@@ -34,6 +34,7 @@ use crate::pgtable::{EntryRef, Pmd, Pte, PteFlags};
 use crate::rmap::TtuFlags;
 use crate::sync::SpinGuard;
 use crate::types::{Level, Pfn, VirtAddr};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
@@ -994,7 +995,7 @@ impl<E: Engine> Cpu<E> {
     /// Models can_split_huge_page(), mm/huge_memory.c, v5.8 (racy check): only
     /// the mappings and the caller hold references (no pins).
     pub fn can_split_huge_page(&self, page: Pfn, extra_pins: Option<&mut i64>) -> bool {
-        let extra = if self.page(page).test_flag(pg::SWAPCACHE) {
+        let extra = if self.page_swapcache(page) {
             self.k.geo.hpage_pmd_nr() as i64
         } else {
             0
@@ -1049,8 +1050,11 @@ impl<E: Engine> Cpu<E> {
         }
     }
 
-    /// Models __split_huge_page_tail(), mm/huge_memory.c, v5.8.
-    fn __split_huge_page_tail(&self, head: Pfn, tail: u64) {
+    /// Models __split_huge_page_tail() with lru_add_page_tail(),
+    /// mm/huge_memory.c and mm/swap.c, v5.8: with a `list` (reclaim's) and
+    /// the head isolated, the tail joins the list with a reference of its
+    /// own; without one it goes on the LRU.
+    fn __split_huge_page_tail(&self, head: Pfn, tail: u64, list: Option<&mut VecDeque<Pfn>>) {
         let page_tail = head.add(tail);
         let pt = self.page(page_tail);
         crate::vm_bug_on_page!(
@@ -1067,29 +1071,58 @@ impl<E: Engine> Cpu<E> {
         pt.mapping.store(self.page(head).mapping.load());
         pt.index.store(self.page(head).index.load() + tail);
         pt.set_compound_head(None); // clear_compound_head()
-        let extra = if !self.page_anon(head) || self.page(head).test_flag(pg::SWAPCACHE) {
+        let extra = if !self.page_anon(head) || self.page_swapcache(head) {
             1
         } else {
             0
         };
         self.page_ref_unfreeze(page_tail, 1 + extra);
+        // lru_add_page_tail()
+        let head_lru = self.page(head).test_flag(pg::LRU);
+        match list {
+            Some(list) if !head_lru => {
+                // Page reclaim is reclaiming a huge page.
+                self.get_page(page_tail);
+                list.push_back(page_tail);
+            }
+            Some(_) => {}
+            None => pt.set_flag(pg::LRU),
+        }
     }
 
     /// Models __split_huge_page(), mm/huge_memory.c, v5.8: called with the head
     /// frozen and `lru_lock` held (passed in, released here).
-    fn __split_huge_page(&self, page: Pfn, lru: SpinGuard<'_, E>) {
+    fn __split_huge_page(
+        &self,
+        page: Pfn,
+        lru: SpinGuard<'_, E>,
+        mut list: Option<&mut VecDeque<Pfn>>,
+    ) {
         let _f = self.func("__split_huge_page");
         let head = self.compound_head(page);
         let nr = self.k.geo.hpage_pmd_nr();
+        // A THP in the swap cache: its slots are its tails' from now on.
+        let swap_cache = self.page_swapcache(head).then(|| {
+            let si = self.swap_info();
+            (si, si.i_pages_lock.lock(self))
+        });
+        let offset = self.page(head).private.load(SeqCst);
         for i in (1..nr).rev() {
-            self.__split_huge_page_tail(head, i);
+            self.__split_huge_page_tail(head, i, list.as_deref_mut());
+            if let Some((si, _)) = &swap_cache {
+                // __xa_store(&swap_cache->i_pages, offset + i, head + i, 0)
+                si.state().cache.insert(offset + i, head.add(i));
+            }
         }
         // ClearPageCompound()
         self.page(head).clear_flag(pg::HEAD | pg::DOUBLE_MAP);
         self.page(head).set_compound_order(0);
         self.page(head).compound_mapcount.store_i64(-1);
-        if self.page(head).test_flag(pg::SWAPCACHE) {
+        if let Some((si, x)) = swap_cache {
+            // Additional pin to swap cache.
             self.page_ref_add(head, 2);
+            drop(x);
+            si.cache_changed();
         } else {
             self.page_ref_add(head, 1);
         }
@@ -1113,6 +1146,24 @@ impl<E: Engine> Cpu<E> {
     /// Takes the anon_vma lock for write, then (inside unmap) PMD and PTE locks,
     /// then `lru_lock` and `split_queue_lock`.
     pub fn split_huge_page_to_list(&self, page: Pfn) -> Result<(), Ebusy> {
+        self.split_huge_page_to_list_of(page, None)
+    }
+
+    /// [`Cpu::split_huge_page_to_list`] with reclaim's `list`: the tails of
+    /// an isolated THP join it.
+    pub fn split_huge_page_to_list_into(
+        &self,
+        page: Pfn,
+        list: &mut VecDeque<Pfn>,
+    ) -> Result<(), Ebusy> {
+        self.split_huge_page_to_list_of(page, Some(list))
+    }
+
+    fn split_huge_page_to_list_of(
+        &self,
+        page: Pfn,
+        list: Option<&mut VecDeque<Pfn>>,
+    ) -> Result<(), Ebusy> {
         let _f = self.func("split_huge_page_to_list");
         let head = self.compound_head(page);
         crate::vm_bug_on_page!(
@@ -1179,7 +1230,13 @@ impl<E: Engine> Cpu<E> {
                         .retain(|p| *p != head);
                 }
                 drop(sq);
-                self.__split_huge_page(page, lru);
+                let swap = self
+                    .page_swapcache(head)
+                    .then(|| self.page(head).private.load(SeqCst));
+                self.__split_huge_page(page, lru, list);
+                if let Some(off) = swap {
+                    self.split_swap_cluster(crate::pgtable::SwapEntry(off));
+                }
                 self.mark(Mark::reached("split_huge_page_to_list: split"));
                 Ok(())
             } else {

@@ -44,6 +44,8 @@ pub struct Config {
     pub nodes: u32,
     /// Free PMD-size hugetlb pages made at boot on each node (`hugetlb-pool`).
     pub hugetlb_pool: u64,
+    /// The swap device's size in bytes (`swap`; 0: no swap).
+    pub swap_bytes: u64,
     /// CPUs (one per concurrent thread of a scenario).
     pub cpus: usize,
     pub fixes: FixSet,
@@ -63,6 +65,7 @@ impl Config {
             memory_bytes,
             nodes: 1,
             hugetlb_pool: 0,
+            swap_bytes: 0,
             cpus: 4,
             fixes: FixSet::default(),
         }
@@ -137,6 +140,8 @@ pub struct Kernel<E: Engine> {
     pub hstate: crate::hugetlb::Hstate<E>,
     /// The files (filemap.rs), by `FileId`.
     files: RwLock<Vec<Arc<crate::filemap::Inode<E>>>>,
+    /// The swap device and its swap cache (swapfile.rs, swap_state.rs).
+    pub swap: Option<crate::swapfile::SwapInfo<E>>,
 }
 
 impl<E: Engine> Kernel<E> {
@@ -172,6 +177,14 @@ impl<E: Engine> Kernel<E> {
             mirrors: RwLock::new(Vec::new()),
             hstate: crate::hugetlb::Hstate::new(cfg.nodes, cfg.cpus),
             files: RwLock::new(Vec::new()),
+            swap: (cfg.swap_bytes > 0).then(|| {
+                crate::swapfile::SwapInfo::new(
+                    cfg.swap_bytes,
+                    geo.page_size(),
+                    geo.hpage_pmd_nr(),
+                    cfg.cpus,
+                )
+            }),
             cfg,
         })
         .boot_hugetlb()
@@ -291,6 +304,7 @@ impl<E: Engine> Kernel<E> {
             ),
             hstate: self.hstate.snapshot(),
             files: RwLock::new(files),
+            swap: self.swap.as_ref().map(|s| s.snapshot()),
         })
     }
 

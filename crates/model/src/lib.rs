@@ -68,10 +68,12 @@ pub mod mmu_notifier;
 pub mod mprotect;
 pub mod page;
 pub mod page_alloc;
+pub mod page_io;
 pub mod page_vma_mapped;
 pub mod pgtable;
 pub mod rmap;
 pub mod shmem;
+pub mod swap_state;
 pub mod swapfile;
 pub mod sync;
 pub mod task_mmu;
@@ -79,6 +81,7 @@ pub mod test_hmm;
 #[cfg(test)]
 mod testing;
 pub mod types;
+pub mod vmscan;
 
 pub use cpu::Cpu;
 pub use engine::{Engine, ShuttleEngine, StdEngine};

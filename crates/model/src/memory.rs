@@ -36,6 +36,8 @@ impl VmFaultT {
     pub const NONE: VmFaultT = VmFaultT(0);
     pub const OOM: VmFaultT = VmFaultT(0x1);
     pub const SIGBUS: VmFaultT = VmFaultT(0x2);
+    /// VM_FAULT_MAJOR: the page was read from the swap device.
+    pub const MAJOR: VmFaultT = VmFaultT(0x4);
     pub const WRITE: VmFaultT = VmFaultT(0x8);
     pub const SIGSEGV: VmFaultT = VmFaultT(0x40);
     pub const FALLBACK: VmFaultT = VmFaultT(0x800);
@@ -543,24 +545,125 @@ impl<E: Engine> Cpu<E> {
         self.page(pfn).set_flag(pg::LRU);
     }
 
-    /// Models do_swap_page(), mm/memory.c, v5.8, for what exists so far: a
-    /// migration entry makes the fault wait for the migration to end
-    /// (migration_entry_wait()) and retry.
+    /// Models do_swap_page(), mm/memory.c, v5.8: a migration entry makes the
+    /// fault wait for the migration to end (migration_entry_wait()) and
+    /// retry; a swap entry is swapped in as a 4 KiB page through the swap
+    /// cache (lookup_swap_cache(), else swapin_readahead()), mapped under the
+    /// PTE lock if the PTE did not change meanwhile (pte_same()), writable at
+    /// once if reuse_swap_page() allows; the slot loses the PTE's reference
+    /// (swap_free()), and the swap cache lets go of a page whose slot no one
+    /// needs when the device is half full or the page is mlocked.
+    ///
+    /// DIVERGENCE: a page whose lock is taken waits for it holding
+    /// `mmap_lock` (lock_page()); 5.8's lock_page_or_retry() drops
+    /// `mmap_lock`, waits, and retries the whole fault (VM_FAULT_RETRY),
+    /// which ends in the same state.
+    ///
+    /// # Locking
+    /// Called with `mmap_lock` for read; takes the page lock, then the PTE
+    /// lock (passed to do_wp_page() for a write the reuse did not settle).
     pub fn do_swap_page(&self, vmf: &mut VmFault<E>) -> VmFaultT {
         let _f = self.func("do_swap_page");
-        match vmf.orig_pte {
+        let entry = match vmf.orig_pte {
             Pte::Migration { .. } => {
                 let pmd = vmf.pmd.expect("pmd");
                 self.migration_entry_wait(pmd, vmf.address);
-                VmFaultT::NONE
+                return VmFaultT::NONE;
             }
-            Pte::Swap(_) => self.unmodelled("do_swap_page(): swap-in", None),
+            Pte::Swap(e) => e,
             // Not reached: handle_pte_fault() calls this for a non-present,
             // non-none PTE only.
             Pte::None | Pte::Present { .. } => {
                 self.unmodelled("do_swap_page(): called for a none or present PTE", None)
             }
+        };
+        let pte = vmf.pte.expect("do_swap_page needs its pte");
+        let vma = vmf.vma.clone();
+        let mut ret = VmFaultT::NONE;
+        let mut page = self.lookup_swap_cache(entry);
+        if page.is_none() {
+            // Not SWP_SYNCHRONOUS_IO (swapfile.rs): read through the cache.
+            page = self.swapin_readahead(entry, &vma, vmf.address);
+            let Some(_) = page else {
+                // Back out if somebody else faulted in this pte while we
+                // released the pte lock.
+                let _ptl = self.pte_lockptr(pte.table).lock(self);
+                if self.pte_read(pte) == vmf.orig_pte {
+                    return VmFaultT::OOM;
+                }
+                return VmFaultT::NONE;
+            };
+            // Had to read the page from swap area: Major fault.
+            ret = VmFaultT::MAJOR;
         }
+        let page = page.expect("found or read");
+        // `swapcache` is the page itself on a device without
+        // SWP_SYNCHRONOUS_IO.
+        let swapcache = true;
+        self.lock_page(page);
+        let out_page = |c: &Self| {
+            c.unlock_page(page);
+            c.put_page(page);
+        };
+        // Make sure try_to_free_swap or reuse_swap_page did not release the
+        // swapcache from under us. The page pin, and pte_same test below,
+        // are not enough to exclude that. Even if it is still swapcache, we
+        // need to check that the page's swap has not changed.
+        if swapcache
+            && (!self.page_swapcache(page)
+                || self
+                    .page(page)
+                    .private
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    != entry.0)
+        {
+            self.note(|| "do_swap_page(): the page left the swap cache: retry".to_string());
+            out_page(self);
+            return ret;
+        }
+        // Back out if somebody else already faulted in this pte.
+        let ptl = self.pte_lockptr(pte.table).lock(self);
+        if self.pte_read(pte) != vmf.orig_pte {
+            self.note(|| "do_swap_page(): !pte_same(): someone else faulted it in".to_string());
+            drop(ptl);
+            out_page(self);
+            return ret;
+        }
+        if !self.page(page).test_flag(pg::UPTODATE) {
+            drop(ptl);
+            out_page(self);
+            return VmFaultT::SIGBUS;
+        }
+        // reuse_swap_page() must be called while the page is counted on
+        // swap but not yet in mapcount, i.e. before page_add_anon_rmap() and
+        // swap_free(); try_to_free_swap() must be called after swap_free().
+        let mut flags = vma.vm_page_prot();
+        let mut exclusive = false;
+        if vmf.flags.write && self.reuse_swap_page(page, None) {
+            flags.dirty = true;
+            self.maybe_mkwrite(&mut flags, &vma);
+            vmf.flags.write = false;
+            ret = VmFaultT(ret.0 | VmFaultT::WRITE.0);
+            exclusive = true;
+        }
+        let new = Pte::Present { pfn: page, flags };
+        self.set_pte_at(pte, new);
+        vmf.orig_pte = new;
+        self.do_page_add_anon_rmap(page, &vma, vmf.address, false, exclusive);
+        // activate_page()
+        self.page(page).set_flag(pg::ACTIVE);
+        self.swap_free(entry);
+        if self.vm_swap_full() || vma.vm_flags() & vm::LOCKED != 0 || self.page_mlocked(page) {
+            self.try_to_free_swap(page);
+        }
+        self.unlock_page(page);
+        if vmf.flags.write {
+            let r = self.do_wp_page(vmf, ptl);
+            return VmFaultT(ret.0 | r.0);
+        }
+        // No need to invalidate - it was non-present before.
+        drop(ptl);
+        ret
     }
 
     /// Models do_wp_page(), mm/memory.c, v5.8 (before the 5.9 rewrite): an
@@ -895,8 +998,16 @@ impl<E: Engine> Cpu<E> {
                     self.set_pte_at(src, pte);
                 }
             }
-            Pte::Swap(_) => {
-                self.unmodelled("copy_one_pte(): a swap entry (swap_duplicate())", None);
+            Pte::Swap(entry) => {
+                // The PTE holds a reference to the slot, so only a count
+                // continuation (not modelled) could make this fail.
+                if self.swap_duplicate(entry).is_err() {
+                    self.bug(
+                        "copy_one_pte(): swap_duplicate() of a swap PTE's slot failed",
+                        None,
+                    );
+                }
+                // rss[MM_SWAPENTS]++: RSS counters are not modelled.
             }
             Pte::Present { .. } => {
                 // If it's a COW mapping, write protect it both in the parent
@@ -965,7 +1076,9 @@ impl<E: Engine> Cpu<E> {
         } else if tlb.start < tlb.end {
             self.flush_tlb_range(tlb.mm, VirtAddr(tlb.start), VirtAddr(tlb.end));
         }
+        // free_pages_and_swap_cache()
         for page in tlb.pages {
+            self.free_swap_cache(page);
             self.put_page(page);
         }
         for t in tlb.tables {
@@ -1080,11 +1193,10 @@ impl<E: Engine> Cpu<E> {
                     // free_swap_and_cache() is 1 for a non-swap entry.
                     self.ptep_get_and_clear(r); // pte_clear_not_present_full()
                 }
-                Pte::Swap(_) => {
-                    self.unmodelled(
-                        "zap_pte_range(): a swap entry (free_swap_and_cache())",
-                        None,
-                    );
+                Pte::Swap(entry) => {
+                    // rss[MM_SWAPENTS]--: RSS counters are not modelled.
+                    self.free_swap_and_cache(entry);
+                    self.ptep_get_and_clear(r); // pte_clear_not_present_full()
                 }
             }
             a = a.add_bytes(ps);

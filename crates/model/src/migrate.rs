@@ -52,7 +52,7 @@ pub struct MovePages {
 
 /// What unmap_and_move() returns (MIGRATEPAGE_SUCCESS or an errno).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum MigrateRc {
+pub enum MigrateRc {
     Success,
     /// -EAGAIN: try again in the next pass.
     Again,
@@ -606,11 +606,22 @@ impl<E: Engine> Cpu<E> {
             page,
             "VM_BUG_ON_PAGE(!PageLocked(page), page)"
         );
-        if self.page(page).test_flag(pg::SWAPCACHE) {
-            self.unmodelled(
-                "move_to_new_page(): a swap-cache page (swap_aops.migratepage)",
-                Some(page),
-            );
+        if self.page_swapcache(page) {
+            // swap_aops.migratepage, migrate_page(): the new page takes the
+            // old one's slots in the swap cache (swap_state.rs).
+            let rc = self.migrate_swapcache_page_move_mapping(newpage, page);
+            if rc == MigrateRc::Success {
+                self.migrate_page_copy(newpage, page);
+                // migrate_page_states(): the old page leaves the swap cache.
+                self.page(page).clear_flag(pg::SWAPCACHE);
+                let nr = self.hpage_nr_pages(page);
+                for i in 0..nr {
+                    self.page(page.add(i))
+                        .private
+                        .store(0, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            return rc;
         }
         if let Some(file) = self.page_file(page) {
             // shmem's a_ops->migratepage, migrate_page(): the new page takes

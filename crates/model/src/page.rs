@@ -105,6 +105,12 @@ pub struct Page<E: Engine> {
     /// The frame is on a free list (kept by the allocator; not a scheduling
     /// point: only checkers read it).
     pub free: AtomicBool,
+    /// `page_private()`: the swap entry of a page in the swap cache (every
+    /// subpage of a THP holds its own, `entry + i`). Set and cleared under
+    /// the page lock and the swap cache's `i_pages` lock, read under the
+    /// page lock (do_swap_page(), reuse_swap_page()), so not a scheduling
+    /// point.
+    pub private: AtomicU64,
     /// NUMA node of the frame.
     pub node: u32,
     data: OnceLock<Box<[AtomicU64]>>,
@@ -127,6 +133,7 @@ impl<E: Engine> Page<E> {
             on_deferred_list: AtomicBool::new(false),
             free: AtomicBool::new(true),
             data_touched: AtomicU64::new(0),
+            private: AtomicU64::new(0),
             node,
             data: OnceLock::new(),
             table: OnceLock::new(),
@@ -186,6 +193,7 @@ impl<E: Engine> Page<E> {
             on_deferred_list: AtomicBool::new(self.on_deferred_list.load(Ordering::SeqCst)),
             data_touched: AtomicU64::new(self.data_touched.load(Ordering::Relaxed)),
             free: AtomicBool::new(self.free.load(Ordering::SeqCst)),
+            private: AtomicU64::new(self.private.load(Ordering::SeqCst)),
             node: self.node,
             data,
             table,
@@ -210,6 +218,7 @@ impl<E: Engine> Page<E> {
             && !self.on_deferred_list.load(Ordering::SeqCst)
             && self.data_touched.load(Ordering::Relaxed) == 0
             && self.free.load(Ordering::SeqCst)
+            && self.private.load(Ordering::SeqCst) == 0
             && self.data.get().is_none()
             && self.table.get().is_none()
             && self.compound_pincount.get().is_none()
@@ -687,6 +696,7 @@ mod tests {
         p.on_deferred_list.store(true, Ordering::SeqCst);
         p.data_touched.store(6, Ordering::Relaxed);
         p.free.store(false, Ordering::SeqCst);
+        p.private.store(9, Ordering::SeqCst);
         fill_bytes(p.words(64), 3, 17, 0xab);
         Atomic::store(p.table_body(4).raw(1), 77);
         p.table_body(4).deposited.lock().unwrap().push(Pfn(8));
@@ -704,6 +714,7 @@ mod tests {
         assert!(c.on_deferred_list.load(Ordering::SeqCst));
         assert_eq!(c.data_touched.load(Ordering::Relaxed), 6);
         assert!(!c.free.load(Ordering::SeqCst));
+        assert_eq!(c.private.load(Ordering::SeqCst), 9);
         assert_eq!(c.node, 1);
         assert_eq!(
             read_page(c.data.get().expect("bytes")),

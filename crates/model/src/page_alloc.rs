@@ -383,10 +383,16 @@ impl<E: Engine> Cpu<E> {
             // unmap cleared it, page_remove_rmap()). PG_lru and PG_active are
             // not checked: __page_cache_release(), which takes a page off the
             // LRU before it is freed, is not modelled.
-            if p.is_locked() || p.test_flag_peek(pg::MLOCKED) {
+            if p.is_locked() || p.test_flag_peek(pg::MLOCKED | pg::WRITEBACK) {
                 self.bad_page(pfn.add(i), "PAGE_FLAGS_CHECK_AT_FREE flag(s) set");
             }
+            // A page still in the swap cache is reachable from it: freeing
+            // it is the use-after-free 5.8 would report later.
+            if p.test_flag_peek(pg::SWAPCACHE) && i == 0 {
+                self.bad_page(pfn.add(i), "PageSwapCache at free");
+            }
             p.flags.init(0);
+            p.private.store(0, std::sync::atomic::Ordering::SeqCst);
             p.mapping.init(0);
             p.init_compound_head(None);
             p.init_compound_order(0);

@@ -394,6 +394,39 @@ impl<E: Engine> Cpu<E> {
         self.table(pmdp.table).raw(pmdp.index).fetch_and(!PAGE_RW);
     }
 
+    /// Models ptep_test_and_clear_young()/ptep_clear_flush_young(),
+    /// arch/x86/mm/pgtable.c, v5.8: clear _PAGE_ACCESSED of a present entry
+    /// with one atomic operation; whether it was set. x86 does not flush the
+    /// TLB for it ("clearing the accessed bit without a TLB flush doesn't
+    /// cause data corruption"): a CPU that caches the entry goes on using it
+    /// without setting the bit again.
+    ///
+    /// # Locking
+    /// Called with the entry's page-table lock held; the MMU does not take it.
+    pub fn ptep_test_and_clear_young(&self, ptep: EntryRef) -> bool {
+        let raw = self.table(ptep.table).raw(ptep.index);
+        let v = raw.load();
+        if !Pte::decode(v).is_present() || v & PAGE_ACCESSED == 0 {
+            return false;
+        }
+        raw.fetch_and(!PAGE_ACCESSED) & PAGE_ACCESSED != 0
+    }
+
+    /// Models pmdp_test_and_clear_young()/pmdp_clear_flush_young(),
+    /// arch/x86/mm/pgtable.c, v5.8, of a huge PMD (5.8 flushes the TLB
+    /// range when the bit was set).
+    ///
+    /// # Locking
+    /// Called with the PMD lock held.
+    pub fn pmdp_test_and_clear_young(&self, pmdp: EntryRef) -> bool {
+        let raw = self.table(pmdp.table).raw(pmdp.index);
+        let v = raw.load();
+        if !matches!(Pmd::decode(v), Pmd::Huge { .. }) || v & PAGE_ACCESSED == 0 {
+            return false;
+        }
+        raw.fetch_and(!PAGE_ACCESSED) & PAGE_ACCESSED != 0
+    }
+
     /// Models ptep_set_access_flags(), arch/x86/mm/pgtable.c, v5.8: install
     /// `entry` (the old one plus accessed, dirty or write) only when `dirty`
     /// (a write fault); a read fault leaves the accessed bit to the MMU, so no

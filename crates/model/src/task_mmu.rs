@@ -57,6 +57,8 @@ pub struct PageInfo {
     /// page_mapcount() (/proc/kpagecount).
     pub mapcount: i64,
     pub node: Option<u32>,
+    /// The swap entry of a swapped-out page.
+    pub swap: Option<crate::pgtable::SwapEntry>,
 }
 
 impl<E: Engine> Cpu<E> {
@@ -69,6 +71,7 @@ impl<E: Engine> Cpu<E> {
             head: None,
             mapcount: 0,
             node: None,
+            swap: None,
         };
         let Upper::Table(pud_t) = Upper::decode(mm.pgd.raw(g.index(Level::Pgd, addr)).load())
         else {
@@ -96,9 +99,10 @@ impl<E: Engine> Cpu<E> {
                 Pte::Present { pfn, .. } if self.page_compound(pfn) => (MapKind::ThpPte, pfn),
                 Pte::Present { pfn, .. } => (MapKind::Base, pfn),
                 Pte::Migration { pfn, .. } => (MapKind::Migration, pfn),
-                Pte::Swap(_) => {
+                Pte::Swap(e) => {
                     return PageInfo {
                         kind: MapKind::Swap,
+                        swap: Some(e),
                         ..none
                     }
                 }
@@ -111,6 +115,7 @@ impl<E: Engine> Cpu<E> {
             head,
             mapcount: self.page_mapcount(pfn),
             node: Some(self.page(pfn).node),
+            swap: None,
         }
     }
 
@@ -153,8 +158,13 @@ impl<E: Engine> Cpu<E> {
     /// shared file (hugetlb) mapping that does not map it yet, the file's
     /// cached page there (a fault would map it). None: it reads as zero.
     fn frame_for_read(&self, mm: &MmStruct<E>, addr: VirtAddr) -> Option<Pfn> {
-        if let Some(pfn) = self.page_info(mm, addr).pfn {
+        let info = self.page_info(mm, addr);
+        if let Some(pfn) = info.pfn {
             return Some(pfn);
+        }
+        if let Some(e) = info.swap {
+            // A swapped-out page reads as its swap cache page, if any.
+            return self.k.swap.as_ref()?.peek_cache(e.0);
         }
         let vma = mm.vma_at(addr)?;
         let file = vma.vm_file?;
@@ -178,20 +188,32 @@ impl<E: Engine> Cpu<E> {
         let ps = self.k.geo.page_size();
         match self.frame_for_read(mm, page_addr) {
             Some(pfn) => crate::page::read_page(self.page(pfn).words(ps)),
-            None => vec![0; ps as usize],
+            None => self
+                .swapped_bytes(mm, page_addr)
+                .unwrap_or_else(|| vec![0; ps as usize]),
         }
+    }
+
+    /// The device's copy of a swapped-out page not in the swap cache (a
+    /// slot never written reads as zeros, as swap_readpage() has it).
+    fn swapped_bytes(&self, mm: &MmStruct<E>, addr: VirtAddr) -> Option<Vec<u8>> {
+        let e = self.page_info(mm, addr).swap?;
+        let si = self.k.swap.as_ref()?;
+        Some(
+            si.peek_slot_bytes(e.0)
+                .map(|b| b.to_vec())
+                .unwrap_or_else(|| vec![0; self.k.geo.page_size() as usize]),
+        )
     }
 
     /// The byte a read of `addr` would return, without faulting: a page that is
     /// not mapped reads as zero (it would be zero-filled on demand), or as its
     /// file's page.
     pub fn peek_byte(&self, mm: &MmStruct<E>, addr: VirtAddr) -> u8 {
+        let off = addr.0 & (self.k.geo.page_size() - 1);
         match self.frame_for_read(mm, addr) {
-            Some(pfn) => crate::page::read_byte(
-                self.page(pfn).words(self.k.geo.page_size()),
-                addr.0 & (self.k.geo.page_size() - 1),
-            ),
-            None => 0,
+            Some(pfn) => crate::page::read_byte(self.page(pfn).words(self.k.geo.page_size()), off),
+            None => self.swapped_bytes(mm, addr).map_or(0, |b| b[off as usize]),
         }
     }
 }

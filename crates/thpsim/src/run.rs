@@ -13,6 +13,7 @@ mod hugetlb;
 mod migrate;
 mod mirror;
 mod pins;
+mod swap;
 
 use crate::labels::Labels;
 use serde::Serialize;
@@ -165,6 +166,10 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
                 | Feature::Mirror
                 | Feature::Hugetlb
                 | Feature::Memfd
+                | Feature::Swap
+                | Feature::Reclaim
+                | Feature::Pageout
+                | Feature::Collapse
         )
     })?;
     let geometry = match geo_name {
@@ -194,6 +199,25 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
     }
     if let Some(p) = &scn.header.hugetlb_pool {
         cfg.hugetlb_pool = p.value;
+    }
+    if let Some(q) = scn.header.swap() {
+        let bytes = scn.resolve(q, &units)?;
+        // mkswap's minimum: the header page and at least one slot (5.8's
+        // swapon(2) wants 10 pages; smaller devices are allowed here for
+        // small scenarios).
+        if bytes < 2 * geometry.page_size() {
+            return Err(e(
+                q.span,
+                format!(
+                    "swap must be at least 2 pages ({} bytes in this geometry)",
+                    2 * geometry.page_size()
+                ),
+            ));
+        }
+        if bytes > 1 << 40 {
+            return Err(e(q.span, "swap above 1 TiB is not supported".into()));
+        }
+        cfg.swap_bytes = bytes;
     }
     if let Some(m) = &scn.header.memory {
         let bytes = scn.resolve(m, &units)?;
@@ -1040,6 +1064,14 @@ impl<E: Engine> Machine<E> {
                             Advice::Dontneed => MAdvice::DontNeed,
                             Advice::Hugepage => MAdvice::Hugepage,
                             Advice::Nohugepage => MAdvice::NoHugepage,
+                            Advice::Pageout => {
+                                return self.madvise_pageout(cpu, &name, &mm, target)
+                            }
+                            // MADV_COLLAPSE is 6.1's: madvise_behavior_valid()
+                            // of 5.8 rejects it.
+                            Advice::Collapse => {
+                                return Ok(Done::outcome(errno_outcome(Errno::Einval)))
+                            }
                             other => {
                                 return Err(self.err(
                                     advice.span,
@@ -1144,6 +1176,9 @@ impl<E: Engine> Machine<E> {
                     ),
                     ..Done::ok()
                 })
+            }
+            (Context::Kernel, Op::Reclaim { process, target }) => {
+                self.reclaim(cpu, process, target)
             }
             (Context::Kernel, Op::DeferredSplit) => {
                 let n = cpu.deferred_split_scan(usize::MAX);

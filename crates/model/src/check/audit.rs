@@ -40,6 +40,11 @@ struct Tally {
     table_refs: BTreeMap<Pfn, i64>,
     /// Hugetlb heads each file's page cache holds (one reference each).
     cached: BTreeMap<Pfn, crate::types::FileId>,
+    /// Per swap slot, the swap PTEs that reference it.
+    swap_ptes: BTreeMap<u64, i64>,
+    /// The frames in the swap cache (one reference each, held on the head)
+    /// and their slots.
+    swap_cached: BTreeMap<Pfn, u64>,
     violations: Vec<Violation>,
 }
 
@@ -83,12 +88,18 @@ pub fn audit_pinned<E: Engine>(cpu: &Cpu<E>, pinned: &[Pfn]) -> Vec<Violation> {
             t.cached.insert(page, f.id);
         }
     }
+    if let Some(si) = &k.swap {
+        for (&off, &page) in &si.peek().cache {
+            t.swap_cached.insert(page, off);
+        }
+    }
     for mm in k.all_mms() {
         if mm.exited.load(std::sync::atomic::Ordering::SeqCst) {
             continue;
         }
         walk_mm(cpu, &mm, &g, &mut t);
     }
+    check_swap(cpu, &mut t);
     check_frames(cpu, &mut t);
     check_deferred(cpu, &mut t);
     check_locks(cpu, &mut t);
@@ -257,8 +268,137 @@ fn walk_ptes<E: Engine>(
                     Some(pfn),
                 );
             }
-            _ => {}
+            Pte::Swap(e) => {
+                *t.swap_ptes.entry(e.0).or_default() += 1;
+            }
+            Pte::None => {}
         }
+    }
+}
+
+/// The swap device's books (AUDIT-SWAP): each slot's count is the swap
+/// PTEs that reference it and its SWAP_HAS_CACHE is whether the swap cache
+/// holds it; every swap PTE references a slot in use; a swap cache page is
+/// PageSwapCache with its slot in page_private(); each cluster counts its
+/// slots in use, and a huge one holds a THP of the swap cache; the free
+/// slots are what nr_swap_pages says.
+fn check_swap<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
+    let k = &cpu.k;
+    let Some(si) = &k.swap else {
+        if let Some((&off, _)) = t.swap_ptes.iter().next() {
+            t.fail(
+                inv::AUDIT_SWAP,
+                format!("swap entry {off} without a swap device"),
+                None,
+            );
+        }
+        return;
+    };
+    let st = si.peek();
+    let mut fails = Vec::new();
+    for (&off, &n) in &t.swap_ptes {
+        let s = st.slot(off);
+        if s.bad || s.count as i64 != n {
+            fails.push((
+                format!(
+                    "swap slot {off}: swap_count {}{}, but {n} swap PTEs reference it",
+                    s.count,
+                    if s.bad { " (a bad slot)" } else { "" }
+                ),
+                None,
+            ));
+        }
+    }
+    let mut used = 0;
+    let mut per_cluster: BTreeMap<u64, u64> = BTreeMap::new();
+    for (&off, s) in &st.map {
+        *per_cluster.entry(off / si.cluster_slots).or_default() += 1;
+        if s.bad {
+            continue;
+        }
+        used += 1;
+        let ptes = t.swap_ptes.get(&off).copied().unwrap_or(0);
+        if ptes == 0 && s.count > 0 {
+            fails.push((
+                format!(
+                    "swap slot {off}: swap_count {}, but no swap PTE references it",
+                    s.count
+                ),
+                None,
+            ));
+        }
+        let cached = st.cache.get(&off).copied();
+        if s.has_cache != cached.is_some() {
+            fails.push((
+                format!(
+                    "swap slot {off}: SWAP_HAS_CACHE is {}, but the swap cache {}",
+                    s.has_cache,
+                    if cached.is_some() {
+                        "holds it"
+                    } else {
+                        "does not hold it"
+                    }
+                ),
+                cached,
+            ));
+        }
+        if s.count == 0 && !s.has_cache {
+            fails.push((format!("swap slot {off} is in use with no reference"), None));
+        }
+    }
+    for (&off, &page) in &st.cache {
+        let p = k.mem.page(page);
+        let head = p.tail_head_peek().unwrap_or(page);
+        let h = k.mem.page(head);
+        let private = p.private.load(std::sync::atomic::Ordering::SeqCst);
+        if !h.test_flag_peek(pg::SWAPCACHE) || !h.test_flag_peek(pg::SWAPBACKED) || private != off {
+            fails.push((
+                format!(
+                    "swap cache page {} at slot {off}: PageSwapCache {}, page_private {private}",
+                    page.0,
+                    h.test_flag_peek(pg::SWAPCACHE)
+                ),
+                Some(page),
+            ));
+        }
+    }
+    for (&idx, c) in &st.clusters {
+        let n = per_cluster.get(&idx).copied().unwrap_or(0);
+        if c.count != n {
+            fails.push((
+                format!(
+                    "swap cluster {idx}: count {}, but {n} of its slots are in use",
+                    c.count
+                ),
+                None,
+            ));
+        }
+        if c.huge {
+            let base = idx * si.cluster_slots;
+            let thp = st.cache.get(&base).is_some_and(|&p| {
+                let pg_ = k.mem.page(p);
+                pg_.test_flag_peek(pg::HEAD) && pg_.compound_order_peek() == k.geo.hpage_pmd_order()
+            });
+            if !thp {
+                fails.push((
+                    format!("swap cluster {idx} is huge, but no THP of the swap cache holds it"),
+                    None,
+                ));
+            }
+        }
+    }
+    let free = st.max.saturating_sub(1) - used;
+    if st.nr_swap_pages != free {
+        fails.push((
+            format!(
+                "nr_swap_pages is {}, but {free} slots are free",
+                st.nr_swap_pages
+            ),
+            None,
+        ));
+    }
+    for (m, page) in fails {
+        t.fail(inv::AUDIT_SWAP, m, page);
     }
 }
 
@@ -474,15 +614,21 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
             // _mapcount is checked above against the flag).
             let want = pmd_maps + total_pte;
             let pins = t.pin_refs.get(&p).copied().unwrap_or(0);
-            if refcount != want + pins {
-                t.fail(inv::AUDIT_REFCOUNT, format!("THP {pfn}: refcount {refcount}, but it has {want} mappings, {pins} pin references and no other user"), Some(p));
+            let swap_cached = (0..n)
+                .filter(|i| t.swap_cached.contains_key(&p.add(*i)))
+                .count() as i64;
+            if refcount != want + pins + swap_cached {
+                t.fail(inv::AUDIT_REFCOUNT, format!("THP {pfn}: refcount {refcount}, but it has {want} mappings, {pins} pin references, {swap_cached} swap cache references and no other user"), Some(p));
+            }
+            if page.test_flag_peek(pg::SWAPCACHE) != (swap_cached == n as i64) {
+                t.fail(inv::AUDIT_SWAP, format!("THP {pfn}: PageSwapCache {}, but the swap cache holds {swap_cached} of its subpages", page.test_flag_peek(pg::SWAPCACHE)), Some(p));
             }
             let pincount = page.compound_pincount_peek();
             let pinned = t.pin_count.get(&p).copied().unwrap_or(0);
             if order > 1 && pincount != pinned {
                 t.fail(inv::AUDIT_REFCOUNT, format!("THP {pfn}: compound_pincount {pincount}, but its pins hold {pinned} subpages"), Some(p));
             }
-            if want == 0 && pins == 0 {
+            if want == 0 && pins == 0 && swap_cached == 0 {
                 t.fail(
                     inv::AUDIT_LEAK,
                     format!("THP {pfn} is allocated but mapped nowhere"),
@@ -525,14 +671,21 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
             );
         }
         let pins = t.pin_refs.get(&p).copied().unwrap_or(0);
-        let cached = t.cached.contains_key(&p) as i64;
+        let cached = t.cached.contains_key(&p) as i64 + t.swap_cached.contains_key(&p) as i64;
         if refcount != ptes + pins + cached {
             t.fail(
                 inv::AUDIT_REFCOUNT,
                 format!(
                     "page {pfn}: refcount {refcount}, but it has {ptes} mappings, {pins} pin references{} and no other user",
-                    if cached != 0 { ", a page-cache reference" } else { "" }
+                    if cached != 0 { ", a page-cache (or swap cache) reference" } else { "" }
                 ),
+                Some(p),
+            );
+        }
+        if page.test_flag_peek(pg::SWAPCACHE) && !t.swap_cached.contains_key(&p) {
+            t.fail(
+                inv::AUDIT_SWAP,
+                format!("page {pfn} is PageSwapCache but not in the swap cache"),
                 Some(p),
             );
         }

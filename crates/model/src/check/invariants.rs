@@ -28,6 +28,7 @@ pub const AUDIT_MIGRATION: &str = "AUDIT-MIGRATION";
 pub const AUDIT_TLB: &str = "AUDIT-TLB";
 pub const AUDIT_MLOCK: &str = "AUDIT-MLOCK";
 pub const AUDIT_HUGETLB: &str = "AUDIT-HUGETLB";
+pub const AUDIT_SWAP: &str = "AUDIT-SWAP";
 pub const MEM_PRIVATE: &str = "MEM-PRIVATE";
 pub const MEM_LOST_WRITE: &str = "MEM-LOST-WRITE";
 pub const MEM_PIN_COHERENT: &str = "MEM-PIN-COHERENT";
@@ -42,9 +43,9 @@ pub const INVARIANTS: &[Invariant] = &[
     Invariant { id: AUDIT_MAPCOUNT, checked_by: "check::audit", statement: "Each page's _mapcount + 1 equals the PTEs mapping it, plus 1 if its THP is PageDoubleMap." },
     Invariant { id: AUDIT_COMPOUND_MAPCOUNT, checked_by: "check::audit", statement: "A THP's compound_mapcount equals the huge PMDs mapping it." },
     Invariant { id: AUDIT_DOUBLE_MAP, checked_by: "check::audit", statement: "PageDoubleMap is set only while a huge PMD maps the THP (and then every subpage's _mapcount carries the PMD's +1, AUDIT-MAPCOUNT). A THP mapped by a PMD and PTEs without it is allowed: 5.8 sets it only when it splits one of several PMDs, and migration maps a new THP both ways without it." },
-    Invariant { id: AUDIT_REFCOUNT, checked_by: "check::audit", statement: "A page's _refcount equals its mappings (each PTE and each huge PMD holds one) plus pins (GUP_PIN_COUNTING_BIAS per pin of a base page; one per pinned subpage of a THP, whose compound_pincount counts them) and page-table use; nothing else holds a reference at a quiescent point." },
+    Invariant { id: AUDIT_REFCOUNT, checked_by: "check::audit", statement: "A page's _refcount equals its mappings (each PTE and each huge PMD holds one) plus pins (GUP_PIN_COUNTING_BIAS per pin of a base page; one per pinned subpage of a THP, whose compound_pincount counts them), page-table use and the swap cache (one per subpage it holds); nothing else holds a reference at a quiescent point." },
     Invariant { id: AUDIT_FREE, checked_by: "check::audit", statement: "A frame on the free lists has no mapping and no references; a frame in use is not on them." },
-    Invariant { id: AUDIT_LEAK, checked_by: "check::audit", statement: "Every allocated frame is reachable: mapped, pinned, a page table, deposited, queued for deferred split, or a zero page." },
+    Invariant { id: AUDIT_LEAK, checked_by: "check::audit", statement: "Every allocated frame is reachable: mapped, pinned, a page table, deposited, queued for deferred split, in the swap cache, or a zero page." },
     Invariant { id: AUDIT_RMAP, checked_by: "check::audit", statement: "Every mapped anonymous page's anon_vma reaches every VMA that maps it, at the address its index gives; a file's (shared hugetlb) page reaches it through its file's i_mmap." },
     Invariant { id: AUDIT_VMA, checked_by: "check::audit", statement: "No page-table entry maps an address outside a VMA; a huge PMD lies wholly inside one VMA; each huge PMD has a deposited page table." },
     Invariant { id: AUDIT_LOCKS, checked_by: "check::audit", statement: "At a quiescent point no lock is held, no page is locked and no CPU runs with interrupts disabled." },
@@ -54,6 +55,7 @@ pub const INVARIANTS: &[Invariant] = &[
     Invariant { id: AUDIT_TLB, checked_by: "check::audit", statement: "Every TLB entry translates to the page the page tables map, and allows a write only if the entry does (no flush was missed)." },
     Invariant { id: AUDIT_MLOCK, checked_by: "check::audit", statement: "A PageMlocked page is mapped by a VM_LOCKED VMA: a base page by a PTE, a THP by a huge PMD and by no PTE (5.8 never mlocks a PTE-mapped THP). The converse need not hold: 5.8 leaves some pages of VM_LOCKED VMAs to vmscan to mlock." },
     Invariant { id: AUDIT_HUGETLB, checked_by: "check::audit", statement: "The hugetlb pool's books balance: its free lists hold exactly its unreferenced pages, as free_huge_pages counts them; resv_huge_pages equals the reservations the mappings hold and have not used (a private mapping's owner: its pages not yet consumed; a file: its reserved pages not in its page cache), and never exceeds the free pages; no page is left PagePrivate (a consumed reservation not handed to a mapping)." },
+    Invariant { id: AUDIT_SWAP, checked_by: "check::audit", statement: "The swap device's books balance: each slot's swap count equals the swap PTEs that reference it and its SWAP_HAS_CACHE is set exactly while the swap cache holds it; a swap cache page is PageSwapCache with its slot in page_private(), and each of its subpages holds one reference; each cluster counts its slots in use, a huge cluster holds a THP of the swap cache; nr_swap_pages counts the free slots." },
     Invariant { id: MEM_PRIVATE, checked_by: "check::oracle", statement: "A process's private memory shows only what it (or a device through its pins) wrote, or what it inherited at fork; unwritten memory reads 0." },
     Invariant { id: MEM_LOST_WRITE, checked_by: "check::oracle", statement: "No completed write is lost: a later read by the writer sees it unless the writer itself changed the memory since." },
     Invariant { id: MEM_PIN_COHERENT, checked_by: "check::oracle", statement: "While a long-term write pin (FOLL_WRITE with FOLL_LONGTERM) holds, the process that pinned and the device see the same bytes at every pinned address the process still maps: it maps the pinned frame there (5.8's promise; its fork breaks it)." },

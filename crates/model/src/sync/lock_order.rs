@@ -60,7 +60,13 @@ pub enum LockClass {
     HugetlbLock,
     /// `resv_map->lock`: a hugetlb reservation map's regions.
     ResvMapLock,
-    /// `mapping->i_pages` (xa_lock): a file's page cache.
+    /// `si->lock` (5.8's `swap_lock` role for one device): the swap
+    /// device's free-cluster list and counters.
+    SwapInfoLock,
+    /// `ci->lock`: a swap cluster's slots in `swap_map`, nested inside
+    /// `si->lock` (scan_swap_map_slots()).
+    SwapClusterLock,
+    /// `mapping->i_pages` (xa_lock): a file's page cache, and the swap cache.
     IPagesLock,
 }
 
@@ -78,6 +84,8 @@ impl LockClass {
             LockClass::DmirrorMutex => 45,
             LockClass::PageTableLock => 50,
             LockClass::LruLock => 60,
+            LockClass::SwapInfoLock => 62,
+            LockClass::SwapClusterLock => 64,
             LockClass::SplitQueueLock => 70,
             LockClass::HugetlbLock => 72,
             LockClass::ResvMapLock => 74,
@@ -100,6 +108,8 @@ impl LockClass {
             LockClass::SplitQueueLock => "&ds_queue->split_queue_lock",
             LockClass::HugetlbLock => "hugetlb_lock",
             LockClass::ResvMapLock => "&resv_map->lock",
+            LockClass::SwapInfoLock => "&si->lock",
+            LockClass::SwapClusterLock => "&ci->lock",
             LockClass::IPagesLock => "&mapping->i_pages",
         }
     }

@@ -91,6 +91,30 @@ impl<E: Engine> SpinLock<E> {
     }
 }
 
+/// A held spinlock that keeps its lock alive (a lock made on first use and
+/// reached through an `Arc`, as the swap device's cluster locks are);
+/// `spin_unlock()` on drop.
+pub struct ArcSpinGuard<'c, E: Engine> {
+    lock: std::sync::Arc<SpinLock<E>>,
+    cpu: &'c Cpu<E>,
+}
+
+impl<E: Engine> SpinLock<E> {
+    /// `spin_lock()` of a lock held through an `Arc`.
+    pub fn lock_arc(lock: std::sync::Arc<Self>, cpu: &Cpu<E>) -> ArcSpinGuard<'_, E> {
+        let g = lock.acquire(cpu, Acquire::Normal);
+        std::mem::forget(g);
+        ArcSpinGuard { lock, cpu }
+    }
+}
+
+impl<E: Engine> Drop for ArcSpinGuard<'_, E> {
+    fn drop(&mut self) {
+        self.cpu.lock_release(instance_of(&*self.lock));
+        self.lock.locked.update(|l| *l = false);
+    }
+}
+
 /// A held spinlock; `spin_unlock()` on drop.
 pub struct SpinGuard<'a, E: Engine> {
     lock: &'a SpinLock<E>,

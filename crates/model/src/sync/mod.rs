@@ -20,4 +20,6 @@ pub mod lockdep;
 pub(crate) mod locks;
 
 pub use lock_order::LockClass;
-pub use locks::{PageLockState, RwSem, RwSemReadGuard, RwSemWriteGuard, SpinGuard, SpinLock};
+pub use locks::{
+    ArcSpinGuard, PageLockState, RwSem, RwSemReadGuard, RwSemWriteGuard, SpinGuard, SpinLock,
+};

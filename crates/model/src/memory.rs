@@ -629,7 +629,8 @@ impl<E: Engine> Cpu<E> {
             out_page(self);
             return ret;
         }
-        if !self.page(page).test_flag(pg::UPTODATE) {
+        // PageUptodate() is PF_NO_TAIL: a THP subpage reads its head's flag.
+        if !self.page(self.compound_head(page)).test_flag(pg::UPTODATE) {
             drop(ptl);
             out_page(self);
             return VmFaultT::SIGBUS;
@@ -650,8 +651,7 @@ impl<E: Engine> Cpu<E> {
         self.set_pte_at(pte, new);
         vmf.orig_pte = new;
         self.do_page_add_anon_rmap(page, &vma, vmf.address, false, exclusive);
-        // activate_page()
-        self.page(page).set_flag(pg::ACTIVE);
+        self.activate_page(page);
         self.swap_free(entry);
         if self.vm_swap_full() || vma.vm_flags() & vm::LOCKED != 0 || self.page_mlocked(page) {
             self.try_to_free_swap(page);

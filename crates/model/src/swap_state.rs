@@ -161,6 +161,12 @@ impl<E: Engine> Cpu<E> {
             page,
             "VM_BUG_ON_PAGE(!PageLocked(page), page)"
         );
+        crate::vm_bug_on_page!(
+            self,
+            !self.page(page).test_flag(pg::UPTODATE),
+            page,
+            "VM_BUG_ON_PAGE(!PageUptodate(page), page)"
+        );
         let Some(entry) = self.get_swap_page(page) else {
             return false;
         };

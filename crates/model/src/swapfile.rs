@@ -87,7 +87,7 @@ pub struct SwapState {
     /// ... then the clusters freed since, in the order freed.
     freed: VecDeque<u64>,
     /// `si->percpu_cluster`: each CPU's cluster and the next slot to try.
-    percpu_next: Vec<Option<u64>>,
+    percpu_next: Vec<Option<(u64, u64)>>,
     /// `si->cluster_next`: where the linear scan starts.
     cluster_next: u64,
     /// `si->max`: slots on the device (the header is slot 0).
@@ -375,32 +375,46 @@ impl<E: Engine> Cpu<E> {
     /// Models scan_swap_map_slots() for one slot, mm/swapfile.c, v5.8, with
     /// cluster info: the next free slot of this CPU's cluster
     /// (scan_swap_map_try_ssd_cluster(), which takes the free list's head
-    /// when it has none), else a linear scan from `cluster_next`. Called
-    /// with `si->lock` held.
+    /// when it has none), dropping a cluster that was freed meanwhile and is
+    /// not the list's head (scan_swap_map_ssd_cluster_conflict()); else a
+    /// linear scan from `cluster_next`. Called with `si->lock` held.
     fn scan_swap_map_slots(&self, si: &SwapInfo<E>) -> Option<u64> {
         let cpu = self.id.0;
         let n = si.cluster_slots;
         loop {
-            let next = si.state().percpu_next.get(cpu).copied().flatten();
-            let next = match next {
+            let cur = si.state().percpu_next.get(cpu).copied().flatten();
+            let (idx, next) = match cur {
                 Some(next) => next,
-                None => match si.state().free_head() {
-                    Some(idx) => idx * n,
-                    // No free cluster: the linear scan.
-                    None => break,
-                },
+                None => {
+                    let head = si.state().free_head();
+                    match head {
+                        Some(idx) => (idx, idx * n),
+                        // No free cluster: the linear scan.
+                        None => break,
+                    }
+                }
             };
-            let max = (next / n + 1) * n;
+            let max = (idx + 1) * n;
             let found = {
-                let _ci = self.lock_cluster(next);
+                let _ci = self.lock_cluster(next.min(max - 1));
                 let st = si.state();
-                (next..max.min(st.max)).find(|o| !st.slot(*o).in_use())
+                let found = (next..max.min(st.max)).find(|o| !st.slot(*o).in_use());
+                found
             };
             let Some(off) = found else {
                 si.state().percpu_next[cpu] = None;
                 continue;
             };
-            si.state().percpu_next[cpu] = Some(off + 1);
+            si.state().percpu_next[cpu] = Some((idx, off + 1));
+            // scan_swap_map_ssd_cluster_conflict()
+            let conflict = {
+                let st = si.state();
+                st.free_head().is_some_and(|h| h != idx) && st.cluster_is_free(idx)
+            };
+            if conflict {
+                si.state().percpu_next[cpu] = None;
+                continue;
+            }
             if self.swap_map_take(si, off) {
                 return Some(off);
             }
@@ -412,7 +426,8 @@ impl<E: Engine> Cpu<E> {
         for off in (start..max).chain(1..start) {
             let free = {
                 let _ci = self.lock_cluster(off);
-                !si.state().slot(off).in_use()
+                let in_use = si.state().slot(off).in_use();
+                !in_use
             };
             if free && self.swap_map_take(si, off) {
                 si.state().cluster_next = off + 1;
@@ -546,14 +561,16 @@ impl<E: Engine> Cpu<E> {
     /// Models free_swap_slot() without the slots cache
     /// (swapcache_free_entries() → swap_entry_free()), mm/swapfile.c, v5.8:
     /// the slot, left SWAP_HAS_CACHE alone, becomes free; its cluster may
-    /// become free; the device forgets its contents.
+    /// become free (to the free list's tail); the device forgets its
+    /// contents.
     ///
     /// # Locking
-    /// Takes the slot's cluster lock, then `si->lock` for the counters.
+    /// Takes `si->lock` (swap_info_get_cont()), then the slot's cluster lock.
     fn free_swap_slot(&self, entry: SwapEntry) {
         let _f = self.func("swap_entry_free");
         let si = self.swap_info();
         let off = entry.0;
+        let _si = si.lock.lock(self);
         {
             let _ci = self.lock_cluster(off);
             let mut st = si.state();
@@ -572,10 +589,10 @@ impl<E: Engine> Cpu<E> {
                 st.free_cluster(idx);
             }
         }
-        si.cache_changed();
         // swap_range_free()
-        let _si = si.lock.lock(self);
         si.state().nr_swap_pages += 1;
+        drop(_si);
+        si.cache_changed();
     }
 
     /// Models __swap_entry_free() and swap_free(), mm/swapfile.c, v5.8: drop
@@ -739,7 +756,10 @@ impl<E: Engine> Cpu<E> {
             return 0;
         }
         let _ci = self.lock_cluster(off);
-        si.state().slot(off).count as i64
+        // Bound before the cluster lock is dropped: the state's guard must
+        // not outlive it (its unlock is a scheduling point).
+        let count = si.state().slot(off).count as i64;
+        count
     }
 
     /// Models __swap_count(), mm/swapfile.c, v5.8 (read under the cluster
@@ -747,7 +767,8 @@ impl<E: Engine> Cpu<E> {
     pub fn __swap_count(&self, entry: SwapEntry) -> u32 {
         let si = self.swap_info();
         let _ci = self.lock_cluster(entry.0);
-        si.state().slot(entry.0).count
+        let count = si.state().slot(entry.0).count;
+        count
     }
 
     /// Models page_swapped(), mm/swapfile.c, v5.8: whether any PTE still

@@ -154,10 +154,12 @@ impl<E: Engine> Cpu<E> {
         }
     }
 
-    /// The frame a read of `addr` would see: the one mapped there, or, for a
-    /// shared file (hugetlb) mapping that does not map it yet, the file's
-    /// cached page there (a fault would map it). None: it reads as zero.
-    fn frame_for_read(&self, mm: &MmStruct<E>, addr: VirtAddr) -> Option<Pfn> {
+    /// The frame a read of `addr` would see, for checkers: the one mapped
+    /// there, a swapped-out page's swap cache page (a swap-in would map it),
+    /// or, for a shared file mapping that does not map it yet, the file's
+    /// cached page there (a fault would map it). None: it reads as zero, or
+    /// as its slot on the swap device.
+    pub fn frame_for_read(&self, mm: &MmStruct<E>, addr: VirtAddr) -> Option<Pfn> {
         let info = self.page_info(mm, addr);
         if let Some(pfn) = info.pfn {
             return Some(pfn);

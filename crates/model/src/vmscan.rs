@@ -75,6 +75,21 @@ impl<E: Engine> Cpu<E> {
         st.nr_swap_pages * 2 < total
     }
 
+    /// Models activate_page() (__activate_page()), mm/swap.c, v5.8: a page
+    /// on the inactive LRU becomes active; an isolated one (off the LRU, as
+    /// reclaim and migration hold them) is left alone.
+    ///
+    /// # Locking
+    /// Takes `lru_lock`.
+    pub fn activate_page(&self, page: Pfn) {
+        let head = self.compound_head(page);
+        let _lru = self.k.lru_lock.lock(self);
+        let p = self.page(head);
+        if p.test_flag(pg::LRU) && !p.test_flag(pg::ACTIVE) && !p.test_flag(pg::MLOCKED) {
+            p.set_flag(pg::ACTIVE);
+        }
+    }
+
     /// Models page_check_references(), mm/vmscan.c, v5.8.
     fn page_check_references(&self, page: Pfn) -> PageReferences {
         let _f = self.func("page_check_references");
@@ -175,10 +190,10 @@ impl<E: Engine> Cpu<E> {
         let mut ret = Vec::new();
         let mut nr_reclaimed = 0;
         while let Some(page) = list.pop_front() {
-            let nr_pages = 1u64 << self.page(page).compound_order();
             match self.shrink_one_page(page, &mut list, ignore_references) {
                 Fate::Freed => {
-                    nr_reclaimed += nr_pages;
+                    // A THP split on the way counts as the one page left.
+                    nr_reclaimed += self.hpage_nr_pages(page);
                     // free_it: the page's count was frozen at 0.
                     if self.page_trans_huge(page) {
                         self.free_transhuge_page(page); // destroy_compound_page()

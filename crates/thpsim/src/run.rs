@@ -746,10 +746,12 @@ impl<E: Engine> Machine<E> {
         let procs = &st.procs;
         let mm_of = |name: &str| procs.get(name).filter(|p| p.alive).map(|p| p.mm.clone());
         // The pin rule first: a process that no longer maps its pinned frame
-        // is the cause of what the byte comparison then finds.
+        // is the cause of what the byte comparison then finds. A page
+        // swapped out but still in the swap cache is the frame its next
+        // access maps.
         found.extend(st.oracle.check_pins(|name, page| {
             mm_of(name)
-                .and_then(|mm| cpu.page_info(&mm, VirtAddr(page)).pfn)
+                .and_then(|mm| cpu.frame_for_read(&mm, VirtAddr(page)))
                 .map(|f| f.0)
         }));
         let mem = st.oracle.check_changed(

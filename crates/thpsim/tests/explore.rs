@@ -35,6 +35,10 @@ const CLEAN: &[&str] = &[
     "hugetlb_fork_vs_write",
     "shmem_fault_vs_zap",
     "move_shmem_vs_write",
+    "swapin_vs_wp_fault",
+    "reclaim_vs_fork",
+    "swapin_vs_swapin",
+    "pageout_vs_write",
 ];
 
 fn root() -> PathBuf {

@@ -87,6 +87,8 @@ mod pins;
 mod run;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod session;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod swap;
 pub mod vmstat;
 
 use serde::Serialize;
@@ -106,6 +108,74 @@ pub struct LiveReport {
     /// each with the line it happened at. When this is not empty the records
     /// do not describe the scenario alone: compare nothing, run it again.
     pub interference: Vec<String>,
+    /// The swap device the run added (`swap` line); removed again when the
+    /// run ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap: Option<LiveSwap>,
+}
+
+/// Which kind of swap device a run uses (see [`LiveSwap`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwapKind {
+    /// A zram device: compressed RAM, a synchronous-IO device
+    /// (SWP_SYNCHRONOUS_IO).
+    Zram,
+    /// A swap file on a disk file system.
+    File,
+}
+
+impl SwapKind {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            SwapKind::Zram => "zram",
+            SwapKind::File => "file",
+        }
+    }
+}
+
+/// Which device kind a `swap` line gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SwapPreference {
+    /// zram when it can be had, else a swap file.
+    #[default]
+    Auto,
+    /// zram only (the run fails, `Unsupported`, when zram cannot be had).
+    Zram,
+    /// A swap file only.
+    File,
+}
+
+impl SwapPreference {
+    /// From `THPSIM_LIVE_SWAP` (`zram`, `file`; anything else: auto).
+    pub fn from_env() -> SwapPreference {
+        match std::env::var("THPSIM_LIVE_SWAP").as_deref() {
+            Ok("zram") => SwapPreference::Zram,
+            Ok("file") => SwapPreference::File,
+            _ => SwapPreference::Auto,
+        }
+    }
+}
+
+/// The swap device of a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LiveSwap {
+    pub kind: SwapKind,
+    /// What was swapon'ed: `/dev/zramN` or the swap file.
+    pub path: String,
+    /// Its size (the `swap` line rounded up to a page).
+    pub bytes: u64,
+    /// Its swap priority (the highest).
+    pub priority: i32,
+    /// The swap areas that were active before the run (left alone).
+    pub host_swap: Vec<String>,
+}
+
+/// How [`run_live_with`] runs a scenario.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveOptions {
+    /// The swap device kind for a `swap` line.
+    pub swap: SwapPreference,
 }
 
 /// One line of a live run's report (compare with the model's records by line).
@@ -230,7 +300,17 @@ pub fn io_uring_available() -> Result<(), String> {
 /// debugfs, pins where io_uring is unavailable). Runs are serialised machine-wide (a lock file), since THP
 /// settings are global.
 pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
-    imp::run_live(scn)
+    imp::run_live(
+        scn,
+        &LiveOptions {
+            swap: SwapPreference::from_env(),
+        },
+    )
+}
+
+/// [`run_live`] with explicit options (`THPSIM_LIVE_SWAP` is not read).
+pub fn run_live_with(scn: &Scenario, opts: &LiveOptions) -> Result<LiveReport, LiveError> {
+    imp::run_live(scn, opts)
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -321,7 +401,7 @@ mod imp {
         }
     }
 
-    pub fn run_live(_: &Scenario) -> Result<LiveReport, LiveError> {
+    pub fn run_live(_: &Scenario, _: &super::LiveOptions) -> Result<LiveReport, LiveError> {
         Err(environment().unwrap_err())
     }
 }

@@ -276,7 +276,7 @@ unsafe fn map_placed(len: u64, flags: c_int, fd: c_int, align: u64) -> Result<u6
 }
 
 /// Registers this process's mm with khugepaged (MMF_VM_HUGEPAGE): MADV_HUGEPAGE
-/// on an untouched PMD-aligned region (hugepage_madvise() ->
+/// on an empty PMD-aligned region that has an anon_vma (hugepage_madvise() ->
 /// khugepaged_enter_vma()). The mm stays on khugepaged's list until it exits,
 /// and every process it forks is registered at fork (khugepaged_fork()).
 ///
@@ -289,8 +289,21 @@ unsafe fn map_placed(len: u64, flags: c_int, fd: c_int, align: u64) -> Result<u6
 /// registration can wake khugepaged afterwards. Best effort: with THP
 /// `never` no mm registers, and khugepaged does not run at all.
 ///
+/// The region must have an anon_vma: since Linux 6.x
+/// (__thp_vma_allowable_orders()) khugepaged neither registers nor scans an
+/// anonymous VMA without one, so MADV_HUGEPAGE on a never-touched region
+/// registers nothing, the first agent region to get MADV_HUGEPAGE (or a THP
+/// fault) after its pages are written registers its mm, wakes khugepaged
+/// if nobody else is on its list, and the wake-up scan collapses that
+/// region behind the scenario's back (seen on 6.18 in about half the runs
+/// of `mmap, write, madvise hugepage`). So one page is written (under
+/// MADV_NOHUGEPAGE: a base page, no THP fault) and dropped again with
+/// MADV_DONTNEED, which keeps the anon_vma and leaves 512 empty PTEs, more
+/// than any `max_ptes_none` (at most 511) lets khugepaged collapse.
+///
 /// # Safety
-/// Only syscalls; async-signal-safe, so it may run in a forked child.
+/// Only syscalls and a store to the region just mapped; async-signal-safe,
+/// so it may run in a forked child.
 pub unsafe fn register_with_khugepaged() {
     const LOW: u64 = 1 << 33;
     let low = libc::mmap(
@@ -301,14 +314,20 @@ pub unsafe fn register_with_khugepaged() {
         -1,
         0,
     );
-    if low != libc::MAP_FAILED && low as u64 == LOW {
-        libc::madvise(low, PMD as usize, libc::MADV_HUGEPAGE);
+    let region = if low != libc::MAP_FAILED && low as u64 == LOW {
+        low
     } else if let Ok(start) = map_region(PMD) {
         if low != libc::MAP_FAILED {
             libc::munmap(low, PMD as usize);
         }
-        libc::madvise(start as *mut c_void, PMD as usize, libc::MADV_HUGEPAGE);
-    }
+        start as *mut c_void
+    } else {
+        return;
+    };
+    libc::madvise(region, PMD as usize, libc::MADV_NOHUGEPAGE);
+    (region as *mut u8).write_volatile(1);
+    libc::madvise(region, PMD as usize, libc::MADV_DONTNEED);
+    libc::madvise(region, PMD as usize, libc::MADV_HUGEPAGE);
 }
 
 fn sys_result(r: c_int) -> [u64; 4] {

@@ -20,7 +20,10 @@
 //!   disposition (by default the process dies of it). The run then fails with
 //!   [`LiveError::Interrupted`] if the process survives.
 //! - On every other exit path (success, error, panic) the [`Session`]'s Drop
-//!   does the same.
+//!   does the same. A signal that arrives while Drop restores (in any
+//!   thread) waits until it is done, then goes to the disposition the run
+//!   found: dying half-way (after swapoff, before the zram reset) would leave
+//!   part of the machine changed.
 
 use crate::swap::{self, SwapRequest, Undo};
 use crate::LiveError;
@@ -30,7 +33,7 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
 use thpsim_scenario::KhugepagedLimits;
 
 pub const THP: &str = "/sys/kernel/mm/transparent_hugepage";
@@ -43,6 +46,11 @@ static AGENT_PIDFDS: [AtomicI32; MAX_AGENTS] = [const { AtomicI32::new(-1) }; MA
 static KEEPER: AtomicI32 = AtomicI32::new(0);
 /// The signal that interrupted the run (0 if none).
 pub static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+/// A thread is in [`Session::restore`] (it has taken the handler's data).
+static RESTORING: AtomicBool = AtomicBool::new(false);
+/// A signal that arrived while another thread restored: passed on by
+/// [`Session::restore`] once everything is back (0 if none).
+static DEFERRED: AtomicI32 = AtomicI32::new(0);
 
 /// One step of the signal handler's restore, prepared as C data.
 enum Step {
@@ -134,6 +142,13 @@ extern "C" fn on_signal(sig: libc::c_int) {
     // Only async-signal-safe calls below.
     unsafe {
         if e.is_null() {
+            // Another thread is restoring (the run's Drop): dying now would
+            // cut its restore short (say after swapoff, before the zram
+            // reset), so it passes the signal on when it is done.
+            DEFERRED.store(sig, Ordering::SeqCst);
+            if RESTORING.load(Ordering::SeqCst) || DEFERRED.swap(0, Ordering::SeqCst) == 0 {
+                return;
+            }
             // The session is already gone: whoever owns the signal now gets it.
             let mut cur: libc::sigaction = std::mem::zeroed();
             libc::sigaction(sig, std::ptr::null(), &mut cur);
@@ -588,16 +603,11 @@ impl Session {
 
     /// Puts everything back (idempotent).
     fn restore(&mut self) {
-        // Take the handlers' data first so a late signal does not race us.
+        // Take the handlers' data first so a late signal does not race us:
+        // a signal from now on is deferred until everything is back (the
+        // handler stays installed until then, see on_signal).
+        RESTORING.store(true, Ordering::SeqCst);
         let e = EMERGENCY.swap(std::ptr::null_mut(), Ordering::SeqCst);
-        if !e.is_null() {
-            // SAFETY: restoring the dispositions saved in start().
-            unsafe {
-                for (sig, old) in &(*e).old {
-                    libc::sigaction(*sig, old, std::ptr::null_mut());
-                }
-            }
-        }
         undo_all(&self.undo);
         self.undo.clear();
         let _ = fs::remove_file(&self.saved_swap);
@@ -607,12 +617,28 @@ impl Session {
             }
         }
         let _ = fs::remove_file(&self.saved);
+        if !e.is_null() {
+            // SAFETY: restoring the dispositions saved in start().
+            unsafe {
+                for (sig, old) in &(*e).old {
+                    libc::sigaction(*sig, old, std::ptr::null_mut());
+                }
+            }
+        }
         if !e.is_null() && e == self.emergency {
             // SAFETY: we took it back from the static; no handler holds it
             // (a handler that took it would have left null behind).
             drop(unsafe { Box::from_raw(e) });
         }
         self.original.clear();
+        RESTORING.store(false, Ordering::SeqCst);
+        let sig = DEFERRED.swap(0, Ordering::SeqCst);
+        if sig > 0 {
+            // Delivered to the disposition the run found (by default the
+            // process dies of it), now that the machine is put back.
+            // SAFETY: raising a signal.
+            unsafe { libc::raise(sig) };
+        }
     }
 }
 

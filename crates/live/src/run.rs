@@ -79,6 +79,15 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
             crate::swap::available().map_err(|why| unsupported(span, why))?;
             continue;
         }
+        if f == Feature::KhugepagedLimits {
+            return Err(unsupported(
+                span,
+                "`khugepaged max_ptes_...` is not supported by the live runner: its `kernel: \
+                 khugepaged` is MADV_COLLAPSE, which ignores these limits (a run writes the \
+                 kernel's defaults, 511/64/256, to sysfs for khugepaged itself)"
+                    .into(),
+            ));
+        }
         if !matches!(
             f,
             Feature::Core
@@ -1557,6 +1566,54 @@ mod tests {
             let scn = thpsim_scenario::parse("t.thp", src).expect("valid");
             assert!(preflight(&scn).is_ok(), "{src}");
         }
+    }
+
+    /// The swap constructs pass preflight, with a note for each line whose
+    /// live mechanism differs from the model's (MADV_PAGEOUT for reclaim,
+    /// MADV_COLLAPSE for khugepaged and for `madvise ... collapse`).
+    #[test]
+    fn swap_constructs_pass_preflight_with_notes() {
+        let src = "swap 64m\nprocess P\nP: mmap A 1h\nP: madvise A[..] pageout\n\
+                   P: madvise A[..] free\nP: madvise A[..] collapse => einval\n\
+                   kernel: reclaim P A[..]\nkernel: khugepaged P A[..]\nexpect P A[0] swap\n";
+        let scn = thpsim_scenario::parse("t.thp", src).expect("valid");
+        let notes = preflight(&scn).expect("swap runs live");
+        for (line, what) in [
+            (6, "5.8 has no MADV_COLLAPSE"),
+            (7, "MADV_PAGEOUT"),
+            (8, "ignores khugepaged's max_ptes_none"),
+        ] {
+            assert!(
+                notes
+                    .iter()
+                    .any(|n| n.starts_with(&format!("line {line}:")) && n.contains(what)),
+                "line {line}: {notes:?}"
+            );
+        }
+        assert!(!notes.iter().any(|n| n.contains("without a `swap` line")));
+        // Without a `swap` line, paging out is noted as having nowhere to go.
+        let scn = thpsim_scenario::parse(
+            "t.thp",
+            "process P\nP: mmap A 1h\nkernel: reclaim P A[..]\n",
+        )
+        .expect("valid");
+        let notes = preflight(&scn).expect("runs live");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("line 3: pages out without a `swap` line")),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn collapses_are_counted_per_whole_pmd() {
+        assert_eq!(whole_pmds(0, HPAGE), 1);
+        assert_eq!(whole_pmds(0, 2 * HPAGE), 2);
+        assert_eq!(whole_pmds(PAGE, 2 * HPAGE), 1);
+        assert_eq!(whole_pmds(0, HPAGE - PAGE), 0);
+        assert_eq!(whole_pmds(HPAGE, HPAGE + 4 * PAGE), 0);
+        assert_eq!(whole_pmds(HPAGE - PAGE, 3 * HPAGE + PAGE), 2);
     }
 
     /// Pins, device steps and mlock pass preflight where io_uring works; where

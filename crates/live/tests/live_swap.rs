@@ -696,3 +696,103 @@ fn the_next_run_removes_the_swap_device_of_a_killed_run() {
         assert_eq!(resting_state(), before, "{kind}: still left behind");
     }
 }
+
+/// zram0 in use as the host's own swap for a test (a small area, lowest
+/// priority), put back on drop.
+struct HostZramSwap;
+
+impl HostZramSwap {
+    fn start() -> Option<HostZramSwap> {
+        let on = locked(|| {
+            let dir = Path::new("/sys/block/zram0");
+            let idle = std::fs::read_to_string(dir.join("initstate")).unwrap_or_default();
+            if idle.trim() != "0" || !Path::new("/sys/class/zram-control/hot_add").exists() {
+                return false;
+            }
+            if std::fs::write(dir.join("disksize"), (16u64 << 20).to_string()).is_err() {
+                return false;
+            }
+            // mkswap's header: version 1, last page, magic.
+            let mut h = vec![0u8; 4096];
+            h[1024..1028].copy_from_slice(&1u32.to_ne_bytes());
+            h[1028..1032].copy_from_slice(&((16u32 << 8) - 1).to_ne_bytes());
+            h[4086..].copy_from_slice(b"SWAPSPACE2");
+            let dev = std::ffi::CString::new("/dev/zram0").expect("path");
+            // SAFETY: a NUL-terminated path; priority 0 (SWAP_FLAG_PREFER).
+            let on = std::fs::write("/dev/zram0", &h).is_ok()
+                && unsafe { libc::swapon(dev.as_ptr(), 0x8000) } == 0;
+            if !on {
+                let _ = std::fs::write(dir.join("reset"), "1");
+            }
+            on
+        });
+        on.then_some(HostZramSwap)
+    }
+}
+
+impl Drop for HostZramSwap {
+    fn drop(&mut self) {
+        locked(|| {
+            let dev = std::ffi::CString::new("/dev/zram0").expect("path");
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::swapoff(dev.as_ptr()) };
+            let _ = std::fs::write("/sys/block/zram0/reset", "1");
+        })
+    }
+}
+
+/// Swap that was active before the run is left alone and noted: with the
+/// host's zram0 busy, the run hot-adds a zram device of its own (at the
+/// highest priority, so the scenario's pages go there), and removes it.
+#[test]
+fn the_hosts_swap_is_left_alone_and_a_zram_device_is_hot_added() {
+    if !live() {
+        return;
+    }
+    let _s = serial();
+    let before = resting_swaps();
+    let Some(host) = HostZramSwap::start() else {
+        eprintln!("skipped: zram0 is in use or zram cannot hot-add devices here");
+        return;
+    };
+    let zrams = || {
+        let mut v: Vec<String> = std::fs::read_dir("/sys/block")
+            .expect("sysfs")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with("zram"))
+            .collect();
+        v.sort();
+        v
+    };
+    let devices = locked(zrams);
+    let r = run_swap(PAGEOUT, SwapPreference::Zram);
+    let dev = r.swap.clone().expect("device");
+    assert_ne!(dev.path, "/dev/zram0");
+    assert_eq!(dev.host_swap, vec!["/dev/zram0"]);
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.contains("already had active swap, left alone: /dev/zram0")),
+        "{:?}",
+        r.notes
+    );
+    assert!(
+        r.notes.iter().any(|n| n.contains("hot-added")),
+        "{:?}",
+        r.notes
+    );
+    assert_expects_hold(&r);
+    assert_eq!(counters_at(&r, 7), vec!["pswpout +1"]);
+    // The host's swap is still on, the run's device is gone.
+    assert_eq!(
+        locked(swaps_now),
+        before
+            .iter()
+            .cloned()
+            .chain(["/dev/zram0".to_string()])
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(locked(zrams), devices);
+    drop(host);
+    assert_eq!(resting_swaps(), before);
+}

@@ -18,6 +18,15 @@
 //!   THPs or only PTE-mapped ones; when it holds both, a PTE-mapped THP whose
 //!   PTEs map it whole and in order is misreported as PMD-mapped.
 //!
+//! A page that is not present but has PM_SWAP (bit 62) holds a swap-format
+//! entry: its type (bits 0-4 of the entry, with the offset above them) is a
+//! swap device's index below `MAX_SWAPFILES` (`swap`), or one of the top
+//! type numbers the kernel uses for migration entries (`migration`) and PTE
+//! markers (`none`); `decode::SwapTypes` has the layout, from the kernel's
+//! configuration (/boot/config-RELEASE or /proc/config.gz). pagemap reports
+//! a swap entry's type and offset only to CAP_SYS_ADMIN, which the live
+//! runner has (it needs the PFNs anyway).
+//!
 //! The first byte of a page is read through /proc/PID/mem only when pagemap
 //! says it is present: a read of a non-present page through /proc/PID/mem
 //! would fault it in (the zero page, or a new THP with the zero page off), so

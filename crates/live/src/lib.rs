@@ -95,7 +95,9 @@
 //! rotational disk no, `thp_swpout_fallback`, split first). Without a `swap`
 //! line no device is added.
 //! - `P: madvise A[range] pageout | free` are MADV_PAGEOUT and MADV_FREE in
-//!   P's agent (the errno is the outcome, as for the other advice);
+//!   P's agent (the errno is the outcome, as for the other advice), each
+//!   after draining every CPU's LRU batches (as `kernel: reclaim` below), so
+//!   that no page is passed over for sitting in another CPU's batch;
 //!   `collapse` is MADV_COLLAPSE with the kernel's real outcome (EAGAIN read
 //!   as `ebusy`), where 5.8, without MADV_COLLAPSE, fails with `einval`: a
 //!   declared divergence, noted per line.

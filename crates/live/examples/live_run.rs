@@ -29,6 +29,9 @@ fn main() -> ExitCode {
             for n in &report.notes {
                 println!("# {n}");
             }
+            for i in &report.interference {
+                println!("# interference: {i}");
+            }
             let mut failed = false;
             for r in &report.records {
                 if let thpsim_live::LiveRecord::Expect { ok: false, .. } = r {

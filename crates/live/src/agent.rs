@@ -39,6 +39,8 @@ pub const OP_HELLO: u64 = 0;
 pub const OP_MMAP: u64 = 1;
 pub const OP_MUNMAP: u64 = 2;
 pub const OP_MPROTECT: u64 = 3;
+/// `madvise`: advice `c` over `[a, a + b)`; MADV_PAGEOUT and MADV_FREE come
+/// after [`drain_lru_batches`].
 pub const OP_MADVISE: u64 = 4;
 pub const OP_FILL: u64 = 5;
 pub const OP_READ: u64 = 6;
@@ -276,7 +278,7 @@ unsafe fn map_placed(len: u64, flags: c_int, fd: c_int, align: u64) -> Result<u6
 }
 
 /// Registers this process's mm with khugepaged (MMF_VM_HUGEPAGE): MADV_HUGEPAGE
-/// on an untouched PMD-aligned region (hugepage_madvise() ->
+/// on an empty PMD-aligned region that has an anon_vma (hugepage_madvise() ->
 /// khugepaged_enter_vma()). The mm stays on khugepaged's list until it exits,
 /// and every process it forks is registered at fork (khugepaged_fork()).
 ///
@@ -289,8 +291,21 @@ unsafe fn map_placed(len: u64, flags: c_int, fd: c_int, align: u64) -> Result<u6
 /// registration can wake khugepaged afterwards. Best effort: with THP
 /// `never` no mm registers, and khugepaged does not run at all.
 ///
+/// The region must have an anon_vma: since Linux 6.x
+/// (__thp_vma_allowable_orders()) khugepaged neither registers nor scans an
+/// anonymous VMA without one, so MADV_HUGEPAGE on a never-touched region
+/// registers nothing, the first agent region to get MADV_HUGEPAGE (or a THP
+/// fault) after its pages are written registers its mm, wakes khugepaged
+/// if nobody else is on its list, and the wake-up scan collapses that
+/// region behind the scenario's back (seen on 6.18 in about half the runs
+/// of `mmap, write, madvise hugepage`). So one page is written (under
+/// MADV_NOHUGEPAGE: a base page, no THP fault) and dropped again with
+/// MADV_DONTNEED, which keeps the anon_vma and leaves 512 empty PTEs, more
+/// than any `max_ptes_none` (at most 511) lets khugepaged collapse.
+///
 /// # Safety
-/// Only syscalls; async-signal-safe, so it may run in a forked child.
+/// Only syscalls and a store to the region just mapped; async-signal-safe,
+/// so it may run in a forked child.
 pub unsafe fn register_with_khugepaged() {
     const LOW: u64 = 1 << 33;
     let low = libc::mmap(
@@ -301,14 +316,54 @@ pub unsafe fn register_with_khugepaged() {
         -1,
         0,
     );
-    if low != libc::MAP_FAILED && low as u64 == LOW {
-        libc::madvise(low, PMD as usize, libc::MADV_HUGEPAGE);
+    let region = if low != libc::MAP_FAILED && low as u64 == LOW {
+        low
     } else if let Ok(start) = map_region(PMD) {
         if low != libc::MAP_FAILED {
             libc::munmap(low, PMD as usize);
         }
-        libc::madvise(start as *mut c_void, PMD as usize, libc::MADV_HUGEPAGE);
-    }
+        start as *mut c_void
+    } else {
+        return;
+    };
+    libc::madvise(region, PMD as usize, libc::MADV_NOHUGEPAGE);
+    (region as *mut u8).write_volatile(1);
+    libc::madvise(region, PMD as usize, libc::MADV_DONTNEED);
+    libc::madvise(region, PMD as usize, libc::MADV_HUGEPAGE);
+}
+
+/// Moves every CPU's per-CPU folio batches (new pages on their way to the LRU
+/// lists, MADV_FREE'd pages on their way to the lazyfree list) to the LRU
+/// lists, as lru_add_drain_all() does: move_pages(2) of one unmapped address
+/// (0) to node 0, whose do_pages_move() starts with lru_cache_disable() ->
+/// __lru_add_drain_all() (migrate_prep() -> lru_add_drain_all() in 5.8) and
+/// then moves nothing (the address's status is -EFAULT).
+///
+/// MADV_PAGEOUT and MADV_FREE drain only the calling CPU's batches
+/// (lru_add_drain()) and pass over a page still in another CPU's: MADV_PAGEOUT
+/// cannot isolate it from the LRU, MADV_FREE's lazyfree move skips it (the
+/// page stays swap-backed and is later swapped out instead of discarded).
+/// Which CPU faulted a page is up to the scheduler, so without this a
+/// pageout of a page just written did nothing in about a third of the runs
+/// on 6.18 (2 CPUs); the model has no per-CPU batches. Best effort: without
+/// NUMA (no move_pages(2)) nothing is drained.
+///
+/// # Safety
+/// A syscall on local buffers; async-signal-safe.
+unsafe fn drain_lru_batches() {
+    let pages = [null_mut::<c_void>()];
+    let nodes = [0 as c_int];
+    let mut status = [0 as c_int];
+    const MPOL_MF_MOVE: c_int = 1 << 1;
+    libc::syscall(
+        libc::SYS_move_pages,
+        0 as c_int,
+        1 as libc::c_ulong,
+        pages.as_ptr(),
+        nodes.as_ptr(),
+        status.as_mut_ptr(),
+        MPOL_MF_MOVE,
+    );
 }
 
 fn sys_result(r: c_int) -> [u64; 4] {
@@ -423,7 +478,12 @@ pub unsafe fn agent_main(chan: c_int) -> ! {
             }
             OP_MUNMAP => sys_result(libc::munmap(a as *mut c_void, b as usize)),
             OP_MPROTECT => sys_result(libc::mprotect(a as *mut c_void, b as usize, c as c_int)),
-            OP_MADVISE => sys_result(libc::madvise(a as *mut c_void, b as usize, c as c_int)),
+            OP_MADVISE => {
+                if c as c_int == libc::MADV_PAGEOUT || c as c_int == libc::MADV_FREE {
+                    drain_lru_batches();
+                }
+                sys_result(libc::madvise(a as *mut c_void, b as usize, c as c_int))
+            }
             OP_FILL => match thpsim_live_fill(a as *mut u8, b as usize, c as u32 & 0xff) {
                 0 => [REPLY_OK, 0, 0, 0],
                 sig => [REPLY_SIGNAL, sig as u64, 0, 0],

@@ -112,15 +112,101 @@ impl Kind {
     }
 }
 
+/// What the type field (bits 0-4) of a non-present pagemap entry with
+/// PM_SWAP (bit 62) means on this kernel.
+///
+/// The kernel encodes swap entries and its other non-present entries alike
+/// (include/linux/swap.h): the 5-bit type is a swap device's index (its
+/// `swap_info[]` slot, below `MAX_SWAPFILES`) or one of the special types
+/// that use the top type numbers, in this order from `MAX_SWAPFILES` up:
+/// hwpoison (1 with CONFIG_MEMORY_FAILURE), migration (3 with
+/// CONFIG_MIGRATION: read, read-exclusive, write), device-private (4 with
+/// CONFIG_DEVICE_PRIVATE, 3 from 6.15 on, which folded the two exclusive
+/// types into one), PTE marker (1, the last type, 31: uffd-wp, swap-in error
+/// and guard markers). `MAX_SWAPFILES` is 32 minus those. pagemap itself
+/// cannot tell a migration entry from a swap entry (both set PM_SWAP); the
+/// type can.
+///
+/// Exact for Linux >= 6.2 (PTE markers always built in, no separate
+/// swap-in-error type) when the kernel's configuration is known; without it,
+/// every optional type is assumed present, which puts `MAX_SWAPFILES` at its
+/// lowest (23): a real swap device has a type that low unless the machine
+/// has more than 23 swap areas.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwapTypes {
+    /// `MAX_SWAPFILES`: types below it are swap devices.
+    pub max_swapfiles: u64,
+    /// Migration entry types: `[start, end)`.
+    pub migration: (u64, u64),
+    /// The PTE marker type.
+    pub pte_marker: u64,
+}
+
+impl SwapTypes {
+    /// The number of type bits (`MAX_SWAPFILES_SHIFT`).
+    pub const SHIFT: u32 = 5;
+
+    /// The layout for a kernel with these options.
+    pub fn with(memory_failure: bool, migration: bool, device_private: u64) -> SwapTypes {
+        let total = 1u64 << Self::SHIFT;
+        let hw = u64::from(memory_failure);
+        let mig = if migration { 3 } else { 0 };
+        let max = total - hw - mig - device_private - 1;
+        SwapTypes {
+            max_swapfiles: max,
+            migration: (max + hw, max + hw + mig),
+            pte_marker: total - 1,
+        }
+    }
+
+    /// The layout for kernel `release` (`uname -r`) built with `config` (the
+    /// text of its .config), or the most conservative one when the
+    /// configuration is unknown (see the type's docs).
+    pub fn for_kernel(release: &str, config: Option<&str>) -> SwapTypes {
+        let Some(config) = config else {
+            return SwapTypes::with(true, true, 4);
+        };
+        let on = |name: &str| {
+            config
+                .lines()
+                .any(|l| l.strip_prefix(name).is_some_and(|r| r == "=y"))
+        };
+        let mut v = release
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|n| n.parse::<u32>().ok());
+        let version = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+        let device = match (on("CONFIG_DEVICE_PRIVATE"), version >= (6, 15)) {
+            (false, _) => 0,
+            (true, true) => 3,
+            (true, false) => 4,
+        };
+        SwapTypes::with(on("CONFIG_MEMORY_FAILURE"), on("CONFIG_MIGRATION"), device)
+    }
+
+    /// The page kind of a non-present entry of type `t`: a swap device's
+    /// (`swap`), a migration entry (`migration`; hwpoison and device-private
+    /// entries, which the scenario language has no kind for, are reported
+    /// as `migration` too: non-present, not swapped, coming back), a PTE
+    /// marker (`none`: nothing is mapped there).
+    pub fn kind(&self, t: u64) -> Kind {
+        if t < self.max_swapfiles {
+            Kind::Swap
+        } else if t == self.pte_marker {
+            Kind::None
+        } else {
+            Kind::Migration
+        }
+    }
+}
+
 /// The kind of a base page from its pagemap entry, the kpageflags of its frame
 /// (ignored when not present), whether PAGEMAP_SCAN (or the smaps fallback)
-/// says a huge PMD maps it, and how many swap devices are active (a swapped
-/// entry whose type is at or above that count is a migration entry).
-pub fn classify(e: PagemapEntry, flags: KFlags, pmd_mapped: bool, nr_swapfiles: u64) -> Kind {
+/// says a huge PMD maps it, and this kernel's swap entry types (a swapped
+/// entry is a swap entry, a migration entry or a marker: [`SwapTypes`]).
+pub fn classify(e: PagemapEntry, flags: KFlags, pmd_mapped: bool, types: &SwapTypes) -> Kind {
     if !e.present() {
         return match e.swap_type() {
-            Some(t) if t < nr_swapfiles => Kind::Swap,
-            Some(_) => Kind::Migration,
+            Some(t) => types.kind(t),
             None => Kind::None,
         };
     }
@@ -266,22 +352,63 @@ VmFlags: rd wr mr mw me ac sd
 
     #[test]
     fn kinds() {
+        let t = SwapTypes::with(false, true, 0);
+        let t = &t;
         let p = PagemapEntry(PagemapEntry::PRESENT | 5);
-        assert_eq!(classify(p, KFlags(THP_HEAD_ANON), true, 0), Kind::ThpPmd);
-        assert_eq!(classify(p, KFlags(THP_TAIL_ANON), false, 0), Kind::ThpPte);
-        assert_eq!(classify(p, KFlags(HUGE_ZERO_HEAD), true, 0), Kind::Zero);
-        assert_eq!(classify(p, KFlags(HUGE_ZERO_TAIL), true, 0), Kind::Zero);
-        assert_eq!(classify(p, KFlags(ZERO_4K), false, 0), Kind::Zero);
-        assert_eq!(classify(p, KFlags(BASE_ANON), false, 0), Kind::Base);
+        assert_eq!(classify(p, KFlags(THP_HEAD_ANON), true, t), Kind::ThpPmd);
+        assert_eq!(classify(p, KFlags(THP_TAIL_ANON), false, t), Kind::ThpPte);
+        assert_eq!(classify(p, KFlags(HUGE_ZERO_HEAD), true, t), Kind::Zero);
+        assert_eq!(classify(p, KFlags(HUGE_ZERO_TAIL), true, t), Kind::Zero);
+        assert_eq!(classify(p, KFlags(ZERO_4K), false, t), Kind::Zero);
+        assert_eq!(classify(p, KFlags(BASE_ANON), false, t), Kind::Base);
         assert_eq!(
-            classify(p, KFlags(1 << kpf::HUGE | 1 << kpf::COMPOUND_HEAD), true, 0),
+            classify(p, KFlags(1 << kpf::HUGE | 1 << kpf::COMPOUND_HEAD), true, t),
             Kind::Hugetlb
         );
-        assert_eq!(classify(PagemapEntry(0), KFlags(0), false, 0), Kind::None);
-        let sw = PagemapEntry(PagemapEntry::SWAPPED | 1);
-        assert_eq!(classify(sw, KFlags(0), false, 2), Kind::Swap);
-        assert_eq!(classify(sw, KFlags(0), false, 0), Kind::Migration);
+        assert_eq!(classify(PagemapEntry(0), KFlags(0), false, t), Kind::None);
+        // Swap type 1, offset 0x1234.
+        let sw = PagemapEntry(PagemapEntry::SWAPPED | 0x1234 << 5 | 1);
+        assert_eq!(classify(sw, KFlags(0), false, t), Kind::Swap);
+        // A migration entry: type MAX_SWAPFILES + 2 (write), offset a PFN.
+        let mig = PagemapEntry(PagemapEntry::SWAPPED | 0x19_5e01 << 5 | 30);
+        assert_eq!(classify(mig, KFlags(0), false, t), Kind::Migration);
+        let marker = PagemapEntry(PagemapEntry::SWAPPED | 31);
+        assert_eq!(classify(marker, KFlags(0), false, t), Kind::None);
         assert_eq!(Kind::ThpPmd.keyword(), "thp-pmd");
+    }
+
+    /// include/linux/swap.h for the configurations that matter.
+    #[test]
+    fn swap_type_layouts() {
+        // This machine (6.18: MIGRATION, no MEMORY_FAILURE, no DEVICE_PRIVATE):
+        // MAX_SWAPFILES 28, migration 28..31, marker 31.
+        let config = "CONFIG_SWAP=y\nCONFIG_MIGRATION=y\n# CONFIG_DEVICE_PRIVATE is not set\n";
+        let t = SwapTypes::for_kernel("6.18.44-fc-v973", Some(config));
+        assert_eq!(t, SwapTypes::with(false, true, 0));
+        assert_eq!(
+            (t.max_swapfiles, t.migration, t.pte_marker),
+            (28, (28, 31), 31)
+        );
+        assert_eq!(t.kind(0), Kind::Swap);
+        assert_eq!(t.kind(27), Kind::Swap);
+        for ty in 28..31 {
+            assert_eq!(t.kind(ty), Kind::Migration);
+        }
+        assert_eq!(t.kind(31), Kind::None);
+        // A distribution kernel: MEMORY_FAILURE, MIGRATION, DEVICE_PRIVATE.
+        let full = "CONFIG_MEMORY_FAILURE=y\nCONFIG_MIGRATION=y\nCONFIG_DEVICE_PRIVATE=y\n";
+        let t = SwapTypes::for_kernel("6.8.0-45-generic", Some(full));
+        assert_eq!((t.max_swapfiles, t.migration), (23, (24, 27)));
+        let t = SwapTypes::for_kernel("6.18.0", Some(full));
+        assert_eq!((t.max_swapfiles, t.migration), (24, (25, 28)));
+        // Unknown configuration: the lowest MAX_SWAPFILES.
+        let t = SwapTypes::for_kernel("6.18.0", None);
+        assert_eq!(t.max_swapfiles, 23);
+        assert_eq!(t.kind(0), Kind::Swap);
+        assert_eq!(t.kind(30), Kind::Migration);
+        // `CONFIG_MIGRATION=yes` or a longer name is not the option.
+        let t = SwapTypes::for_kernel("6.18.0", Some("CONFIG_MIGRATION_FOO=y\n"));
+        assert_eq!(t.max_swapfiles, 31);
     }
 
     #[test]

@@ -23,9 +23,17 @@
 //! - mTHP sizes other than 2 MiB `never`, 2 MiB `inherit` (5.8 has PMD THPs only);
 //! - `shrink_underused=0` (Linux >= 6.12 splits mostly-zero THPs in the
 //!   deferred-split shrinker; 5.8 does not);
-//! - khugepaged paused: 24 h between scans, one PMD per scan. It may still run
-//!   one scan when the run's first THP-eligible VMA appears (khugepaged wakes
-//!   when its first mm registers), before anything is written there.
+//! - khugepaged paused: one PMD per scan and the `max_ptes_none`,
+//!   `max_ptes_swap`, `max_ptes_shared` limits (the kernel's defaults,
+//!   511/64/256, which are 5.8's too), then 24 h between scans (written in
+//!   that order: writing a sleep knob wakes khugepaged for one scan). The
+//!   keeper registers its mm with khugepaged first, with an empty region that
+//!   has an anon_vma (6.x skips VMAs without one), so that no agent's
+//!   registration wakes khugepaged (it wakes when its first mm registers)
+//!   and the one wake-up scan finds nothing to collapse. `thp_collapse_alloc`
+//!   and khugepaged's `pages_collapsed` are compared around every step
+//!   (`vmstat`): a collapse the scenario did not ask for is reported as
+//!   interference, never as a difference.
 //!
 //! Kernel work: `kernel: split-huge-page P A[off]` writes
 //! `PID,0xADDR,0xADDR+4096` to /sys/kernel/debug/split_huge_pages (unsupported
@@ -65,8 +73,51 @@
 //! the controller's (file names are the scenario's), passed to the agent
 //! that maps it (`mmap A SIZE file=F shared`, SCM_RIGHTS). munmap, mprotect,
 //! madvise are passed to the kernel as they are, so their errnos are its.
-//! shmem (`mmap ... shared` without `hugetlb`, `memfd` without `hugetlb`) is
-//! not supported yet.
+//! shmem (`mmap ... shared` without `hugetlb`, `memfd` without `hugetlb`)
+//! runs as the kernel's own shared anonymous memory and memfd files.
+//!
+//! Swap (`swap`, issue 11): a scenario with a `swap SIZE` line runs with a
+//! swap device of its own, SIZE rounded up to a page: zram (`/dev/zram0`
+//! when it is unused, else one hot-added through
+//! /sys/class/zram-control/hot_add) or, where zram cannot be had, a swap
+//! file in the root-only directory /var/lib/thpsim-live (`THPSIM_LIVE_SWAP`
+//! or [`LiveOptions`] choose). The runner writes the swap header itself
+//! (mkswap's format) and calls swapon(2) with the highest priority; the
+//! device is removed (swapoff; zram reset and hot_remove; the file deleted)
+//! through the session's restore, on every exit path including Ctrl-C and,
+//! after SIGKILL, by the next run. Swap that was active before the run is
+//! left alone and named in the notes. [`LiveReport::swap`] and a note say
+//! which kind was used: zram is a synchronous-IO device
+//! (SWP_SYNCHRONOUS_IO), so a swap-in of a page only one page table maps
+//! skips the swap cache, while a swap file's swap-ins go through it (with
+//! readahead); a THP is swapped out whole only into a free 2 MiB cluster of
+//! the device (`thp_swpout`; measured on 6.18: zram yes, a swap file on a
+//! rotational disk no, `thp_swpout_fallback`, split first). Without a `swap`
+//! line no device is added.
+//! - `P: madvise A[range] pageout | free` are MADV_PAGEOUT and MADV_FREE in
+//!   P's agent (the errno is the outcome, as for the other advice), each
+//!   after draining every CPU's LRU batches (as `kernel: reclaim` below), so
+//!   that no page is passed over for sitting in another CPU's batch;
+//!   `collapse` is MADV_COLLAPSE with the kernel's real outcome (EAGAIN read
+//!   as `ebusy`), where 5.8, without MADV_COLLAPSE, fails with `einval`: a
+//!   declared divergence, noted per line.
+//! - `kernel: reclaim P A[range]` is MADV_PAGEOUT issued by P's agent over the
+//!   range, and `kernel: khugepaged P A[range]` MADV_COLLAPSE (a declared
+//!   divergence of mechanism: MADV_COLLAPSE ignores the `max_ptes_*`
+//!   limits, so the `khugepaged` header line is refused live). Their outcome
+//!   is always `ok`, as for the model's kernel steps; an errno goes to the
+//!   notes. MADV_PAGEOUT skips pages mapped by more than one process (5.8
+//!   and 6.x alike), so a page shared after fork stays where it is. The
+//!   collapses a step asks for (one per PMD-aligned 2 MiB of its range) are
+//!   not interference; more than that, or any khugepaged `pages_collapsed`,
+//!   is ("khugepaged ran"). What each such step did to the swap and
+//!   collapse counters (`pswpout +512, thp_swpout +1`, ...) is noted.
+//! - `expect P A[x] swap` and `show` report a swap entry as `swap`: pagemap
+//!   bit 62 (PM_SWAP) set, bit 63 clear, and a swap type (bits 0-4) below
+//!   `MAX_SWAPFILES`; the types above it are migration entries
+//!   (`migration`; hwpoison and device-private entries too) and the PTE
+//!   marker (`none`), decoded from the kernel's configuration
+//!   (`decode::SwapTypes`).
 //!
 //! `mlock`/`munlock` are the syscalls in the agent (RLIMIT_MEMLOCK lifted;
 //! root has CAP_IPC_LOCK anyway); `expect P A[x] mlocked` holds when the VMA's
@@ -87,6 +138,8 @@ mod pins;
 mod run;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod session;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod swap;
 pub mod vmstat;
 
 use serde::Serialize;
@@ -106,6 +159,74 @@ pub struct LiveReport {
     /// each with the line it happened at. When this is not empty the records
     /// do not describe the scenario alone: compare nothing, run it again.
     pub interference: Vec<String>,
+    /// The swap device the run added (`swap` line); removed again when the
+    /// run ended.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap: Option<LiveSwap>,
+}
+
+/// Which kind of swap device a run uses (see [`LiveSwap`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwapKind {
+    /// A zram device: compressed RAM, a synchronous-IO device
+    /// (SWP_SYNCHRONOUS_IO).
+    Zram,
+    /// A swap file on a disk file system.
+    File,
+}
+
+impl SwapKind {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            SwapKind::Zram => "zram",
+            SwapKind::File => "file",
+        }
+    }
+}
+
+/// Which device kind a `swap` line gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SwapPreference {
+    /// zram when it can be had, else a swap file.
+    #[default]
+    Auto,
+    /// zram only (the run fails, `Unsupported`, when zram cannot be had).
+    Zram,
+    /// A swap file only.
+    File,
+}
+
+impl SwapPreference {
+    /// From `THPSIM_LIVE_SWAP` (`zram`, `file`; anything else: auto).
+    pub fn from_env() -> SwapPreference {
+        match std::env::var("THPSIM_LIVE_SWAP").as_deref() {
+            Ok("zram") => SwapPreference::Zram,
+            Ok("file") => SwapPreference::File,
+            _ => SwapPreference::Auto,
+        }
+    }
+}
+
+/// The swap device of a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LiveSwap {
+    pub kind: SwapKind,
+    /// What was swapon'ed: `/dev/zramN` or the swap file.
+    pub path: String,
+    /// Its size (the `swap` line rounded up to a page).
+    pub bytes: u64,
+    /// Its swap priority (the highest).
+    pub priority: i32,
+    /// The swap areas that were active before the run (left alone).
+    pub host_swap: Vec<String>,
+}
+
+/// How [`run_live_with`] runs a scenario.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveOptions {
+    /// The swap device kind for a `swap` line.
+    pub swap: SwapPreference,
 }
 
 /// One line of a live run's report (compare with the model's records by line).
@@ -194,8 +315,9 @@ pub const LIVE_TESTS_VAR: &str = "THPSIM_LIVE";
 
 /// Whether the test suite may run scenarios on this machine's kernel: only
 /// when asked (`THPSIM_LIVE=1`; a live run changes the machine's THP and
-/// khugepaged settings for its duration and drops caches for
-/// `kernel: deferred-split`, putting the settings back afterwards) and when
+/// khugepaged settings for its duration, adds a swap device for a `swap`
+/// line and drops caches for `kernel: deferred-split`, putting everything
+/// back afterwards) and when
 /// [`environment`] allows it. The error says which.
 pub fn live_tests_enabled() -> Result<(), String> {
     match std::env::var(LIVE_TESTS_VAR).as_deref() {
@@ -224,13 +346,26 @@ pub fn io_uring_available() -> Result<(), String> {
 ///
 /// Fails with [`LiveError::Environment`] when [`environment`] does, with
 /// [`LiveError::Unsupported`] before touching anything when the scenario uses
-/// what the live runner cannot do (features of later issues, shared anonymous
-/// memory and shmem files, hugetlb without 2 MiB hugetlb pages or on a
-/// machine of several NUMA nodes, a non-x86_64 geometry, `split-huge-page` without a writable
-/// debugfs, pins where io_uring is unavailable). Runs are serialised machine-wide (a lock file), since THP
-/// settings are global.
+/// what the live runner cannot do (mirrors, `kernel 3.16`, the `khugepaged`
+/// header line, hugetlb without 2 MiB hugetlb pages or on a machine of
+/// several NUMA nodes, a non-x86_64 geometry, `split-huge-page` without a
+/// writable debugfs, pins where io_uring is unavailable), and when a `swap`
+/// line's device cannot be made (no zram and no swap file). Runs are
+/// serialised machine-wide (a lock file), since THP settings and swap
+/// devices are global. The swap device kind comes from `THPSIM_LIVE_SWAP`
+/// (`zram`, `file`; default: zram when it can be had).
 pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
-    imp::run_live(scn)
+    imp::run_live(
+        scn,
+        &LiveOptions {
+            swap: SwapPreference::from_env(),
+        },
+    )
+}
+
+/// [`run_live`] with explicit options (`THPSIM_LIVE_SWAP` is not read).
+pub fn run_live_with(scn: &Scenario, opts: &LiveOptions) -> Result<LiveReport, LiveError> {
+    imp::run_live(scn, opts)
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -321,7 +456,7 @@ mod imp {
         }
     }
 
-    pub fn run_live(_: &Scenario) -> Result<LiveReport, LiveError> {
+    pub fn run_live(_: &Scenario, _: &super::LiveOptions) -> Result<LiveReport, LiveError> {
         Err(environment().unwrap_err())
     }
 }

@@ -18,12 +18,23 @@
 //!   THPs or only PTE-mapped ones; when it holds both, a PTE-mapped THP whose
 //!   PTEs map it whole and in order is misreported as PMD-mapped.
 //!
+//! A page that is not present but has PM_SWAP (bit 62) holds a swap-format
+//! entry: its type (bits 0-4 of the entry, with the offset above them) is a
+//! swap device's index below `MAX_SWAPFILES` (`swap`), or one of the top
+//! type numbers the kernel uses for migration entries (`migration`) and PTE
+//! markers (`none`); `decode::SwapTypes` has the layout, from the kernel's
+//! configuration (/boot/config-RELEASE or /proc/config.gz). pagemap reports
+//! a swap entry's type and offset only to CAP_SYS_ADMIN, which the live
+//! runner has (it needs the PFNs anyway).
+//!
 //! The first byte of a page is read through /proc/PID/mem only when pagemap
 //! says it is present: a read of a non-present page through /proc/PID/mem
 //! would fault it in (the zero page, or a new THP with the zero page off), so
 //! a non-present page reads as 0, as the model's `peek_byte` does.
 
-use crate::decode::{classify, compound_head, smaps_anon_huge, KFlags, Kind, PagemapEntry};
+use crate::decode::{
+    classify, compound_head, smaps_anon_huge, KFlags, Kind, PagemapEntry, SwapTypes,
+};
 use crate::LiveError;
 use std::collections::HashMap;
 use std::fs::File;
@@ -114,6 +125,30 @@ pub fn have_pagemap_scan() -> bool {
     scan_huge(&f, a, a + PAGE).is_ok()
 }
 
+/// `uname -r`.
+pub fn release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The running kernel's configuration: /boot/config-RELEASE, else
+/// /proc/config.gz (CONFIG_IKCONFIG_PROC) through `gzip -dc`. `None` when
+/// neither can be read.
+pub fn kernel_config() -> Option<String> {
+    if let Ok(s) = std::fs::read_to_string(format!("/boot/config-{}", release())) {
+        return Some(s);
+    }
+    let out = std::process::Command::new("gzip")
+        .args(["-dc", "/proc/config.gz"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    (out.status.success() && !out.stdout.is_empty())
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// What a base page of a process looks like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageObs {
@@ -133,7 +168,10 @@ pub struct Observer {
     kflags: File,
     kcount: File,
     pub pagemap_scan: bool,
-    nr_swapfiles: u64,
+    /// What a swapped entry's type means here (swap, migration, marker).
+    pub swap_types: SwapTypes,
+    /// Whether `swap_types` comes from the kernel's configuration.
+    pub swap_types_exact: bool,
     block_bytes: u64,
     block_node: HashMap<u64, Option<u32>>,
 }
@@ -202,9 +240,8 @@ impl Observer {
     pub fn new() -> Result<Observer, LiveError> {
         let kflags = File::open("/proc/kpageflags").map_err(io_err("opening /proc/kpageflags"))?;
         let kcount = File::open("/proc/kpagecount").map_err(io_err("opening /proc/kpagecount"))?;
-        let nr_swapfiles = std::fs::read_to_string("/proc/swaps")
-            .map(|s| s.lines().skip(1).filter(|l| !l.trim().is_empty()).count() as u64)
-            .unwrap_or(0);
+        let config = kernel_config();
+        let swap_types = SwapTypes::for_kernel(&release(), config.as_deref());
         let block_bytes = std::fs::read_to_string("/sys/devices/system/memory/block_size_bytes")
             .ok()
             .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
@@ -213,7 +250,8 @@ impl Observer {
             kflags,
             kcount,
             pagemap_scan: have_pagemap_scan(),
-            nr_swapfiles,
+            swap_types,
+            swap_types_exact: config.is_some(),
             block_bytes,
             block_node: HashMap::new(),
         })
@@ -308,7 +346,7 @@ impl Observer {
         let e = pf.entry(page)?;
         let Some(pfn) = e.pfn() else {
             return Ok(PageObs {
-                kind: classify(e, KFlags(0), false, self.nr_swapfiles),
+                kind: classify(e, KFlags(0), false, &self.swap_types),
                 pfn: None,
                 head: None,
                 mapcount: 0,
@@ -319,7 +357,7 @@ impl Observer {
         let flags = self.flags(pfn)?;
         let head = self.head(pfn, flags)?;
         let huge = flags.compound() && !flags.hugetlb() && self.pmd_mapped(pf, addr, head)?;
-        let kind = classify(e, flags, huge, self.nr_swapfiles);
+        let kind = classify(e, flags, huge, &self.swap_types);
         let mapcount = read_u64(&self.kcount, pfn, "/proc/kpagecount")? as i64;
         let mut b = [0u8; 1];
         // A present page: GUP through /proc/PID/mem follows it without faulting.

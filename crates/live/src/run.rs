@@ -7,8 +7,9 @@ use crate::hugetlb::{self, HPAGE};
 use crate::observe::{Observer, PageObs, ProcFiles, PAGE};
 use crate::pins::{self, DeviceFile, LivePin};
 use crate::session::{self, Session, Settings, INTERRUPTED};
-use crate::vmstat::Snapshot;
-use crate::{LiveError, LiveRecord, LiveReport};
+use crate::swap::SwapRequest;
+use crate::vmstat::{Allowed, Snapshot};
+use crate::{LiveError, LiveOptions, LiveRecord, LiveReport};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
@@ -21,6 +22,8 @@ use thpsim_scenario::{
 };
 
 const SPLIT_HUGE_PAGES: &str = "/sys/kernel/debug/split_huge_pages";
+/// MADV_COLLAPSE (Linux >= 6.1, include/uapi/asm-generic/mman-common.h).
+const MADV_COLLAPSE: i32 = 25;
 const DROP_CACHES: &str = "/proc/sys/vm/drop_caches";
 /// How long an agent may take for one step.
 const STEP_TIMEOUT_MS: i32 = 300_000;
@@ -72,6 +75,19 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
             hugetlb::available().map_err(|why| unsupported(span, why))?;
             continue;
         }
+        if f == Feature::Swap {
+            crate::swap::available().map_err(|why| unsupported(span, why))?;
+            continue;
+        }
+        if f == Feature::KhugepagedLimits {
+            return Err(unsupported(
+                span,
+                "`khugepaged max_ptes_...` is not supported by the live runner: its `kernel: \
+                 khugepaged` is MADV_COLLAPSE, which ignores these limits (a run writes the \
+                 kernel's defaults, 511/64/256, to sysfs for khugepaged itself)"
+                    .into(),
+            ));
+        }
         if !matches!(
             f,
             Feature::Core
@@ -84,6 +100,11 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
                 | Feature::MovePagesAll
                 | Feature::Hugetlb
                 | Feature::Memfd
+                | Feature::Reclaim
+                | Feature::Khugepaged
+                | Feature::Collapse
+                | Feature::Pageout
+                | Feature::Free
         ) {
             return Err(unsupported(
                 span,
@@ -105,20 +126,39 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
     let mut split = None;
     let mut deferred = None;
     let mut first_pin = None;
+    let mut first_swap_out = None;
     for step in scn.steps() {
         match &step.op {
             Op::Mmap { .. } | Op::Memfd { .. } => {}
-            Op::Madvise { advice, .. } => {
-                if !matches!(
-                    advice.value,
-                    Advice::Hugepage | Advice::Nohugepage | Advice::Dontneed
-                ) {
-                    return Err(unsupported(
-                        advice.span,
-                        format!("madvise {} is not supported yet", advice.value),
-                    ));
+            Op::Madvise { advice, .. } => match advice.value {
+                Advice::Hugepage | Advice::Nohugepage | Advice::Dontneed | Advice::Free => {}
+                Advice::Pageout => {
+                    first_swap_out.get_or_insert(step.span);
                 }
+                Advice::Collapse => notes.push(format!(
+                    "line {}: `madvise ... collapse` is MADV_COLLAPSE (Linux >= 6.1), and its \
+                     outcome is the kernel's (EAGAIN reported as ebusy); 5.8 has no \
+                     MADV_COLLAPSE and fails it with EINVAL (a declared divergence)",
+                    step.span.line
+                )),
+            },
+            Op::Reclaim { .. } => {
+                first_swap_out.get_or_insert(step.span);
+                notes.push(format!(
+                    "line {}: `kernel: reclaim` runs as MADV_PAGEOUT issued by the process's \
+                     own agent over the range (outcome ok; an errno is noted): it reclaims \
+                     only pages that process alone maps (6.x and 5.8 skip shared pages in \
+                     MADV_PAGEOUT), where the kernel's reclaim would unmap them everywhere",
+                    step.span.line
+                ));
             }
+            Op::Khugepaged { .. } => notes.push(format!(
+                "line {}: `kernel: khugepaged` runs as MADV_COLLAPSE issued by the process's own \
+                 agent over the range (outcome ok; an errno is noted): a declared divergence \
+                 of mechanism, since MADV_COLLAPSE ignores khugepaged's max_ptes_none, \
+                 max_ptes_swap and max_ptes_shared limits (and 5.8 has no MADV_COLLAPSE)",
+                step.span.line
+            )),
             Op::SplitHugePage { .. } => {
                 split.get_or_insert(step.span);
             }
@@ -179,6 +219,13 @@ fn preflight(scn: &Scenario) -> Result<Vec<String>, LiveError> {
     }
     if let Some(span) = first_pin {
         pins::available().map_err(|why| unsupported(span, why))?;
+    }
+    if let (Some(span), None) = (first_swap_out, &scn.header.swap) {
+        notes.push(format!(
+            "line {}: pages out without a `swap` line: the run adds no swap device, so \
+             anonymous pages stay in memory unless this machine has swap of its own",
+            span.line
+        ));
     }
     if let Some(span) = split {
         check_writable(SPLIT_HUGE_PAGES).map_err(|why| {
@@ -486,6 +533,57 @@ struct Runner<'a> {
     files: HashMap<String, OwnedFd>,
     /// The shmem ones among them (`memfd F SIZE` without `hugetlb`).
     shmem_files: HashSet<String>,
+    /// What the steps did that the records do not say (errnos of kernel
+    /// steps, swap and collapse counters), for the report's notes.
+    notes: Vec<String>,
+}
+
+/// The PMD-aligned 2 MiB blocks that `[s, e)` holds whole: what
+/// MADV_COLLAPSE works on (madvise_collapse(): hstart rounded up, hend down).
+fn whole_pmds(s: u64, e: u64) -> u64 {
+    let hs = s.next_multiple_of(HPAGE);
+    let he = e & !(HPAGE - 1);
+    he.saturating_sub(hs) / HPAGE
+}
+
+/// What a step may do to the event counters itself (see `vmstat`).
+fn allowed(step: &Step, range: Option<(u64, u64)>) -> Allowed {
+    let collapses = range.map_or(0, |(s, e)| whole_pmds(s, e));
+    match (&step.context, &step.op) {
+        (Context::Kernel, Op::SplitHugePage { .. } | Op::DeferredSplit) => Allowed {
+            splits: true,
+            ..Allowed::default()
+        },
+        (Context::Kernel, Op::Reclaim { .. }) => Allowed {
+            splits: true,
+            swap_out: true,
+            ..Allowed::default()
+        },
+        (Context::Kernel, Op::Khugepaged { .. }) => Allowed {
+            collapses,
+            ..Allowed::default()
+        },
+        (Context::Process(_), Op::Madvise { advice, .. }) => match advice.value {
+            // A THP partly in the range is split (madvise_cold_or_pageout_pte_range(),
+            // madvise_free_pte_range()), and one that cannot get a 2 MiB
+            // cluster of swap is split to be swapped out.
+            Advice::Pageout => Allowed {
+                splits: true,
+                swap_out: true,
+                ..Allowed::default()
+            },
+            Advice::Free => Allowed {
+                splits: true,
+                ..Allowed::default()
+            },
+            Advice::Collapse => Allowed {
+                collapses,
+                ..Allowed::default()
+            },
+            _ => Allowed::default(),
+        },
+        _ => Allowed::default(),
+    }
 }
 
 impl<'a> Runner<'a> {
@@ -712,18 +810,36 @@ impl<'a> Runner<'a> {
     }
 
     fn step(&mut self, step: &Step) -> Result<(), LiveError> {
+        // The range a collapse works on, resolved before the step (an
+        // invalid one fails in exec() as it would anyway).
+        let range = match (&step.context, &step.op) {
+            (Context::Process(p), Op::Madvise { target, .. }) => self.range(&p.text, target).ok(),
+            (Context::Kernel, Op::Khugepaged { process, target }) => {
+                self.range(&process.text, target).ok()
+            }
+            _ => None,
+        };
         let before = Snapshot::now();
-        self.watch(step.span.line, "before the step", &before, false);
+        self.watch(
+            step.span.line,
+            "before the step",
+            &before,
+            Allowed::default(),
+        );
         let (outcome, value) = self.exec(step)?;
         let after = Snapshot::now();
-        let splits = matches!(
-            (&step.context, &step.op),
-            (
-                Context::Kernel,
-                Op::SplitHugePage { .. } | Op::DeferredSplit
-            )
-        );
-        self.watch(step.span.line, "during the step", &after, splits);
+        let allowed = allowed(step, range);
+        self.watch(step.span.line, "during the step", &after, allowed);
+        let moved = before.activity(&after);
+        let swap_step = allowed.swap_out || allowed.collapses > 0;
+        if !moved.is_empty() && (swap_step || after.pswpin > before.pswpin) {
+            self.notes.push(format!(
+                "line {} (`{}`): {}",
+                step.span.line,
+                self.scn.text(step.span),
+                moved.join(", ")
+            ));
+        }
         self.records.push(LiveRecord::Step {
             line: step.span.line,
             text: self.scn.text(step.span).to_string(),
@@ -735,8 +851,8 @@ impl<'a> Runner<'a> {
 
     /// Records the background events since the last snapshot (see
     /// `vmstat`) and moves the snapshot on to `now`.
-    fn watch(&mut self, line: usize, when: &str, now: &Snapshot, splits_expected: bool) {
-        for what in self.last.interference(now, splits_expected) {
+    fn watch(&mut self, line: usize, when: &str, now: &Snapshot, allowed: Allowed) {
+        for what in self.last.interference(now, allowed) {
             self.interference
                 .push(format!("line {line}, {when}: {what}"));
         }
@@ -896,19 +1012,32 @@ impl<'a> Runner<'a> {
                             Advice::Hugepage => libc::MADV_HUGEPAGE,
                             Advice::Nohugepage => libc::MADV_NOHUGEPAGE,
                             Advice::Dontneed => libc::MADV_DONTNEED,
-                            other => {
-                                return Err(LiveError::Unsupported {
-                                    line,
-                                    what: format!("madvise {other} is not supported yet"),
-                                })
-                            }
+                            Advice::Pageout => libc::MADV_PAGEOUT,
+                            Advice::Free => libc::MADV_FREE,
+                            Advice::Collapse => MADV_COLLAPSE,
                         };
-                        self.syscall(
-                            line,
-                            "madvise",
-                            &name,
-                            [agent::OP_MADVISE, s, e - s, adv as u64],
-                        )
+                        let req = [agent::OP_MADVISE, s, e - s, adv as u64];
+                        if advice.value == Advice::Collapse {
+                            // MADV_COLLAPSE's EAGAIN (a page that could not
+                            // be locked or isolated just now) has no outcome
+                            // of its own in the language.
+                            let p = &self.procs[&name];
+                            return match p.call(req)? {
+                                Reply::Ok { .. } => ok,
+                                Reply::Errno(libc::EAGAIN) => {
+                                    self.notes.push(format!(
+                                        "line {line}: MADV_COLLAPSE failed with EAGAIN \
+                                         (reported as ebusy)"
+                                    ));
+                                    Ok((Outcome::Ebusy, None))
+                                }
+                                Reply::Errno(e) => {
+                                    Ok((errno_outcome(line, "madvise(MADV_COLLAPSE)", e)?, None))
+                                }
+                                Reply::Signal(_) => unreachable_reply(line),
+                            };
+                        }
+                        self.syscall(line, "madvise", &name, req)
                     }
                     Op::Write { target, value } => {
                         let (s, e) = self.range(&name, target)?;
@@ -1044,6 +1173,15 @@ impl<'a> Runner<'a> {
                 })?;
                 ok
             }
+            (Context::Kernel, Op::Reclaim { process, target }) => {
+                // MADV_PAGEOUT from inside the process (see preflight's note).
+                self.kernel_madvise(line, process, target, libc::MADV_PAGEOUT, "MADV_PAGEOUT")
+            }
+            (Context::Kernel, Op::Khugepaged { process, target }) => {
+                // MADV_COLLAPSE from inside the process: a synchronous
+                // collapse of every PMD-aligned 2 MiB the range holds.
+                self.kernel_madvise(line, process, target, MADV_COLLAPSE, "MADV_COLLAPSE")
+            }
             (Context::Kernel, Op::DeferredSplit) => {
                 // drop_caches=2 runs drop_slab(): shrink_slab() over every
                 // memcg and node at priority 0, which includes the
@@ -1059,6 +1197,33 @@ impl<'a> Runner<'a> {
                 what: format!("`{}` is not supported by the live runner yet", op.keyword()),
             }),
         }
+    }
+
+    /// A `kernel:` step done as a madvise of the process's own agent: the
+    /// outcome is ok whatever the call returns (work the kernel does on its
+    /// own has no errno), and an errno goes to the notes.
+    fn kernel_madvise(
+        &mut self,
+        line: usize,
+        process: &Name,
+        target: &Target,
+        advice: i32,
+        what: &str,
+    ) -> Result<(Outcome, Option<u8>), LiveError> {
+        let (s, e) = self.range(&process.text, target)?;
+        let p = self.proc(process)?;
+        match p.call([agent::OP_MADVISE, s, e - s, advice as u64])? {
+            Reply::Ok { .. } => {}
+            Reply::Errno(err) => self.notes.push(format!(
+                "line {line}: {what} over {:#x}..{:#x} failed with {} (the step's outcome is \
+                 ok, as for all kernel work)",
+                s,
+                e,
+                io::Error::from_raw_os_error(err)
+            )),
+            Reply::Signal(_) => return unreachable_reply(line),
+        }
+        Ok((Outcome::Ok, None))
     }
 
     fn syscall(
@@ -1234,10 +1399,29 @@ fn kernel_release() -> String {
 /// before it takes the first event-counter snapshot (see `vmstat`).
 const SETTLE_MS: u64 = 30;
 
-/// See [`crate::run_live`].
-pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
+/// See [`crate::run_live_with`].
+pub fn run_live(scn: &Scenario, opts: &LiveOptions) -> Result<LiveReport, LiveError> {
     crate::environment()?;
     let mut notes = preflight(scn)?;
+    let khugepaged =
+        scn.khugepaged_limits(Some(Geometry::X86_64))
+            .map_err(|e| LiveError::Invalid {
+                line: scn.header.khugepaged.as_ref().map_or(1, |k| k.span.line),
+                message: e.to_string(),
+            })?;
+    let swap = match scn.header.swap() {
+        Some(q) => Some(SwapRequest {
+            bytes: q
+                .resolve(&UnitSizes::X86_64)
+                .map_err(|e| LiveError::Invalid {
+                    line: q.span.line,
+                    message: e.to_string(),
+                })?,
+            prefer: opts.swap,
+            line: q.span.line,
+        }),
+        None => None,
+    };
     // The first line that needs hugetlb (the pool line, or a step).
     let hugetlb_use = scn
         .features()
@@ -1259,6 +1443,8 @@ pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
             .map(|z| z.value)
             .unwrap_or(true),
         hugetlb_pool: hugetlb_use.map(|_| scn.header.hugetlb_pool()),
+        khugepaged,
+        swap,
     };
     let obs = Observer::new()?;
     if obs.pagemap_scan {
@@ -1271,8 +1457,16 @@ pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
                 .into(),
         );
     }
+    if !obs.swap_types_exact && settings.swap.is_some() {
+        notes.push(format!(
+            "this kernel's configuration is unreadable (/boot/config-*, /proc/config.gz): swap \
+             entries of types below {} read as `swap`, the others as `migration`",
+            obs.swap_types.max_swapfiles
+        ));
+    }
     let mut session = Session::start(&settings)?;
     notes.append(&mut session.notes);
+    let swap_device = session.swap.clone();
     if let (Some(want), Some(span)) = (settings.hugetlb_pool, hugetlb_use) {
         // On error the session (dropped) restores the pool.
         let pool = hugetlb::settle_pool(want).map_err(|what| LiveError::Unsupported {
@@ -1301,12 +1495,14 @@ pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
         device: None,
         files: HashMap::new(),
         shmem_files: HashSet::new(),
+        notes: Vec::new(),
     };
     let result = runner.run_items();
     let end = Snapshot::now();
     let last_line = runner.scn.source.lines().count();
-    runner.watch(last_line, "after the last step", &end, false);
+    runner.watch(last_line, "after the last step", &end, Allowed::default());
     let interference = std::mem::take(&mut runner.interference);
+    notes.append(&mut runner.notes);
     runner.shutdown();
     let records = std::mem::take(&mut runner.records);
     drop(runner);
@@ -1320,6 +1516,7 @@ pub fn run_live(scn: &Scenario) -> Result<LiveReport, LiveError> {
         notes,
         records,
         interference,
+        swap: swap_device,
     })
 }
 
@@ -1336,7 +1533,6 @@ mod tests {
             ("kernel 3.16\nprocess P\n".to_string(), 1),
             (format!("khugepaged max_ptes_none=0\n{p}"), 1),
             (format!("{p}P: mirror M = A[..]\nmirror: read M[0]\n"), 3),
-            (format!("{p}P: madvise A[..] pageout\n"), 3),
         ] {
             let scn = thpsim_scenario::parse("t.thp", &src).expect("valid");
             match preflight(&scn) {
@@ -1370,6 +1566,54 @@ mod tests {
             let scn = thpsim_scenario::parse("t.thp", src).expect("valid");
             assert!(preflight(&scn).is_ok(), "{src}");
         }
+    }
+
+    /// The swap constructs pass preflight, with a note for each line whose
+    /// live mechanism differs from the model's (MADV_PAGEOUT for reclaim,
+    /// MADV_COLLAPSE for khugepaged and for `madvise ... collapse`).
+    #[test]
+    fn swap_constructs_pass_preflight_with_notes() {
+        let src = "swap 64m\nprocess P\nP: mmap A 1h\nP: madvise A[..] pageout\n\
+                   P: madvise A[..] free\nP: madvise A[..] collapse => einval\n\
+                   kernel: reclaim P A[..]\nkernel: khugepaged P A[..]\nexpect P A[0] swap\n";
+        let scn = thpsim_scenario::parse("t.thp", src).expect("valid");
+        let notes = preflight(&scn).expect("swap runs live");
+        for (line, what) in [
+            (6, "5.8 has no MADV_COLLAPSE"),
+            (7, "MADV_PAGEOUT"),
+            (8, "ignores khugepaged's max_ptes_none"),
+        ] {
+            assert!(
+                notes
+                    .iter()
+                    .any(|n| n.starts_with(&format!("line {line}:")) && n.contains(what)),
+                "line {line}: {notes:?}"
+            );
+        }
+        assert!(!notes.iter().any(|n| n.contains("without a `swap` line")));
+        // Without a `swap` line, paging out is noted as having nowhere to go.
+        let scn = thpsim_scenario::parse(
+            "t.thp",
+            "process P\nP: mmap A 1h\nkernel: reclaim P A[..]\n",
+        )
+        .expect("valid");
+        let notes = preflight(&scn).expect("runs live");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("line 3: pages out without a `swap` line")),
+            "{notes:?}"
+        );
+    }
+
+    #[test]
+    fn collapses_are_counted_per_whole_pmd() {
+        assert_eq!(whole_pmds(0, HPAGE), 1);
+        assert_eq!(whole_pmds(0, 2 * HPAGE), 2);
+        assert_eq!(whole_pmds(PAGE, 2 * HPAGE), 1);
+        assert_eq!(whole_pmds(0, HPAGE - PAGE), 0);
+        assert_eq!(whole_pmds(HPAGE, HPAGE + 4 * PAGE), 0);
+        assert_eq!(whole_pmds(HPAGE - PAGE, 3 * HPAGE + PAGE), 2);
     }
 
     /// Pins, device steps and mlock pass preflight where io_uring works; where

@@ -1,29 +1,40 @@
 //! The machine-wide state of a live run: THP sysfs knobs (and, for a
-//! scenario that uses hugetlb, the 2 MiB hugetlb pool: `hugetlb`) set for the
-//! run and always put back, one run at a time, and cleanup on
-//! SIGINT/SIGTERM/SIGHUP.
+//! scenario that uses hugetlb, the 2 MiB hugetlb pool: `hugetlb`; for one
+//! with a `swap` line, a swap device: `swap`) set for the run and always put
+//! back, one run at a time, and cleanup on SIGINT/SIGTERM/SIGHUP.
 //!
 //! - One run at a time, across threads and processes: an exclusive `flock` on
-//!   `/run/thpsim-live/lock` (or `/tmp/thpsim-live/lock`).
+//!   `/run/thpsim-live/lock` (or `/tmp/thpsim-live/lock`; the directory must
+//!   be root's and closed to writes by group and others, since a run acts on
+//!   what it finds there).
 //! - Before changing a knob, the original values are written to
-//!   `.../saved`; a run that was killed outright (SIGKILL, power loss) leaves
-//!   that file behind and the next run restores from it first.
+//!   `.../saved`, and before adding a swap device, the steps that remove it
+//!   (`swap::Undo`: swapoff, zram reset and hot_remove, unlink of the swap
+//!   file) to `.../saved-swap`; a run that was killed outright (SIGKILL,
+//!   power loss) leaves those files behind and the next run undoes them
+//!   first (only the steps `swap::Undo::from_line` accepts).
 //! - On SIGINT, SIGTERM and SIGHUP, a handler (async-signal-safe: kill, open,
-//!   write, close, unlink, sigaction, raise, all on data prepared beforehand)
-//!   kills every agent, restores the knobs, removes the saved file, and passes
-//!   the signal on to the previous disposition (by default the process dies of
-//!   it). The run then fails with [`LiveError::Interrupted`] if the process
-//!   survives.
+//!   write, close, swapoff, unlink, sigaction, raise, all on data prepared
+//!   beforehand) kills every agent, removes the swap device, restores the
+//!   knobs, removes the saved files, and passes the signal on to the previous
+//!   disposition (by default the process dies of it). The run then fails with
+//!   [`LiveError::Interrupted`] if the process survives.
 //! - On every other exit path (success, error, panic) the [`Session`]'s Drop
-//!   restores the knobs.
+//!   does the same. A signal that arrives while Drop restores (in any
+//!   thread) waits until it is done, then goes to the disposition the run
+//!   found: dying half-way (after swapoff, before the zram reset) would leave
+//!   part of the machine changed.
 
+use crate::swap::{self, SwapRequest, Undo};
 use crate::LiveError;
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
+use thpsim_scenario::KhugepagedLimits;
 
 pub const THP: &str = "/sys/kernel/mm/transparent_hugepage";
 
@@ -35,11 +46,26 @@ static AGENT_PIDFDS: [AtomicI32; MAX_AGENTS] = [const { AtomicI32::new(-1) }; MA
 static KEEPER: AtomicI32 = AtomicI32::new(0);
 /// The signal that interrupted the run (0 if none).
 pub static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+/// A thread is in [`Session::restore`] (it has taken the handler's data).
+static RESTORING: AtomicBool = AtomicBool::new(false);
+/// A signal that arrived while another thread restored: passed on by
+/// [`Session::restore`] once everything is back (0 if none).
+static DEFERRED: AtomicI32 = AtomicI32::new(0);
+
+/// One step of the signal handler's restore, prepared as C data.
+enum Step {
+    /// Write the bytes to the file.
+    Write(CString, Vec<u8>),
+    Swapoff(CString),
+    Unlink(CString),
+}
 
 /// What the signal handler restores: prepared before the handler is installed.
 struct Emergency {
-    files: Vec<(CString, Vec<u8>)>,
+    /// In the order to run them.
+    steps: Vec<Step>,
     saved: CString,
+    saved_swap: CString,
     old: Vec<(libc::c_int, libc::sigaction)>,
 }
 
@@ -116,6 +142,13 @@ extern "C" fn on_signal(sig: libc::c_int) {
     // Only async-signal-safe calls below.
     unsafe {
         if e.is_null() {
+            // Another thread is restoring (the run's Drop): dying now would
+            // cut its restore short (say after swapoff, before the zram
+            // reset), so it passes the signal on when it is done.
+            DEFERRED.store(sig, Ordering::SeqCst);
+            if RESTORING.load(Ordering::SeqCst) || DEFERRED.swap(0, Ordering::SeqCst) == 0 {
+                return;
+            }
             // The session is already gone: whoever owns the signal now gets it.
             let mut cur: libc::sigaction = std::mem::zeroed();
             libc::sigaction(sig, std::ptr::null(), &mut cur);
@@ -125,13 +158,24 @@ extern "C" fn on_signal(sig: libc::c_int) {
             return;
         }
         let e = &*e;
-        for (path, value) in &e.files {
-            let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
-            if fd >= 0 {
-                libc::write(fd, value.as_ptr() as *const libc::c_void, value.len());
-                libc::close(fd);
+        for step in &e.steps {
+            match step {
+                Step::Write(path, value) => {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+                    if fd >= 0 {
+                        libc::write(fd, value.as_ptr() as *const libc::c_void, value.len());
+                        libc::close(fd);
+                    }
+                }
+                Step::Swapoff(path) => {
+                    libc::swapoff(path.as_ptr());
+                }
+                Step::Unlink(path) => {
+                    libc::unlink(path.as_ptr());
+                }
             }
         }
+        libc::unlink(e.saved_swap.as_ptr());
         libc::unlink(e.saved.as_ptr());
         for (s, old) in &e.old {
             libc::sigaction(*s, old, std::ptr::null_mut());
@@ -159,6 +203,13 @@ pub struct Settings {
     /// with (`hugetlb-pool`, 0 when absent). `None`: the hugetlb pool is
     /// left alone.
     pub hugetlb_pool: Option<u64>,
+    /// khugepaged's `max_ptes_*` limits for the run
+    /// (`Scenario::khugepaged_limits`: the header's `khugepaged` line, else
+    /// the defaults, which are also 6.18's on x86_64: 511, 64, 256).
+    pub khugepaged: KhugepagedLimits,
+    /// The swap device the scenario runs with (`swap` line), or `None`: no
+    /// device is added.
+    pub swap: Option<SwapRequest>,
 }
 
 /// The knobs a run sets, in the order they are set (restored in reverse).
@@ -177,9 +228,14 @@ pub fn knobs(s: &Settings) -> Vec<Knob> {
     };
     // khugepaged first, so it is asleep before THPs can appear: sleep a day
     // between scans (and after allocation failures), one PMD a scan.
-    // pages_to_scan first: writing a sleep knob wakes khugepaged for one
-    // scan, which should then cover a single PMD.
+    // pages_to_scan and the limits first: writing a sleep knob wakes
+    // khugepaged for one scan (sleep_store() -> wake_up_interruptible()),
+    // which should then cover a single PMD under the run's limits.
     add("khugepaged/pages_to_scan", "1");
+    let k = &s.khugepaged;
+    add("khugepaged/max_ptes_none", &k.max_ptes_none.to_string());
+    add("khugepaged/max_ptes_swap", &k.max_ptes_swap.to_string());
+    add("khugepaged/max_ptes_shared", &k.max_ptes_shared.to_string());
     add("khugepaged/scan_sleep_millisecs", "86400000");
     add("khugepaged/alloc_sleep_millisecs", "86400000");
     // Linux >= 6.12: the deferred-split shrinker also splits "underused" THPs
@@ -215,14 +271,38 @@ pub fn knobs(s: &Settings) -> Vec<Knob> {
     out
 }
 
-fn state_dir() -> PathBuf {
+/// The directory of the lock and the saved-state files: `/run/thpsim-live`,
+/// else `/tmp/thpsim-live`, as long as it is a real directory of root's that
+/// group and others cannot write (a run writes sysfs files, swapoffs and
+/// unlinks as its saved files say).
+fn state_dir() -> Result<PathBuf, LiveError> {
+    let mut why = Vec::new();
     for base in ["/run", "/tmp"] {
         let d = Path::new(base).join("thpsim-live");
-        if fs::create_dir_all(&d).is_ok() {
-            return d;
+        let _ = fs::DirBuilder::new().mode(0o755).create(&d);
+        match fs::symlink_metadata(&d) {
+            Ok(m) if m.file_type().is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0 => {
+                return Ok(d)
+            }
+            Ok(m) => why.push(format!(
+                "{}: uid {}, mode {:o}{}",
+                d.display(),
+                m.uid(),
+                m.mode() & 0o7777,
+                if m.file_type().is_dir() {
+                    ""
+                } else {
+                    ", not a directory"
+                }
+            )),
+            Err(e) => why.push(format!("{}: {e}", d.display())),
         }
     }
-    PathBuf::from("/tmp")
+    Err(LiveError::Environment(format!(
+        "no safe directory for the live runner's lock and saved settings (it must be root's \
+         and not writable by group or others): {}",
+        why.join("; ")
+    )))
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> LiveError {
@@ -262,22 +342,63 @@ fn restore_saved_file(saved: &Path) -> Result<Vec<String>, LiveError> {
     Ok(restored)
 }
 
+/// Undoes the swap steps listed in a saved-state file (`swap::Undo` lines,
+/// undone last first) and removes the file. Lines that are not the runner's
+/// own steps are left alone (and reported).
+fn restore_saved_swap(saved: &Path) -> Result<Vec<String>, LiveError> {
+    let text = match fs::read_to_string(saved) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(format!("reading {}", saved.display()))(e)),
+    };
+    let mut done = Vec::new();
+    for line in text.lines().rev().filter(|l| !l.is_empty()) {
+        match Undo::from_line(line) {
+            Ok(u) => match u.run() {
+                Ok(()) => done.push(u.to_line().replace('\t', " ")),
+                Err(e) if u.harmless(&e) => {}
+                Err(e) => done.push(format!("{} failed: {e}", u.to_line().replace('\t', " "))),
+            },
+            Err(why) => done.push(format!("ignored: {why}")),
+        }
+    }
+    fs::remove_file(saved).map_err(io_err(format!("removing {}", saved.display())))?;
+    Ok(done)
+}
+
+/// Runs undo steps last first, reporting failures on stderr (the restore of
+/// a run must go on).
+fn undo_all(steps: &[Undo]) {
+    for u in steps.iter().rev() {
+        if let Err(e) = u.run() {
+            if !u.harmless(&e) {
+                eprintln!("thpsim-live: could not undo `{}`: {e}", u.to_line());
+            }
+        }
+    }
+}
+
 /// A live run's hold on the machine. Drop restores everything.
 pub struct Session {
     _lock: fs::File,
     saved: PathBuf,
+    saved_swap: PathBuf,
     /// Original values, in the order they were set.
     original: Vec<(PathBuf, String)>,
+    /// The swap device's undo steps, in the order of the changes.
+    undo: Vec<Undo>,
     emergency: *mut Emergency,
     /// What the session did, for the report.
     pub notes: Vec<String>,
+    /// The run's swap device, when the scenario has one.
+    pub swap: Option<crate::LiveSwap>,
 }
 
 impl Session {
     /// Takes the lock, restores a crashed run's leftovers, saves the current
     /// knobs, installs the signal handlers and applies `settings`.
     pub fn start(settings: &Settings) -> Result<Session, LiveError> {
-        let dir = state_dir();
+        let dir = state_dir()?;
         let lock_path = dir.join("lock");
         let lock = fs::OpenOptions::new()
             .create(true)
@@ -292,7 +413,15 @@ impl Session {
             ));
         }
         let saved = dir.join("saved");
+        let saved_swap = dir.join("saved-swap");
         let mut notes = Vec::new();
+        let swap_leftovers = restore_saved_swap(&saved_swap)?;
+        if !swap_leftovers.is_empty() {
+            notes.push(format!(
+                "removed the swap device left behind by an interrupted run: {}",
+                swap_leftovers.join(", ")
+            ));
+        }
         let leftovers = restore_saved_file(&saved)?;
         if !leftovers.is_empty() {
             notes.push(format!(
@@ -315,6 +444,43 @@ impl Session {
         fs::write(&tmp, text).map_err(io_err(format!("writing {}", tmp.display())))?;
         fs::rename(&tmp, &saved).map_err(io_err(format!("writing {}", saved.display())))?;
 
+        // The swap device: made ready (a hot-added zram device exists from
+        // here on), its undo steps saved before anything else changes.
+        let host_swap = swap::active();
+        let plan = match &settings.swap {
+            Some(req) => {
+                let plan = swap::prepare(req).map_err(|what| LiveError::Unsupported {
+                    line: req.line,
+                    what: format!("`swap`: {what}"),
+                });
+                match plan {
+                    Ok(p) => Some((p, req.line)),
+                    Err(e) => {
+                        let _ = fs::remove_file(&saved);
+                        return Err(e);
+                    }
+                }
+            }
+            None => None,
+        };
+        let undo = plan.as_ref().map(|(p, _)| p.undo()).unwrap_or_default();
+        if !undo.is_empty() {
+            let mut text = String::new();
+            for u in &undo {
+                text.push_str(&u.to_line());
+                text.push('\n');
+            }
+            let tmp = dir.join("saved-swap.tmp");
+            let written = fs::write(&tmp, text)
+                .and_then(|()| fs::rename(&tmp, &saved_swap))
+                .map_err(io_err(format!("writing {}", saved_swap.display())));
+            if let Err(e) = written {
+                undo_all(&undo);
+                let _ = fs::remove_file(&saved);
+                return Err(e);
+            }
+        }
+
         // Signal handlers, with everything they need prepared now.
         let mut old = Vec::new();
         for &sig in &SIGNALS {
@@ -326,14 +492,21 @@ impl Session {
             }
         }
         let to_c = |p: &Path| CString::new(p.as_os_str().as_encoded_bytes()).ok();
-        let files = original
+        let swap_steps = undo.iter().rev().filter_map(|u| {
+            Some(match u {
+                Undo::Write { path, value } => Step::Write(to_c(path)?, value.clone().into()),
+                Undo::Swapoff(p) => Step::Swapoff(to_c(p)?),
+                Undo::Unlink(p) => Step::Unlink(to_c(p)?),
+            })
+        });
+        let knob_steps = original
             .iter()
             .rev()
-            .filter_map(|(p, v)| Some((to_c(p)?, v.clone().into_bytes())))
-            .collect();
+            .filter_map(|(p, v)| Some(Step::Write(to_c(p)?, v.clone().into_bytes())));
         let emergency = Box::into_raw(Box::new(Emergency {
-            files,
+            steps: swap_steps.chain(knob_steps).collect(),
             saved: to_c(&saved).unwrap_or_default(),
+            saved_swap: to_c(&saved_swap).unwrap_or_default(),
             old: old.clone(),
         }));
         EMERGENCY.store(emergency, Ordering::SeqCst);
@@ -353,9 +526,12 @@ impl Session {
         let session = Session {
             _lock: lock,
             saved,
+            saved_swap,
             original,
+            undo,
             emergency,
             notes,
+            swap: None,
         };
         for k in &knobs {
             write_knob(&k.path, &k.value)?;
@@ -382,13 +558,65 @@ impl Session {
                 hugetlb.join(", ")
             ));
         }
+        if let Some((plan, line)) = plan {
+            // On error the session (dropped) removes what was made.
+            plan.activate().map_err(|what| LiveError::Unsupported {
+                line,
+                what: format!("`swap`: {what}"),
+            })?;
+            session.notes.append(&mut plan.notes.clone());
+            session.notes.push(plan.describe());
+            if !host_swap.is_empty() {
+                session.notes.push(format!(
+                    "this machine already had active swap, left alone: {} (the run's device \
+                     has priority {}, so pages go to it first unless one of those has the \
+                     same priority)",
+                    host_swap.join(", "),
+                    swap::PRIORITY
+                ));
+            }
+            session.swap = Some(crate::LiveSwap {
+                kind: plan.kind,
+                path: plan.path.display().to_string(),
+                bytes: plan.bytes,
+                priority: swap::PRIORITY,
+                host_swap: host_swap.clone(),
+            });
+        } else if !host_swap.is_empty() {
+            session.notes.push(format!(
+                "this machine has active swap ({}): a scenario without a `swap` line can still \
+                 swap anonymous pages out there (MADV_PAGEOUT, reclaim)",
+                host_swap.join(", ")
+            ));
+        }
+        if fs::read_to_string("/sys/module/zswap/parameters/enabled").is_ok_and(|s| s.trim() == "Y")
+            && (session.swap.is_some() || !host_swap.is_empty())
+        {
+            session.notes.push(
+                "zswap is enabled: swapped-out pages are compressed in memory first and reach \
+                 the swap device only when zswap writes them back"
+                    .into(),
+            );
+        }
         Ok(session)
     }
 
     /// Puts everything back (idempotent).
     fn restore(&mut self) {
-        // Take the handlers' data first so a late signal does not race us.
+        // Take the handlers' data first so a late signal does not race us:
+        // a signal from now on is deferred until everything is back (the
+        // handler stays installed until then, see on_signal).
+        RESTORING.store(true, Ordering::SeqCst);
         let e = EMERGENCY.swap(std::ptr::null_mut(), Ordering::SeqCst);
+        undo_all(&self.undo);
+        self.undo.clear();
+        let _ = fs::remove_file(&self.saved_swap);
+        for (p, v) in self.original.iter().rev() {
+            if let Err(err) = write_knob(p, v) {
+                eprintln!("thpsim-live: could not restore {}: {err}", p.display());
+            }
+        }
+        let _ = fs::remove_file(&self.saved);
         if !e.is_null() {
             // SAFETY: restoring the dispositions saved in start().
             unsafe {
@@ -397,18 +625,20 @@ impl Session {
                 }
             }
         }
-        for (p, v) in self.original.iter().rev() {
-            if let Err(err) = write_knob(p, v) {
-                eprintln!("thpsim-live: could not restore {}: {err}", p.display());
-            }
-        }
-        let _ = fs::remove_file(&self.saved);
         if !e.is_null() && e == self.emergency {
             // SAFETY: we took it back from the static; no handler holds it
             // (a handler that took it would have left null behind).
             drop(unsafe { Box::from_raw(e) });
         }
         self.original.clear();
+        RESTORING.store(false, Ordering::SeqCst);
+        let sig = DEFERRED.swap(0, Ordering::SeqCst);
+        if sig > 0 {
+            // Delivered to the disposition the run found (by default the
+            // process dies of it), now that the machine is put back.
+            // SAFETY: raising a signal.
+            unsafe { libc::raise(sig) };
+        }
     }
 }
 

@@ -1279,7 +1279,13 @@ impl<E: Engine> Machine<E> {
         let mut a = start & !(ps - 1);
         while a < end {
             let info = cpu.page_info(&mm, VirtAddr(a));
-            let value = cpu.peek_byte(&mm, VirtAddr(a));
+            // A swapped-out page is not read (as /proc/PID/pagemap observers
+            // cannot without swapping it in): its value shows as 0.
+            let value = if info.kind == MapKind::Swap {
+                0
+            } else {
+                cpu.peek_byte(&mm, VirtAddr(a))
+            };
             let label_frame = info.head.or(info.pfn);
             let page = match info.kind {
                 MapKind::None | MapKind::Zero => None,

@@ -1,5 +1,6 @@
-//! The conformance corpus (`scenarios/conform/`, and the hugetlb scenarios
-//! of `scenarios/hugetlb/` but those where 5.8 itself breaks) against the
+//! The conformance corpus (`scenarios/conform/`, the swap scenarios of
+//! `scenarios/swap/`, and the hugetlb scenarios of `scenarios/hugetlb/` but
+//! those where 5.8 itself breaks) against the
 //! running kernel: every file agrees with the model (expected divergences
 //! aside). Runs with
 //! `THPSIM_LIVE=1` as root on Linux with THP; otherwise it says why it is
@@ -35,7 +36,9 @@ fn conformance_corpus_agrees_with_the_running_kernel() {
         })
         .collect();
     assert!(hugetlb.len() >= 4, "{} hugetlb scenarios", hugetlb.len());
-    let files: Vec<_> = files.into_iter().chain(hugetlb).collect();
+    let swap = list("swap");
+    assert!(swap.len() >= 8, "{} swap scenarios", swap.len());
+    let files: Vec<_> = files.into_iter().chain(hugetlb).chain(swap).collect();
     if let Err(e) = thpsim_live::live_tests_enabled() {
         eprintln!("skipped: {e}");
         return;

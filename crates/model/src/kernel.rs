@@ -46,6 +46,8 @@ pub struct Config {
     pub hugetlb_pool: u64,
     /// The swap device's size in bytes (`swap`; 0: no swap).
     pub swap_bytes: u64,
+    /// khugepaged's max_ptes_* limits (the `khugepaged` header line).
+    pub khugepaged: crate::khugepaged::KhugepagedLimits,
     /// CPUs (one per concurrent thread of a scenario).
     pub cpus: usize,
     pub fixes: FixSet,
@@ -66,6 +68,7 @@ impl Config {
             nodes: 1,
             hugetlb_pool: 0,
             swap_bytes: 0,
+            khugepaged: crate::khugepaged::KhugepagedLimits::defaults(geometry.hpage_pmd_nr()),
             cpus: 4,
             fixes: FixSet::default(),
         }

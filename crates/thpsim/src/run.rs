@@ -13,6 +13,7 @@ mod hugetlb;
 mod migrate;
 mod mirror;
 mod pins;
+mod khugepaged;
 mod swap;
 
 use crate::labels::Labels;
@@ -147,9 +148,6 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
         // file's geometry; this one is invalid input first, as there.
         scn.check_geometry(geo_name)?;
     }
-    // The khugepaged limits only steer khugepaged scans, which this version
-    // does not run (`kernel: khugepaged` is not supported yet): the line is
-    // accepted (checked against the geometry above) and has no effect.
     check_supported(scn, |f| {
         matches!(
             f,
@@ -170,6 +168,7 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
                 | Feature::Reclaim
                 | Feature::Pageout
                 | Feature::Collapse
+                | Feature::Khugepaged
         )
     })?;
     let geometry = match geo_name {
@@ -200,6 +199,12 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
     if let Some(p) = &scn.header.hugetlb_pool {
         cfg.hugetlb_pool = p.value;
     }
+    let limits = scn.khugepaged_limits(Some(geo_name))?;
+    cfg.khugepaged = thpsim_model::khugepaged::KhugepagedLimits {
+        max_ptes_none: limits.max_ptes_none,
+        max_ptes_swap: limits.max_ptes_swap,
+        max_ptes_shared: limits.max_ptes_shared,
+    };
     if let Some(q) = scn.header.swap() {
         let bytes = scn.resolve(q, &units)?;
         // mkswap's minimum: the header page and at least one slot (5.8's
@@ -1178,6 +1183,9 @@ impl<E: Engine> Machine<E> {
                     ),
                     ..Done::ok()
                 })
+            }
+            (Context::Kernel, Op::Khugepaged { process, target }) => {
+                self.khugepaged(cpu, process, target)
             }
             (Context::Kernel, Op::Reclaim { process, target }) => {
                 self.reclaim(cpu, process, target)

@@ -140,7 +140,10 @@ impl<E: Engine> Cpu<E> {
     pub fn hugepage_vma_check(&self, vma: &Vma) -> bool {
         let f = vma.vm_flags();
         let always = self.k.cfg.thp == ThpPolicy::Always;
-        if (f & vm::HUGEPAGE == 0 && !always) || f & vm::NOHUGEPAGE != 0 || self.k.cfg.thp == ThpPolicy::Never {
+        if (f & vm::HUGEPAGE == 0 && !always)
+            || f & vm::NOHUGEPAGE != 0
+            || self.k.cfg.thp == ThpPolicy::Never
+        {
             return false;
         }
         // shmem_file(): collapse_file() is not modelled; DIVERGENCE: a shmem
@@ -390,7 +393,12 @@ impl<E: Engine> Cpu<E> {
         };
         self.anon_vma_lock_write(av);
         let haddr_end = address.add_bytes(g.pmd_size());
-        self.mmu_notifier_start(mm, crate::mmu_notifier::NotifyEvent::Clear, address, haddr_end);
+        self.mmu_notifier_start(
+            mm,
+            crate::mmu_notifier::NotifyEvent::Clear,
+            address,
+            haddr_end,
+        );
         // pmdp_collapse_flush() under the PMD lock ("probably unnecessary").
         let old_pmd = {
             let _pmd_ptl = self.pmd_lockptr(pmd).lock(self);
@@ -400,7 +408,10 @@ impl<E: Engine> Cpu<E> {
         };
         self.mmu_notifier_invalidate_range_end(mm);
         let Pmd::Table(pte_table) = old_pmd else {
-            self.bug("collapse_huge_page(): the PMD no longer points to a PTE table", None);
+            self.bug(
+                "collapse_huge_page(): the PMD no longer points to a PTE table",
+                None,
+            );
         };
         let mut compound = Vec::new();
         let isolated = {
@@ -434,11 +445,16 @@ impl<E: Engine> Cpu<E> {
             pmd,
             Pmd::Huge {
                 pfn: new_page,
-                flags: PteFlags { young: false, ..flags },
+                flags: PteFlags {
+                    young: false,
+                    ..flags
+                },
                 invalid: false,
             },
         );
-        self.mark(crate::coverage::Mark::reached("collapse_huge_page: collapsed"));
+        self.mark(crate::coverage::Mark::reached(
+            "collapse_huge_page: collapsed",
+        ));
         ScanResult::Succeed
     }
 
@@ -545,7 +561,9 @@ impl<E: Engine> Cpu<E> {
                         self.unlock_page(head);
                         break 'out ScanResult::PageCount;
                     }
-                    if !pteval.is_write() && self.page_swapcache(head) && !self.reuse_swap_page(head, None)
+                    if !pteval.is_write()
+                        && self.page_swapcache(head)
+                        && !self.reuse_swap_page(head, None)
                     {
                         self.unlock_page(head);
                         break 'out ScanResult::SwapCachePage;

@@ -398,8 +398,7 @@ impl<E: Engine> Cpu<E> {
             let found = {
                 let _ci = self.lock_cluster(next.min(max - 1));
                 let st = si.state();
-                let found = (next..max.min(st.max)).find(|o| !st.slot(*o).in_use());
-                found
+                (next..max.min(st.max)).find(|o| !st.slot(*o).in_use())
             };
             let Some(off) = found else {
                 si.state().percpu_next[cpu] = None;
@@ -756,8 +755,10 @@ impl<E: Engine> Cpu<E> {
             return 0;
         }
         let _ci = self.lock_cluster(off);
-        // Bound before the cluster lock is dropped: the state's guard must
-        // not outlive it (its unlock is a scheduling point).
+        // Bound before the cluster lock is dropped: the state's guard, a
+        // temporary of a tail expression, would outlive it (its unlock is a
+        // scheduling point).
+        #[allow(clippy::let_and_return)]
         let count = si.state().slot(off).count as i64;
         count
     }
@@ -767,6 +768,8 @@ impl<E: Engine> Cpu<E> {
     pub fn __swap_count(&self, entry: SwapEntry) -> u32 {
         let si = self.swap_info();
         let _ci = self.lock_cluster(entry.0);
+        // Bound first, as in page_swapcount().
+        #[allow(clippy::let_and_return)]
         let count = si.state().slot(entry.0).count;
         count
     }

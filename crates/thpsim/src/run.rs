@@ -10,10 +10,10 @@
 //! audit and the memory oracle check the whole machine.
 
 mod hugetlb;
+mod khugepaged;
 mod migrate;
 mod mirror;
 mod pins;
-mod khugepaged;
 mod swap;
 
 use crate::labels::Labels;

@@ -50,7 +50,11 @@ fn conformance_corpus_agrees_with_the_running_kernel() {
                 .any(|l| l.starts_with("khugepaged "))
         })
         .collect();
-    assert!(khugepaged.len() >= 3, "{} khugepaged scenarios", khugepaged.len());
+    assert!(
+        khugepaged.len() >= 3,
+        "{} khugepaged scenarios",
+        khugepaged.len()
+    );
     let files: Vec<_> = files
         .into_iter()
         .chain(hugetlb)

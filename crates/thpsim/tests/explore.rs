@@ -39,6 +39,9 @@ const CLEAN: &[&str] = &[
     "reclaim_vs_fork",
     "swapin_vs_swapin",
     "pageout_vs_write",
+    "collapse_vs_write",
+    "collapse_vs_munmap",
+    "gup_fast_vs_collapse",
 ];
 
 fn root() -> PathBuf {

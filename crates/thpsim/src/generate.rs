@@ -60,6 +60,19 @@ pub fn generate(seed: u64, steps: usize) -> String {
     Gen::new(seed).run(steps).text
 }
 
+/// [`generate`] with swap steps: a `swap 64m` device and, between the
+/// generated steps, `madvise ... pageout` (MADV_PAGEOUT) of random mapped
+/// ranges. The generator's own world model does not follow them (swapping
+/// out changes no byte a process reads, only what maps it), so its `show`
+/// predictions do not hold for these scenarios: they serve the
+/// differential run (`thpsim conform --generate N --swap`), which compares
+/// the model with the kernel.
+pub fn generate_with_swap(seed: u64, steps: usize) -> String {
+    let mut g = Gen::new(seed);
+    g.swap = true;
+    g.run(steps).text
+}
+
 /// A generated scenario and what the generator's own model predicts for each
 /// `show` (used by the tests to check the generator against the model).
 #[allow(dead_code)]
@@ -1247,6 +1260,8 @@ struct Gen {
     regions_made: usize,
     children_made: usize,
     procs_made: usize,
+    /// Interleave MADV_PAGEOUT steps ([`generate_with_swap`]).
+    swap: bool,
 }
 
 impl Gen {
@@ -1268,7 +1283,37 @@ impl Gen {
             regions_made: 0,
             children_made: 0,
             procs_made: 0,
+            swap: false,
         }
+    }
+
+    /// One MADV_PAGEOUT of a random part of a run of mapped, unpoisoned
+    /// slots of a random region (swap mode).
+    fn pageout(&mut self) {
+        let live = self.live();
+        let p = self.rng.pick(&live);
+        if self.w.procs[p].regions.is_empty() {
+            return;
+        }
+        let r = self.rng.below(self.w.procs[p].regions.len());
+        let reg = self.w.reg(p, r).clone();
+        let runs: Vec<_> = reg
+            .clean_runs()
+            .into_iter()
+            .filter(|&(s, e)| reg.all_mapped(s, e))
+            .collect();
+        if runs.is_empty() {
+            return;
+        }
+        let (s, e) = self.rng.pick(&runs);
+        let a = s + self.rng.below(e - s);
+        let b = a + 1 + self.rng.below(e - a);
+        let text = format!(
+            "{}: madvise {} pageout",
+            self.w.procs[p].name,
+            reg.range_text(a, b)
+        );
+        self.emit(text);
     }
 
     fn emit(&mut self, s: String) {
@@ -1323,10 +1368,16 @@ impl Gen {
         // is plenty for what a scenario maps and makes a run 3 times faster
         // than the default 2 GiB.
         self.emit("memory 128h".to_string());
+        if self.swap {
+            self.emit("swap 64m".to_string());
+        }
         self.apply(Op::Process).expect("process");
         let (full, extra) = self.rng.pick(&[(1, 0), (2, 0), (1, 3)]);
         self.apply(Op::Mmap { p: 0, full, extra }).expect("mmap");
         for _ in 0..steps {
+            if self.swap && self.rng.chance(25) {
+                self.pageout();
+            }
             let mut done = false;
             for _ in 0..64 {
                 let Some(op) = self.choose() else { continue };
@@ -1785,6 +1836,43 @@ mod tests {
             }
         });
         failures.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Swap mode adds the device and MADV_PAGEOUT steps; its scenarios hold
+    /// on the model (every check; the generator's `show` predictions do
+    /// not apply), and most of them swap pages out.
+    #[test]
+    fn swap_scenarios_page_out_and_hold_on_the_model() {
+        let mut swapped = 0;
+        for seed in 0..40 {
+            let src = generate_with_swap(seed, 30);
+            assert!(src.contains("\nswap 64m\n"), "{src}");
+            let scn = thpsim_scenario::parse("gen.thp", &src).expect("parses");
+            let report = crate::run::run(
+                &scn,
+                &crate::run::RunOptions {
+                    geometry: Some(Geometry::Tiny),
+                    reverts: Vec::new(),
+                },
+            )
+            .expect("valid");
+            assert!(
+                report.passed(),
+                "seed {seed}:\n{src}\n{}",
+                crate::output::text(&report)
+            );
+            let shows_swap = report.records.iter().any(|r| {
+                matches!(r, crate::run::Record::Page { kind, .. }
+                    if *kind == thpsim_model::task_mmu::MapKind::Swap)
+            });
+            if shows_swap {
+                swapped += 1;
+            }
+        }
+        assert!(
+            swapped >= 10,
+            "only {swapped} of 40 show a swapped-out page"
+        );
     }
 
     #[test]

@@ -132,6 +132,10 @@ enum Command {
         /// Steps per generated scenario.
         #[arg(long, default_value_t = 25)]
         steps: usize,
+        /// With --generate: add a swap device and MADV_PAGEOUT steps of
+        /// random mapped ranges.
+        #[arg(long, requires = "generate")]
+        swap: bool,
     },
     /// Replay a failure from its token: the same schedule, failure and trace.
     Replay {
@@ -404,13 +408,17 @@ fn merge(files: &[String], json: bool) -> ExitCode {
 
 /// `thpsim conform --generate N --seed S`: generated scenarios on the model and
 /// the running kernel; stops at the first that differs and prints it.
-fn conform_generated(n: u64, seed: u64, steps: usize, json: bool) -> ExitCode {
+fn conform_generated(n: u64, seed: u64, steps: usize, swap: bool, json: bool) -> ExitCode {
     if let Err(e) = thpsim_live::environment() {
         eprintln!("error: cannot conform here: {e}");
         return ExitCode::from(2);
     }
     for s in seed..seed.saturating_add(n) {
-        let src = thpsim::generate::generate(s, steps);
+        let src = if swap {
+            thpsim::generate::generate_with_swap(s, steps)
+        } else {
+            thpsim::generate::generate(s, steps)
+        };
         let name = format!("generated-seed-{s}.thp");
         let scn = match thpsim_scenario::parse(&name, &src) {
             Ok(x) => x,
@@ -442,8 +450,9 @@ fn conform_generated(n: u64, seed: u64, steps: usize, json: bool) -> ExitCode {
         }
     }
     emit(&format!(
-        "agree: {n} generated scenarios (seeds {seed}..{}, {steps} steps each)\n",
-        seed.saturating_add(n)
+        "agree: {n} generated scenarios (seeds {seed}..{}, {steps} steps each{})\n",
+        seed.saturating_add(n),
+        if swap { ", with swap" } else { "" }
     ));
     ExitCode::SUCCESS
 }
@@ -652,8 +661,9 @@ fn main() -> ExitCode {
             generate: Some(n),
             seed,
             steps,
+            swap,
             json,
-        } => conform_generated(n, seed, steps, json),
+        } => conform_generated(n, seed, steps, swap, json),
         Command::Conform { file, json, .. } => {
             let Some(file) = file else {
                 eprintln!("error: conform needs a FILE or --generate N");

@@ -62,7 +62,8 @@ pub fn generate(seed: u64, steps: usize) -> String {
 
 /// [`generate`] with swap steps: a `swap 64m` device and, between the
 /// generated steps, `madvise ... pageout` (MADV_PAGEOUT) of random mapped
-/// ranges. The generator's own world model does not follow them (swapping
+/// ranges of base pages (a THP is left to `scenarios/swap/`: paging one out
+/// splits it behind the world model's back). The generator's own world model does not follow them (swapping
 /// out changes no byte a process reads, only what maps it), so its `show`
 /// predictions do not hold for these scenarios: they serve the
 /// differential run (`thpsim conform --generate N --swap`), which compares
@@ -1297,11 +1298,28 @@ impl Gen {
         }
         let r = self.rng.below(self.w.procs[p].regions.len());
         let reg = self.w.reg(p, r).clone();
-        let runs: Vec<_> = reg
-            .clean_runs()
-            .into_iter()
-            .filter(|&(s, e)| reg.all_mapped(s, e))
-            .collect();
+        // Only base pages outside huge PMDs: MADV_PAGEOUT splits a THP it
+        // meets, which the world model would not follow (and 6.x maps the
+        // zero-filled subpages of a split THP to the zero page, D5).
+        let ok = |i: usize| {
+            !reg.poison[i]
+                && reg.vma_at(i).is_some()
+                && reg.pmd[i / 4] != Pmd::Huge
+                && !matches!(reg.slots[i], Map::Page { f, .. } if self.w.folios[f].thp)
+        };
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < reg.n() {
+            if !ok(i) {
+                i += 1;
+                continue;
+            }
+            let s = i;
+            while i < reg.n() && ok(i) {
+                i += 1;
+            }
+            runs.push((s, i));
+        }
         if runs.is_empty() {
             return;
         }

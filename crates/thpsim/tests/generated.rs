@@ -5,7 +5,7 @@
 //! Linux, THP), skipped with the reason otherwise.
 
 use thpsim::conform::{conform, ConformError};
-use thpsim::generate::generate;
+use thpsim::generate::{generate, generate_with_swap};
 use thpsim::run::{run, RunOptions};
 use thpsim_scenario::Geometry;
 
@@ -70,8 +70,14 @@ fn generated_scenarios_agree_with_the_running_kernel() {
         return;
     }
     let mut failures = Vec::new();
-    for seed in 0..10 {
-        let src = generate(seed, 25);
+    // Ten plain seeds, then ten with swap (MADV_PAGEOUT steps on a swap
+    // device the live runner sets up).
+    for seed in 0..20 {
+        let src = if seed < 10 {
+            generate(seed, 25)
+        } else {
+            generate_with_swap(seed, 25)
+        };
         let name = format!("generated-{seed}");
         let scn = thpsim_scenario::parse(&name, &src)
             .unwrap_or_else(|e| panic!("seed {seed}: does not parse: {e}\n{src}"));

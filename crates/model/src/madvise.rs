@@ -10,8 +10,14 @@
 //! isolated and reclaimed through reclaim_pages(), vmscan.rs; a THP only
 //! partly in the range, or mapped by PTEs, is split first).
 //!
-//! Leaves out: MADV_FREE, MADV_COLD, the other advices. MADV_COLLAPSE is
-//! 6.1's: 5.8 rejects it as an unknown advice (EINVAL).
+//! MADV_FREE (`madvise_free_single_vma` → madvise_free_pte_range() and
+//! madvise_free_huge_pmd(): swap entries are freed, the pages mapped by
+//! this process alone are cleaned, their PTEs made old and clean, and they
+//! become lazily freed, mark_page_lazyfree(): reclaim discards them unless
+//! they are written first).
+//!
+//! Leaves out: MADV_COLD, the other advices. MADV_COLLAPSE is 6.1's: 5.8
+//! rejects it as an unknown advice (EINVAL).
 
 use crate::cpu::Cpu;
 use crate::engine::Engine;
@@ -20,7 +26,7 @@ use crate::khugepaged::HugepageAdvice;
 use crate::memory::MmuGather;
 use crate::mm_types::{vm, MmStruct, Vma};
 use crate::page::pg;
-use crate::pgtable::{EntryRef, Pmd};
+use crate::pgtable::{EntryRef, Pmd, Pte};
 use crate::types::{Level, Pfn, VirtAddr};
 use std::sync::Arc;
 
@@ -32,6 +38,8 @@ pub enum Advice {
     NoHugepage,
     /// MADV_PAGEOUT (5.4).
     Pageout,
+    /// MADV_FREE (4.5).
+    Free,
 }
 
 impl<E: Engine> Cpu<E> {
@@ -52,7 +60,7 @@ impl<E: Engine> Cpu<E> {
             return Ok(());
         };
         let (_r, _w);
-        if matches!(advice, Advice::DontNeed | Advice::Pageout) {
+        if matches!(advice, Advice::DontNeed | Advice::Pageout | Advice::Free) {
             _r = Some(mm.mmap_lock.read(self));
             _w = None;
         } else {
@@ -100,6 +108,13 @@ impl<E: Engine> Cpu<E> {
                 Ok(())
             }
             Advice::Pageout => self.madvise_pageout(mm, vma, start, end),
+            Advice::Free => {
+                // madvise_dontneed_free(): can_madv_lru_vma().
+                if vma.vm_flags() & (vm::LOCKED | vm::HUGETLB) != 0 {
+                    return Err(Errno::Einval);
+                }
+                self.madvise_free_single_vma(mm, vma, start, end)
+            }
             Advice::Hugepage | Advice::NoHugepage => {
                 let a = if advice == Advice::Hugepage {
                     HugepageAdvice::Hugepage
@@ -296,5 +311,221 @@ impl<E: Engine> Cpu<E> {
         }
         drop(ptl);
         self.reclaim_pages(list);
+    }
+
+    /// Models madvise_free_single_vma(), mm/madvise.c, v5.8: EINVAL for a
+    /// VMA that is not anonymous (shmem); else the range's pages become
+    /// lazily freed (madvise_free_pte_range() for each PMD).
+    ///
+    /// # Locking
+    /// Called with `mmap_lock` for read.
+    fn madvise_free_single_vma(
+        &self,
+        mm: &MmStruct<E>,
+        vma: &Arc<Vma>,
+        start: VirtAddr,
+        end: VirtAddr,
+    ) -> Result<(), Errno> {
+        let _f = self.func("madvise_free_single_vma");
+        if !vma.is_anonymous() {
+            return Err(Errno::Einval);
+        }
+        let start = start.max(vma.vm_start());
+        let end = end.min(vma.vm_end());
+        if start >= end {
+            return Ok(());
+        }
+        let mut tlb = self.tlb_gather_mmu(mm.id, false);
+        self.mmu_notifier_start(mm, crate::mmu_notifier::NotifyEvent::Clear, start, end);
+        let mut addr = start;
+        while addr < end {
+            let next = self.k.geo.pmd_addr_end(addr, end);
+            if let Some(pmd) = self.pmd_offset(mm, addr) {
+                if !self.pmd_read(pmd).is_none() {
+                    self.madvise_free_pte_range(&mut tlb, vma, pmd, addr, next);
+                }
+            }
+            addr = next;
+        }
+        self.mmu_notifier_invalidate_range_end(mm);
+        self.tlb_finish_mmu(tlb);
+        Ok(())
+    }
+
+    /// Models madvise_free_huge_pmd(), mm/huge_memory.c, v5.8: a THP this
+    /// PMD alone maps, wholly in the range, is cleaned and lazily freed
+    /// (true); one partly in it is split (false: the caller goes on with
+    /// its PTEs).
+    ///
+    /// # Locking
+    /// Takes the PMD lock and a trylock of the page; drops the PMD lock to
+    /// split.
+    fn madvise_free_huge_pmd(
+        &self,
+        tlb: &mut MmuGather,
+        vma: &Arc<Vma>,
+        pmd: EntryRef,
+        addr: VirtAddr,
+        next: VirtAddr,
+    ) -> bool {
+        let _f = self.func("madvise_free_huge_pmd");
+        let g = self.k.geo;
+        let Some(ptl) = self.__pmd_trans_huge_lock(pmd) else {
+            return false;
+        };
+        let Pmd::Huge {
+            pfn: page, flags, ..
+        } = self.pmd_read(pmd)
+        else {
+            return false; // a migration entry
+        };
+        if self.is_huge_zero_page(page) || self.page_mapcount(page) != 1 {
+            return false;
+        }
+        if !self.trylock_page(page) {
+            return false;
+        }
+        // If user want to discard part-pages of THP, split it so MADV_FREE
+        // will deactivate only them.
+        if next.0 - addr.0 != g.pmd_size() {
+            self.get_page(page);
+            drop(ptl);
+            let _ = self.split_huge_page_to_list(page);
+            self.unlock_page(page);
+            self.put_page(page);
+            return false;
+        }
+        self.page(page).clear_flag(pg::DIRTY);
+        self.unlock_page(page);
+        if flags.young || flags.dirty {
+            let haddr = g.pmd_align_down(addr);
+            self.pmdp_invalidate(vma, haddr, pmd);
+            let clean = Pmd::Huge {
+                pfn: page,
+                flags: crate::pgtable::PteFlags {
+                    young: false,
+                    dirty: false,
+                    ..flags
+                },
+                invalid: false,
+            };
+            self.set_pmd_at(pmd, clean); // pmd_mkold(), pmd_mkclean()
+            self.tlb_remove_tlb_entry(tlb, haddr, g.pmd_size());
+        }
+        self.mark_page_lazyfree(page);
+        drop(ptl);
+        true
+    }
+
+    /// Models madvise_free_pte_range(), mm/madvise.c, v5.8.
+    ///
+    /// # Locking
+    /// Takes the PTE lock; drops it (and takes the page lock) to split a
+    /// THP; trylocks a swap-cache or dirty page to clean it.
+    fn madvise_free_pte_range(
+        &self,
+        tlb: &mut MmuGather,
+        vma: &Arc<Vma>,
+        pmd: EntryRef,
+        addr: VirtAddr,
+        end: VirtAddr,
+    ) {
+        let _f = self.func("madvise_free_pte_range");
+        let g = self.k.geo;
+        let next = g.pmd_addr_end(addr, end);
+        if self.pmd_read(pmd).is_trans_huge()
+            && self.madvise_free_huge_pmd(tlb, vma, pmd, addr, next)
+        {
+            return;
+        }
+        if self.pmd_trans_unstable(pmd) {
+            return;
+        }
+        let Pmd::Table(t) = self.pmd_read(pmd) else {
+            return;
+        };
+        let ps = g.page_size();
+        let mut ptl = Some(self.pte_lockptr(t).lock(self));
+        let mut a = addr;
+        while a < end {
+            let r = EntryRef {
+                table: t,
+                index: g.index(Level::Pte, a),
+            };
+            let ptent = self.pte_read(r);
+            match ptent {
+                Pte::None | Pte::Migration { .. } => {
+                    a = a.add_bytes(ps);
+                    continue;
+                }
+                Pte::Swap(entry) => {
+                    // Only the swap entry of a page the process alone had.
+                    self.free_swap_and_cache(entry);
+                    self.ptep_get_and_clear(r); // pte_clear_not_present_full()
+                    a = a.add_bytes(ps);
+                    continue;
+                }
+                Pte::Present { .. } => {}
+            }
+            let Some(page) = self.vm_normal_page(ptent) else {
+                a = a.add_bytes(ps);
+                continue;
+            };
+            // If pmd isn't transhuge but the page is THP and is owned by
+            // only this process, split it and deactivate all pages.
+            if self.page_trans_compound(page) {
+                if self.page_mapcount(page) != 1 {
+                    break;
+                }
+                self.get_page(page);
+                if !self.trylock_page(page) {
+                    self.put_page(page);
+                    break;
+                }
+                drop(ptl.take());
+                if self.split_huge_page_to_list(page).is_err() {
+                    self.unlock_page(page);
+                    self.put_page(page);
+                    ptl = Some(self.pte_lockptr(t).lock(self));
+                    break;
+                }
+                self.unlock_page(page);
+                self.put_page(page);
+                ptl = Some(self.pte_lockptr(t).lock(self));
+                continue; // the same address again, now a base page
+            }
+            if self.page_swapcache(page) || self.page(page).test_flag(pg::DIRTY) {
+                if self.page_mapcount(page) != 1 {
+                    a = a.add_bytes(ps);
+                    continue;
+                }
+                if !self.trylock_page(page) {
+                    a = a.add_bytes(ps);
+                    continue;
+                }
+                if self.page_swapcache(page) && !self.try_to_free_swap(page) {
+                    self.unlock_page(page);
+                    a = a.add_bytes(ps);
+                    continue;
+                }
+                self.page(page).clear_flag(pg::DIRTY);
+                self.unlock_page(page);
+            }
+            let f = ptent.flags();
+            if f.young || f.dirty {
+                self.ptep_get_and_clear(r); // ptep_get_and_clear_full()
+                self.set_pte_at(
+                    r,
+                    ptent.with_flags(|f| {
+                        f.young = false; // pte_mkold()
+                        f.dirty = false; // pte_mkclean()
+                    }),
+                );
+                self.tlb_remove_tlb_entry(tlb, a, ps);
+            }
+            self.mark_page_lazyfree(page);
+            a = a.add_bytes(ps);
+        }
+        drop(ptl);
     }
 }

@@ -817,8 +817,25 @@ impl<E: Engine> Cpu<E> {
                     pvmw.done();
                     break;
                 }
+                // MADV_FREE page check
                 if !head.test_flag(pg::SWAPBACKED) {
-                    self.unmodelled("try_to_unmap_one(): a MADV_FREE page", Some(page));
+                    if !head.test_flag(pg::DIRTY) {
+                        // Invalidate as we cleared the pte: the lazily
+                        // freed page is discarded (its PTE stays none).
+                        self.note(|| {
+                            "try_to_unmap_one(): a clean MADV_FREE page: discard".to_string()
+                        });
+                        self.page_remove_rmap(subpage, false);
+                        self.put_page(page);
+                        continue;
+                    }
+                    // If the page was redirtied, it cannot be discarded.
+                    // Remap the page to page table.
+                    self.set_pte_at(pte, pteval);
+                    head.set_flag(pg::SWAPBACKED);
+                    ret = false;
+                    pvmw.done();
+                    break;
                 }
                 let entry = crate::pgtable::SwapEntry(self.page(subpage).private.load(SeqCst));
                 if self.swap_duplicate(entry).is_err() {

@@ -18,8 +18,11 @@
 //! stay isolated (5.8 puts them on the inactive list, whence
 //! shrink_inactive_list() isolates them again).
 //!
+//! Lazily freed pages (MADV_FREE): a clean one is discarded (try_to_unmap()
+//! leaves its PTEs none), a dirty one becomes SwapBacked again and stays.
+//!
 //! Leaves out: file and shmem pages (kept: shmem_writepage() is not
-//! modelled), MADV_FREE's lazy-free pages, kswapd and direct reclaim's
+//! modelled), kswapd and direct reclaim's
 //! scan control (priorities, congestion, writeback throttling), memcg, the
 //! batched TLB flush of TTU_BATCH_FLUSH (try_to_unmap() flushes each entry),
 //! and swap slot readahead.
@@ -87,6 +90,34 @@ impl<E: Engine> Cpu<E> {
         let p = self.page(head);
         if p.test_flag(pg::LRU) && !p.test_flag(pg::ACTIVE) && !p.test_flag(pg::MLOCKED) {
             p.set_flag(pg::ACTIVE);
+        }
+    }
+
+    /// Models mark_page_lazyfree() (lru_lazyfree_fn()), mm/swap.c, v5.8:
+    /// an anonymous page on the LRU, not in the swap cache and not mlocked,
+    /// becomes lazily freed: not SwapBacked (reclaim discards it if it is
+    /// still clean), inactive, unreferenced.
+    ///
+    /// # Locking
+    /// Takes `lru_lock`.
+    pub fn mark_page_lazyfree(&self, page: Pfn) {
+        let head = self.compound_head(page);
+        let ok = |c: &Self| {
+            let p = c.page(head);
+            p.test_flag(pg::LRU)
+                && c.page_anon(head)
+                && p.test_flag(pg::SWAPBACKED)
+                && !c.page_swapcache(head)
+                && !p.test_flag(pg::MLOCKED)
+        };
+        if !ok(self) {
+            return;
+        }
+        let _lru = self.k.lru_lock.lock(self);
+        if ok(self) {
+            let p = self.page(head);
+            p.clear_flag(pg::ACTIVE | pg::REFERENCED);
+            p.clear_flag(pg::SWAPBACKED);
         }
     }
 
@@ -253,7 +284,7 @@ impl<E: Engine> Cpu<E> {
             PageReferences::Reclaim | PageReferences::ReclaimClean => {}
         }
         let anon = self.page_anon(page);
-        if !(anon && self.page(page).test_flag(pg::SWAPBACKED)) {
+        if !anon {
             // DIVERGENCE: a file (shmem) page is kept: shmem_writepage(),
             // which moves it to the swap cache, is not modelled.
             self.note(|| {
@@ -261,7 +292,14 @@ impl<E: Engine> Cpu<E> {
             });
             return Fate::KeepLocked;
         }
-        if !self.page_swapcache(page) {
+        let lazyfree = !self.page(page).test_flag(pg::SWAPBACKED);
+        if lazyfree {
+            // A lazily freed THP is split (the `else` of the swap branch).
+            if self.page_trans_huge(page) && self.split_huge_page_to_list_into(page, list).is_err()
+            {
+                return Fate::KeepLocked;
+            }
+        } else if !self.page_swapcache(page) {
             if self.page_trans_huge(page) {
                 // Cannot split THP, skip it.
                 if !self.can_split_huge_page(page, None) {
@@ -325,6 +363,21 @@ impl<E: Engine> Cpu<E> {
                 }
                 Pageout::Clean => {}
             }
+        }
+        if !self.page(page).test_flag(pg::SWAPBACKED) {
+            // A lazily freed page nobody wrote: free it if the isolation's
+            // is the only reference left.
+            if !self.page_ref_freeze(page, 1) {
+                return Fate::KeepLocked;
+            }
+            if self.page(page).test_flag(pg::DIRTY) {
+                self.page_ref_unfreeze(page, 1);
+                return Fate::KeepLocked;
+            }
+            // PGLAZYFREED
+            self.unlock_page(page);
+            self.note(|| format!("shrink_page_list(): lazily freed page {} discarded", page.0));
+            return Fate::Freed;
         }
         if !self.page_swapcache(page) {
             // swap_writepage() freed the swap (no PTE referenced it): the

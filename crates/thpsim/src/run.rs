@@ -168,6 +168,7 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
                 | Feature::Reclaim
                 | Feature::Pageout
                 | Feature::Collapse
+                | Feature::Free
                 | Feature::Khugepaged
         )
     })?;
@@ -1074,16 +1075,11 @@ impl<E: Engine> Machine<E> {
                             Advice::Pageout => {
                                 return self.madvise_pageout(cpu, &name, &mm, target)
                             }
+                            Advice::Free => return self.madvise_free(cpu, &name, &mm, target),
                             // MADV_COLLAPSE is 6.1's: madvise_behavior_valid()
                             // of 5.8 rejects it.
                             Advice::Collapse => {
                                 return Ok(Done::outcome(errno_outcome(Errno::Einval)))
-                            }
-                            other => {
-                                return Err(self.err(
-                                    advice.span,
-                                    format!("madvise {} is not supported yet", other.keyword()),
-                                ))
                             }
                         };
                         let r = cpu.do_madvise(&mm, VirtAddr(s), e - s, a);

@@ -116,15 +116,12 @@ fn missing_file_and_unknown_fix_exit_2() {
 
 #[test]
 fn unsupported_features_exit_2_not_yet() {
-    let p = write_tmp(
-        "free.thp",
-        "process P\nP: mmap A 1h\nP: madvise A[..] free\n",
-    );
+    let p = write_tmp("k316.thp", "process P\nkernel 3.16\nP: mmap A 1h\n");
     let out = thpsim(&["run", p.to_str().expect("utf8")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr.contains("line 3") && stderr.contains("not supported yet"),
+        stderr.contains("line 2,") && stderr.contains("`kernel 3.16` is not supported yet"),
         "{stderr}"
     );
 }
@@ -148,6 +145,13 @@ fn swap_and_khugepaged_run() {
              expect P A[0] thp-pmd\nP: madvise A[..] collapse => einval\n",
             0,
         ),
+        (
+            "free.thp",
+            "swap 1m\nthp never\nprocess P\nP: mmap A 2p\nP: write A[..] = 7\n\
+             P: madvise A[..] free\nkernel: reclaim P A[..]\nexpect P A[0] none\n\
+             P: read A[1p] == 0\n",
+            0,
+        ),
         ("swap_tiny.thp", "swap 1p\nprocess P\n", 2),
     ] {
         let p = write_tmp(name, src);
@@ -158,33 +162,6 @@ fn swap_and_khugepaged_run() {
         if code == 2 {
             assert!(stderr.contains("line 1,"), "{name}: {stderr}");
         }
-    }
-}
-
-#[test]
-fn later_language_features_exit_2_not_yet() {
-    for (name, src, line, what) in [
-        (
-            "k316.thp",
-            "kernel 3.16\nprocess P\nP: mmap A 1h\n",
-            1,
-            "`kernel 3.16` is not supported yet",
-        ),
-        (
-            "free.thp",
-            "process P\nP: mmap A 1h\nP: madvise A[..] free\n",
-            3,
-            "`madvise free` is not supported yet",
-        ),
-    ] {
-        let p = write_tmp(name, src);
-        let out = thpsim(&["run", p.to_str().expect("utf8")]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
-        assert!(
-            stderr.contains(&format!("line {line},")) && stderr.contains(what),
-            "{name}: {stderr}"
-        );
     }
 }
 

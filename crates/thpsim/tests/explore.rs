@@ -42,6 +42,7 @@ const CLEAN: &[&str] = &[
     "collapse_vs_write",
     "collapse_vs_munmap",
     "gup_fast_vs_collapse",
+    "free_vs_write_vs_reclaim",
 ];
 
 fn root() -> PathBuf {

@@ -93,6 +93,22 @@ struct ProcMem {
     pages: BTreeMap<u64, PageData>,
     /// Shared mappings: their pages are the shared object's.
     shared: Vec<SharedRange>,
+    /// Pages freed lazily (MADV_FREE): besides `pages`, the process may
+    /// see one of these.
+    lazy: BTreeMap<u64, LazyPage>,
+}
+
+/// A private page after MADV_FREE: until reclaim discards it, the process
+/// sees its data; once discarded, zeros; a write after a discard lands on a
+/// new zero page. Each alternative follows the writes, and the first
+/// observation that tells them apart settles the page.
+#[derive(Clone, Debug)]
+struct LazyPage {
+    /// What the page shows if it was discarded (before the writes since).
+    alts: Vec<PageData>,
+    /// Written since MADV_FREE: a dirty page is never discarded, so once
+    /// the data matches it is settled.
+    written: bool,
 }
 
 /// A shared mapping of a process: `[start, end)` shows the shared object
@@ -252,6 +268,54 @@ impl MemoryOracle {
         }
     }
 
+    /// A store of `value` to `[from, to)` of the private page at `page`
+    /// lands on whichever version a lazily freed page has: each alternative
+    /// takes it too, and the page is written (never discarded now).
+    fn lazy_store(&mut self, proc_: &str, page: u64, from: u64, to: u64, value: u8) {
+        let ps = self.page_size as usize;
+        let Some(l) = self
+            .procs
+            .get_mut(proc_)
+            .and_then(|p| p.lazy.get_mut(&page))
+        else {
+            return;
+        };
+        for a in &mut l.alts {
+            if from == page && to == page + ps as u64 {
+                *a = PageData::Fill(value);
+            } else {
+                let bytes = a.bytes_mut(ps);
+                for x in from..to {
+                    bytes[(x - page) as usize] = value;
+                }
+            }
+        }
+        l.written = true;
+    }
+
+    /// MADV_FREE of private anonymous memory: each page keeps its data
+    /// until reclaim discards it (then reads zero), unless it is written
+    /// first.
+    pub fn on_lazyfree(&mut self, proc_: &str, start: u64, len: u64) {
+        let ps = self.page_size;
+        self.mark_dirty(proc_, start, len);
+        let Some(p) = self.procs.get_mut(proc_) else {
+            return;
+        };
+        let mut a = start & !(ps - 1);
+        while a < start + len {
+            if p.shared_at(a).is_none() {
+                let l = p.lazy.entry(a).or_insert(LazyPage {
+                    alts: Vec::new(),
+                    written: false,
+                });
+                l.alts.push(PageData::Fill(0));
+                l.written = false;
+            }
+            a += ps;
+        }
+    }
+
     fn page_of(&self, addr: u64) -> (u64, usize) {
         (
             addr & !(self.page_size - 1),
@@ -276,6 +340,7 @@ impl MemoryOracle {
         let end = start + len;
         if let Some(p) = self.procs.get_mut(proc_) {
             p.pages.retain(|&a, _| a < start || a >= end);
+            p.lazy.retain(|&a, _| a < start || a >= end);
             let mut kept = Vec::new();
             for r in std::mem::take(&mut p.shared) {
                 if r.end <= start || r.start >= end {
@@ -322,6 +387,7 @@ impl MemoryOracle {
             // A shared page keeps its object's bytes (the next touch maps
             // the object's page again).
             p.pages.retain(|&a, _| a < start || a >= start + len);
+            p.lazy.retain(|&a, _| a < start || a >= start + len);
         }
     }
 
@@ -365,6 +431,7 @@ impl MemoryOracle {
         while a < start + len {
             let page = a & !(ps - 1);
             let end = (page + ps).min(start + len);
+            self.lazy_store(proc_, page, a, end, value);
             if a == page && end == page + ps {
                 self.write_at(proc_, page, |d| *d = PageData::Fill(value));
             } else {
@@ -700,7 +767,46 @@ impl MemoryOracle {
     /// Compares a read the process made with what it may see.
     pub fn check_read(&self, proc_: &str, addr: u64, seen: u8) -> Option<Violation> {
         let want = self.expected(proc_, addr);
-        (seen != want).then(|| violation(proc_, addr, seen, want))
+        if seen == want {
+            return None;
+        }
+        let (page, off) = self.page_of(addr);
+        let lazy_ok = self
+            .procs
+            .get(proc_)
+            .and_then(|p| p.lazy.get(&page))
+            .is_some_and(|l| l.alts.iter().any(|a| a.byte(off) == seen));
+        (!lazy_ok).then(|| violation(proc_, addr, seen, want))
+    }
+
+    /// A lazily freed page whose observation `seen` matches one of its
+    /// alternatives: settle it (the alternative becomes its data). A page
+    /// that matches its data and was written since is settled too.
+    fn settle_lazy(&mut self, name: &str, page: u64, seen: &[u8]) -> bool {
+        let Some(p) = self.procs.get_mut(name) else {
+            return false;
+        };
+        let Some(l) = p.lazy.get(&page) else {
+            return false;
+        };
+        let primary = p.pages.get(&page).cloned().unwrap_or(PageData::Fill(0));
+        if primary.first_difference(seen).is_none() {
+            if l.written {
+                p.lazy.remove(&page);
+            }
+            return true;
+        }
+        if let Some(a) = l
+            .alts
+            .iter()
+            .find(|a| a.first_difference(seen).is_none())
+            .cloned()
+        {
+            p.pages.insert(page, a);
+            p.lazy.remove(&page);
+            return true;
+        }
+        false
     }
 
     /// Compares every mapped page with `observe(process, page address)`, the
@@ -756,7 +862,7 @@ impl MemoryOracle {
                     if !same {
                         let bytes = observe(name, page);
                         if let Some(v) = self.compare(name, page, &bytes) {
-                            out.push(v);
+                            out.push((name.clone(), page, bytes, v));
                         }
                     }
                     now.insert(page, frame);
@@ -767,7 +873,14 @@ impl MemoryOracle {
         }
         self.seen = seen_now;
         self.dirty.clear();
-        out
+        // A lazily freed page may show another of its versions.
+        let mut violations = Vec::new();
+        for (name, page, bytes, v) in out {
+            if !self.settle_lazy(&name, page, &bytes) {
+                violations.push(v);
+            }
+        }
+        violations
     }
 }
 

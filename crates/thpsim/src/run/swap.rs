@@ -1,7 +1,10 @@
-//! The swap steps: `kernel: reclaim P A[range]` (one aging pass of the
-//! range's pages, `thpsim_model::vmscan`) and `P: madvise A[range] pageout`
-//! (MADV_PAGEOUT). Neither changes what a process reads: the memory oracle
-//! is not told; a swapped-out page reads back through swap-in.
+//! The reclaim steps: `kernel: reclaim P A[range]` (one aging pass of the
+//! range's pages, `thpsim_model::vmscan`), `P: madvise A[range] pageout`
+//! (MADV_PAGEOUT) and `P: madvise A[range] free` (MADV_FREE). Swapping out
+//! changes nothing a process reads (the memory oracle is not told; a
+//! swapped-out page reads back through swap-in); MADV_FREE lets reclaim
+//! discard a page not written since, so the oracle accepts its old bytes or
+//! zeros until an observation settles it.
 
 use super::{errno_outcome, Done, Machine};
 use std::sync::Arc;
@@ -48,5 +51,29 @@ impl<E: Engine> Machine<E> {
                 Err(err) => Done::outcome(errno_outcome(err)),
             },
         )
+    }
+
+    /// `P: madvise A[...] free`: MADV_FREE.
+    pub(super) fn madvise_free(
+        &self,
+        cpu: &Cpu<E>,
+        owner: &str,
+        mm: &Arc<MmStruct<E>>,
+        target: &Target,
+    ) -> Result<Done, ScenarioError> {
+        let (s, e) = self.range(owner, target)?;
+        // The oracle before the call (a reclaim on another CPU may discard a
+        // page as soon as it is lazily freed, and a concurrent read see
+        // zeros) and after it (a write racing with the call may land before
+        // the page is cleaned, and be dropped with it).
+        let ps = cpu.k.geo.page_size();
+        let (s2, e2) = (s & !(ps - 1), (e + ps - 1) & !(ps - 1));
+        self.st().oracle.on_lazyfree(owner, s2, e2 - s2);
+        let r = cpu.do_madvise(mm, VirtAddr(s), e - s, MAdvice::Free);
+        self.st().oracle.on_lazyfree(owner, s2, e2 - s2);
+        Ok(match r {
+            Ok(()) => Done::ok(),
+            Err(err) => Done::outcome(errno_outcome(err)),
+        })
     }
 }

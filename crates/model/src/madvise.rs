@@ -274,25 +274,10 @@ impl<E: Engine> Cpu<E> {
                 continue;
             };
             if self.page_trans_compound(page) {
-                if self.page_mapcount(page) != 1 {
-                    break;
+                if self.split_pte_mapped_thp(page, t, &mut ptl) {
+                    continue; // the same address again, now a base page
                 }
-                self.get_page(page);
-                if !self.trylock_page(page) {
-                    self.put_page(page);
-                    break;
-                }
-                drop(ptl.take());
-                if self.split_huge_page_to_list(page).is_err() {
-                    self.unlock_page(page);
-                    self.put_page(page);
-                    ptl = Some(self.pte_lockptr(t).lock(self));
-                    break;
-                }
-                self.unlock_page(page);
-                self.put_page(page);
-                ptl = Some(self.pte_lockptr(t).lock(self));
-                continue; // the same address again, now a base page
+                break;
             }
             if self.page_mapcount(page) != 1 {
                 a = a.add_bytes(ps);
@@ -474,25 +459,10 @@ impl<E: Engine> Cpu<E> {
             // If pmd isn't transhuge but the page is THP and is owned by
             // only this process, split it and deactivate all pages.
             if self.page_trans_compound(page) {
-                if self.page_mapcount(page) != 1 {
-                    break;
+                if self.split_pte_mapped_thp(page, t, &mut ptl) {
+                    continue; // the same address again, now a base page
                 }
-                self.get_page(page);
-                if !self.trylock_page(page) {
-                    self.put_page(page);
-                    break;
-                }
-                drop(ptl.take());
-                if self.split_huge_page_to_list(page).is_err() {
-                    self.unlock_page(page);
-                    self.put_page(page);
-                    ptl = Some(self.pte_lockptr(t).lock(self));
-                    break;
-                }
-                self.unlock_page(page);
-                self.put_page(page);
-                ptl = Some(self.pte_lockptr(t).lock(self));
-                continue; // the same address again, now a base page
+                break;
             }
             if self.page_swapcache(page) || self.page(page).test_flag(pg::DIRTY) {
                 if self.page_mapcount(page) != 1 {
@@ -527,5 +497,35 @@ impl<E: Engine> Cpu<E> {
             a = a.add_bytes(ps);
         }
         drop(ptl);
+    }
+
+    /// What madvise_cold_or_pageout_pte_range() and madvise_free_pte_range()
+    /// (mm/madvise.c, v5.8) do on meeting a PTE-mapped THP: split it if
+    /// this process alone maps it. Returns whether it was split (the walk
+    /// looks at the address again); false ends the walk.
+    ///
+    /// # Locking
+    /// Called with the PTE lock (`ptl`); drops it around the split (with
+    /// the page lock, trylocked, held) and holds it again on return.
+    fn split_pte_mapped_thp<'a>(
+        &'a self,
+        page: Pfn,
+        pte_table: Pfn,
+        ptl: &mut Option<crate::sync::SpinGuard<'a, E>>,
+    ) -> bool {
+        if self.page_mapcount(page) != 1 {
+            return false;
+        }
+        self.get_page(page);
+        if !self.trylock_page(page) {
+            self.put_page(page);
+            return false;
+        }
+        drop(ptl.take());
+        let split = self.split_huge_page_to_list(page).is_ok();
+        self.unlock_page(page);
+        self.put_page(page);
+        *ptl = Some(self.pte_lockptr(pte_table).lock(self));
+        split
     }
 }

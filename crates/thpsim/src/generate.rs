@@ -1301,31 +1301,17 @@ impl Gen {
         // Only base pages outside huge PMDs: MADV_PAGEOUT splits a THP it
         // meets, which the world model would not follow (and 6.x maps the
         // zero-filled subpages of a split THP to the zero page, D5).
-        let ok = |i: usize| {
-            !reg.poison[i]
-                && reg.vma_at(i).is_some()
-                && reg.pmd[i / 4] != Pmd::Huge
-                && !matches!(reg.slots[i], Map::Page { f, .. } if self.w.folios[f].thp)
-        };
-        let mut runs = Vec::new();
-        let mut i = 0;
-        while i < reg.n() {
-            if !ok(i) {
-                i += 1;
-                continue;
-            }
-            let s = i;
-            while i < reg.n() && ok(i) {
-                i += 1;
-            }
-            runs.push((s, i));
-        }
-        if runs.is_empty() {
+        let eligible: Vec<bool> = (0..reg.n())
+            .map(|i| {
+                !reg.poison[i]
+                    && reg.vma_at(i).is_some()
+                    && reg.pmd[i / 4] != Pmd::Huge
+                    && !matches!(reg.slots[i], Map::Page { f, .. } if self.w.folios[f].thp)
+            })
+            .collect();
+        let Some((a, b)) = self.range(&reg, &|i| eligible[i]) else {
             return;
-        }
-        let (s, e) = self.rng.pick(&runs);
-        let a = s + self.rng.below(e - s);
-        let b = a + 1 + self.rng.below(e - a);
+        };
         let text = format!(
             "{}: madvise {} pageout",
             self.w.procs[p].name,

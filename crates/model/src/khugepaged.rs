@@ -219,6 +219,13 @@ impl<E: Engine> Cpu<E> {
         out
     }
 
+    /// `pte_none(pteval) || is_zero_pfn(pte_pfn(pteval))`, the test of
+    /// khugepaged_scan_pmd() and __collapse_huge_page_isolate() for a PTE
+    /// that counts against max_ptes_none.
+    fn pte_none_or_zero(&self, pteval: Pte) -> bool {
+        pteval.is_none() || pteval.pfn().is_some_and(|p| self.is_zero_pfn(p))
+    }
+
     /// Models is_refcount_suitable(), mm/khugepaged.c, v5.8: the page's
     /// references are its mappings (and the swap cache's): no pin.
     fn is_refcount_suitable(&self, page: Pfn) -> bool {
@@ -279,7 +286,7 @@ impl<E: Engine> Cpu<E> {
                         }
                         break 'scan ScanResult::ExceedSwapPte;
                     }
-                    if pteval.is_none() || pteval.pfn().is_some_and(|p| self.is_zero_pfn(p)) {
+                    if self.pte_none_or_zero(pteval) {
                         none_or_zero += 1;
                         if none_or_zero <= limits.max_ptes_none {
                             continue;
@@ -526,7 +533,7 @@ impl<E: Engine> Cpu<E> {
                     index: g.index(Level::Pte, a),
                 };
                 let pteval = self.pte_read(r);
-                if pteval.is_none() || pteval.pfn().is_some_and(|p| self.is_zero_pfn(p)) {
+                if self.pte_none_or_zero(pteval) {
                     none_or_zero += 1;
                     if none_or_zero <= limits.max_ptes_none {
                         continue;

@@ -164,17 +164,10 @@ impl<E: Engine> Cpu<E> {
             return Err(Errno::Einval);
         }
         let mut tlb = self.tlb_gather_mmu(mm.id, false);
-        // walk_page_range() with cold_walk_ops: each PMD of the range.
-        let mut addr = start;
-        while addr < end {
-            let next = self.k.geo.pmd_addr_end(addr, end);
-            if let Some(pmd) = self.pmd_offset(mm, addr) {
-                if !self.pmd_read(pmd).is_none() {
-                    self.madvise_cold_or_pageout_pte_range(&mut tlb, vma, pmd, addr, next);
-                }
-            }
-            addr = next;
-        }
+        // walk_page_range() with cold_walk_ops.
+        self.walk_pmd_range(mm, start, end, |c, pmd, addr, next| {
+            c.madvise_cold_or_pageout_pte_range(&mut tlb, vma, pmd, addr, next)
+        });
         self.tlb_finish_mmu(tlb);
         Ok(())
     }
@@ -322,16 +315,10 @@ impl<E: Engine> Cpu<E> {
         }
         let mut tlb = self.tlb_gather_mmu(mm.id, false);
         self.mmu_notifier_start(mm, crate::mmu_notifier::NotifyEvent::Clear, start, end);
-        let mut addr = start;
-        while addr < end {
-            let next = self.k.geo.pmd_addr_end(addr, end);
-            if let Some(pmd) = self.pmd_offset(mm, addr) {
-                if !self.pmd_read(pmd).is_none() {
-                    self.madvise_free_pte_range(&mut tlb, vma, pmd, addr, next);
-                }
-            }
-            addr = next;
-        }
+        // walk_page_range() with madvise_free_walk_ops.
+        self.walk_pmd_range(mm, start, end, |c, pmd, addr, next| {
+            c.madvise_free_pte_range(&mut tlb, vma, pmd, addr, next)
+        });
         self.mmu_notifier_invalidate_range_end(mm);
         self.tlb_finish_mmu(tlb);
         Ok(())
@@ -527,5 +514,29 @@ impl<E: Engine> Cpu<E> {
         self.put_page(page);
         *ptl = Some(self.pte_lockptr(pte_table).lock(self));
         split
+    }
+
+    /// Models walk_page_range() down to its `pmd_entry` callback
+    /// (walk_pmd_range(), mm/pagewalk.c, v5.8): `pmd_entry(cpu, pmd, addr,
+    /// next)` for each present PMD of `[start, end)`, in order; holes
+    /// (missing upper levels, none PMDs) are skipped, as walks without a
+    /// `pte_hole` callback skip them.
+    fn walk_pmd_range(
+        &self,
+        mm: &MmStruct<E>,
+        start: VirtAddr,
+        end: VirtAddr,
+        mut pmd_entry: impl FnMut(&Self, EntryRef, VirtAddr, VirtAddr),
+    ) {
+        let mut addr = start;
+        while addr < end {
+            let next = self.k.geo.pmd_addr_end(addr, end);
+            if let Some(pmd) = self.pmd_offset(mm, addr) {
+                if !self.pmd_read(pmd).is_none() {
+                    pmd_entry(self, pmd, addr, next);
+                }
+            }
+            addr = next;
+        }
     }
 }

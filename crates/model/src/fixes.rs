@@ -86,17 +86,6 @@ impl Fix {
             }
         }
     }
-
-    /// Whether the model has the code paths to revert this fix yet.
-    pub fn revertible(self) -> bool {
-        matches!(
-            self,
-            Fix::SplitPmdPageLock
-                | Fix::ThpWpAccurateMapcount
-                | Fix::RmapPmdUnderPtl
-                | Fix::MigrateUnshareHugetlbPmd
-        )
-    }
 }
 
 impl fmt::Display for Fix {

@@ -96,7 +96,14 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// Models set_huge_zero_page(), mm/huge_memory.c, v5.8 (PMD lock held).
-    fn set_huge_zero_page(&self, pgtable: Pfn, vma: &Vma, pmd: EntryRef, zero_page: Pfn) {
+    /// The same in v3.16 (`profile::v3_16` uses it too).
+    pub(crate) fn set_huge_zero_page(
+        &self,
+        pgtable: Pfn,
+        vma: &Vma,
+        pmd: EntryRef,
+        zero_page: Pfn,
+    ) {
         let flags = PteFlags {
             special: true,
             protnone: vma.vm_page_prot().protnone,
@@ -621,8 +628,9 @@ impl<E: Engine> Cpu<E> {
     // Splitting a PMD
     // ---------------------------------------------------------------------
 
-    /// Models __split_huge_zero_page_pmd(), mm/huge_memory.c, v5.8.
-    fn __split_huge_zero_page_pmd(&self, vma: &Vma, haddr: VirtAddr, pmd: EntryRef) {
+    /// Models __split_huge_zero_page_pmd(), mm/huge_memory.c, v5.8. The same
+    /// in v3.16 (pmdp_clear_flush() there is pmdp_huge_clear_flush() here).
+    pub(crate) fn __split_huge_zero_page_pmd(&self, vma: &Vma, haddr: VirtAddr, pmd: EntryRef) {
         let _f = self.func("__split_huge_zero_page_pmd");
         let g = self.k.geo;
         // pmdp_huge_clear_flush()
@@ -1139,8 +1147,8 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// Models split_huge_page_to_list(), mm/huge_memory.c, v5.8 (with seed 002's
-    /// anon_vma write lock). The caller holds a reference on the page and its
-    /// page lock.
+    /// anon_vma write lock; reverting `split-anon-vma-write` takes it for
+    /// read). The caller holds a reference on the page and its page lock.
     ///
     /// # Locking
     /// Takes the anon_vma lock for write, then (inside unmap) PMD and PTE locks,
@@ -1199,7 +1207,15 @@ impl<E: Engine> Cpu<E> {
             ));
             return Err(Ebusy);
         };
-        self.anon_vma_lock_write(anon_vma);
+        // Seed 002's fix (062f1af2170a): the write lock serialises parallel
+        // splits. Reverted, 3.8-rc1's read lock; in 5.8 the page lock, which
+        // every caller holds, still serialises two splitters of one THP.
+        let anon_vma_write = self.k.cfg.fixes.applied(Fix::SplitAnonVmaWrite);
+        if anon_vma_write {
+            self.anon_vma_lock_write(anon_vma);
+        } else {
+            self.anon_vma_lock_read(anon_vma);
+        }
         let mut extra_pins = 0;
         let ret = 'out_unlock: {
             if !self.can_split_huge_page(head, Some(&mut extra_pins)) {
@@ -1252,7 +1268,11 @@ impl<E: Engine> Cpu<E> {
                 Err(Ebusy)
             }
         };
-        self.anon_vma_unlock_write(anon_vma);
+        if anon_vma_write {
+            self.anon_vma_unlock_write(anon_vma);
+        } else {
+            self.anon_vma_unlock_read(anon_vma);
+        }
         self.put_anon_vma(anon_vma);
         ret
     }

@@ -887,6 +887,7 @@ impl<E: Engine> Cpu<E> {
                 young: true,
                 protnone: vma.vm_page_prot().protnone,
                 special: false,
+                splitting: false,
             },
             invalid: false,
         }

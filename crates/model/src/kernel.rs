@@ -51,6 +51,8 @@ pub struct Config {
     /// CPUs (one per concurrent thread of a scenario).
     pub cpus: usize,
     pub fixes: FixSet,
+    /// The kernel design (`kernel 5.8 | 3.16`; profile.rs).
+    pub kernel: crate::profile::KernelProfile,
 }
 
 impl Config {
@@ -71,6 +73,7 @@ impl Config {
             khugepaged: crate::khugepaged::KhugepagedLimits::defaults(geometry.hpage_pmd_nr()),
             cpus: 4,
             fixes: FixSet::default(),
+            kernel: crate::profile::KernelProfile::V5_8,
         }
     }
 }

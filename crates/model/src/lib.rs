@@ -71,6 +71,7 @@ pub mod page_alloc;
 pub mod page_io;
 pub mod page_vma_mapped;
 pub mod pgtable;
+pub mod profile;
 pub mod rmap;
 pub mod shmem;
 pub mod swap_state;

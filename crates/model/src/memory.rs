@@ -345,7 +345,7 @@ impl<E: Engine> Cpu<E> {
             pte: None,
             orig_pte: Pte::None,
         };
-        self.__handle_mm_fault(&mut vmf)
+        self.thp().__handle_mm_fault(self, &mut vmf)
     }
 
     /// Models __handle_mm_fault(), mm/memory.c, v5.8.
@@ -911,7 +911,10 @@ impl<E: Engine> Cpu<E> {
                 next.0 - addr.0 != self.k.geo.pmd_size(),
                 "VM_BUG_ON_VMA(next-addr != HPAGE_PMD_SIZE, vma)"
             );
-            match self.copy_huge_pmd(dst, src, dst_pmd, src_pmd, addr, vma) {
+            match self
+                .thp()
+                .copy_huge_pmd(self, dst, src, dst_pmd, src_pmd, addr, vma)
+            {
                 Err(_) => return false,
                 Ok(true) => return true,
                 Ok(false) => {} // -EAGAIN: the PMD was split; copy the PTEs.
@@ -1126,12 +1129,12 @@ impl<E: Engine> Cpu<E> {
     ) {
         let _f = self.func("zap_pmd_range");
         let cur = self.pmd_read(pmd);
-        if cur.is_swap_pmd() || cur.is_trans_huge() {
-            if next.0 - addr.0 != self.k.geo.pmd_size() {
-                self.__split_huge_pmd(vma, pmd, addr, false, None);
-            } else if self.zap_huge_pmd(tlb, vma, pmd, addr) {
-                return;
-            }
+        if (cur.is_swap_pmd() || cur.is_trans_huge())
+            && self
+                .thp()
+                .zap_huge_pmd_range(self, tlb, vma, pmd, addr, next)
+        {
+            return;
         }
         // pmd_none_or_trans_huge_or_clear_bad()
         let cur = self.pmd_read(pmd);

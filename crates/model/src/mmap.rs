@@ -369,7 +369,8 @@ impl<E: Engine> Cpu<E> {
         if !vma.is_hugetlb() {
             // A hugetlb VMA splits at huge page boundaries only: there is no
             // PMD to split.
-            self.vma_adjust_trans_huge(mm, vma, start, end, None);
+            self.thp()
+                .vma_adjust_trans_huge(self, mm, vma, start, end, None);
         }
         let file = vma.vm_file.map(|f| self.k.file(f));
         let i_mmap = file.as_ref().map(|f| f.mapping.i_mmap_rwsem.write(self));

@@ -143,14 +143,12 @@ impl<E: Engine> Cpu<E> {
                 }
                 let mut handled = false;
                 if cur.is_swap_pmd() || cur.is_trans_huge() {
-                    if next.0 - addr.0 != g.pmd_size() {
-                        self.__split_huge_pmd(vma, pmd, addr, false, None);
-                    } else {
-                        let nr = self.change_huge_pmd(vma, pmd, addr, newprot);
-                        if nr != 0 {
-                            pages += nr;
-                            handled = true;
-                        }
+                    let nr = self
+                        .thp()
+                        .change_huge_pmd_range(self, vma, pmd, addr, next, newprot);
+                    if nr != 0 {
+                        pages += nr;
+                        handled = true;
                     }
                 }
                 if !handled {

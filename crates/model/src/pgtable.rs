@@ -34,6 +34,11 @@ pub struct PteFlags {
     pub protnone: bool,
     /// _PAGE_SPECIAL (the zero page).
     pub special: bool,
+    /// _PAGE_SPLITTING (v3.16, arch/x86/include/asm/pgtable_types.h:
+    /// _PAGE_BIT_SOFTW2, "only valid on a PSE pmd"): the huge PMD is under
+    /// split_huge_page() (`pmd_trans_splitting()`). A software bit the MMU
+    /// ignores. Only the `kernel 3.16` profile sets it; 5.8 has no such bit.
+    pub splitting: bool,
 }
 
 /// _PAGE_RW, _PAGE_DIRTY and _PAGE_ACCESSED in the model's encoding of a
@@ -49,6 +54,7 @@ impl PteFlags {
             | (self.young as u64) << PAGE_ACCESSED.trailing_zeros()
             | (self.protnone as u64) << 6
             | (self.special as u64) << 7
+            | (self.splitting as u64) << SPLITTING.trailing_zeros()
     }
     fn from_bits(v: u64) -> Self {
         PteFlags {
@@ -57,6 +63,7 @@ impl PteFlags {
             young: v & PAGE_ACCESSED != 0,
             protnone: v & (1 << 6) != 0,
             special: v & (1 << 7) != 0,
+            splitting: v & SPLITTING != 0,
         }
     }
 }
@@ -75,6 +82,8 @@ const KIND_MASK: u64 = 7;
 /// is off but _PAGE_PSE stays, so pmd_present() and pmd_trans_huge() still hold
 /// while the MMU faults.
 const INVALID: u64 = 1 << 8;
+/// _PAGE_SPLITTING of a huge PMD (v3.16; see [`PteFlags::splitting`]).
+pub(crate) const SPLITTING: u64 = 1 << 9;
 const MIG_WRITE: u64 = 1 << 3;
 const PFN_SHIFT: u32 = 16;
 
@@ -230,6 +239,10 @@ impl Pmd {
     /// is_pmd_migration_entry().
     pub fn is_migration(self) -> bool {
         matches!(self, Pmd::Migration { .. })
+    }
+    /// pmd_trans_splitting() (v3.16): a huge PMD with _PAGE_SPLITTING.
+    pub fn is_trans_splitting(self) -> bool {
+        matches!(self, Pmd::Huge { flags, .. } if flags.splitting)
     }
     /// is_swap_pmd(): a non-present, non-none PMD (migration entries here).
     pub fn is_swap_pmd(self) -> bool {
@@ -605,6 +618,7 @@ mod tests {
             young: false,
             protnone: false,
             special: true,
+            splitting: false,
         };
         for pte in [
             Pte::None,
@@ -627,6 +641,14 @@ mod tests {
                 pfn: Pfn(512),
                 flags: f,
                 invalid: true,
+            },
+            Pmd::Huge {
+                pfn: Pfn(512),
+                flags: PteFlags {
+                    splitting: true,
+                    ..f
+                },
+                invalid: false,
             },
             Pmd::Migration {
                 pfn: Pfn(1024),

@@ -430,6 +430,15 @@ impl<E: Engine> Cpu<E> {
         Some(av)
     }
 
+    /// anon_vma_lock_read().
+    ///
+    /// # Locking
+    /// Takes the root anon_vma rwsem for read.
+    pub fn anon_vma_lock_read(&self, av: AnonVmaId) {
+        let root = self.k.anon_vma(self.k.anon_vma(av).root);
+        root.rwsem.down_read(self);
+    }
+
     /// anon_vma_unlock_read().
     pub fn anon_vma_unlock_read(&self, av: AnonVmaId) {
         let root = self.k.anon_vma(self.k.anon_vma(av).root);

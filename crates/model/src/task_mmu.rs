@@ -113,7 +113,7 @@ impl<E: Engine> Cpu<E> {
             kind,
             pfn: Some(pfn),
             head,
-            mapcount: self.page_mapcount(pfn),
+            mapcount: self.thp().page_mapcount(self, pfn),
             node: Some(self.page(pfn).node),
             swap: None,
         }

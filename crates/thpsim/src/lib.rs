@@ -39,3 +39,29 @@ pub mod bundled {
             .unwrap_or("")
     }
 }
+
+/// `thpsim fixes`: each seed fix, and which kernel profiles have it (a
+/// profile without the fix refuses to revert it).
+pub fn fixes_table() -> String {
+    use thpsim_scenario::KernelVersion;
+    let mut out = String::from("name                         seed  5.8   3.16  title [upstream]\n");
+    for f in thpsim_model::fixes::Fix::ALL {
+        let has = |k: KernelVersion| {
+            if k.has_fix(f.name()) == Some(true) {
+                "yes"
+            } else {
+                "-"
+            }
+        };
+        out.push_str(&format!(
+            "{:<28} {:03}   {:<5} {:<5} {}  [{}]\n",
+            f.name(),
+            f.seed(),
+            has(KernelVersion::V5_8),
+            has(KernelVersion::V3_16),
+            f.title(),
+            f.commit()
+        ));
+    }
+    out
+}

@@ -466,8 +466,7 @@ fn parse_reverts(revert: &[String]) -> Result<Vec<Fix>, String> {
     revert
         .iter()
         .map(|r| match Fix::by_name(r) {
-            Some(f) if f.revertible() => Ok(f),
-            Some(f) => Err(format!("reverting `{}` is not supported yet", f.name())),
+            Some(f) => Ok(f),
             None => Err(format!("unknown fix `{r}`; `thpsim fixes` lists them")),
         })
         .collect()
@@ -755,20 +754,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Fixes => {
-            for f in Fix::ALL {
-                let state = if f.revertible() {
-                    ""
-                } else {
-                    "  (revert: not supported yet)"
-                };
-                emit(&format!(
-                    "{:<28} seed {:03}  {}  [{}]{state}\n",
-                    f.name(),
-                    f.seed(),
-                    f.title(),
-                    f.commit()
-                ));
-            }
+            emit(&thpsim::fixes_table());
             ExitCode::SUCCESS
         }
         Command::Run {
@@ -793,11 +779,7 @@ fn main() -> ExitCode {
             };
             for r in &revert {
                 match Fix::by_name(r) {
-                    Some(f) if f.revertible() => opts.reverts.push(f),
-                    Some(f) => {
-                        eprintln!("error: reverting `{}` is not supported yet", f.name());
-                        return ExitCode::from(2);
-                    }
+                    Some(f) => opts.reverts.push(f),
                     None => {
                         eprintln!("error: unknown fix `{r}`; `thpsim fixes` lists them");
                         return ExitCode::from(2);

@@ -10,6 +10,7 @@
 //! audit and the memory oracle check the whole machine.
 
 mod hugetlb;
+mod kernel316;
 mod khugepaged;
 mod migrate;
 mod mirror;
@@ -32,6 +33,7 @@ use thpsim_model::mm_types::MmStruct;
 use thpsim_model::mmap::Prot;
 use thpsim_model::mmu::AccessError;
 use thpsim_model::page_alloc::CopyPlan;
+use thpsim_model::profile::KernelProfile;
 use thpsim_model::task_mmu::{MapKind, PageInfo};
 use thpsim_model::types::{CpuId, Geometry, VirtAddr};
 use thpsim_model::{Config, Cpu, Engine, Kernel, ThpPolicy};
@@ -170,14 +172,20 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
                 | Feature::Collapse
                 | Feature::Free
                 | Feature::Khugepaged
+                | Feature::Kernel316
         )
     })?;
+    kernel316::check(scn, &opts.reverts)?;
     let geometry = match geo_name {
         thpsim_scenario::Geometry::X86_64 => Geometry::X86_64,
         thpsim_scenario::Geometry::Tiny => Geometry::TINY,
     };
     let units = geo_name.unit_sizes();
     let mut cfg = Config::new(geometry);
+    cfg.kernel = match scn.header.kernel() {
+        thpsim_scenario::KernelVersion::V5_8 => KernelProfile::V5_8,
+        thpsim_scenario::KernelVersion::V3_16 => KernelProfile::V3_16,
+    };
     if let Some(t) = &scn.header.thp {
         cfg.thp = match t.value {
             thpsim_scenario::ThpPolicy::Always => ThpPolicy::Always,
@@ -251,12 +259,6 @@ pub fn configure(scn: &Scenario, opts: &RunOptions) -> Result<(Config, UnitSizes
                 ),
             ));
         };
-        if !fix.revertible() {
-            return Err(e(
-                r.span,
-                format!("reverting `{}` is not supported yet", fix.name()),
-            ));
-        }
         cfg.fixes.revert(fix);
     }
     for &fix in &opts.reverts {
@@ -1167,7 +1169,7 @@ impl<E: Engine> Machine<E> {
                 // result.
                 let mm = self.proc_mm(process)?;
                 let (s, _) = self.range(&process.text, target)?;
-                let r: Result<bool, Ebusy> = cpu.split_huge_pages_pid(&mm, VirtAddr(s));
+                let r: Result<bool, Ebusy> = cpu.thp().split_huge_pages_pid(cpu, &mm, VirtAddr(s));
                 Ok(Done {
                     note: Some(
                         match r {

@@ -18,6 +18,7 @@ use crate::engine::{Atomic, Engine};
 use crate::mm_types::{MmStruct, Vma};
 use crate::page::pg;
 use crate::pgtable::{Pmd, Pte, Upper};
+use crate::profile::KernelProfile;
 use crate::types::{Geometry, Level, Pfn, VirtAddr};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -161,8 +162,15 @@ fn walk_mm<E: Engine>(cpu: &Cpu<E>, mm: &Arc<MmStruct<E>>, g: &Geometry, t: &mut
                     Pmd::Huge { pfn, .. } if is_hugetlb_entry(cpu, &vma_of, pfn, base) => {
                         walk_hugetlb_entry(cpu, mm, pfn, base, &vma_of, t);
                     }
-                    Pmd::Huge { pfn, invalid, .. } => {
+                    Pmd::Huge {
+                        pfn,
+                        invalid,
+                        flags,
+                    } => {
                         huge_entries += 1;
+                        if flags.splitting {
+                            t.fail(inv::AUDIT_THP_3_16, format!("mm {} {:?}: huge PMD left pmd_trans_splitting (split_huge_page() did not finish)", mm.id.0, base), Some(pfn));
+                        }
                         if invalid {
                             t.fail(inv::AUDIT_VMA, format!("mm {} {:?}: huge PMD left invalidated (pmdp_invalidate without pmd_populate)", mm.id.0, base), Some(pfn));
                         }
@@ -554,6 +562,10 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
             next = pfn + (1u64 << page.compound_order_peek());
             continue;
         }
+        if page.test_flag_peek(pg::HEAD) && k.cfg.kernel == KernelProfile::V3_16 {
+            next = pfn + check_thp_v3_16(cpu, p, t);
+            continue;
+        }
         if page.test_flag_peek(pg::HEAD) {
             let order = page.compound_order_peek();
             let n = 1u64 << order;
@@ -705,6 +717,79 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
         }
         next = pfn + 1;
     }
+}
+
+/// A THP under `kernel 3.16` (the pre-4.5 rules, v3.16's page_mapcount()
+/// and __split_huge_page_refcount()): mapped only by huge PMDs, counted on
+/// the head's `_mapcount`; the tails' `_mapcount` and `_refcount` unused.
+/// Returns the frames checked.
+fn check_thp_v3_16<E: Engine>(cpu: &Cpu<E>, p: Pfn, t: &mut Tally) -> u64 {
+    let k = &cpu.k;
+    let page = k.mem.page(p);
+    let pfn = p.0;
+    let n = 1u64 << page.compound_order_peek();
+    let pmd_maps = t.pmd_maps.get(&p).copied().unwrap_or(0);
+    let mc = page.mapcount.peek_i64() + 1;
+    if mc != pmd_maps {
+        t.fail(
+            inv::AUDIT_MAPCOUNT,
+            format!("THP {pfn}: head _mapcount+1 is {mc}, but {pmd_maps} huge PMDs map it (the 3.16 rule)"),
+            Some(p),
+        );
+    }
+    if page.compound_mapcount.peek_i64() != -1 || page.test_flag_peek(pg::DOUBLE_MAP) {
+        t.fail(
+            inv::AUDIT_THP_3_16,
+            format!("THP {pfn}: a 5.8 compound mapcount or PageDoubleMap under kernel 3.16"),
+            Some(p),
+        );
+    }
+    for i in 0..n {
+        let sub = p.add(i);
+        let sp = k.mem.page(sub);
+        if i > 0 && sp.tail_head_peek() != Some(p) {
+            t.fail(
+                inv::AUDIT_MAPCOUNT,
+                format!("THP {pfn}: subpage {} does not point to its head", sub.0),
+                Some(sub),
+            );
+        }
+        let ptes = t.pte_maps.get(&sub).copied().unwrap_or(0);
+        if ptes != 0 {
+            t.fail(
+                inv::AUDIT_THP_3_16,
+                format!("THP {pfn} subpage {i}: {ptes} PTEs map it, but a 3.16 THP is mapped only by huge PMDs"),
+                Some(sub),
+            );
+        }
+        if i > 0 && (sp.mapcount.peek_i64() != -1 || sp.refcount.peek_i64() != 0) {
+            t.fail(
+                inv::AUDIT_THP_3_16,
+                format!(
+                    "THP {pfn} tail {i}: _mapcount {} and _refcount {}, but a tail of a whole THP has -1 and 0",
+                    sp.mapcount.peek_i64(),
+                    sp.refcount.peek_i64()
+                ),
+                Some(sub),
+            );
+        }
+    }
+    let refcount = page.refcount.peek_i64();
+    if refcount != pmd_maps {
+        t.fail(
+            inv::AUDIT_REFCOUNT,
+            format!("THP {pfn}: refcount {refcount}, but {pmd_maps} huge PMDs map it and nothing else holds it"),
+            Some(p),
+        );
+    }
+    if pmd_maps == 0 {
+        t.fail(
+            inv::AUDIT_LEAK,
+            format!("THP {pfn} is allocated but mapped nowhere"),
+            Some(p),
+        );
+    }
+    n
 }
 
 fn check_deferred<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {

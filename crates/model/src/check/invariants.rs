@@ -29,6 +29,7 @@ pub const AUDIT_TLB: &str = "AUDIT-TLB";
 pub const AUDIT_MLOCK: &str = "AUDIT-MLOCK";
 pub const AUDIT_HUGETLB: &str = "AUDIT-HUGETLB";
 pub const AUDIT_SWAP: &str = "AUDIT-SWAP";
+pub const AUDIT_THP_3_16: &str = "AUDIT-THP-3.16";
 pub const MEM_PRIVATE: &str = "MEM-PRIVATE";
 pub const MEM_LOST_WRITE: &str = "MEM-LOST-WRITE";
 pub const MEM_PIN_COHERENT: &str = "MEM-PIN-COHERENT";
@@ -56,6 +57,7 @@ pub const INVARIANTS: &[Invariant] = &[
     Invariant { id: AUDIT_MLOCK, checked_by: "check::audit", statement: "A PageMlocked page is mapped by a VM_LOCKED VMA: a base page by a PTE, a THP by a huge PMD and by no PTE (5.8 never mlocks a PTE-mapped THP). The converse need not hold: 5.8 leaves some pages of VM_LOCKED VMAs to vmscan to mlock." },
     Invariant { id: AUDIT_HUGETLB, checked_by: "check::audit", statement: "The hugetlb pool's books balance: its free lists hold exactly its unreferenced pages, as free_huge_pages counts them; resv_huge_pages equals the reservations the mappings hold and have not used (a private mapping's owner: its pages not yet consumed; a file: its reserved pages not in its page cache), and never exceeds the free pages; no page is left PagePrivate (a consumed reservation not handed to a mapping)." },
     Invariant { id: AUDIT_SWAP, checked_by: "check::audit", statement: "The swap device's books balance: each slot's swap count equals the swap PTEs that reference it and its SWAP_HAS_CACHE is set exactly while the swap cache holds it; a swap cache page is PageSwapCache with its slot in page_private(), and each of its subpages holds one reference; each cluster counts its slots in use, a huge cluster holds a THP of the swap cache; nr_swap_pages counts the free slots." },
+    Invariant { id: AUDIT_THP_3_16, checked_by: "check::audit", statement: "Under `kernel 3.16` (the pre-4.5 design) a THP is mapped only by huge PMDs: no PTE maps a subpage of a compound page, no huge PMD is left _PAGE_SPLITTING at a quiescent point, the head's _mapcount + 1 equals the huge PMDs mapping it and every tail's _mapcount and _refcount are unused (-1 and 0: no tail pins in this profile); the head's _refcount is checked by AUDIT-REFCOUNT, the mapcounts by AUDIT-MAPCOUNT." },
     Invariant { id: MEM_PRIVATE, checked_by: "check::oracle", statement: "A process's private memory shows only what it (or a device through its pins) wrote, or what it inherited at fork; unwritten memory reads 0." },
     Invariant { id: MEM_LOST_WRITE, checked_by: "check::oracle", statement: "No completed write is lost: a later read by the writer sees it unless the writer itself changed the memory since." },
     Invariant { id: MEM_PIN_COHERENT, checked_by: "check::oracle", statement: "While a long-term write pin (FOLL_WRITE with FOLL_LONGTERM) holds, the process that pinned and the device see the same bytes at every pinned address the process still maps: it maps the pinned frame there (5.8's promise; its fork breaks it)." },

@@ -117,12 +117,6 @@ pub fn parse(tok: &str) -> Result<Token, String> {
             "`{tok}` reverts fixes this thpsim does not have (mask {mask:#x})"
         ));
     }
-    if let Some(f) = fixes.iter().find(|f| !f.revertible()) {
-        return Err(format!(
-            "`{tok}` reverts `{}`, which this model cannot revert yet",
-            f.name()
-        ));
-    }
     let hex = |s: &str| {
         (s.len() == 8)
             .then(|| u32::from_str_radix(s, 16).ok())

@@ -1,0 +1,133 @@
+//! The pre-4.5 THP design as Linux 3.16 has it (read from
+//! jyizheng/linux-3.16: mm/huge_memory.c, mm/rmap.c, mm/memory.c,
+//! mm/mprotect.c, include/linux/huge_mm.h, arch/x86/mm/pgtable.c).
+//!
+//! Models: a THP mapped only by huge PMDs; its mapcount on the head page's
+//! `_mapcount` (page_mapcount() is `_mapcount + 1` of the page itself, so a
+//! tail's is 0); fault, COW (the whole THP copied, or 4 KiB copies of every
+//! subpage when no THP is free), fork and zap of a huge PMD, each waiting for
+//! a split in progress (`wait_split_huge_page()`); any operation on part of a
+//! THP splitting the page itself (`split_huge_page_pmd()`,
+//! `vma_adjust_trans_huge()` → `split_huge_page_address()`); and
+//! split_huge_page() → __split_huge_page() under the anon_vma lock, walking
+//! every VMA twice: __split_huge_page_splitting() marks each huge PMD
+//! `_PAGE_SPLITTING`, __split_huge_page_refcount() turns the compound page
+//! into base pages (moving the mapcount to every tail), and
+//! __split_huge_page_map() replaces each huge PMD by a PTE table, with the
+//! era's BUG()s when the two walks and the mapcount disagree.
+//!
+//! Seed switches of this era: `split-anon-vma-write` (3.8-rc1 took the
+//! anon_vma lock for read in split_huge_page(); seed 002) and
+//! `rmap-pmd-under-ptl` (3.13's page_check_address_pmd() found the PMD with
+//! mm_find_pmd(), which tests pmd_present() without the page-table lock;
+//! seed 001).
+//!
+//! Shared with 5.8 unchanged (the code is the same in both): base-page
+//! faults and COW (handle_pte_fault() down), page tables, VMAs and anon_vmas,
+//! the allocator and put_page() (3.16's put_compound_page() of a head
+//! without tail pins is 5.8's), the huge zero page, huge_pmd_set_accessed(),
+//! pmdp_invalidate(), __split_huge_zero_page_pmd().
+//!
+//! Leaves out (the runner refuses them under `kernel 3.16`): GUP and pins
+//! (and so the era's tail-page refcounting of get_page() on a tail, which
+//! is what compound_lock serialises against), swap and reclaim, khugepaged,
+//! mlock, migration, NUMA hinting faults (`pmd_numa`), hugetlb, shmem and
+//! file THP, memcg, the deferred split queue (3.16 has none).
+
+mod huge_memory;
+mod memory;
+mod rmap;
+
+use super::ThpDesign;
+use crate::cpu::Cpu;
+use crate::engine::Engine;
+use crate::errno::Errno;
+use crate::huge_memory::Ebusy;
+use crate::memory::{MmuGather, VmFault, VmFaultT};
+use crate::mm_types::{MmStruct, Vma};
+use crate::pgtable::{EntryRef, PteFlags};
+use crate::types::{Pfn, VirtAddr};
+use std::sync::Arc;
+
+/// Linux 3.16's THP design.
+pub struct V3_16;
+
+/// A CPU running 3.16's THP code: the 3.16 functions keep their kernel
+/// names as methods of this view, which derefs to the shared [`Cpu`] for
+/// everything the two eras have in common.
+pub(crate) struct Cpu316<'a, E: Engine>(pub &'a Cpu<E>);
+
+impl<E: Engine> std::ops::Deref for Cpu316<'_, E> {
+    type Target = Cpu<E>;
+    fn deref(&self) -> &Cpu<E> {
+        self.0
+    }
+}
+
+impl<E: Engine> ThpDesign<E> for V3_16 {
+    fn __handle_mm_fault(&self, cpu: &Cpu<E>, vmf: &mut VmFault<E>) -> VmFaultT {
+        Cpu316(cpu).__handle_mm_fault(vmf)
+    }
+
+    fn zap_huge_pmd_range(
+        &self,
+        cpu: &Cpu<E>,
+        tlb: &mut MmuGather,
+        vma: &Arc<Vma>,
+        pmd: EntryRef,
+        addr: VirtAddr,
+        next: VirtAddr,
+    ) -> bool {
+        Cpu316(cpu).zap_pmd_range_huge(tlb, vma, pmd, addr, next)
+    }
+
+    fn copy_huge_pmd(
+        &self,
+        cpu: &Cpu<E>,
+        dst: &MmStruct<E>,
+        src: &MmStruct<E>,
+        dst_pmd: EntryRef,
+        src_pmd: EntryRef,
+        addr: VirtAddr,
+        vma: &Vma,
+    ) -> Result<bool, Errno> {
+        Cpu316(cpu).copy_huge_pmd(dst, src, dst_pmd, src_pmd, addr, vma)
+    }
+
+    fn vma_adjust_trans_huge(
+        &self,
+        cpu: &Cpu<E>,
+        mm: &MmStruct<E>,
+        vma: &Vma,
+        start: VirtAddr,
+        end: VirtAddr,
+        next: Option<(&Vma, VirtAddr)>,
+    ) {
+        Cpu316(cpu).vma_adjust_trans_huge(mm, vma, start, end, next)
+    }
+
+    fn change_huge_pmd_range(
+        &self,
+        cpu: &Cpu<E>,
+        vma: &Vma,
+        pmd: EntryRef,
+        addr: VirtAddr,
+        next: VirtAddr,
+        newprot: PteFlags,
+    ) -> u64 {
+        Cpu316(cpu).change_pmd_range_huge(vma, pmd, addr, next, newprot)
+    }
+
+    fn split_huge_pages_pid(
+        &self,
+        cpu: &Cpu<E>,
+        mm: &Arc<MmStruct<E>>,
+        addr: VirtAddr,
+    ) -> Result<bool, Ebusy> {
+        Ok(Cpu316(cpu).split_huge_page_at(mm, addr))
+    }
+
+    fn page_mapcount(&self, cpu: &Cpu<E>, page: Pfn) -> i64 {
+        Cpu316(cpu).page_mapcount(page)
+    }
+}

@@ -17,6 +17,12 @@ const RACES: &[(&str, Fix)] = &[
     ("pinned_thp_wp_vs_split", Fix::ThpWpAccurateMapcount),
     ("pinned_thp_child_exit_vs_dma", Fix::ThpWpAccurateMapcount),
     ("migrate_shared_hugetlb_pmd", Fix::MigrateUnshareHugetlbPmd),
+    // Seeds 001 and 002 in their own form, under `kernel 3.16`.
+    ("split_vs_zap_huge_pmd_316", Fix::RmapPmdUnderPtl),
+    ("split_vs_dontneed_huge_pmd_316", Fix::RmapPmdUnderPtl),
+    ("parallel_split_munmap_316", Fix::SplitAnonVmaWrite),
+    ("parallel_split_mprotect_316", Fix::SplitAnonVmaWrite),
+    ("split_vs_munmap_316", Fix::SplitAnonVmaWrite),
 ];
 
 /// Race scenarios where Linux 5.8 has no failure (model defects of issue 7,

@@ -951,8 +951,21 @@ impl<'a, E: Engine> Cpu316<'a, E> {
             // We don't always have down_write of mmap_sem here: a racing
             // do_huge_pmd_wp_page() might have copied-on-write to another
             // huge page before our split_huge_page() got the anon_vma lock.
-            if !self.pmd_read(pmd).is_trans_huge() {
+            let cur = self.pmd_read(pmd);
+            if !cur.is_trans_huge() {
                 return;
+            }
+            if cur.is_trans_splitting() {
+                // DIVERGENCE: another split_huge_page() of this THP is still
+                // mapping its PMDs (only 3.8-rc1's read lock lets two run at
+                // once: `--revert split-anon-vma-write`); 3.16 goes round
+                // `again` until that split is done, the model waits for it
+                // (the anon_vma lock for write, taken and dropped) rather
+                // than spin, which a search could schedule forever.
+                if let Some(av) = vma.anon_vma() {
+                    self.anon_vma_lock_write(av);
+                    self.anon_vma_unlock_write(av);
+                }
             }
         }
     }

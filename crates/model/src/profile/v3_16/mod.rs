@@ -131,3 +131,57 @@ impl<E: Engine> ThpDesign<E> for V3_16 {
         Cpu316(cpu).page_mapcount(page)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::check::audit::audit;
+    use crate::engine::Atomic;
+    use crate::mmap::Prot;
+    use crate::mmu::Access;
+    use crate::profile::KernelProfile;
+    use crate::types::{CpuId, Geometry};
+    use crate::{Config, Cpu, Kernel, StdEngine};
+
+    fn machine() -> Cpu<StdEngine> {
+        let mut cfg = Config::new(Geometry::TINY);
+        cfg.kernel = KernelProfile::V3_16;
+        Cpu::new(Kernel::<StdEngine>::new(cfg), CpuId(0))
+    }
+
+    /// A 3.16 THP is counted on its head's `_mapcount` (no compound
+    /// mapcount), and its tails stay unused: the 3.16 functions ran, not
+    /// 5.8's of the same name.
+    #[test]
+    fn a_thp_is_counted_on_its_head() {
+        let cpu = machine();
+        let g = cpu.k.geo;
+        let mm = cpu.mm_alloc();
+        let a = cpu
+            .do_mmap(&mm, g.pmd_size(), Prot::ReadWrite, g.pmd_size())
+            .expect("mmap");
+        cpu.user_access(&mm, a, Access::Write(1)).expect("write");
+        let head = cpu.page_info(&mm, a).pfn.expect("mapped");
+        assert!(cpu.page_head(head));
+        let p = cpu.page(head);
+        assert_eq!(p.mapcount.peek_i64(), 0, "head _mapcount: one huge PMD");
+        assert_eq!(p.compound_mapcount.peek_i64(), -1, "no 5.8 compound mapcount");
+        assert_eq!(cpu.page(head.add(1)).mapcount.peek_i64(), -1);
+        assert!(audit(&cpu).is_empty(), "{:?}", audit(&cpu));
+        // fork shares it: the head counts both huge PMDs.
+        let child = cpu.dup_mm(&mm).expect("fork");
+        assert_eq!(cpu.page(head).mapcount.peek_i64(), 1);
+        assert_eq!(cpu.page(head).refcount.peek_i64(), 2);
+        assert!(audit(&cpu).is_empty(), "{:?}", audit(&cpu));
+        // The split moves the mapcount to every tail and maps both
+        // processes by PTEs.
+        assert!(super::Cpu316(&cpu).split_huge_page_at(&mm, a));
+        for i in 0..g.hpage_pmd_nr() {
+            let sub = head.add(i);
+            assert!(!cpu.page_compound(sub));
+            assert_eq!(cpu.page(sub).mapcount.peek_i64(), 1, "subpage {i}");
+            assert_eq!(cpu.page(sub).refcount.peek_i64(), 2, "subpage {i}");
+        }
+        assert_eq!(cpu.page_info(&child, a).pfn, Some(head));
+        assert!(audit(&cpu).is_empty(), "{:?}", audit(&cpu));
+    }
+}

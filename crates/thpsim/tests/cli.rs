@@ -135,7 +135,7 @@ fn kernel_316_runs_and_refuses_what_it_lacks() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr.contains("line 2,") && stderr.contains("does not have this fix"),
+        stderr.contains("line 2,") && stderr.contains("--revert split-pmd-page-lock: kernel 3.16"),
         "{stderr}"
     );
     let out = thpsim(&[

@@ -164,7 +164,11 @@ mod tests {
         assert!(cpu.page_head(head));
         let p = cpu.page(head);
         assert_eq!(p.mapcount.peek_i64(), 0, "head _mapcount: one huge PMD");
-        assert_eq!(p.compound_mapcount.peek_i64(), -1, "no 5.8 compound mapcount");
+        assert_eq!(
+            p.compound_mapcount.peek_i64(),
+            -1,
+            "no 5.8 compound mapcount"
+        );
         assert_eq!(cpu.page(head.add(1)).mapcount.peek_i64(), -1);
         assert!(audit(&cpu).is_empty(), "{:?}", audit(&cpu));
         // fork shares it: the head counts both huge PMDs.

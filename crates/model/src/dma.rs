@@ -90,7 +90,8 @@ impl<E: Engine> Cpu<E> {
             self.pin_user_pages_fast(mm, ubuf, nr_pages, flags, &mut pages)
         } else {
             let _mmap = mm.mmap_lock.read(self);
-            self.pin_user_pages(mm, ubuf, nr_pages, flags, &mut pages)
+            self.thp()
+                .pin_user_pages(self, mm, ubuf, nr_pages, flags, &mut pages)
         };
         let ret = match pret {
             Ok(n) if n == nr_pages => Ok(()),
@@ -105,7 +106,7 @@ impl<E: Engine> Cpu<E> {
                     pages.len()
                 )
             });
-            self.unpin_user_pages(&pages);
+            self.thp().unpin_user_pages(self, &pages);
             return Err(e);
         }
         Ok(DmaBuffer {
@@ -120,7 +121,7 @@ impl<E: Engine> Cpu<E> {
     /// buffer: every page unpinned (the last reference frees it).
     pub fn dma_buffer_unregister(&self, buf: DmaBuffer) {
         let _f = self.func("io_sqe_buffer_unregister");
-        self.unpin_user_pages(&buf.pages);
+        self.thp().unpin_user_pages(self, &buf.pages);
     }
 
     /// The device writes `value` to bytes `[off, off + len)` of `frame`: one

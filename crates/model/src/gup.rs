@@ -664,7 +664,7 @@ impl<E: Engine> Cpu<E> {
 
     /// Models check_vma_flags(), mm/gup.c, v5.8: -EFAULT unless the VMA allows
     /// the access (FOLL_FORCE relaxes it; no VMA is VM_IO or VM_PFNMAP here).
-    fn check_vma_flags(vma: &Vma, gup_flags: FollFlags) -> Result<(), Errno> {
+    pub(crate) fn check_vma_flags(vma: &Vma, gup_flags: FollFlags) -> Result<(), Errno> {
         let vm_flags = vma.vm_flags();
         if gup_flags.contains(FollFlags::WRITE) {
             if vm_flags & vm::WRITE == 0 {

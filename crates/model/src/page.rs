@@ -96,6 +96,9 @@ pub struct Page<E: Engine> {
     /// PG_locked and its wait queue, created on first use (most frames are
     /// never locked; under exploration each monitor costs).
     lock: OnceLock<E::Monitor<PageLockState>>,
+    /// PG_compound_lock of a THP head (v3.16's compound_lock(); 5.8 has
+    /// none), created on first use.
+    compound_lock: OnceLock<crate::sync::SpinLock<E>>,
     /// `page_deferred_list(page)` is not empty (guarded by split_queue_lock).
     pub on_deferred_list: AtomicBool,
     /// The data epoch (see `Kernel::data_epoch`) of the last change to the
@@ -130,6 +133,7 @@ impl<E: Engine> Page<E> {
             compound_order: E::Atomic::new(0),
             compound_pincount: OnceLock::new(),
             lock: OnceLock::new(),
+            compound_lock: OnceLock::new(),
             on_deferred_list: AtomicBool::new(false),
             free: AtomicBool::new(true),
             data_touched: AtomicU64::new(0),
@@ -179,8 +183,13 @@ impl<E: Engine> Page<E> {
         if let Some(c) = self.compound_pincount.get() {
             let _ = compound_pincount.set(E::Atomic::new(c.peek()));
         }
+        let compound_lock = OnceLock::new();
+        if let Some(l) = self.compound_lock.get() {
+            let _ = compound_lock.set(l.snapshot());
+        }
         Page {
             compound_pincount,
+            compound_lock,
             flags,
             refcount,
             mapcount,
@@ -277,6 +286,12 @@ impl<E: Engine> Page<E> {
             h => Some(Pfn(h - 1)),
         }
     }
+    /// PG_compound_lock (v3.16), made on first use.
+    pub(crate) fn compound_lock(&self) -> &crate::sync::SpinLock<E> {
+        self.compound_lock
+            .get_or_init(|| crate::sync::SpinLock::new(crate::sync::LockClass::CompoundLock))
+    }
+
     pub(crate) fn set_compound_head(&self, head: Option<Pfn>) {
         self.compound_head.store(head.map_or(0, |h| h.0 + 1));
     }

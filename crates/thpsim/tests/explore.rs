@@ -49,6 +49,9 @@ const CLEAN: &[&str] = &[
     "collapse_vs_munmap",
     "gup_fast_vs_collapse",
     "free_vs_write_vs_reclaim",
+    // kernel 3.16: the tail-page refcounting against a split.
+    "unpin_vs_split_316",
+    "pin_vs_split_316",
 ];
 
 fn root() -> PathBuf {

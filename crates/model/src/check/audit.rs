@@ -31,6 +31,8 @@ struct Tally {
     /// (the exact pin count of a compound page).
     pin_refs: BTreeMap<Pfn, i64>,
     pin_count: BTreeMap<Pfn, i64>,
+    /// Under `kernel 3.16`: the pins of each tail page of a whole THP.
+    tail_pins: BTreeMap<Pfn, i64>,
     /// Frames a PTE of a VM_LOCKED VMA maps, and THP heads a huge PMD of one
     /// maps.
     locked_ptes: BTreeSet<Pfn>,
@@ -76,6 +78,15 @@ pub fn audit_pinned<E: Engine>(cpu: &Cpu<E>, pinned: &[Pfn]) -> Vec<Violation> {
     for &p in pinned {
         let head = k.mem.page(p).tail_head_peek().unwrap_or(p);
         let hp = k.mem.page(head);
+        if k.cfg.kernel == KernelProfile::V3_16 {
+            // get_page_foll(), v3.16: one reference on the head, and one in a
+            // tail's _mapcount while the THP is whole.
+            *t.pin_refs.entry(head).or_default() += 1;
+            if head != p {
+                *t.tail_pins.entry(p).or_default() += 1;
+            }
+            continue;
+        }
         // hpage_pincount_available()
         if hp.test_flag_peek(pg::HEAD) && hp.compound_order_peek() > 1 {
             *t.pin_refs.entry(head).or_default() += 1;
@@ -762,27 +773,30 @@ fn check_thp_v3_16<E: Engine>(cpu: &Cpu<E>, p: Pfn, t: &mut Tally) -> u64 {
                 Some(sub),
             );
         }
-        if i > 0 && (sp.mapcount.peek_i64() != -1 || sp.refcount.peek_i64() != 0) {
+        let pins = t.tail_pins.get(&sub).copied().unwrap_or(0);
+        if i > 0 && (sp.mapcount.peek_i64() != pins - 1 || sp.refcount.peek_i64() != 0) {
             t.fail(
                 inv::AUDIT_THP_3_16,
                 format!(
-                    "THP {pfn} tail {i}: _mapcount {} and _refcount {}, but a tail of a whole THP has -1 and 0",
+                    "THP {pfn} tail {i}: _mapcount {} and _refcount {}, but a tail of a whole THP with {pins} pins has {} and 0",
                     sp.mapcount.peek_i64(),
-                    sp.refcount.peek_i64()
+                    sp.refcount.peek_i64(),
+                    pins - 1
                 ),
                 Some(sub),
             );
         }
     }
     let refcount = page.refcount.peek_i64();
-    if refcount != pmd_maps {
+    let pins = t.pin_refs.get(&p).copied().unwrap_or(0);
+    if refcount != pmd_maps + pins {
         t.fail(
             inv::AUDIT_REFCOUNT,
-            format!("THP {pfn}: refcount {refcount}, but {pmd_maps} huge PMDs map it and nothing else holds it"),
+            format!("THP {pfn}: refcount {refcount}, but {pmd_maps} huge PMDs map it, its pins hold {pins} and nothing else holds it"),
             Some(p),
         );
     }
-    if pmd_maps == 0 {
+    if pmd_maps == 0 && pins == 0 {
         t.fail(
             inv::AUDIT_LEAK,
             format!("THP {pfn} is allocated but mapped nowhere"),

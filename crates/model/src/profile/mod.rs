@@ -29,6 +29,7 @@ pub use v5_8::V5_8;
 use crate::cpu::Cpu;
 use crate::engine::Engine;
 use crate::errno::Errno;
+use crate::gup::FollFlags;
 use crate::huge_memory::Ebusy;
 use crate::memory::{MmuGather, VmFault, VmFaultT};
 use crate::mm_types::{MmStruct, Vma};
@@ -136,6 +137,23 @@ pub trait ThpDesign<E: Engine>: Sync {
 
     /// page_mapcount() as /proc/kpagecount reports it.
     fn page_mapcount(&self, cpu: &Cpu<E>, page: Pfn) -> i64;
+
+    /// A driver's long-term pin of `nr_pages` pages from `start` (5.8:
+    /// pin_user_pages(FOLL_LONGTERM), gup.rs; 3.16: get_user_pages()), called
+    /// with `mmap_lock` held for read; the pages pinned, or the error.
+    fn pin_user_pages(
+        &self,
+        cpu: &Cpu<E>,
+        mm: &Arc<MmStruct<E>>,
+        start: VirtAddr,
+        nr_pages: u64,
+        gup_flags: FollFlags,
+        pages: &mut Vec<Pfn>,
+    ) -> Result<u64, Errno>;
+
+    /// The release of such pins (5.8: unpin_user_pages(); 3.16: put_page()
+    /// of each page).
+    fn unpin_user_pages(&self, cpu: &Cpu<E>, pages: &[Pfn]);
 }
 
 impl<E: Engine> Cpu<E> {

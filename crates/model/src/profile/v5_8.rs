@@ -6,6 +6,7 @@ use super::ThpDesign;
 use crate::cpu::Cpu;
 use crate::engine::Engine;
 use crate::errno::Errno;
+use crate::gup::FollFlags;
 use crate::huge_memory::Ebusy;
 use crate::memory::{MmuGather, VmFault, VmFaultT};
 use crate::mm_types::{MmStruct, Vma};
@@ -92,5 +93,21 @@ impl<E: Engine> ThpDesign<E> for V5_8 {
 
     fn page_mapcount(&self, cpu: &Cpu<E>, page: Pfn) -> i64 {
         cpu.page_mapcount(page)
+    }
+
+    fn pin_user_pages(
+        &self,
+        cpu: &Cpu<E>,
+        mm: &Arc<MmStruct<E>>,
+        start: VirtAddr,
+        nr_pages: u64,
+        gup_flags: FollFlags,
+        pages: &mut Vec<Pfn>,
+    ) -> Result<u64, Errno> {
+        cpu.pin_user_pages(mm, start, nr_pages, gup_flags, pages)
+    }
+
+    fn unpin_user_pages(&self, cpu: &Cpu<E>, pages: &[Pfn]) {
+        cpu.unpin_user_pages(pages)
     }
 }

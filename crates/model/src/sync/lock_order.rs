@@ -54,6 +54,10 @@ pub enum LockClass {
     PageTableLock,
     /// `pgdat->lru_lock`.
     LruLock,
+    /// PG_compound_lock of a THP head (v3.16 only: compound_lock(), a bit
+    /// spinlock in the head's flags): __split_huge_page_refcount() takes it
+    /// inside `zone->lru_lock`; put_page() of a tail page takes it alone.
+    CompoundLock,
     /// `ds_queue->split_queue_lock`.
     SplitQueueLock,
     /// `hugetlb_lock`: the hugetlb pool's free lists and counters.
@@ -84,6 +88,7 @@ impl LockClass {
             LockClass::DmirrorMutex => 45,
             LockClass::PageTableLock => 50,
             LockClass::LruLock => 60,
+            LockClass::CompoundLock => 61,
             LockClass::SwapInfoLock => 62,
             LockClass::SwapClusterLock => 64,
             LockClass::SplitQueueLock => 70,
@@ -105,6 +110,7 @@ impl LockClass {
             LockClass::DmirrorMutex => "&dmirror->mutex",
             LockClass::PageTableLock => "ptlock_ptr(page)",
             LockClass::LruLock => "&pgdat->lru_lock",
+            LockClass::CompoundLock => "PG_compound_lock (v3.16)",
             LockClass::SplitQueueLock => "&ds_queue->split_queue_lock",
             LockClass::HugetlbLock => "hugetlb_lock",
             LockClass::ResvMapLock => "&resv_map->lock",

@@ -2,7 +2,8 @@
 //!
 //! The 3.16 profile (`thpsim_model::profile::v3_16`) models anonymous THP in
 //! the pre-4.5 design: faults, COW, fork, exit, munmap, mprotect, madvise
-//! (dontneed, hugepage, nohugepage) and `kernel: split-huge-page`. A feature
+//! (dontneed, hugepage, nohugepage), `kernel: split-huge-page`, and pins
+//! (get_user_pages(), with 3.16's tail-page refcounting) and `device:` steps. A feature
 //! the profile leaves out is invalid input under `kernel 3.16` (exit 2, the
 //! line named), as is reverting a fix 3.16 does not have from the command
 //! line (the parser refuses a `revert` line of one).
@@ -11,7 +12,7 @@ use thpsim_model::fixes::Fix;
 use thpsim_scenario::{Feature, KernelVersion, Op, Scenario, ScenarioError};
 
 /// What the 3.16 profile models (see the module header).
-const WHAT: &str = "the kernel 3.16 profile models anonymous THP: faults, COW, fork, exit, munmap, mprotect, madvise dontneed/hugepage/nohugepage and kernel: split-huge-page";
+const WHAT: &str = "the kernel 3.16 profile models anonymous THP: faults, COW, fork, exit, munmap, mprotect, madvise dontneed/hugepage/nohugepage, kernel: split-huge-page, and pins (get_user_pages(), not fast) with device: steps";
 
 /// Refuses, under `kernel 3.16`, the features and operations the profile
 /// does not model and the `--revert` fixes 3.16 does not have.
@@ -41,7 +42,13 @@ pub(super) fn check(scn: &Scenario, cli_reverts: &[Fix]) -> Result<(), ScenarioE
     let allowed = |f: Feature| {
         matches!(
             f,
-            Feature::Core | Feature::Kernel316 | Feature::Nodes | Feature::KhugepagedLimits
+            Feature::Core
+                | Feature::Kernel316
+                | Feature::Nodes
+                | Feature::KhugepagedLimits
+                | Feature::Pin
+                | Feature::PinReadOnly
+                | Feature::Device
         )
     };
     for (f, span) in scn.header.features() {

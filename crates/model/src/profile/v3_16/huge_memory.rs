@@ -620,20 +620,18 @@ impl<'a, E: Engine> Cpu316<'a, E> {
     /// mapping every subpage) and as many references plus one, which the
     /// final put_page() drops.
     ///
-    /// DIVERGENCE: compound_lock (PG_compound_lock) is not a lock of its own
-    /// here. In 3.16 it serialises this function against get_page() and
-    /// put_page() of tail pages (tail pins, which this profile does not
-    /// model), and it is taken inside `lru_lock`, which the model holds
-    /// around the same span; with no other taker it can never be contended.
+    /// A tail's pins (its `_mapcount` while the THP is whole, get_page_foll())
+    /// become references of its own; the head keeps the rest.
     ///
     /// # Locking
-    /// Takes `lru_lock` (zone->lru_lock).
+    /// Takes `lru_lock` (zone->lru_lock), then the head's compound_lock,
+    /// which put_page() of a tail takes to drop a tail pin.
     pub(super) fn __split_huge_page_refcount(&self, page: Pfn) {
         let _f = self.func("__split_huge_page_refcount");
         let nr = self.k.geo.hpage_pmd_nr();
         let cpu = self.0;
         let lru = self.k.lru_lock.lock(cpu);
-        self.note(|| "compound_lock(page)".to_string());
+        let compound = self.page(page).compound_lock().lock(cpu); // compound_lock(page)
         let mut tail_count = 0i64;
         for i in (1..nr).rev() {
             let tail = page.add(i);
@@ -694,6 +692,7 @@ impl<'a, E: Engine> Cpu316<'a, E> {
         self.page(page).clear_flag(pg::HEAD);
         self.page(page).set_compound_order(0);
         self.note(|| "ClearPageCompound(page)".to_string());
+        drop(compound);
         drop(lru);
         for i in 1..nr {
             let tail = page.add(i);

@@ -28,12 +28,17 @@
 //! without tail pins is 5.8's), the huge zero page, huge_pmd_set_accessed(),
 //! pmdp_invalidate(), __split_huge_zero_page_pmd().
 //!
-//! Leaves out (the runner refuses them under `kernel 3.16`): GUP and pins
-//! (and so the era's tail-page refcounting of get_page() on a tail, which
-//! is what compound_lock serialises against), swap and reclaim, khugepaged,
+//! Pins are get_user_pages() (`gup.rs`): a pin of a THP tail is counted on
+//! the head's `_count` and the tail's `_mapcount` (the era's tail-page
+//! refcounting), and put_page() of a tail takes the head's compound_lock
+//! against __split_huge_page_refcount().
+//!
+//! Leaves out (the runner refuses them under `kernel 3.16`):
+//! get_user_pages_fast() (`pin ... fast`), swap and reclaim, khugepaged,
 //! mlock, migration, NUMA hinting faults (`pmd_numa`), hugetlb, shmem and
 //! file THP, memcg, the deferred split queue (3.16 has none).
 
+mod gup;
 mod huge_memory;
 mod memory;
 mod rmap;
@@ -42,6 +47,7 @@ use super::ThpDesign;
 use crate::cpu::Cpu;
 use crate::engine::Engine;
 use crate::errno::Errno;
+use crate::gup::FollFlags;
 use crate::huge_memory::Ebusy;
 use crate::memory::{MmuGather, VmFault, VmFaultT};
 use crate::mm_types::{MmStruct, Vma};
@@ -130,6 +136,26 @@ impl<E: Engine> ThpDesign<E> for V3_16 {
     fn page_mapcount(&self, cpu: &Cpu<E>, page: Pfn) -> i64 {
         Cpu316(cpu).page_mapcount(page)
     }
+
+    fn pin_user_pages(
+        &self,
+        cpu: &Cpu<E>,
+        mm: &Arc<MmStruct<E>>,
+        start: VirtAddr,
+        nr_pages: u64,
+        gup_flags: FollFlags,
+        pages: &mut Vec<Pfn>,
+    ) -> Result<u64, Errno> {
+        let write = gup_flags.contains(FollFlags::WRITE);
+        Cpu316(cpu).get_user_pages(mm, start, nr_pages, write, pages)
+    }
+
+    fn unpin_user_pages(&self, cpu: &Cpu<E>, pages: &[Pfn]) {
+        let c = Cpu316(cpu);
+        for &p in pages {
+            c.put_page(p);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +212,38 @@ mod tests {
             assert_eq!(cpu.page(sub).refcount.peek_i64(), 2, "subpage {i}");
         }
         assert_eq!(cpu.page_info(&child, a).pfn, Some(head));
+        assert!(audit(&cpu).is_empty(), "{:?}", audit(&cpu));
+    }
+
+    /// 3.16's tail-page refcounting: a pin of a tail counts on the head's
+    /// `_count` and the tail's `_mapcount`; put_page() of the tail undoes
+    /// both (under the compound_lock).
+    #[test]
+    fn a_tail_pin_counts_on_head_and_tail() {
+        let cpu = machine();
+        let g = cpu.k.geo;
+        let mm = cpu.mm_alloc();
+        let a = cpu
+            .do_mmap(&mm, g.pmd_size(), Prot::ReadWrite, g.pmd_size())
+            .expect("mmap");
+        cpu.user_access(&mm, a, Access::Write(1)).expect("write");
+        let head = cpu.page_info(&mm, a).pfn.expect("mapped");
+        let tail_addr = a.add_bytes(g.page_size());
+        let c = super::Cpu316(&cpu);
+        let mut pages = Vec::new();
+        let n = {
+            let _mmap = mm.mmap_lock.read(&cpu);
+            c.get_user_pages(&mm, tail_addr, 1, true, &mut pages)
+        };
+        assert_eq!(n, Ok(1));
+        assert_eq!(pages, vec![head.add(1)]);
+        assert_eq!(cpu.page(head).refcount.peek_i64(), 2, "the PMD and the pin");
+        assert_eq!(cpu.page(head.add(1)).mapcount.peek_i64(), 0, "one tail pin");
+        assert_eq!(cpu.page(head.add(1)).refcount.peek_i64(), 0);
+        assert!(crate::check::audit::audit_pinned(&cpu, &pages).is_empty());
+        c.put_page(head.add(1));
+        assert_eq!(cpu.page(head).refcount.peek_i64(), 1);
+        assert_eq!(cpu.page(head.add(1)).mapcount.peek_i64(), -1);
         assert!(audit(&cpu).is_empty(), "{:?}", audit(&cpu));
     }
 }

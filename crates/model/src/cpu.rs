@@ -218,12 +218,19 @@ impl<E: Engine> Cpu<E> {
     pub fn dump_page(&self, pfn: Pfn) -> String {
         let p = self.page(pfn);
         let head = p.tail_head_peek().unwrap_or(pfn);
+        // v3.16's dump_page() has no compound mapcount (the design has none).
+        let compound = match self.k.cfg.kernel {
+            crate::profile::KernelProfile::V5_8 => format!(
+                " compound_mapcount:{}",
+                self.page(head).compound_mapcount.peek_i64() + 1
+            ),
+            crate::profile::KernelProfile::V3_16 => String::new(),
+        };
         format!(
-            "pfn:{} refcount:{} mapcount:{} compound_mapcount:{} head:{} flags:{:#x}",
+            "pfn:{} refcount:{} mapcount:{}{compound} head:{} flags:{:#x}",
             pfn.0,
             self.page(head).refcount.peek_i64(),
             p.mapcount.peek_i64() + 1,
-            self.page(head).compound_mapcount.peek_i64() + 1,
             head.0,
             self.page(head).flags.peek(),
         )

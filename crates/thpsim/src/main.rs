@@ -11,7 +11,7 @@ use thpsim_model::fixes::Fix;
 #[command(
     name = "thpsim",
     version,
-    about = "An executable model of the Linux 5.8 huge-page memory manager"
+    about = "An executable model of the Linux 5.8 huge-page memory manager (and of the pre-4.5 THP design, `kernel 3.16`)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -161,7 +161,7 @@ enum Command {
     },
     /// List the bundled scenarios.
     List,
-    /// List the seed fixes that `--revert` can switch off.
+    /// List the seed fixes that `--revert` can switch off, and which kernel (5.8, 3.16) has each.
     Fixes,
     /// List where the model departs from Linux 5.8 on purpose (the
     /// `DIVERGENCE:` marks of its sources).

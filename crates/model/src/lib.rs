@@ -36,6 +36,9 @@
 //! - [`mmap`], [`mprotect`], [`madvise`], [`mlock`], [`khugepaged`], [`fork`]:
 //!   system calls [mm/mmap.c, mprotect.c, madvise.c, mlock.c, khugepaged.c,
 //!   kernel/fork.c].
+//! - [`profile`]: the kernel profiles (`kernel 5.8 | 3.16`): the seam
+//!   between Linux 5.8's THP design and the pre-4.5 one of Linux 3.16
+//!   [profile/v3_16: v3.16's mm/huge_memory.c, memory.c, rmap.c, swap.c].
 //! - [`kernel`]: the machine; [`fixes`]: the seed fixes as switches;
 //!   [`coverage`]: what an execution reached (for the explorer).
 //! - [`check`]: the oracles (invariants, audit, memory oracle), apart from the

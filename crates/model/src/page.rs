@@ -47,7 +47,7 @@ pub mod pg {
     pub const PRIVATE: u64 = 1 << 14;
     /// page_huge_active() (5.8 keeps it as PG_private of the first tail).
     pub const HUGE_ACTIVE: u64 = 1 << 15;
-    /// PageHugeTemporary() (5.8: page[2].mapping): a page allocated beyond
+    /// PageHugeTemporary() (5.8: `page[2].mapping`): a page allocated beyond
     /// the pool for a migration, freed to the buddy allocator.
     pub const HUGE_TEMPORARY: u64 = 1 << 16;
     /// The flags __split_huge_page_tail() copies from head to tail.

@@ -187,9 +187,7 @@ impl<E: Engine> Cpu<E> {
             self.put_page(page);
             return VmFaultT::OOM;
         };
-        for i in 0..self.k.geo.hpage_pmd_nr() {
-            self.clear_page(page.add(i)); // clear_huge_page()
-        }
+        self.clear_huge_page(page);
         self.page(page).__set_flag(pg::UPTODATE); // __SetPageUptodate()
         let ptl = self.pmd_lockptr(pmd).lock(self);
         if !self.pmd_read(pmd).is_none() {

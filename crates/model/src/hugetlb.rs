@@ -1165,9 +1165,7 @@ impl<E: Engine> Cpu<E> {
                 }
             };
             // clear_huge_page(); __SetPageUptodate(): the page is this CPU's.
-            for i in 0..self.k.geo.hpage_pmd_nr() {
-                self.clear_page(page.add(i));
-            }
+            self.clear_huge_page(page);
             self.page(page).__set_flag(pg::UPTODATE);
             if shared {
                 // huge_add_to_page_cache()
@@ -1332,9 +1330,7 @@ impl<E: Engine> Cpu<E> {
                 return (VmFaultT::OOM, self.huge_pte_lockptr(ptep).lock(self));
             }
             // copy_user_huge_page(); __SetPageUptodate()
-            for i in 0..self.k.geo.hpage_pmd_nr() {
-                self.copy_page(new_page.add(i), old_page.add(i));
-            }
+            self.copy_user_huge_page(new_page, old_page);
             self.page(new_page).__set_flag(pg::UPTODATE);
             let range =
                 self.mmu_notifier_start(mm, NotifyEvent::Clear, haddr, haddr.add_bytes(pmd_size));

@@ -401,6 +401,22 @@ impl<E: Engine> Cpu<E> {
         self.k.mem.give(pfn, order);
     }
 
+    /// Models clear_huge_page(), mm/memory.c (v5.8 and v3.16): every base
+    /// page of the PMD-size page at `head`.
+    pub fn clear_huge_page(&self, head: Pfn) {
+        for i in 0..self.k.geo.hpage_pmd_nr() {
+            self.clear_page(head.add(i));
+        }
+    }
+
+    /// Models copy_user_huge_page(), mm/memory.c (v5.8 and v3.16): every base
+    /// page of the PMD-size page `src` into `dst`.
+    pub fn copy_user_huge_page(&self, dst: Pfn, src: Pfn) {
+        for i in 0..self.k.geo.hpage_pmd_nr() {
+            self.copy_page(dst.add(i), src.add(i));
+        }
+    }
+
     /// Models clear_page()/clear_user_highpage().
     pub fn clear_page(&self, pfn: Pfn) {
         self.touch_data(pfn);

@@ -1144,9 +1144,10 @@ impl<E: Engine> Machine<E> {
                             Err(e) => Done::outcome(errno_outcome(e)),
                         })
                     }
+                    // The parser gives a process only its own operations.
                     other => Err(self.err(
                         step.op_span,
-                        format!("`{}` is not supported yet", other.keyword()),
+                        format!("`{}` is not a process's operation", other.keyword()),
                     )),
                 }
             }
@@ -1195,9 +1196,10 @@ impl<E: Engine> Machine<E> {
                     ..Done::ok()
                 })
             }
-            (_, op) => Err(self.err(
+            // The parser pairs each operation with its own context only.
+            (ctx, op) => Err(self.err(
                 step.op_span,
-                format!("`{}` is not supported yet", op.keyword()),
+                format!("`{}` is not an operation of `{ctx}:`", op.keyword()),
             )),
         }
     }
@@ -1231,9 +1233,10 @@ impl<E: Engine> Machine<E> {
             }
             Expectation::Kind(k) => {
                 let Some(want) = kind_of(k.value) else {
+                    // `mlocked` is parsed as its own expectation, not a kind.
                     return Err(self.err(
                         k.span,
-                        format!("`expect ... {}` is not supported yet", k.value),
+                        format!("`expect ... {}` is not a mapping kind", k.value),
                     ));
                 };
                 (info.kind == want, info.kind.keyword().to_string())

@@ -153,6 +153,18 @@ fn kernel_316_runs_and_refuses_what_it_lacks() {
         stderr.contains("line 2,") && stderr.contains("not modelled under `kernel 3.16`"),
         "{stderr}"
     );
+    // An expectation's feature counts too (`mlocked` needs mlock).
+    let p = write_tmp(
+        "k316m.thp",
+        "kernel 3.16\nprocess P\nP: mmap A 1h\nexpect P A[0] mlocked\n",
+    );
+    let out = thpsim(&["run", p.to_str().expect("utf8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("line 4,") && stderr.contains("not modelled under `kernel 3.16`"),
+        "{stderr}"
+    );
     let out = thpsim(&["fixes"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("3.16"), "{stdout}");

@@ -51,27 +51,17 @@ pub(super) fn check(scn: &Scenario, cli_reverts: &[Fix]) -> Result<(), ScenarioE
                 | Feature::Device
         )
     };
-    for (f, span) in scn.header.features() {
-        if !allowed(f) {
-            return Err(scn
-                .error_at(
-                    span,
-                    format!("`{f}` is not modelled under `kernel 3.16` (line {line})"),
-                )
-                .with_help(WHAT));
-        }
+    // The header's, the steps' and the expectations' features, first use
+    // first.
+    if let Some((f, span)) = scn.features().into_iter().find(|&(f, _)| !allowed(f)) {
+        return Err(scn
+            .error_at(
+                span,
+                format!("`{f}` is not modelled under `kernel 3.16` (line {line})"),
+            )
+            .with_help(WHAT));
     }
     for step in scn.steps() {
-        for (f, span) in step.features() {
-            if !allowed(f) {
-                return Err(scn
-                    .error_at(
-                        span,
-                        format!("`{f}` is not modelled under `kernel 3.16` (line {line})"),
-                    )
-                    .with_help(WHAT));
-            }
-        }
         if matches!(step.op, Op::DeferredSplit) {
             return Err(scn
                 .error_at(

@@ -104,9 +104,7 @@ impl<'a, E: Engine> Cpu316<'a, E> {
             self.put_page(page);
             return VmFaultT::OOM;
         };
-        for i in 0..self.k.geo.hpage_pmd_nr() {
-            self.clear_page(page.add(i)); // clear_huge_page()
-        }
+        self.clear_huge_page(page);
         self.page(page).__set_flag(pg::UPTODATE); // __SetPageUptodate()
         let cpu = self.0;
         let ptl = cpu.pmd_lockptr(pmd).lock(cpu);
@@ -216,15 +214,11 @@ impl<'a, E: Engine> Cpu316<'a, E> {
         self.mark(Mark::reached("do_huge_pmd_wp_page: THP copied"));
         match page {
             None => {
-                for i in 0..g.hpage_pmd_nr() {
-                    self.clear_page(new_page.add(i)); // clear_huge_page()
-                }
+                self.clear_huge_page(new_page);
             }
             Some(page) => {
                 self.note(|| "copy_user_huge_page()".to_string());
-                for i in 0..g.hpage_pmd_nr() {
-                    self.copy_page(new_page.add(i), page.add(i));
-                }
+                self.copy_user_huge_page(new_page, page);
             }
         }
         self.page(new_page).__set_flag(pg::UPTODATE); // __SetPageUptodate()

@@ -168,18 +168,17 @@ mod tests {
     use crate::types::{CpuId, Geometry};
     use crate::{Config, Cpu, Kernel, StdEngine};
 
-    fn machine() -> Cpu<StdEngine> {
+    /// A `kernel 3.16` machine (tiny geometry) whose one process has written
+    /// one THP: the CPU, the mm, the THP's address and its head.
+    fn one_thp() -> (
+        Cpu<StdEngine>,
+        std::sync::Arc<crate::mm_types::MmStruct<StdEngine>>,
+        crate::types::VirtAddr,
+        crate::types::Pfn,
+    ) {
         let mut cfg = Config::new(Geometry::TINY);
         cfg.kernel = KernelProfile::V3_16;
-        Cpu::new(Kernel::<StdEngine>::new(cfg), CpuId(0))
-    }
-
-    /// A 3.16 THP is counted on its head's `_mapcount` (no compound
-    /// mapcount), and its tails stay unused: the 3.16 functions ran, not
-    /// 5.8's of the same name.
-    #[test]
-    fn a_thp_is_counted_on_its_head() {
-        let cpu = machine();
+        let cpu = Cpu::new(Kernel::<StdEngine>::new(cfg), CpuId(0));
         let g = cpu.k.geo;
         let mm = cpu.mm_alloc();
         let a = cpu
@@ -187,6 +186,16 @@ mod tests {
             .expect("mmap");
         cpu.user_access(&mm, a, Access::Write(1)).expect("write");
         let head = cpu.page_info(&mm, a).pfn.expect("mapped");
+        (cpu, mm, a, head)
+    }
+
+    /// A 3.16 THP is counted on its head's `_mapcount` (no compound
+    /// mapcount), and its tails stay unused: the 3.16 functions ran, not
+    /// 5.8's of the same name.
+    #[test]
+    fn a_thp_is_counted_on_its_head() {
+        let (cpu, mm, a, head) = one_thp();
+        let g = cpu.k.geo;
         assert!(cpu.page_head(head));
         let p = cpu.page(head);
         assert_eq!(p.mapcount.peek_i64(), 0, "head _mapcount: one huge PMD");
@@ -220,14 +229,8 @@ mod tests {
     /// both (under the compound_lock).
     #[test]
     fn a_tail_pin_counts_on_head_and_tail() {
-        let cpu = machine();
+        let (cpu, mm, a, head) = one_thp();
         let g = cpu.k.geo;
-        let mm = cpu.mm_alloc();
-        let a = cpu
-            .do_mmap(&mm, g.pmd_size(), Prot::ReadWrite, g.pmd_size())
-            .expect("mmap");
-        cpu.user_access(&mm, a, Access::Write(1)).expect("write");
-        let head = cpu.page_info(&mm, a).pfn.expect("mapped");
         let tail_addr = a.add_bytes(g.page_size());
         let c = super::Cpu316(&cpu);
         let mut pages = Vec::new();

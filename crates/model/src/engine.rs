@@ -424,6 +424,12 @@ thread_local! {
     /// The CPU threads blocked in a monitor wait in the current execution.
     static BLOCKED: std::cell::RefCell<Vec<shuttle_engine::runtime::task::TaskId>> =
         const { std::cell::RefCell::new(Vec::new()) };
+    /// The CPU threads of the running `together` block that have not
+    /// finished, and the task waiting for the last of them
+    /// ([`ShuttleEngine::run_threads`]).
+    static UNFINISHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static JOINER: std::cell::Cell<Option<shuttle_engine::runtime::task::TaskId>> =
+        const { std::cell::Cell::new(None) };
 }
 
 /// Makes runnable again those of `tasks` still blocked (a task in a
@@ -489,6 +495,21 @@ struct Finished;
 impl Drop for Finished {
     fn drop(&mut self) {
         runnable_add(-1);
+        let left = UNFINISHED.with(|u| {
+            u.set(u.get().saturating_sub(1));
+            u.get()
+        });
+        if left == 0 {
+            if let Some(joiner) = JOINER.with(|j| j.take()) {
+                // The last CPU thread of the block wakes the block's runner.
+                let _ = shuttle_engine::runtime::execution::ExecutionState::try_with(|s| {
+                    let task = s.get_mut(joiner);
+                    if task.blocked() {
+                        task.unblock();
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -532,6 +553,8 @@ impl Engine for ShuttleEngine {
         // A block runs on a machine that has not oopsed (a dead machine runs
         // no more steps).
         reset_execution_state();
+        UNFINISHED.with(|u| u.set(threads.len()));
+        JOINER.with(|j| j.set(None));
         let handles: Vec<_> = threads
             .into_iter()
             .map(|f| {
@@ -541,6 +564,17 @@ impl Engine for ShuttleEngine {
                 })
             })
             .collect();
+        // The runner sleeps until the last CPU thread finishes, not until
+        // each one does: waking at every thread's end would make it a thread
+        // the schedulers choose among while the others still run, with
+        // nothing to do but wait for the next (decisions that order nothing).
+        if UNFINISHED.with(|u| u.get()) > 0 {
+            use shuttle_engine::runtime::execution::ExecutionState;
+            JOINER.with(|j| j.set(Some(ExecutionState::me())));
+            ExecutionState::with(|s| s.current_mut().block(false));
+            footprint::op_none();
+            shuttle_engine::runtime::thread::switch();
+        }
         let mut panicked = None;
         for h in handles {
             if let Err(p) = h.join() {

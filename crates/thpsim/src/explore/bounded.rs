@@ -39,6 +39,15 @@
 //! reduction only uses nodes inside a part's own subtrees, so each part is
 //! exhaustive for its subtrees on its own.
 //!
+//! The parts of a sharded search (`--shard I/N`, one per process) are fixed
+//! by the hash. The jobs of one process (`--jobs`) share its part and claim
+//! its first deviations as their walks reach them ([`Bounded::job`]): the
+//! same partition, balanced as it runs (the subtrees of shallow first
+//! deviations are far larger than those of deep ones). With the reduction
+//! on, which job ran which subtree decides what its table can prune, so the
+//! counts of a search with several jobs may differ a little from run to
+//! run; the unreduced counts do not.
+//!
 //! The fingerprints met are kept in a table of fixed size ([`SeenTable`],
 //! a transposition table): a newer fingerprint may take an older one's slot,
 //! which only loses a chance to prune, never a schedule, and keeps a long
@@ -332,6 +341,10 @@ pub fn discovering() -> bool {
     DISCOVERING.with(|d| d.get())
 }
 
+/// The first deviations the jobs of one part have claimed
+/// ([`Bounded::job`]).
+pub type Claims = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(u32, u32)>>>;
+
 /// The counts of a bounded search.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BoundedStats {
@@ -375,6 +388,9 @@ pub struct Bounded {
     limit: Option<u64>,
     /// This part of the search: `(i, n)`.
     part: (u64, u64),
+    /// The jobs that walk this part together, if several: this job's index
+    /// and the first deviations claimed so far ([`Bounded::job`]).
+    job: Option<(usize, Claims)>,
     stats: BoundedStats,
     /// Where the counts are published (the scheduler itself is owned by the
     /// engine while it runs).
@@ -426,6 +442,7 @@ impl Bounded {
             seen: SeenTable::new(),
             limit,
             part: (0, 1),
+            job: None,
             stats: BoundedStats {
                 preemptions,
                 ..BoundedStats::default()
@@ -456,7 +473,7 @@ impl Bounded {
                 (0..node.options.len())
                     .map(|i| {
                         let cost = node.cost + node.cost_of(i);
-                        if i == 0 || cost > self.k || !self.owns(j, node.options[i]) {
+                        if i == 0 || cost > self.k || !self.in_part(j, node.options[i]) {
                             0.0
                         } else {
                             subtree_estimate(n - j - 1, self.k - cost)
@@ -495,16 +512,43 @@ impl Bounded {
         self
     }
 
-    /// Whether the first deviation `(decision, thread)` belongs to this part.
-    fn owns(&self, decision: usize, thread: usize) -> bool {
+    /// Job `j` of the jobs that walk this part together, sharing `claims`:
+    /// each job walks the first deviations in the same order (the deepest
+    /// decision of the default path first) and runs those it claims first,
+    /// so the jobs split the part between them as they go (a job in a large
+    /// subtree claims nothing meanwhile) and every first deviation is run by
+    /// exactly one. Job 0 counts the default path.
+    pub fn job(mut self, j: usize, claims: Claims) -> Bounded {
+        self.job = Some((j, claims));
+        self
+    }
+
+    /// Whether the first deviation `(decision, thread)` belongs to this part
+    /// (of a sharded search: by a hash, the same in every process).
+    fn in_part(&self, decision: usize, thread: usize) -> bool {
         let (i, n) = self.part;
         n == 1 || mix((decision as u64) << 20 ^ thread as u64 ^ 0xA076_1D64_78BD_642F) % n == i
     }
 
+    /// Whether this job runs the first deviation `(decision, thread)`: it is
+    /// in the part and, with several jobs, this job claimed it first. Asked
+    /// once per first deviation by each job, when its walk reaches it.
+    fn owns(&self, decision: usize, thread: usize) -> bool {
+        self.in_part(decision, thread)
+            && self.job.as_ref().is_none_or(|(_, claims)| {
+                claims
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((decision as u32, thread as u32))
+            })
+    }
+
     /// The execution now starting is the default path of a part other than
-    /// 0: it runs only to find the decisions, and is not counted.
+    /// 0 or of a job other than 0: it runs only to find the decisions, and
+    /// is not counted.
     fn discovering(&self) -> bool {
-        self.part.0 != 0 && self.stack.iter().all(|n| n.next == 0)
+        (self.part.0 != 0 || self.job.as_ref().is_some_and(|(j, _)| *j != 0))
+            && self.stack.iter().all(|n| n.next == 0)
     }
 
     /// The same search without the reduction.
@@ -658,7 +702,13 @@ impl Scheduler for Bounded {
             };
             // A node on the default path spans every part: its subtree is not
             // this part's alone, so it neither prunes nor covers.
-            if !node.covered && !self.unreduced && self.reduce && !on_default {
+            // A node with no alternative within the budget has nothing to
+            // prune, and an equivalent node met later (the same state, so
+            // the same runnable threads and running one) has none either:
+            // such nodes stay out of the table.
+            let has_alternative =
+                (1..node.options.len()).any(|i| node.cost + node.cost_of(i) <= self.k);
+            if has_alternative && !node.covered && !self.unreduced && self.reduce && !on_default {
                 let left = self.k - self.cost;
                 if self
                     .seen
@@ -768,6 +818,29 @@ mod tests {
                 (2, a(1, false))
             ])
         );
+    }
+
+    #[test]
+    fn jobs_of_a_part_claim_each_first_deviation_once() {
+        let claims = Claims::default();
+        let out = std::sync::Arc::new(std::sync::Mutex::new(BoundedStats::default()));
+        let a = Bounded::new(2, None, out.clone()).job(0, claims.clone());
+        let b = Bounded::new(2, None, out.clone()).job(1, claims.clone());
+        assert!(a.owns(3, 1), "the first to ask runs it");
+        assert!(!b.owns(3, 1), "and only it");
+        assert!(b.owns(2, 1) && !a.owns(2, 1));
+        // A shard's hash still decides first: a deviation outside the part
+        // is nobody's here, and asking does not claim it.
+        let c = Bounded::new(2, None, out.clone())
+            .part(1, 2)
+            .job(0, claims.clone());
+        let outside = (0..64)
+            .find(|&d| !c.in_part(d, 1))
+            .expect("some decision is not in part 1");
+        assert!(!c.owns(outside, 1));
+        assert!(!claims.lock().unwrap().contains(&(outside as u32, 1)));
+        // Only job 0 counts the default path.
+        assert!(!a.discovering() && b.discovering());
     }
 
     #[test]

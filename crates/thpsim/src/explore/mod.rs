@@ -335,6 +335,10 @@ impl Default for Shared {
 }
 
 /// Wraps a shuttle scheduler: records every decision; stops when told.
+/// The number of the task every shuttle execution starts with: the
+/// scenario runner.
+const MAIN_TASK: usize = 0;
+
 struct Recorder<S> {
     inner: S,
     shared: Arc<Mutex<Shared>>,
@@ -363,6 +367,17 @@ impl<S: Scheduler> Scheduler for Recorder<S> {
         current: Option<TaskId>,
         is_yielding: bool,
     ) -> Option<TaskId> {
+        // The execution's main task (the scenario runner, task 0) is never
+        // preempted: while CPU threads exist it only spawns them (each spawn
+        // is one of shuttle's scheduling points) and then sleeps until the
+        // last one finishes (`ShuttleEngine::run_threads`). A choice there
+        // would only start a CPU thread before its siblings exist, which
+        // orders nothing the model can see.
+        if current.map(usize::from) == Some(MAIN_TASK)
+            && runnable.iter().any(|t| usize::from(t.id()) == MAIN_TASK)
+        {
+            return current;
+        }
         let t = self.inner.next_task(runnable, current, is_yielding)?;
         // Only real decisions (two or more runnable tasks) are points.
         if runnable.len() > 1 {
@@ -904,16 +919,25 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
         Strategy::Bounded { preemptions } | Strategy::BoundedUnreduced { preemptions } => {
             let limit = (opts.iterations != usize::MAX).then_some(opts.iterations as u64);
             let reduce = matches!(opts.strategy, Strategy::Bounded { .. });
-            // Each job walks its part of the tree (the slice's residue class
-            // of first deviations; see `bounded`), with counts of its own.
+            let claims = bounded::Claims::default();
+            // The shard's part of the tree (the slice's residue class of
+            // first deviations; see `bounded`), walked by the jobs together,
+            // each with counts of its own.
             let r = run_jobs(&p, &search, slice, jobs, |part| {
                 let stats = Arc::new(Mutex::new(bounded::BoundedStats::default()));
                 bounded_stats
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(stats.clone());
-                let b =
-                    bounded::Bounded::new(preemptions, limit, stats).part(part.start, part.step);
+                // The jobs share the shard's part of the tree and claim its
+                // first deviations as they reach them (`Bounded::job`), so a
+                // job never idles while another has a large subtree left.
+                let job = ((part.start - slice.start) / slice.step.max(1)) as usize;
+                let mut b =
+                    bounded::Bounded::new(preemptions, limit, stats).part(slice.start, slice.step);
+                if jobs > 1 {
+                    b = b.job(job, claims.clone());
+                }
                 search
                     .bounded_parts
                     .lock()

@@ -227,6 +227,17 @@ struct ExecLog {
     points: Vec<(u32, u32)>,
 }
 
+thread_local! {
+    /// The decisions of the execution running on this OS thread (a shuttle
+    /// runner runs its executions on the thread that calls it, one at a
+    /// time): written by [`Recorder`] at every decision without a lock, and
+    /// read at the execution's end ([`account`]) and after the run
+    /// ([`drive`] copies it into its job's [`Shared`]).
+    static EXEC_LOG: std::cell::RefCell<ExecLog> = const {
+        std::cell::RefCell::new(ExecLog { points: Vec::new() })
+    };
+}
+
 impl ExecLog {
     fn switches(&self) -> Switches {
         Switches(
@@ -354,8 +365,8 @@ impl<S: Scheduler> Scheduler for Recorder<S> {
         }
         // The log keeps the last execution's decisions when the search ends.
         let next = self.inner.new_execution()?;
+        EXEC_LOG.with(|l| l.borrow_mut().points.clear());
         let mut sh = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        sh.log = ExecLog::default();
         sh.index = sh.slice.nth(sh.started);
         sh.started += 1;
         Some(next)
@@ -382,8 +393,7 @@ impl<S: Scheduler> Scheduler for Recorder<S> {
         // Only real decisions (two or more runnable tasks) are points.
         if runnable.len() > 1 {
             let default = default_of(current, runnable) as u32;
-            let mut sh = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-            sh.log.points.push((usize::from(t) as u32, default));
+            EXEC_LOG.with(|l| l.borrow_mut().points.push((usize::from(t) as u32, default)));
         }
         Some(t)
     }
@@ -474,9 +484,11 @@ fn account(
     coverage: Vec<(usize, thpsim_model::coverage::ExecCoverage)>,
     failed: bool,
 ) {
+    let (fp, no_decision) = EXEC_LOG.with(|l| {
+        let l = l.borrow();
+        (l.fingerprint(), l.points.is_empty())
+    });
     let mut sh = shared.lock().unwrap_or_else(|p| p.into_inner());
-    let fp = sh.log.fingerprint();
-    let no_decision = sh.log.points.is_empty();
     if failed {
         sh.failed = true;
     }
@@ -585,6 +597,10 @@ fn drive<S: Scheduler + 'static>(
         });
     }));
     ShuttleEngine::stop_counting();
+    // The last execution's decisions, for the switch list of a failure.
+    shared.lock().unwrap_or_else(|p| p.into_inner()).log = EXEC_LOG.with(|l| ExecLog {
+        points: l.borrow().points.clone(),
+    });
     let mut o = std::mem::take(&mut *outputs.lock().unwrap_or_else(|p| p.into_inner()));
     match result {
         Ok(_) => {

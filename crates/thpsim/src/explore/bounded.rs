@@ -150,7 +150,13 @@ impl Node {
 const MAXT: usize = 8;
 
 /// A vector clock: for each thread, how many of its steps come before.
-type Clock = [u32; MAXT];
+/// 16-bit lanes, so that a join is one SSE2 instruction (`pmaxsw`; the
+/// baseline x86-64 has no 32-bit max): an execution whose thread takes more
+/// than [`MAX_STEPS`] steps is not reduced.
+type Clock = [i16; MAXT];
+
+/// The most steps of one thread a [`Clock`] counts.
+const MAX_STEPS: u32 = i16::MAX as u32;
 
 /// What each object was last touched by.
 #[derive(Default, Clone, Copy)]
@@ -167,6 +173,41 @@ fn join(into: &mut Clock, other: &Clock) {
     for (a, b) in into.iter_mut().zip(other) {
         *a = (*a).max(*b);
     }
+}
+
+/// An access in one word (never 0): the object's kind in the top 3 bits,
+/// whether it writes in the next, its number in the rest. Kept this way
+/// between a thread's steps: copying the enum through memory cost more than
+/// the tracker's arithmetic.
+fn pack(a: Access) -> u64 {
+    const VALUE: u64 = (1 << 60) - 1;
+    let (kind, v) = match a.obj {
+        Obj::Id(i) => (1u64, u64::from(i)),
+        Obj::Tlb(c) => (2, u64::from(c)),
+        Obj::Frame(f) => (3, f & VALUE),
+        Obj::Arena(x) => (4, u64::from(x)),
+        Obj::All => (5, 0),
+        Obj::Nothing => (6, 0),
+    };
+    kind << 61 | u64::from(a.write) << 60 | v
+}
+
+/// The access [`pack`] made (`None` for 0).
+fn unpack(w: u64) -> Option<Access> {
+    let v = w & ((1 << 60) - 1);
+    let obj = match w >> 61 {
+        1 => Obj::Id(v as u32),
+        2 => Obj::Tlb(v as u32),
+        3 => Obj::Frame(v),
+        4 => Obj::Arena(v as u8),
+        5 => Obj::All,
+        6 => Obj::Nothing,
+        _ => return None,
+    };
+    Some(Access {
+        obj,
+        write: w >> 60 & 1 == 1,
+    })
 }
 
 /// A hasher for keys that are hashes or small numbers already.
@@ -216,6 +257,9 @@ struct Tracker {
     /// The last `All` step (what every step comes after).
     last_all: Clock,
     fingerprint: (u64, u64),
+    /// A thread took more steps than a clock counts: the clocks are no
+    /// longer exact, and the execution must not be reduced.
+    overflowed: bool,
 }
 
 impl Tracker {
@@ -263,8 +307,11 @@ impl Tracker {
     fn step(&mut self, t: usize, fp: &[Access]) {
         let all = fp.iter().any(|a| a.obj == Obj::All);
         self.counts[t] += 1;
+        if self.counts[t] > MAX_STEPS {
+            self.overflowed = true;
+        }
         let mut vc = self.clocks[t];
-        vc[t] = self.counts[t];
+        vc[t] = self.counts[t].min(MAX_STEPS) as i16;
         join(&mut vc, &self.last_all);
         if all {
             let g = self.global;
@@ -318,7 +365,7 @@ impl Tracker {
         }
         for (u, c) in vc.iter().enumerate() {
             if u != t && *c != 0 {
-                feed(((u as u64) << 32) | u64::from(*c));
+                feed(((u as u64) << 32) | u64::from(*c as u16));
             }
         }
         self.fingerprint.0 = self.fingerprint.0.wrapping_add(h1);
@@ -373,12 +420,15 @@ pub struct Bounded {
     on_default: bool,
     /// A buffer for the runnable threads of a decision.
     ids_buf: Vec<usize>,
-    pending: Vec<Option<Access>>,
+    /// Per thread: the operation its next step begins with, packed
+    /// ([`pack`]; 0: none yet).
+    pending: [u64; MAXT],
     /// The current step's footprint (a buffer kept between steps).
     fp: Vec<Access>,
     /// The current execution is not this part's (see [`discovering`]).
     counted_out: bool,
-    /// This execution has more threads than a clock holds: no reduction.
+    /// This execution has more threads than a clock holds, or a thread with
+    /// more steps than it counts: no reduction.
     unreduced: bool,
     /// The reduction is on (off: every schedule of the bound runs; for tests
     /// that check the reduction loses nothing).
@@ -434,7 +484,7 @@ impl Bounded {
             tracker: Tracker::default(),
             on_default: true,
             ids_buf: Vec::new(),
-            pending: Vec::new(),
+            pending: [0; MAXT],
             fp: Vec::new(),
             counted_out: false,
             unreduced: false,
@@ -596,12 +646,9 @@ impl Bounded {
             self.fp = sink;
             return;
         };
-        if self.pending.len() <= t {
-            self.pending.resize(t + 1, None);
-        }
         // A thread's first step (from its creation to its first scheduling
         // point) begins with no operation: what it touches is hidden.
-        let first = self.pending[t].take().unwrap_or(Access {
+        let first = unpack(std::mem::take(&mut self.pending[t])).unwrap_or(Access {
             obj: Obj::Nothing,
             write: false,
         });
@@ -610,8 +657,11 @@ impl Bounded {
         fp.push(first);
         footprint::drain_hidden_into(&mut fp);
         self.tracker.step(t, &fp);
+        if self.tracker.overflowed {
+            self.unreduced = true;
+        }
         self.fp = fp;
-        self.pending[t] = Some(footprint::take_op().unwrap_or(Access {
+        self.pending[t] = pack(footprint::take_op().unwrap_or(Access {
             obj: Obj::All,
             write: true,
         }));
@@ -648,7 +698,7 @@ impl Scheduler for Bounded {
         self.covered = false;
         self.unreduced = false;
         self.tracker.reset();
-        self.pending.clear();
+        self.pending = [0; MAXT];
         // New decisions sit at the end of the path replayed so far, and
         // start at their default: the path is on the default schedule
         // exactly when every replayed decision is.
@@ -710,9 +760,15 @@ impl Scheduler for Bounded {
                 (1..node.options.len()).any(|i| node.cost + node.cost_of(i) <= self.k);
             if has_alternative && !node.covered && !self.unreduced && self.reduce && !on_default {
                 let left = self.k - self.cost;
+                // Where the running thread cannot go on, every choice is
+                // free and what follows does not depend on which thread
+                // stopped: equivalent prefixes that differ only in the
+                // thread that ran last (two independent runs to a block, in
+                // either order) are one node.
+                let running = current.filter(|_| node.current_runnable);
                 if self
                     .seen
-                    .covered_or_insert(self.tracker.fingerprint, current, left)
+                    .covered_or_insert(self.tracker.fingerprint, running, left)
                 {
                     node.covered = true;
                     self.covered = true;
@@ -818,6 +874,41 @@ mod tests {
                 (2, a(1, false))
             ])
         );
+    }
+
+    #[test]
+    fn a_thread_with_more_steps_than_a_clock_counts_is_flagged() {
+        let mut t = Tracker::default();
+        t.reset();
+        for _ in 0..MAX_STEPS {
+            t.step(1, &[a(1, true)]);
+        }
+        assert!(!t.overflowed, "a clock counts MAX_STEPS steps");
+        t.step(1, &[a(1, true)]);
+        assert!(t.overflowed);
+        t.reset();
+        assert!(!t.overflowed, "each execution starts exact");
+    }
+
+    #[test]
+    fn a_packed_access_unpacks_to_itself() {
+        for obj in [
+            Obj::Id(0),
+            Obj::Id(u32::MAX),
+            Obj::Tlb(3),
+            Obj::Frame(0),
+            Obj::Frame((1 << 60) - 1),
+            Obj::Arena(3),
+            Obj::All,
+            Obj::Nothing,
+        ] {
+            for write in [false, true] {
+                let a = Access { obj, write };
+                assert_ne!(pack(a), 0);
+                assert_eq!(unpack(pack(a)), Some(a));
+            }
+        }
+        assert_eq!(unpack(0), None);
     }
 
     #[test]

@@ -123,8 +123,15 @@ impl SeenTable {
 #[derive(Debug)]
 struct Node {
     /// Every decision above this one took its default choice (this node is
-    /// on the default path, shared by all parts).
+    /// on the default path; for the progress estimate).
     on_default: bool,
+    /// No decision above this one preempted (every deviation above was a
+    /// free choice): every part and job walks this node, and its
+    /// preempting alternatives are the units the parts and jobs divide.
+    shared: bool,
+    /// The deviations above this node, hashed: with the decision's index
+    /// and a thread, the identity of a unit ([`unit_key`]).
+    sig: u64,
     /// The runnable threads: the running one first when it could go on,
     /// then the others in ascending order.
     options: Vec<usize>,
@@ -143,6 +150,22 @@ impl Node {
     fn cost_of(&self, i: usize) -> usize {
         usize::from(self.current_runnable && i > 0)
     }
+}
+
+/// The signature of the path before any decision.
+const SIG0: u64 = 0xA076_1D64_78BD_642F;
+
+/// The signature of a path that deviated to `thread` at decision `decision`
+/// after the path `sig`.
+fn extend_sig(sig: u64, decision: usize, thread: usize) -> u64 {
+    mix(sig ^ ((decision as u64) << 20 ^ thread as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// The identity of a unit of the search: the preempting choice of `thread`
+/// at decision `decision` of a shared node reached by the path `sig`; the
+/// same in every process of one build and scenario.
+fn unit_key(sig: u64, decision: usize, thread: usize) -> u64 {
+    extend_sig(sig, decision, thread)
 }
 
 /// Threads a vector clock has room for; an execution with more threads is
@@ -311,7 +334,6 @@ impl Tracker {
             self.overflowed = true;
         }
         let mut vc = self.clocks[t];
-        vc[t] = self.counts[t].min(MAX_STEPS) as i16;
         join(&mut vc, &self.last_all);
         if all {
             let g = self.global;
@@ -327,6 +349,11 @@ impl Tracker {
                 join(&mut vc, &st.reads);
             }
         }
+        // This step's own lane, set after the joins (no other clock counts
+        // this many of `t`'s steps) and by a select over the whole clock: a
+        // store to one lane followed by a load of the clock stalls.
+        let own = self.counts[t].min(MAX_STEPS) as i16;
+        vc = std::array::from_fn(|i| if i == t { own } else { vc[i] });
         for a in fp {
             if matches!(a.obj, Obj::All | Obj::Nothing) {
                 continue;
@@ -390,7 +417,7 @@ pub fn discovering() -> bool {
 
 /// The first deviations the jobs of one part have claimed
 /// ([`Bounded::job`]).
-pub type Claims = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<(u32, u32)>>>;
+pub type Claims = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u64>>>;
 
 /// The counts of a bounded search.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -418,6 +445,8 @@ pub struct Bounded {
     tracker: Tracker,
     /// Every decision replayed in this execution is at its default.
     on_default: bool,
+    /// The signature of the deviations taken so far in this execution.
+    sig: u64,
     /// A buffer for the runnable threads of a decision.
     ids_buf: Vec<usize>,
     /// Per thread: the operation its next step begins with, packed
@@ -483,6 +512,7 @@ impl Bounded {
             covered: false,
             tracker: Tracker::default(),
             on_default: true,
+            sig: SIG0,
             ids_buf: Vec::new(),
             pending: [0; MAXT],
             fp: Vec::new(),
@@ -523,7 +553,10 @@ impl Bounded {
                 (0..node.options.len())
                     .map(|i| {
                         let cost = node.cost + node.cost_of(i);
-                        if i == 0 || cost > self.k || !self.in_part(j, node.options[i]) {
+                        if i == 0
+                            || cost > self.k
+                            || !self.in_part(unit_key(node.sig, j, node.options[i]))
+                        {
                             0.0
                         } else {
                             subtree_estimate(n - j - 1, self.k - cost)
@@ -573,32 +606,29 @@ impl Bounded {
         self
     }
 
-    /// Whether the first deviation `(decision, thread)` belongs to this part
-    /// (of a sharded search: by a hash, the same in every process).
-    fn in_part(&self, decision: usize, thread: usize) -> bool {
+    /// Whether the unit `key` ([`unit_key`]) belongs to this part (of a
+    /// sharded search: by a hash, the same in every process).
+    fn in_part(&self, key: u64) -> bool {
         let (i, n) = self.part;
-        n == 1 || mix((decision as u64) << 20 ^ thread as u64 ^ 0xA076_1D64_78BD_642F) % n == i
+        n == 1 || mix(key) % n == i
     }
 
-    /// Whether this job runs the first deviation `(decision, thread)`: it is
-    /// in the part and, with several jobs, this job claimed it first. Asked
-    /// once per first deviation by each job, when its walk reaches it.
-    fn owns(&self, decision: usize, thread: usize) -> bool {
-        self.in_part(decision, thread)
+    /// Whether this job runs the unit `key`: it is in the part and, with
+    /// several jobs, this job claimed it first. Asked once per unit by each
+    /// job, when its walk reaches it.
+    fn owns(&self, key: u64) -> bool {
+        self.in_part(key)
             && self.job.as_ref().is_none_or(|(_, claims)| {
-                claims
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((decision as u32, thread as u32))
+                claims.lock().unwrap_or_else(|p| p.into_inner()).insert(key)
             })
     }
 
-    /// The execution now starting is the default path of a part other than
-    /// 0 or of a job other than 0: it runs only to find the decisions, and
-    /// is not counted.
+    /// The execution now starting preempts nowhere (it lies in the tree every
+    /// part and job walks) and this is not part 0's job 0: it runs only to
+    /// find the decisions, and is not counted.
     fn discovering(&self) -> bool {
         (self.part.0 != 0 || self.job.as_ref().is_some_and(|(j, _)| *j != 0))
-            && self.stack.iter().all(|n| n.next == 0)
+            && self.stack.iter().all(|n| n.cost_of(n.next) == 0)
     }
 
     /// The same search without the reduction.
@@ -618,9 +648,12 @@ impl Bounded {
             if !top.covered {
                 let next = (top.next + 1..top.options.len()).find(|&i| {
                     top.cost + top.cost_of(i) <= self.k
-                        // On the default path a choice is a first deviation:
-                        // it belongs to one part.
-                        && (!top.on_default || self.owns(depth, top.options[i]))
+                        // At a shared node a preempting choice is a unit: it
+                        // belongs to one part, and there to one job (a free
+                        // choice stays in the shared tree).
+                        && (!top.shared
+                            || top.cost_of(i) == 0
+                            || self.owns(unit_key(top.sig, depth, top.options[i])))
                 });
                 if let Some(i) = next {
                     if let Some(top) = self.stack.last_mut() {
@@ -703,6 +736,7 @@ impl Scheduler for Bounded {
         // start at their default: the path is on the default schedule
         // exactly when every replayed decision is.
         self.on_default = self.stack.iter().all(|n| n.next == 0);
+        self.sig = SIG0;
         footprint::reset();
         Some(Schedule::new(0))
     }
@@ -733,7 +767,11 @@ impl Scheduler for Bounded {
                 node.options
             );
             self.cost += node.cost_of(node.next);
-            node.options[node.next]
+            let choice = node.options[node.next];
+            if node.next != 0 {
+                self.sig = extend_sig(self.sig, self.pos, choice);
+            }
+            choice
         } else {
             let current_runnable = current.is_some_and(|c| ids.contains(&c));
             let mut options = Vec::with_capacity(ids.len());
@@ -742,23 +780,26 @@ impl Scheduler for Bounded {
             }
             options.extend(ids.iter().copied().filter(|&t| Some(t) != current));
             let on_default = self.on_default;
+            let shared = self.cost == 0;
             let mut node = Node {
                 on_default,
+                shared,
+                sig: self.sig,
                 options,
                 current_runnable,
                 next: 0,
                 cost: self.cost,
                 covered: self.covered,
             };
-            // A node on the default path spans every part: its subtree is not
-            // this part's alone, so it neither prunes nor covers.
+            // A shared node spans every part: its subtree is not this part's
+            // alone, so it neither prunes nor covers.
             // A node with no alternative within the budget has nothing to
             // prune, and an equivalent node met later (the same state, so
             // the same runnable threads and running one) has none either:
             // such nodes stay out of the table.
             let has_alternative =
                 (1..node.options.len()).any(|i| node.cost + node.cost_of(i) <= self.k);
-            if has_alternative && !node.covered && !self.unreduced && self.reduce && !on_default {
+            if has_alternative && !node.covered && !self.unreduced && self.reduce && !shared {
                 let left = self.k - self.cost;
                 // Where the running thread cannot go on, every choice is
                 // free and what follows does not depend on which thread
@@ -912,24 +953,29 @@ mod tests {
     }
 
     #[test]
-    fn jobs_of_a_part_claim_each_first_deviation_once() {
+    fn jobs_of_a_part_claim_each_unit_once() {
         let claims = Claims::default();
         let out = std::sync::Arc::new(std::sync::Mutex::new(BoundedStats::default()));
         let a = Bounded::new(2, None, out.clone()).job(0, claims.clone());
         let b = Bounded::new(2, None, out.clone()).job(1, claims.clone());
-        assert!(a.owns(3, 1), "the first to ask runs it");
-        assert!(!b.owns(3, 1), "and only it");
-        assert!(b.owns(2, 1) && !a.owns(2, 1));
-        // A shard's hash still decides first: a deviation outside the part
-        // is nobody's here, and asking does not claim it.
+        let (k3, k2) = (unit_key(SIG0, 3, 1), unit_key(SIG0, 2, 1));
+        assert!(a.owns(k3), "the first to ask runs it");
+        assert!(!b.owns(k3), "and only it");
+        assert!(b.owns(k2) && !a.owns(k2));
+        // A shard's hash still decides first: a unit outside the part is
+        // nobody's here, and asking does not claim it.
         let c = Bounded::new(2, None, out.clone())
             .part(1, 2)
             .job(0, claims.clone());
         let outside = (0..64)
-            .find(|&d| !c.in_part(d, 1))
-            .expect("some decision is not in part 1");
-        assert!(!c.owns(outside, 1));
-        assert!(!claims.lock().unwrap().contains(&(outside as u32, 1)));
+            .map(|d| unit_key(SIG0, d, 1))
+            .find(|&k| !c.in_part(k))
+            .expect("some unit is not in part 1");
+        assert!(!c.owns(outside));
+        assert!(!claims.lock().unwrap().contains(&outside));
+        // A unit is named by the path to it: the same decision and thread
+        // after another free deviation is another unit.
+        assert_ne!(unit_key(extend_sig(SIG0, 1, 2), 3, 1), k3);
         // Only job 0 counts the default path.
         assert!(!a.discovering() && b.discovering());
     }
@@ -940,6 +986,8 @@ mod tests {
         b.stack = vec![
             Node {
                 on_default: true,
+                shared: true,
+                sig: SIG0,
                 options: vec![1, 2, 3],
                 current_runnable: true,
                 next: 0,
@@ -948,6 +996,8 @@ mod tests {
             },
             Node {
                 on_default: false,
+                shared: false,
+                sig: SIG0,
                 options: vec![2, 1],
                 current_runnable: true,
                 next: 0,

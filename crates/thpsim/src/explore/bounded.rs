@@ -29,22 +29,23 @@
 //! budget this one has.
 //!
 //! **Parts.** A search can be split into disjoint parts (shards, jobs)
-//! that together are the whole tree. Every schedule is either the default
-//! path (no deviation from the default choice at any decision) or lies in
-//! the subtree of its *first deviation* `(decision index, thread chosen)`
-//! from the default path. Part `i` of `n` runs the subtrees of the first
-//! deviations whose hash is `i` modulo `n`, and part 0 also counts the
-//! default path itself; every part runs the default path once to find its
-//! decisions (parts other than 0 do not count that execution). The
-//! reduction only uses nodes inside a part's own subtrees, so each part is
-//! exhaustive for its subtrees on its own.
+//! that together are the whole tree. Every schedule either preempts nowhere
+//! (it lies in the *shared tree*: the default path and the free choices, made
+//! where the running thread blocked or finished) or lies in the subtree of
+//! its *first preemption*: a *unit*, named by the decision's index, the
+//! thread chosen and the free deviations above it ([`unit_key`]). Every part
+//! walks the shared tree (small: a few to a few dozen schedules) to find the
+//! units; part `i` of `n` runs the units whose hash is `i` modulo `n`, and
+//! part 0 also counts the shared tree's schedules (the other parts run them
+//! without counting). The reduction only uses nodes inside a part's own
+//! units, so each part is exhaustive for its units on its own.
 //!
 //! The parts of a sharded search (`--shard I/N`, one per process) are fixed
 //! by the hash. The jobs of one process (`--jobs`) share its part and claim
-//! its first deviations as their walks reach them ([`Bounded::job`]): the
-//! same partition, balanced as it runs (the subtrees of shallow first
-//! deviations are far larger than those of deep ones). With the reduction
-//! on, which job ran which subtree decides what its table can prune, so the
+//! its units as their walks reach them ([`Bounded::job`]): the same
+//! partition, balanced as it runs (a unit near the root, or under a free
+//! deviation, is far larger than one deep in the tree). With the reduction
+//! on, which job ran which unit decides what its table can prune, so the
 //! counts of a search with several jobs may differ a little from run to
 //! run; the unreduced counts do not.
 //!
@@ -596,11 +597,11 @@ impl Bounded {
     }
 
     /// Job `j` of the jobs that walk this part together, sharing `claims`:
-    /// each job walks the first deviations in the same order (the deepest
-    /// decision of the default path first) and runs those it claims first,
-    /// so the jobs split the part between them as they go (a job in a large
-    /// subtree claims nothing meanwhile) and every first deviation is run by
-    /// exactly one. Job 0 counts the default path.
+    /// each job walks the shared tree in the same order (deepest decision
+    /// first) and runs the units it claims first, so the jobs split the part
+    /// between them as they go (a job in a large unit claims nothing
+    /// meanwhile) and every unit is run by exactly one. Job 0 counts the
+    /// shared tree's schedules.
     pub fn job(mut self, j: usize, claims: Claims) -> Bounded {
         self.job = Some((j, claims));
         self

@@ -645,6 +645,17 @@ impl<E: Engine> Machine<E> {
                         Interleaving::Fixed => self.together_fixed(t)?,
                         Interleaving::Concurrent => self.together_concurrent(idx)?,
                     }
+                    // A bounded search's execution that ended the last block
+                    // as an earlier one did has nothing new to check.
+                    if self.interleaving == Interleaving::Concurrent
+                        && !self.dead()
+                        && !self.scn.items[idx + 1..]
+                            .iter()
+                            .any(|it| matches!(it, Item::Together(_)))
+                        && crate::explore::bounded::repeat_of_seen_block()
+                    {
+                        break;
+                    }
                     self.quiesce(t.span.line);
                 }
                 Item::Expect(x) => self.expect(x)?,

@@ -404,6 +404,61 @@ impl Tracker {
 
 thread_local! {
     static DISCOVERING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The trace fingerprint of the running execution so far, when exact
+    /// (`None`: not a reduced bounded search, or the clocks overflowed).
+    static TRACE: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
+    /// The traces the last `together` block of earlier executions of this
+    /// job ended in ([`repeat_of_seen_block`]).
+    static ENDS: std::cell::RefCell<EndTable> = const {
+        std::cell::RefCell::new(EndTable { slots: Vec::new() })
+    };
+}
+
+/// The traces met at the end of the last `together` block: a direct-mapped
+/// table of [`EndTable::SLOTS`] fingerprints (a slot taken by another only
+/// loses a chance to skip).
+struct EndTable {
+    slots: Vec<(u64, u64)>,
+}
+
+impl EndTable {
+    /// 2^20 entries of 16 bytes: 16 MiB per search job, made on first use.
+    const SLOTS: usize = 1 << 20;
+
+    /// Whether `fp` was met; records it if not.
+    fn seen_or_insert(&mut self, fp: (u64, u64)) -> bool {
+        if self.slots.is_empty() {
+            self.slots = vec![(0, 0); Self::SLOTS];
+        }
+        let i = (mix(fp.0 ^ fp.1.rotate_left(23)) as usize) & (Self::SLOTS - 1);
+        if self.slots[i] == fp && fp != (0, 0) {
+            return true;
+        }
+        self.slots[i] = fp;
+        false
+    }
+}
+
+/// Forgets the running execution's trace: a run that is no reduced
+/// bounded search (a replay, another strategy) has none. Called before each
+/// search or replay on this OS thread; [`Bounded`] sets it again for its
+/// own executions.
+pub fn forget_trace() {
+    TRACE.with(|t| t.set(None));
+}
+
+/// Called by the runner after the scenario's last `together` block: whether
+/// an earlier execution of this job ended that block with the same trace
+/// (the same order of every pair of dependent steps, so the same machine),
+/// recording this one's if not. Everything after the last block runs on one
+/// CPU with no decision, so it would repeat that execution's steps and
+/// checks exactly, which passed (a failure ends the search): the runner
+/// skips them. Always false outside a reduced bounded search.
+pub fn repeat_of_seen_block() -> bool {
+    let Some(fp) = TRACE.with(|t| t.get()) else {
+        return false;
+    };
+    ENDS.with(|e| e.borrow_mut().seen_or_insert(fp))
 }
 
 fn set_discovering(v: bool) {
@@ -674,6 +729,9 @@ impl Bounded {
             self.unreduced = true;
         }
         let Some(t) = current.filter(|&t| t < MAXT) else {
+            if self.unreduced {
+                TRACE.with(|tr| tr.set(None));
+            }
             let mut sink = std::mem::take(&mut self.fp);
             footprint::drain_hidden_into(&mut sink);
             sink.clear();
@@ -694,6 +752,8 @@ impl Bounded {
         if self.tracker.overflowed {
             self.unreduced = true;
         }
+        let exact = self.reduce && !self.unreduced;
+        TRACE.with(|tr| tr.set(exact.then_some(self.tracker.fingerprint)));
         self.fp = fp;
         self.pending[t] = pack(footprint::take_op().unwrap_or(Access {
             obj: Obj::All,
@@ -738,6 +798,7 @@ impl Scheduler for Bounded {
         // exactly when every replayed decision is.
         self.on_default = self.stack.iter().all(|n| n.next == 0);
         self.sig = SIG0;
+        TRACE.with(|tr| tr.set(None));
         footprint::reset();
         Some(Schedule::new(0))
     }
@@ -930,6 +991,18 @@ mod tests {
         assert!(t.overflowed);
         t.reset();
         assert!(!t.overflowed, "each execution starts exact");
+    }
+
+    #[test]
+    fn an_end_trace_repeats_only_when_met_exactly_and_never_outside_a_search() {
+        let mut t = EndTable { slots: Vec::new() };
+        assert!(!t.seen_or_insert((1, 2)), "first meeting");
+        assert!(t.seen_or_insert((1, 2)));
+        assert!(!t.seen_or_insert((1, 3)), "another trace");
+        assert!(!t.seen_or_insert((0, 0)) && !t.seen_or_insert((0, 0)));
+        // Outside a reduced bounded search there is no trace to repeat.
+        forget_trace();
+        assert!(!repeat_of_seen_block() && !repeat_of_seen_block());
     }
 
     #[test]

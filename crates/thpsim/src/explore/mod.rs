@@ -540,6 +540,8 @@ fn drive<S: Scheduler + 'static>(
     trace: bool,
 ) -> (Outputs, bool) {
     let outputs = Arc::new(Mutex::new(Outputs::default()));
+    // No trace of an earlier search on this thread may cut this run short.
+    bounded::forget_trace();
     let search = shared
         .lock()
         .unwrap_or_else(|p| p.into_inner())

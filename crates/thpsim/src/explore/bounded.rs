@@ -145,12 +145,31 @@ struct Node {
     /// An equivalent node was explored with at least this budget: no
     /// alternative here.
     covered: bool,
+    /// The threads asleep here (bit `t`: [`Bounded`]'s sleep set): choosing
+    /// one would only repeat a schedule of an earlier subtree.
+    asleep: u64,
+    /// What the running thread's step from here touched when it went on
+    /// (the default choice, run first): the step it sleeps with in the
+    /// subtrees where it is preempted here.
+    default_step: Option<Vec<Access>>,
 }
 
 impl Node {
     fn cost_of(&self, i: usize) -> usize {
         usize::from(self.current_runnable && i > 0)
     }
+}
+
+/// Whether two steps are dependent: they touch a common object and one of
+/// them writes it, or one may touch anything.
+fn conflicts(a: &[Access], b: &[Access]) -> bool {
+    a.iter().any(|x| {
+        b.iter().any(|y| match (x.obj, y.obj) {
+            (Obj::Nothing, _) | (_, Obj::Nothing) => false,
+            (Obj::All, _) | (_, Obj::All) => true,
+            (p, q) => p == q && (x.write || y.write),
+        })
+    })
 }
 
 /// The signature of the path before any decision.
@@ -499,6 +518,13 @@ pub struct Bounded {
     cost: usize,
     covered: bool,
     tracker: Tracker,
+    /// The sleep set: threads preempted at a decision above, each with the
+    /// step it would have taken there, while every step since commutes
+    /// with it (see the module documentation).
+    sleep: Vec<(usize, Vec<Access>)>,
+    /// The decision whose running thread went on: its step is recorded
+    /// when it ends ([`Node::default_step`]).
+    record_default: Option<usize>,
     /// Every decision replayed in this execution is at its default.
     on_default: bool,
     /// The signature of the deviations taken so far in this execution.
@@ -567,6 +593,8 @@ impl Bounded {
             cost: 0,
             covered: false,
             tracker: Tracker::default(),
+            sleep: Vec::new(),
+            record_default: None,
             on_default: true,
             sig: SIG0,
             ids_buf: Vec::new(),
@@ -687,6 +715,12 @@ impl Bounded {
             && self.stack.iter().all(|n| n.cost_of(n.next) == 0)
     }
 
+    /// Whether this execution keeps a sleep set (the reduction is on, and
+    /// nothing below is covered already).
+    fn sleeping(&self) -> bool {
+        self.reduce && !self.covered
+    }
+
     /// The same search without the reduction.
     pub fn without_reduction(mut self) -> Bounded {
         self.reduce = false;
@@ -704,6 +738,7 @@ impl Bounded {
             if !top.covered {
                 let next = (top.next + 1..top.options.len()).find(|&i| {
                     top.cost + top.cost_of(i) <= self.k
+                        && top.asleep & 1u64.checked_shl(top.options[i] as u32).unwrap_or(0) == 0
                         // At a shared node a preempting choice is a unit: it
                         // belongs to one part, and there to one job (a free
                         // choice stays in the shared tree).
@@ -732,6 +767,7 @@ impl Bounded {
             if self.unreduced {
                 TRACE.with(|tr| tr.set(None));
             }
+            self.record_default = None;
             let mut sink = std::mem::take(&mut self.fp);
             footprint::drain_hidden_into(&mut sink);
             sink.clear();
@@ -754,6 +790,29 @@ impl Bounded {
         }
         let exact = self.reduce && !self.unreduced;
         TRACE.with(|tr| tr.set(exact.then_some(self.tracker.fingerprint)));
+        if let Some(n) = self.record_default.take() {
+            if let Some(node) = self.stack.get_mut(n) {
+                if node.default_step.is_none() && node.options[0] == t {
+                    node.default_step = Some(fp.clone());
+                }
+            }
+        }
+        if !self.sleep.is_empty() {
+            // A sleeper stays asleep while the steps commute with its own;
+            // one that runs anyway (nothing else could) makes the rest of
+            // this execution a repeat.
+            let mut ran_asleep = false;
+            self.sleep.retain(|(th, st)| {
+                if *th == t {
+                    ran_asleep = true;
+                    return false;
+                }
+                !conflicts(st, &fp)
+            });
+            if ran_asleep {
+                self.covered = true;
+            }
+        }
         self.fp = fp;
         self.pending[t] = pack(footprint::take_op().unwrap_or(Access {
             obj: Obj::All,
@@ -798,6 +857,8 @@ impl Scheduler for Bounded {
         // exactly when every replayed decision is.
         self.on_default = self.stack.iter().all(|n| n.next == 0);
         self.sig = SIG0;
+        self.sleep.clear();
+        self.record_default = None;
         TRACE.with(|tr| tr.set(None));
         footprint::reset();
         Some(Schedule::new(0))
@@ -833,6 +894,20 @@ impl Scheduler for Bounded {
             if node.next != 0 {
                 self.sig = extend_sig(self.sig, self.pos, choice);
             }
+            if self.sleeping() && node.current_runnable {
+                let a = node.options[0];
+                if node.next == 0 {
+                    if node.default_step.is_none() {
+                        self.record_default = Some(self.pos);
+                    }
+                } else if let Some(st) = node.default_step.as_ref().filter(|_| a < 64) {
+                    // Preempted here: the running thread sleeps with the
+                    // step it took when it went on.
+                    if !self.sleep.iter().any(|(t, _)| *t == a) {
+                        self.sleep.push((a, st.clone()));
+                    }
+                }
+            }
             choice
         } else {
             let current_runnable = current.is_some_and(|c| ids.contains(&c));
@@ -841,6 +916,27 @@ impl Scheduler for Bounded {
                 options.push(c);
             }
             options.extend(ids.iter().copied().filter(|&t| Some(t) != current));
+            let asleep = if self.sleeping() {
+                self.sleep.iter().fold(0u64, |m, (t, _)| {
+                    m | 1u64.checked_shl(*t as u32).unwrap_or(0)
+                })
+            } else {
+                0
+            };
+            let is_asleep = |t: usize| asleep & 1u64.checked_shl(t as u32).unwrap_or(0) != 0;
+            let mut forced = false;
+            if asleep != 0 && !current_runnable {
+                // Every choice is free here: go on with a thread that is
+                // awake. With none, whatever runs next repeats a schedule
+                // of an earlier subtree.
+                match options.iter().position(|&t| !is_asleep(t)) {
+                    Some(i) => {
+                        let t = options.remove(i);
+                        options.insert(0, t);
+                    }
+                    None => forced = true,
+                }
+            }
             let on_default = self.on_default;
             let shared = self.cost == 0;
             let mut node = Node {
@@ -851,8 +947,20 @@ impl Scheduler for Bounded {
                 current_runnable,
                 next: 0,
                 cost: self.cost,
-                covered: self.covered,
+                covered: self.covered || forced,
+                asleep,
+                default_step: None,
             };
+            if forced {
+                self.covered = true;
+            }
+            if !node.covered {
+                self.stats.pruned += (1..node.options.len())
+                    .filter(|&i| {
+                        node.cost + node.cost_of(i) <= self.k && is_asleep(node.options[i])
+                    })
+                    .count() as u64;
+            }
             // A shared node spans every part: its subtree is not this part's
             // alone, so it neither prunes nor covers.
             // A node with no alternative within the budget has nothing to
@@ -881,6 +989,9 @@ impl Scheduler for Bounded {
                 }
             }
             let c = node.options[0];
+            if node.current_runnable && self.sleeping() {
+                self.record_default = Some(self.stack.len());
+            }
             self.stack.push(node);
             c
         };
@@ -1067,6 +1178,8 @@ mod tests {
                 next: 0,
                 cost: 0,
                 covered: false,
+                asleep: 0,
+                default_step: None,
             },
             Node {
                 on_default: false,
@@ -1077,6 +1190,8 @@ mod tests {
                 next: 0,
                 cost: 1,
                 covered: false,
+                asleep: 0,
+                default_step: None,
             },
         ];
         // The deeper node has no budget left for its preemption: the walk

@@ -28,6 +28,23 @@
 //! never loses a schedule of the bound: the equivalent node had at least the
 //! budget this one has.
 //!
+//! **Sleep sets.** Where the running thread A is preempted at a decision
+//! (the walk ran A's own choice there first, so it knows A's step `s` from
+//! there), A goes to sleep in the preempting subtree with `s`, and stays
+//! asleep while every step run since commutes with `s`; a sleeping thread
+//! is not chosen (and where only sleeping threads could run, the rest of the
+//! execution is a repeat and its alternatives are not walked). A schedule
+//! `Y = π·y₁…yₘ·s·ρ` so skipped, with `y₁` the preempting choice, is
+//! equivalent to `X = π·s·y₁…yₘ·ρ` in A's subtree, walked earlier, and `X`
+//! preempts no more than `Y`: `Y` pays one preemption at the decision and
+//! one switch back to A after `yₘ` at most, `X` at most one switch from A to
+//! `y₁`'s thread and one after `yₘ`, and every other switch is the same. So
+//! the bound's schedules are all covered. Only the preempted thread
+//! sleeps: putting a thread chosen at a free decision to sleep would not
+//! keep that bound. Sleep sets and the fingerprint table compose: each maps
+//! a skipped schedule to an equivalent one with no more preemptions that
+//! the walk ran earlier.
+//!
 //! **Parts.** A search can be split into disjoint parts (shards, jobs)
 //! that together are the whole tree. Every schedule either preempts nowhere
 //! (it lies in the *shared tree*: the default path and the free choices, made

@@ -432,3 +432,65 @@ fn bounded_progress_estimate_grows() {
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
     assert!(*seen.last().unwrap() > 0 && *seen.last().unwrap() < 1_000_000);
 }
+
+/// What a search reached: every kernel function and mark, by block and CPU.
+fn reached(
+    r: &thpsim::explore::ExploreReport,
+) -> std::collections::BTreeSet<(usize, String, usize)> {
+    let mut s = std::collections::BTreeSet::new();
+    for b in &r.coverage {
+        for reach in b.functions.iter().chain(&b.marks) {
+            for (cpu, &n) in reach.executions.iter().enumerate() {
+                if n > 0 {
+                    s.insert((b.line, reach.name.clone(), cpu));
+                }
+            }
+        }
+    }
+    s
+}
+
+/// The reduction (the fingerprint table, the sleep sets of preempted
+/// threads, the repeated suffixes it skips) runs fewer schedules of the
+/// bound and loses nothing the unreduced search reaches: on two- and
+/// three-CPU race scenarios, with and without their fix, the same failure
+/// verdict and, when clean, every kernel function and mark on every CPU.
+#[test]
+fn the_reduction_reaches_what_the_unreduced_search_reaches() {
+    let mut fewer = false;
+    for (name, revert, bound) in [
+        ("split_pmd_vs_wp_fault", None, 2),
+        ("split_page_vs_zap", None, 1),
+        ("parallel_split_munmap_316", None, 1),
+        ("parallel_split_munmap_316", Some(Fix::SplitAnonVmaWrite), 1),
+        ("split_pmd_vs_wp_fault", Some(Fix::SplitPmdPageLock), 1),
+        ("mlock_vs_split_and_cow", None, 1),
+        ("swapin_vs_swapin", None, 1),
+    ] {
+        let scn = scenario(name);
+        let reverts: Vec<Fix> = revert.into_iter().collect();
+        let run = |strategy| {
+            let mut o = opts(strategy, usize::MAX, 0, reverts.clone());
+            o.jobs = 1;
+            explore(&scn, &o).expect("valid")
+        };
+        let reduced = run(Strategy::Bounded { preemptions: bound });
+        let full = run(Strategy::BoundedUnreduced { preemptions: bound });
+        assert_eq!(
+            reduced.found.is_some(),
+            full.found.is_some(),
+            "{name} {revert:?}: the verdicts differ"
+        );
+        if full.found.is_none() {
+            let (r, f) = (
+                reduced.bounded.expect("counts"),
+                full.bounded.expect("counts"),
+            );
+            assert!(r.complete && f.complete, "{name}");
+            assert!(r.schedules <= f.schedules, "{name}: {r:?} vs {f:?}");
+            fewer |= r.schedules < f.schedules;
+            assert_eq!(reached(&reduced), reached(&full), "{name} {revert:?}");
+        }
+    }
+    assert!(fewer, "the reduction pruned nothing");
+}

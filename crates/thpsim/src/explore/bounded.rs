@@ -50,7 +50,7 @@
 //! (it lies in the *shared tree*: the default path and the free choices, made
 //! where the running thread blocked or finished) or lies in the subtree of
 //! its *first preemption*: a *unit*, named by the decision's index, the
-//! thread chosen and the free deviations above it ([`unit_key`]). Every part
+//! thread chosen and the free deviations above it ([`extend_sig`]). Every part
 //! walks the shared tree (small: a few to a few dozen schedules) to find the
 //! units; part `i` of `n` runs the units whose hash is `i` modulo `n`, and
 //! part 0 also counts the shared tree's schedules (the other parts run them
@@ -148,7 +148,7 @@ struct Node {
     /// preempting alternatives are the units the parts and jobs divide.
     shared: bool,
     /// The deviations above this node, hashed: with the decision's index
-    /// and a thread, the identity of a unit ([`unit_key`]).
+    /// and a thread, the identity of a unit ([`extend_sig`]).
     sig: u64,
     /// The runnable threads: the running one first when it could go on,
     /// then the others in ascending order.
@@ -193,16 +193,16 @@ fn conflicts(a: &[Access], b: &[Access]) -> bool {
 const SIG0: u64 = 0xA076_1D64_78BD_642F;
 
 /// The signature of a path that deviated to `thread` at decision `decision`
-/// after the path `sig`.
+/// after the path `sig`. It also names a *unit* of the search (a
+/// preempting choice at a shared node): the signature of the path that
+/// takes it, the same in every process of one build and scenario.
 fn extend_sig(sig: u64, decision: usize, thread: usize) -> u64 {
     mix(sig ^ ((decision as u64) << 20 ^ thread as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-/// The identity of a unit of the search: the preempting choice of `thread`
-/// at decision `decision` of a shared node reached by the path `sig`; the
-/// same in every process of one build and scenario.
-fn unit_key(sig: u64, decision: usize, thread: usize) -> u64 {
-    extend_sig(sig, decision, thread)
+/// Thread `t`'s bit in a set of threads (none for a thread past 63).
+fn bit(t: usize) -> u64 {
+    1u64.checked_shl(t as u32).unwrap_or(0)
 }
 
 /// Threads a vector clock has room for; an execution with more threads is
@@ -507,8 +507,7 @@ pub fn discovering() -> bool {
     DISCOVERING.with(|d| d.get())
 }
 
-/// The first deviations the jobs of one part have claimed
-/// ([`Bounded::job`]).
+/// The units the jobs of one part have claimed ([`Bounded::job`]).
 pub type Claims = std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u64>>>;
 
 /// The counts of a bounded search.
@@ -567,7 +566,7 @@ pub struct Bounded {
     /// This part of the search: `(i, n)`.
     part: (u64, u64),
     /// The jobs that walk this part together, if several: this job's index
-    /// and the first deviations claimed so far ([`Bounded::job`]).
+    /// and the units claimed so far ([`Bounded::job`]).
     job: Option<(usize, Claims)>,
     stats: BoundedStats,
     /// Where the counts are published (the scheduler itself is owned by the
@@ -656,7 +655,7 @@ impl Bounded {
                         let cost = node.cost + node.cost_of(i);
                         if i == 0
                             || cost > self.k
-                            || !self.in_part(unit_key(node.sig, j, node.options[i]))
+                            || !self.in_part(extend_sig(node.sig, j, node.options[i]))
                         {
                             0.0
                         } else {
@@ -707,7 +706,7 @@ impl Bounded {
         self
     }
 
-    /// Whether the unit `key` ([`unit_key`]) belongs to this part (of a
+    /// Whether the unit `key` ([`extend_sig`]) belongs to this part (of a
     /// sharded search: by a hash, the same in every process).
     fn in_part(&self, key: u64) -> bool {
         let (i, n) = self.part;
@@ -755,13 +754,13 @@ impl Bounded {
             if !top.covered {
                 let next = (top.next + 1..top.options.len()).find(|&i| {
                     top.cost + top.cost_of(i) <= self.k
-                        && top.asleep & 1u64.checked_shl(top.options[i] as u32).unwrap_or(0) == 0
+                        && top.asleep & bit(top.options[i]) == 0
                         // At a shared node a preempting choice is a unit: it
                         // belongs to one part, and there to one job (a free
                         // choice stays in the shared tree).
                         && (!top.shared
                             || top.cost_of(i) == 0
-                            || self.owns(unit_key(top.sig, depth, top.options[i])))
+                            || self.owns(extend_sig(top.sig, depth, top.options[i])))
                 });
                 if let Some(i) = next {
                     if let Some(top) = self.stack.last_mut() {
@@ -934,13 +933,11 @@ impl Scheduler for Bounded {
             }
             options.extend(ids.iter().copied().filter(|&t| Some(t) != current));
             let asleep = if self.sleeping() {
-                self.sleep.iter().fold(0u64, |m, (t, _)| {
-                    m | 1u64.checked_shl(*t as u32).unwrap_or(0)
-                })
+                self.sleep.iter().fold(0u64, |m, (t, _)| m | bit(*t))
             } else {
                 0
             };
-            let is_asleep = |t: usize| asleep & 1u64.checked_shl(t as u32).unwrap_or(0) != 0;
+            let is_asleep = |t: usize| asleep & bit(t) != 0;
             let mut forced = false;
             if asleep != 0 && !current_runnable {
                 // Every choice is free here: go on with a thread that is
@@ -1160,7 +1157,7 @@ mod tests {
         let out = std::sync::Arc::new(std::sync::Mutex::new(BoundedStats::default()));
         let a = Bounded::new(2, None, out.clone()).job(0, claims.clone());
         let b = Bounded::new(2, None, out.clone()).job(1, claims.clone());
-        let (k3, k2) = (unit_key(SIG0, 3, 1), unit_key(SIG0, 2, 1));
+        let (k3, k2) = (extend_sig(SIG0, 3, 1), extend_sig(SIG0, 2, 1));
         assert!(a.owns(k3), "the first to ask runs it");
         assert!(!b.owns(k3), "and only it");
         assert!(b.owns(k2) && !a.owns(k2));
@@ -1170,14 +1167,14 @@ mod tests {
             .part(1, 2)
             .job(0, claims.clone());
         let outside = (0..64)
-            .map(|d| unit_key(SIG0, d, 1))
+            .map(|d| extend_sig(SIG0, d, 1))
             .find(|&k| !c.in_part(k))
             .expect("some unit is not in part 1");
         assert!(!c.owns(outside));
         assert!(!claims.lock().unwrap().contains(&outside));
         // A unit is named by the path to it: the same decision and thread
         // after another free deviation is another unit.
-        assert_ne!(unit_key(extend_sig(SIG0, 1, 2), 3, 1), k3);
+        assert_ne!(extend_sig(extend_sig(SIG0, 1, 2), 3, 1), k3);
         // Only job 0 counts the default path.
         assert!(!a.discovering() && b.discovering());
     }

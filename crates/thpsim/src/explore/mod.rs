@@ -345,11 +345,11 @@ impl Default for Shared {
     }
 }
 
-/// Wraps a shuttle scheduler: records every decision; stops when told.
 /// The number of the task every shuttle execution starts with: the
 /// scenario runner.
 const MAIN_TASK: usize = 0;
 
+/// Wraps a shuttle scheduler: records every decision; stops when told.
 struct Recorder<S> {
     inner: S,
     shared: Arc<Mutex<Shared>>,
@@ -939,8 +939,8 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
             let reduce = matches!(opts.strategy, Strategy::Bounded { .. });
             let claims = bounded::Claims::default();
             // The shard's part of the tree (the slice's residue class of
-            // first deviations; see `bounded`), walked by the jobs together,
-            // each with counts of its own.
+            // units; see `bounded`), walked by the jobs together, each with
+            // counts of its own.
             let r = run_jobs(&p, &search, slice, jobs, |part| {
                 let stats = Arc::new(Mutex::new(bounded::BoundedStats::default()));
                 bounded_stats
@@ -948,8 +948,8 @@ pub fn explore(scn: &Scenario, opts: &ExploreOptions) -> Result<ExploreReport, S
                     .unwrap_or_else(|p| p.into_inner())
                     .push(stats.clone());
                 // The jobs share the shard's part of the tree and claim its
-                // first deviations as they reach them (`Bounded::job`), so a
-                // job never idles while another has a large subtree left.
+                // units as they reach them (`Bounded::job`), so a job never
+                // idles while another has a large unit left.
                 let job = ((part.start - slice.start) / slice.step.max(1)) as usize;
                 let mut b =
                     bounded::Bounded::new(preemptions, limit, stats).part(slice.start, slice.step);

@@ -645,14 +645,14 @@ impl<E: Engine> Machine<E> {
                         Interleaving::Fixed => self.together_fixed(t)?,
                         Interleaving::Concurrent => self.together_concurrent(idx)?,
                     }
-                    // A bounded search's execution that ended the last block
-                    // as an earlier one did has nothing new to check.
+                    // A search's execution that ended the last block as an
+                    // earlier one did has nothing new to check.
                     if self.interleaving == Interleaving::Concurrent
                         && !self.dead()
                         && !self.scn.items[idx + 1..]
                             .iter()
                             .any(|it| matches!(it, Item::Together(_)))
-                        && crate::explore::bounded::repeat_of_seen_block()
+                        && crate::explore::repeat_of_seen_block()
                     {
                         break;
                     }

@@ -443,11 +443,10 @@ thread_local! {
     /// The trace fingerprint of the running execution so far, when exact
     /// (`None`: not a reduced bounded search, or the clocks overflowed).
     static TRACE: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
-    /// The traces the last `together` block of earlier executions of this
-    /// job ended in ([`repeat_of_seen_block`]).
-    static ENDS: std::cell::RefCell<EndTable> = const {
-        std::cell::RefCell::new(EndTable { slots: Vec::new() })
-    };
+    /// How the last `together` block of earlier executions of this search
+    /// job ended ([`super::repeat_of_seen_block`]); `None` outside a search
+    /// job or replay (a `thpsim run` never skips).
+    static ENDS: std::cell::RefCell<Option<EndTable>> = const { std::cell::RefCell::new(None) };
 }
 
 /// The traces met at the end of the last `together` block: a direct-mapped
@@ -475,26 +474,39 @@ impl EndTable {
     }
 }
 
-/// Forgets the running execution's trace: a run that is no reduced
-/// bounded search (a replay, another strategy) has none. Called before each
-/// search or replay on this OS thread; [`Bounded`] sets it again for its
-/// own executions.
+/// Forgets the running execution's trace and every block end met so far:
+/// a run that is no reduced bounded search (a replay, another strategy) has
+/// no trace, and the ends of another search (another scenario, or the same
+/// one with other fixes reverted, so another machine) say nothing about
+/// this one's. Called at the start of each search job or replay on this OS
+/// thread; [`Bounded`] sets the trace again for its own executions.
 pub fn forget_trace() {
     TRACE.with(|t| t.set(None));
+    ENDS.with(|e| *e.borrow_mut() = Some(EndTable { slots: Vec::new() }));
 }
 
-/// Called by the runner after the scenario's last `together` block: whether
-/// an earlier execution of this job ended that block with the same trace
-/// (the same order of every pair of dependent steps, so the same machine),
-/// recording this one's if not. Everything after the last block runs on one
-/// CPU with no decision, so it would repeat that execution's steps and
-/// checks exactly, which passed (a failure ends the search): the runner
-/// skips them. Always false outside a reduced bounded search.
-pub fn repeat_of_seen_block() -> bool {
-    let Some(fp) = TRACE.with(|t| t.get()) else {
-        return false;
-    };
-    ENDS.with(|e| e.borrow_mut().seen_or_insert(fp))
+/// Ends a search job or replay on this OS thread: no end is recorded or
+/// met until the next [`forget_trace`].
+pub fn end_search() {
+    TRACE.with(|t| t.set(None));
+    ENDS.with(|e| *e.borrow_mut() = None);
+}
+
+/// The running execution's trace fingerprint, when it is a reduced bounded
+/// search's and exact.
+pub(super) fn trace() -> Option<(u64, u64)> {
+    TRACE.with(|t| t.get())
+}
+
+/// Whether `key` (a trace or a schedule that ended the last `together`
+/// block) was met by an earlier execution of this job; records it if not.
+/// Always false outside a search job or replay.
+pub(super) fn seen_block_end(key: (u64, u64)) -> bool {
+    ENDS.with(|e| {
+        e.borrow_mut()
+            .as_mut()
+            .is_some_and(|t| t.seen_or_insert(key))
+    })
 }
 
 fn set_discovering(v: bool) {
@@ -1119,15 +1131,21 @@ mod tests {
     }
 
     #[test]
-    fn an_end_trace_repeats_only_when_met_exactly_and_never_outside_a_search() {
+    fn an_end_repeats_only_when_met_exactly_within_one_search() {
         let mut t = EndTable { slots: Vec::new() };
         assert!(!t.seen_or_insert((1, 2)), "first meeting");
         assert!(t.seen_or_insert((1, 2)));
         assert!(!t.seen_or_insert((1, 3)), "another trace");
         assert!(!t.seen_or_insert((0, 0)) && !t.seen_or_insert((0, 0)));
-        // Outside a reduced bounded search there is no trace to repeat.
+        // Outside a search nothing repeats; a new search forgets the ends
+        // of the last.
+        end_search();
+        assert!(!seen_block_end((1, 2)) && !seen_block_end((1, 2)));
         forget_trace();
-        assert!(!repeat_of_seen_block() && !repeat_of_seen_block());
+        assert!(!seen_block_end((1, 2)) && seen_block_end((1, 2)));
+        forget_trace();
+        assert!(!seen_block_end((1, 2)));
+        end_search();
     }
 
     #[test]

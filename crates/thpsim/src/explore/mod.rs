@@ -264,6 +264,35 @@ impl ExecLog {
     }
 }
 
+/// Called by the runner after the scenario's last `together` block: whether
+/// an earlier execution of this search job ended that block with the same
+/// machine, recording this one's end if not. Two executions end the block
+/// with the same machine when they made the same decisions up to its end
+/// (every execution starts from the same state, and the model is
+/// deterministic given its decisions), and, in a reduced bounded search,
+/// when they ordered every pair of dependent steps alike (the same trace,
+/// [`bounded`]). Everything after the last block runs on one CPU with no
+/// decision, so it would repeat that earlier execution's steps and checks
+/// exactly, which passed (a failure ends the search): the runner skips them.
+/// The table is emptied at the start of every search job and replay
+/// ([`bounded::forget_trace`]), so a replay never skips anything.
+pub fn repeat_of_seen_block() -> bool {
+    let key = bounded::trace().unwrap_or_else(|| {
+        EXEC_LOG.with(|l| {
+            let l = l.borrow();
+            // Two independent hashes of the decisions made so far, told
+            // apart from traces by a tag.
+            let (mut a, mut b) = (0x5c4e_d01e_u64, 0x0b10_c4e7_u64);
+            for (c, _) in &l.points {
+                a = sched::mix(a ^ u64::from(*c));
+                b = b.rotate_left(5).wrapping_mul(0x0100_0000_01b3) ^ u64::from(*c);
+            }
+            (a ^ l.points.len() as u64, sched::mix(b))
+        })
+    });
+    bounded::seen_block_end(key)
+}
+
 fn default_choice(current: Option<usize>, runnable: &[usize]) -> usize {
     match current {
         Some(c) if runnable.contains(&c) => c,
@@ -599,6 +628,7 @@ fn drive<S: Scheduler + 'static>(
         });
     }));
     ShuttleEngine::stop_counting();
+    bounded::end_search();
     // The last execution's decisions, for the switch list of a failure.
     shared.lock().unwrap_or_else(|p| p.into_inner()).log = EXEC_LOG.with(|l| ExecLog {
         points: l.borrow().points.clone(),

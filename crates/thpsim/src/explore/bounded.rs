@@ -474,19 +474,20 @@ impl EndTable {
     }
 }
 
-/// Forgets the running execution's trace and every block end met so far:
+/// Starts a search job or replay on this OS thread: forgets the running
+/// execution's trace and every block end met so far:
 /// a run that is no reduced bounded search (a replay, another strategy) has
 /// no trace, and the ends of another search (another scenario, or the same
 /// one with other fixes reverted, so another machine) say nothing about
 /// this one's. Called at the start of each search job or replay on this OS
 /// thread; [`Bounded`] sets the trace again for its own executions.
-pub fn forget_trace() {
+pub fn start_search() {
     TRACE.with(|t| t.set(None));
     ENDS.with(|e| *e.borrow_mut() = Some(EndTable { slots: Vec::new() }));
 }
 
 /// Ends a search job or replay on this OS thread: no end is recorded or
-/// met until the next [`forget_trace`].
+/// met until the next [`start_search`].
 pub fn end_search() {
     TRACE.with(|t| t.set(None));
     ENDS.with(|e| *e.borrow_mut() = None);
@@ -1141,9 +1142,9 @@ mod tests {
         // of the last.
         end_search();
         assert!(!seen_block_end((1, 2)) && !seen_block_end((1, 2)));
-        forget_trace();
+        start_search();
         assert!(!seen_block_end((1, 2)) && seen_block_end((1, 2)));
-        forget_trace();
+        start_search();
         assert!(!seen_block_end((1, 2)));
         end_search();
     }

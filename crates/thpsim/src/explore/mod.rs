@@ -262,6 +262,17 @@ impl ExecLog {
         // splitmix64's finalizer: FNV's low bits mix poorly.
         sched::mix(h)
     }
+    /// Two independent 64-bit hashes of the choices so far, told apart from
+    /// a bounded search's traces by a tag: the key of a block end
+    /// ([`repeat_of_seen_block`]).
+    fn decisions_key(&self) -> (u64, u64) {
+        let (mut a, mut b) = (0x5c4e_d01e_u64, 0x0b10_c4e7_u64);
+        for (c, _) in &self.points {
+            a = sched::mix(a ^ u64::from(*c));
+            b = b.rotate_left(5).wrapping_mul(0x0100_0000_01b3) ^ u64::from(*c);
+        }
+        (a ^ self.points.len() as u64, sched::mix(b))
+    }
 }
 
 /// Called by the runner after the scenario's last `together` block: whether
@@ -275,21 +286,9 @@ impl ExecLog {
 /// decision, so it would repeat that earlier execution's steps and checks
 /// exactly, which passed (a failure ends the search): the runner skips them.
 /// The table is emptied at the start of every search job and replay
-/// ([`bounded::forget_trace`]), so a replay never skips anything.
+/// ([`bounded::start_search`]), so a replay never skips anything.
 pub fn repeat_of_seen_block() -> bool {
-    let key = bounded::trace().unwrap_or_else(|| {
-        EXEC_LOG.with(|l| {
-            let l = l.borrow();
-            // Two independent hashes of the decisions made so far, told
-            // apart from traces by a tag.
-            let (mut a, mut b) = (0x5c4e_d01e_u64, 0x0b10_c4e7_u64);
-            for (c, _) in &l.points {
-                a = sched::mix(a ^ u64::from(*c));
-                b = b.rotate_left(5).wrapping_mul(0x0100_0000_01b3) ^ u64::from(*c);
-            }
-            (a ^ l.points.len() as u64, sched::mix(b))
-        })
-    });
+    let key = bounded::trace().unwrap_or_else(|| EXEC_LOG.with(|l| l.borrow().decisions_key()));
     bounded::seen_block_end(key)
 }
 
@@ -570,7 +569,7 @@ fn drive<S: Scheduler + 'static>(
 ) -> (Outputs, bool) {
     let outputs = Arc::new(Mutex::new(Outputs::default()));
     // No trace of an earlier search on this thread may cut this run short.
-    bounded::forget_trace();
+    bounded::start_search();
     let search = shared
         .lock()
         .unwrap_or_else(|p| p.into_inner())

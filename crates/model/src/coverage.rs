@@ -4,9 +4,16 @@
 //!
 //! Models: nothing in the kernel; this is the explorer's evidence that a clean
 //! search ran the race path (DESIGN.md, "What a search must say"). It is off
-//! unless the runner turns it on, it is written only by the CPU that runs (so
-//! it is plain std state, never a scheduling point), and it never changes what
-//! the model does.
+//! unless the runner turns it on, it never creates a scheduling point, and it
+//! never changes what the model does.
+//!
+//! Each CPU records into its own [`CpuCoverage`] (held by its `Cpu`, plain
+//! per-thread state: no lock on the path every kernel function takes) and
+//! hands what it recorded to the machine's [`Coverage`] when it is dropped or
+//! flushed; the runner reads the machine's sink after the block's threads
+//! have ended. Which CPUs are inside active code is shared (the overlaps):
+//! one bit per CPU in atomic words, set and cleared only on a CPU's
+//! outermost entry and exit.
 //!
 //! A mark is a named point on a path, placed where the kernel decides
 //! something a race depends on (`split_huge_page_to_list: unmap_page
@@ -16,8 +23,9 @@
 //! scenario is about, and the explorer says so.
 
 use serde::Serialize;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// A named point on a kernel path.
@@ -57,18 +65,67 @@ pub struct ExecCoverage {
     pub overlaps: BTreeSet<(usize, usize)>,
 }
 
-/// What the sink gathers, kept for speed: a kernel function is entered on
-/// every call of `Cpu::func`, so its count is found by the name's address (a
-/// linear scan of the few functions an execution enters, with no string
-/// compare), and the maps of [`ExecCoverage`] are built when it is read.
-/// Two copies of one name at different addresses are two entries here and
-/// one in [`ExecCoverage`].
+/// What one CPU recorded and has not handed to its machine's sink yet. A
+/// kernel function is entered on every call of `Cpu::func`, so its count is
+/// found by the name's address (a hash slot, else a linear scan of the few
+/// functions a CPU enters; no string compare), and the maps of
+/// [`ExecCoverage`] are built when the machine's sink is read. Two copies of
+/// one name at different addresses are two entries here and one in
+/// [`ExecCoverage`].
+#[derive(Debug, Default)]
+pub struct CpuCoverage {
+    /// How deep the CPU is in active code (kernel functions, user accesses).
+    depth: Cell<u32>,
+    rec: RefCell<Local>,
+}
+
+/// The records of [`CpuCoverage`].
+#[derive(Debug)]
+struct Local {
+    /// Where a call's entry was last found, by a hash of the name's address
+    /// (index + 1 into `calls`; 0: none): most calls find it there at once.
+    slots: [u16; SLOTS],
+    calls: Vec<(&'static str, u64)>,
+    marks: Vec<(Mark, u64)>,
+    /// The other CPUs found active when this one became active.
+    overlaps: BTreeSet<usize>,
+}
+
+impl Default for Local {
+    fn default() -> Self {
+        Local {
+            slots: [0; SLOTS],
+            calls: Vec::new(),
+            marks: Vec::new(),
+            overlaps: BTreeSet::new(),
+        }
+    }
+}
+
+impl Local {
+    fn is_empty(&self) -> bool {
+        self.calls.is_empty() && self.marks.is_empty() && self.overlaps.is_empty()
+    }
+}
+
+/// The size of [`Local`]'s table of slots.
+const SLOTS: usize = 64;
+
+/// The slot of a call of `name`: a hash of the name's address.
+fn slot_of(name: &'static str) -> usize {
+    let a = name.as_ptr() as u64;
+    (a.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SLOTS
+}
+
+/// The same `&'static str` (address and length): no compare of the bytes.
+fn same_name(a: &'static str, b: &'static str) -> bool {
+    std::ptr::eq(a, b)
+}
+
+/// What the CPUs handed to the machine's sink: their records appended (a
+/// name may appear more than once; [`Sink::exec`] adds them up).
 #[derive(Clone, Debug, Default)]
 struct Sink {
-    /// Where a call's entry was last found, by a hash of the name's address
-    /// and the CPU (index + 1 into `calls`; 0: none): most calls find their
-    /// entry there at once.
-    slots: Vec<u16>,
     calls: Vec<((usize, &'static str), u64)>,
     marks: Vec<((usize, Mark), u64)>,
     overlaps: BTreeSet<(usize, usize)>,
@@ -88,27 +145,22 @@ impl Sink {
     }
 }
 
-/// The size of [`Sink`]'s table of slots.
-const SLOTS: usize = 256;
-
-/// The slot of a call of `name` on `cpu`: a hash of the name's address.
-fn slot_of(cpu: usize, name: &'static str) -> usize {
-    let a = name.as_ptr() as u64 ^ ((cpu as u64) << 56);
-    (a.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % SLOTS
-}
-
-/// The same `&'static str` (address and length): no compare of the bytes.
-fn same_name(a: &'static str, b: &'static str) -> bool {
-    std::ptr::eq(a, b)
-}
+/// The CPUs whose activity is kept in atomic words (the others, in
+/// [`Coverage::active_high`]).
+const ACTIVE_WORDS: usize = 4;
+const LOW_CPUS: usize = ACTIVE_WORDS * 64;
 
 /// The coverage sink of one machine.
 #[derive(Default)]
 pub struct Coverage {
     on: AtomicBool,
     data: Mutex<Sink>,
-    /// Per CPU: how deep it is in active code (kernel functions, user accesses).
-    active: Mutex<Vec<u32>>,
+    /// The CPUs inside active code: bit `c % 64` of word `c / 64`.
+    active: [AtomicU64; ACTIVE_WORDS],
+    /// Active CPUs from [`LOW_CPUS`] on (rare: a block of that many threads).
+    active_high: Mutex<BTreeSet<usize>>,
+    /// How many CPUs `active_high` holds (read without its lock).
+    high_count: AtomicUsize,
 }
 
 impl Coverage {
@@ -125,105 +177,144 @@ impl Coverage {
         self.data.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A kernel function entered on `cpu`.
-    pub fn call(&self, cpu: usize, name: &'static str) {
-        if self.enabled() {
-            let mut guard = self.lock();
-            let d = &mut *guard;
-            if d.slots.is_empty() {
-                d.slots = vec![0; SLOTS];
+    fn high(&self) -> std::sync::MutexGuard<'_, BTreeSet<usize>> {
+        self.active_high.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A kernel function entered on the CPU that owns `local`.
+    pub fn call(&self, local: &CpuCoverage, name: &'static str) {
+        if !self.enabled() {
+            return;
+        }
+        let mut guard = local.rec.borrow_mut();
+        let d = &mut *guard;
+        let h = slot_of(name);
+        let hit = (d.slots[h] as usize)
+            .checked_sub(1)
+            .filter(|&i| same_name(d.calls[i].0, name));
+        let i = match hit.or_else(|| d.calls.iter().position(|(n, _)| same_name(n, name))) {
+            Some(i) => i,
+            None => {
+                d.calls.push((name, 0));
+                d.calls.len() - 1
             }
-            let h = slot_of(cpu, name);
-            let hit = (d.slots[h] as usize).checked_sub(1).filter(|&i| {
-                let ((c, n), _) = d.calls[i];
-                c == cpu && same_name(n, name)
-            });
-            let i = match hit.or_else(|| {
-                d.calls
-                    .iter()
-                    .position(|((c, n), _)| *c == cpu && same_name(n, name))
-            }) {
-                Some(i) => i,
-                None => {
-                    d.calls.push(((cpu, name), 0));
-                    d.calls.len() - 1
-                }
-            };
-            d.calls[i].1 += 1;
-            if let Ok(slot) = u16::try_from(i + 1) {
-                d.slots[h] = slot;
-            }
+        };
+        d.calls[i].1 += 1;
+        if let Ok(slot) = u16::try_from(i + 1) {
+            d.slots[h] = slot;
         }
     }
 
-    /// A mark passed on `cpu`.
-    pub fn mark(&self, cpu: usize, mark: Mark) {
-        if self.enabled() {
-            let mut d = self.lock();
-            match d.marks.iter_mut().find(|((c, m), _)| {
-                *c == cpu && same_name(m.name, mark.name) && m.gives_up == mark.gives_up
-            }) {
-                Some((_, count)) => *count += 1,
-                None => d.marks.push(((cpu, mark), 1)),
-            }
+    /// A mark passed on the CPU that owns `local`.
+    pub fn mark(&self, local: &CpuCoverage, mark: Mark) {
+        if !self.enabled() {
+            return;
+        }
+        let mut d = local.rec.borrow_mut();
+        match d
+            .marks
+            .iter_mut()
+            .find(|(m, _)| same_name(m.name, mark.name) && m.gives_up == mark.gives_up)
+        {
+            Some((_, count)) => *count += 1,
+            None => d.marks.push((mark, 1)),
         }
     }
 
-    /// `cpu` enters active code (nested entries count once). Returns whether
-    /// it was recorded (coverage on): only then must [`Coverage::leave`]
-    /// follow.
-    pub fn enter(&self, cpu: usize) -> bool {
+    /// `cpu` (owning `local`) enters active code (nested entries count
+    /// once). Returns whether it was recorded (coverage on): only then must
+    /// [`Coverage::leave`] follow.
+    pub fn enter(&self, local: &CpuCoverage, cpu: usize) -> bool {
         if !self.enabled() {
             return false;
         }
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if active.len() <= cpu {
-            active.resize(cpu + 1, 0);
+        let depth = local.depth.get() + 1;
+        local.depth.set(depth);
+        if depth > 1 {
+            return true;
         }
-        active[cpu] += 1;
-        if active[cpu] == 1 && (0..active.len()).any(|c| c != cpu && active[c] > 0) {
-            // Lock order: `active`, then `data` (`copy` takes them one at a
-            // time); no allocation on this path, which every outermost
-            // kernel entry takes.
-            let mut d = self.lock();
-            for c in (0..active.len()).filter(|&c| c != cpu && active[c] > 0) {
-                d.overlaps.insert((c.min(cpu), c.max(cpu)));
+        // Set our bit, then read the others' (SeqCst: of two CPUs entering
+        // at once under the std engine, at least one sees the other).
+        if cpu < LOW_CPUS {
+            self.active[cpu / 64].fetch_or(1 << (cpu % 64), Ordering::SeqCst);
+        } else {
+            self.high().insert(cpu);
+            self.high_count.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut others: Option<std::cell::RefMut<'_, Local>> = None;
+        for (w, word) in self.active.iter().enumerate() {
+            let mut bits = word.load(Ordering::SeqCst);
+            while bits != 0 {
+                let c = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if c != cpu {
+                    others
+                        .get_or_insert_with(|| local.rec.borrow_mut())
+                        .overlaps
+                        .insert(c);
+                }
             }
+        }
+        if self.high_count.load(Ordering::SeqCst) > usize::from(cpu >= LOW_CPUS) {
+            let high: Vec<usize> = self.high().iter().copied().filter(|&c| c != cpu).collect();
+            let mut d = others.unwrap_or_else(|| local.rec.borrow_mut());
+            d.overlaps.extend(high);
         }
         true
     }
 
-    /// `cpu` leaves active code.
-    pub fn leave(&self, cpu: usize) {
-        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(a) = active.get_mut(cpu) {
-            *a = a.saturating_sub(1);
+    /// `cpu` (owning `local`) leaves active code.
+    pub fn leave(&self, local: &CpuCoverage, cpu: usize) {
+        let depth = local.depth.get().saturating_sub(1);
+        local.depth.set(depth);
+        if depth > 0 {
+            return;
         }
+        if cpu < LOW_CPUS {
+            self.active[cpu / 64].fetch_and(!(1 << (cpu % 64)), Ordering::SeqCst);
+        } else if self.high().remove(&cpu) {
+            self.high_count.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Hands what `cpu` recorded in `local` to this sink (a `Cpu` does so
+    /// when it is dropped).
+    pub fn flush(&self, local: &CpuCoverage, cpu: usize) {
+        let mut rec = local.rec.borrow_mut();
+        if rec.is_empty() {
+            return;
+        }
+        let rec = std::mem::take(&mut *rec);
+        let mut d = self.lock();
+        d.calls
+            .extend(rec.calls.iter().map(|&(name, n)| ((cpu, name), n)));
+        d.marks
+            .extend(rec.marks.iter().map(|&(m, n)| ((cpu, m), n)));
+        d.overlaps
+            .extend(rec.overlaps.iter().map(|&c| (c.min(cpu), c.max(cpu))));
     }
 
     /// A copy of the sink for a copy of the machine (`Kernel::snapshot`):
-    /// whether it records, what it recorded, and how deep each CPU is in
+    /// whether it records, what was handed to it, and which CPUs are inside
     /// active code.
     pub fn copy(&self) -> Coverage {
         let data = self.lock().clone();
-        let active = self
-            .active
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let high = self.high().clone();
         Coverage {
             on: AtomicBool::new(self.enabled()),
             data: Mutex::new(data),
-            active: Mutex::new(active),
+            active: std::array::from_fn(|w| AtomicU64::new(self.active[w].load(Ordering::SeqCst))),
+            high_count: AtomicUsize::new(high.len()),
+            active_high: Mutex::new(high),
         }
     }
 
-    /// What was recorded so far.
+    /// What was handed to the sink so far.
     pub fn snapshot(&self) -> ExecCoverage {
         self.lock().exec()
     }
 
-    /// What was recorded so far, and starts afresh.
+    /// What was handed to the sink so far, and starts afresh.
     pub fn take(&self) -> ExecCoverage {
         std::mem::take(&mut *self.lock()).exec()
     }
@@ -236,27 +327,82 @@ mod tests {
     #[test]
     fn records_only_when_on_and_sees_overlaps() {
         let c = Coverage::default();
-        c.call(0, "f");
-        assert!(!c.enter(0));
+        let cpus: Vec<CpuCoverage> = (0..3).map(|_| CpuCoverage::default()).collect();
+        c.call(&cpus[0], "f");
+        assert!(!c.enter(&cpus[0], 0));
+        c.flush(&cpus[0], 0);
         assert_eq!(c.snapshot(), ExecCoverage::default());
         c.set_enabled(true);
-        assert!(c.enter(0));
-        c.call(0, "f");
-        c.call(0, "f");
-        c.mark(1, Mark::gives_up("g"));
-        c.enter(1); // CPU0 is still active
+        assert!(c.enter(&cpus[0], 0));
+        c.call(&cpus[0], "f");
+        c.call(&cpus[0], "f");
+        c.mark(&cpus[1], Mark::gives_up("g"));
+        c.enter(&cpus[1], 1); // CPU0 is still active
+        assert_eq!(c.snapshot(), ExecCoverage::default(), "not handed over yet");
+        c.flush(&cpus[0], 0);
+        c.flush(&cpus[1], 1);
         let s = c.snapshot();
         assert_eq!(s.calls[&(0, "f")], 2);
         assert_eq!(s.marks[&(1, Mark::gives_up("g"))], 1);
         assert!(s.overlaps.contains(&(0, 1)));
-        // The same name at another address counts as the same function.
+        // The same name at another address counts as the same function,
+        // and a second hand-over adds to the first.
         let other: &'static str = String::from("f").leak();
-        c.call(0, other);
+        c.call(&cpus[0], other);
+        c.flush(&cpus[0], 0);
         assert_eq!(c.snapshot().calls[&(0, "f")], 3);
-        c.leave(0);
-        c.leave(1);
-        c.enter(2);
+        c.leave(&cpus[0], 0);
+        c.leave(&cpus[1], 1);
+        c.enter(&cpus[2], 2);
+        c.flush(&cpus[2], 2);
         assert_eq!(c.snapshot().overlaps.len(), 1, "CPU2 ran alone");
+        assert_eq!(c.take().calls[&(0, "f")], 3);
+        assert_eq!(c.snapshot(), ExecCoverage::default(), "taken");
+    }
+
+    /// Nested entries count once: the CPU stays active until its outermost
+    /// exit.
+    #[test]
+    fn a_cpu_is_active_until_its_outermost_exit() {
+        let c = Coverage::default();
+        c.set_enabled(true);
+        let (a, b) = (CpuCoverage::default(), CpuCoverage::default());
+        c.enter(&a, 0);
+        c.enter(&a, 0);
+        c.leave(&a, 0);
+        c.enter(&b, 1);
+        c.flush(&b, 1);
+        assert!(c.snapshot().overlaps.contains(&(0, 1)), "CPU0 still inside");
+        c.leave(&b, 1);
+        c.leave(&a, 0);
+        let late = CpuCoverage::default();
+        c.enter(&late, 1);
+        c.flush(&late, 1);
+        assert_eq!(c.take().overlaps.len(), 1);
+    }
+
+    /// CPUs past the atomic words overlap with the others as well.
+    #[test]
+    fn high_cpus_overlap_too() {
+        let c = Coverage::default();
+        c.set_enabled(true);
+        let (a, b, d) = (
+            CpuCoverage::default(),
+            CpuCoverage::default(),
+            CpuCoverage::default(),
+        );
+        c.enter(&a, LOW_CPUS + 3);
+        c.enter(&b, 5);
+        c.enter(&d, LOW_CPUS + 7);
+        for (l, cpu) in [(&a, LOW_CPUS + 3), (&b, 5), (&d, LOW_CPUS + 7)] {
+            c.flush(l, cpu);
+        }
+        let o = c.take().overlaps;
+        assert!(o.contains(&(5, LOW_CPUS + 3)));
+        assert!(o.contains(&(LOW_CPUS + 3, LOW_CPUS + 7)));
+        assert!(o.contains(&(5, LOW_CPUS + 7)));
+        c.leave(&a, LOW_CPUS + 3);
+        assert_eq!(c.high_count.load(Ordering::SeqCst), 1);
     }
 }
 
@@ -265,18 +411,22 @@ mod copy_tests {
     use super::*;
 
     /// A copy of the sink records on as the original would: the same
-    /// switch, what was recorded, and which CPUs are inside active code
+    /// switch, what was handed over, and which CPUs are inside active code
     /// (an overlap with a CPU still active is seen by the copy).
     #[test]
     fn a_copy_keeps_the_switch_the_records_and_the_active_cpus() {
         let c = Coverage::default();
         c.set_enabled(true);
-        c.call(0, "f");
-        assert!(c.enter(1));
+        let (a, b) = (CpuCoverage::default(), CpuCoverage::default());
+        c.call(&a, "f");
+        c.flush(&a, 0);
+        assert!(c.enter(&b, 1));
         let copy = c.copy();
         assert!(copy.enabled());
         assert_eq!(copy.snapshot(), c.snapshot());
-        copy.enter(0);
+        let a2 = CpuCoverage::default();
+        copy.enter(&a2, 0);
+        copy.flush(&a2, 0);
         assert!(copy.snapshot().overlaps.contains(&(0, 1)));
         assert!(c.snapshot().overlaps.is_empty(), "independent");
         let off = Coverage::default().copy();

@@ -20,6 +20,15 @@ pub struct Cpu<E: Engine> {
     pub id: CpuId,
     held: RefCell<HeldLocks>,
     stack: RefCell<Vec<&'static str>>,
+    /// What this CPU reached, handed to the machine's sink when it is
+    /// dropped (no lock on the path of every kernel function).
+    cov: crate::coverage::CpuCoverage,
+}
+
+impl<E: Engine> Drop for Cpu<E> {
+    fn drop(&mut self) {
+        self.k.coverage.flush(&self.cov, self.id.0);
+    }
 }
 
 /// Pops the function from the CPU's stack when dropped.
@@ -32,7 +41,7 @@ impl<E: Engine> Drop for FuncGuard<'_, E> {
     fn drop(&mut self) {
         self.cpu.stack.borrow_mut().pop();
         if self.active {
-            self.cpu.k.coverage.leave(self.cpu.id.0);
+            self.cpu.k.coverage.leave(&self.cpu.cov, self.cpu.id.0);
         }
     }
 }
@@ -46,7 +55,7 @@ pub struct ActiveGuard<'a, E: Engine> {
 impl<E: Engine> Drop for ActiveGuard<'_, E> {
     fn drop(&mut self) {
         if self.active {
-            self.cpu.k.coverage.leave(self.cpu.id.0);
+            self.cpu.k.coverage.leave(&self.cpu.cov, self.cpu.id.0);
         }
     }
 }
@@ -58,6 +67,7 @@ impl<E: Engine> Cpu<E> {
             id,
             held: RefCell::new(HeldLocks::default()),
             stack: RefCell::new(Vec::new()),
+            cov: Default::default(),
         }
     }
 
@@ -69,21 +79,21 @@ impl<E: Engine> Cpu<E> {
             crate::kernel::TraceEvent::Enter(name),
             self.stack.borrow().len(),
         );
-        self.k.coverage.call(self.id.0, name);
-        let active = self.k.coverage.enter(self.id.0);
+        self.k.coverage.call(&self.cov, name);
+        let active = self.k.coverage.enter(&self.cov, self.id.0);
         FuncGuard { cpu: self, active }
     }
 
     /// The CPU runs user code that touches shared state (a user access), for
     /// coverage's overlap of CPUs.
     pub fn user_active(&self) -> ActiveGuard<'_, E> {
-        let active = self.k.coverage.enter(self.id.0);
+        let active = self.k.coverage.enter(&self.cov, self.id.0);
         ActiveGuard { cpu: self, active }
     }
 
     /// Passes a named mark of a kernel path (coverage; also a trace note).
     pub fn mark(&self, mark: crate::coverage::Mark) {
-        self.k.coverage.mark(self.id.0, mark);
+        self.k.coverage.mark(&self.cov, mark);
         self.note(|| mark.name.to_string());
     }
 

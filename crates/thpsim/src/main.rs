@@ -146,9 +146,21 @@ enum Command {
     },
     /// Benchmarks (figures for docs/PERFORMANCE.md). `races`: interleavings per
     /// second with each fix, time to the first failure with it reverted.
+    /// `kernel`: each workload on the live kernel, through `thpsim run` and
+    /// on the raw model, alternately, with the ratios (Linux, root; changes
+    /// THP settings under the live runner's lock and puts them back).
     Bench {
-        #[arg(value_parser = ["races"])]
+        #[arg(value_parser = ["races", "kernel"])]
         what: String,
+        /// `kernel`: rounds of each workload (figures are min/median/max).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// `kernel`: only these workloads (comma-separated names).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// `kernel`: JSON lines instead of the Markdown table.
+        #[arg(long)]
+        json: bool,
         /// Seeds per strategy for the time to the first failure.
         #[arg(long, default_value_t = 20)]
         seeds: u64,
@@ -406,6 +418,38 @@ fn merge(files: &[String], json: bool) -> ExitCode {
     ExitCode::from(merged.exit_code())
 }
 
+/// `thpsim bench kernel`: the model beside the live kernel.
+fn bench_kernel(rounds: usize, only: &[String], json: bool) -> ExitCode {
+    if let Err(e) = thpsim_live::environment() {
+        eprintln!("error: cannot benchmark against the kernel here: {e}");
+        return ExitCode::from(2);
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    let figs = thpsim::bench::kernel::run(rounds, only, |name| {
+        eprintln!("bench kernel: {name} ({rounds} rounds)");
+    });
+    match figs {
+        Ok(figs) if json => {
+            for f in &figs {
+                let mut v = serde_json::to_value(f).unwrap_or_default();
+                v["kernel_release"] = serde_json::Value::from(release.clone());
+                emit(&format!("{v}\n"));
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(figs) => {
+            emit(&thpsim::bench::kernel::table(&figs, &release));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// `thpsim conform --generate N --seed S`: generated scenarios on the model and
 /// the running kernel; stops at the first that differs and prints it.
 fn conform_generated(n: u64, seed: u64, steps: usize, swap: bool, json: bool) -> ExitCode {
@@ -499,6 +543,11 @@ fn invalid(e: thpsim_scenario::ScenarioError, name: &str, src: &str) -> ExitCode
 }
 
 fn main() -> ExitCode {
+    // A process `thpsim bench kernel` started to run one workload.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    if let Some(code) = thpsim_live::bench::serve_if_asked() {
+        return ExitCode::from(code);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Explore {
@@ -728,11 +777,17 @@ fn main() -> ExitCode {
             }
         }
         Command::Bench {
-            what: _,
+            what,
             seeds,
             iterations,
             max_iterations,
+            rounds,
+            only,
+            json,
         } => {
+            if what == "kernel" {
+                return bench_kernel(rounds, &only, json);
+            }
             emit(&thpsim::bench::races(seeds, iterations, max_iterations));
             ExitCode::SUCCESS
         }

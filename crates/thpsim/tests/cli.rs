@@ -484,3 +484,44 @@ fn explore_time_alone_searches_for_that_long() {
         r["executions"]
     );
 }
+
+/// `thpsim bench kernel` on the live kernel (opt-in: `THPSIM_LIVE=1`, root):
+/// one round of two small workloads, as a table and as JSON lines with a
+/// ratio for each path; an unknown workload is refused with exit 2.
+#[test]
+fn bench_kernel_prints_each_figure_with_its_ratio() {
+    let out = thpsim(&["bench", "kernel", "--only", "fault-9k"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    if let Err(e) = thpsim_live::live_tests_enabled() {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let out = thpsim(&[
+        "bench",
+        "kernel",
+        "--rounds",
+        "1",
+        "--only",
+        "munmap-1p-16m,fork-chain-2-64m",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{out:?}");
+    assert!(stdout.contains("| munmap-1p-16m | always |"), "{stdout}");
+    assert!(stdout.contains("| fork-chain-2-64m | always |"), "{stdout}");
+    let out = thpsim(&[
+        "bench",
+        "kernel",
+        "--rounds",
+        "1",
+        "--only",
+        "munmap-1p-16m",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(v["type"], "bench-kernel");
+    for k in ["kernel", "run", "raw", "ratio_run", "ratio_raw"] {
+        let med = v[k]["median"].as_f64().expect(k);
+        assert!(med > 0.0 && med.is_finite(), "{k}: {v}");
+    }
+}

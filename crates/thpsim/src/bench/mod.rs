@@ -1,4 +1,5 @@
-//! `thpsim bench races`: the exploration figures of docs/PERFORMANCE.md.
+//! `thpsim bench races`: the exploration figures of docs/PERFORMANCE.md
+//! (`thpsim bench kernel`, the model beside the live kernel: [`kernel`]).
 //!
 //! For each bundled race scenario: interleavings per second on one core with
 //! the fix in (a clean search), and the time to the first failure with the fix
@@ -8,6 +9,8 @@
 //! one core: its schedules and time with the fix, and the time to the failure
 //! with the fix reverted. A bounded search is given [`BOUNDED_CAP_SECS`]: one
 //! that does not end by then is reported as not exhaustive, with what it ran.
+
+pub mod kernel;
 
 use crate::bundled::BUNDLED;
 use crate::explore::{explore, ExploreOptions, Strategy};

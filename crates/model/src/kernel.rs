@@ -137,6 +137,9 @@ pub struct Kernel<E: Engine> {
     /// Advanced by each memory check: a frame whose `data_touched` is older
     /// than the last check's epoch has not changed since.
     data_epoch: AtomicU64,
+    /// The frames written in the current data epoch (`Cpu::touch_data`),
+    /// for the incremental memory check; checker bookkeeping.
+    touched: Mutex<Vec<Pfn>>,
     trace: Arc<Mutex<Vec<TraceRecord>>>,
     /// What executions reached (off unless the runner turns it on).
     pub coverage: crate::coverage::Coverage,
@@ -178,6 +181,7 @@ impl<E: Engine> Kernel<E> {
             reports: Mutex::new(Vec::new()),
             tracing: AtomicBool::new(false),
             data_epoch: AtomicU64::new(1),
+            touched: Mutex::new(Vec::new()),
             trace: Arc::new(Mutex::new(Vec::new())),
             coverage: crate::coverage::Coverage::default(),
             mirrors: RwLock::new(Vec::new()),
@@ -298,6 +302,12 @@ impl<E: Engine> Kernel<E> {
             reports: Mutex::new(self.reports()),
             tracing: AtomicBool::new(self.tracing()),
             data_epoch: AtomicU64::new(self.data_epoch()),
+            touched: Mutex::new(
+                self.touched
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            ),
             trace: Arc::new(Mutex::new(
                 self.trace.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             )),
@@ -370,6 +380,20 @@ impl<E: Engine> Kernel<E> {
     /// moves later changes to the next epoch.
     pub fn begin_data_check(&self) -> u64 {
         self.data_epoch.fetch_add(1, SeqCst)
+    }
+
+    /// Notes a frame written in this epoch (`Cpu::touch_data`).
+    pub(crate) fn note_touched(&self, pfn: Pfn) {
+        self.touched
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(pfn);
+    }
+
+    /// The frames written since the last call (each once an epoch; call it
+    /// with [`Kernel::begin_data_check`]), and forgets them.
+    pub fn take_touched(&self) -> Vec<Pfn> {
+        std::mem::take(&mut *self.touched.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     pub fn set_tracing(&self, on: bool) {

@@ -411,11 +411,16 @@ impl<E: Engine> Cpu<E> {
         self.k.mem.page(pfn)
     }
 
-    /// Notes that the frame's bytes change now (for incremental checkers).
+    /// Notes that the frame's bytes change now (for incremental checkers):
+    /// its `data_touched` epoch, and the kernel's list of the frames written
+    /// since the last check (`Kernel::take_touched`) the first time in an
+    /// epoch.
     pub fn touch_data(&self, pfn: Pfn) {
-        self.page(pfn)
-            .data_touched
-            .store(self.k.data_epoch(), Ordering::Relaxed);
+        let epoch = self.k.data_epoch();
+        let before = self.page(pfn).data_touched.swap(epoch, Ordering::Relaxed);
+        if before != epoch {
+            self.k.note_touched(pfn);
+        }
     }
 
     /// Models compound_head(), include/linux/page-flags.h, v5.8.

@@ -19,6 +19,7 @@ use crate::engine::{Atomic, Engine};
 use crate::sync::{LockClass, SpinLock};
 use crate::types::Pfn;
 use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// Permission and status bits of a present leaf entry.
@@ -311,6 +312,12 @@ impl Upper {
 /// entry never made reads as 0 (none).
 pub struct TableBody<E: Engine> {
     entries: Box<[OnceLock<E::Atomic>]>,
+    /// Entries possibly changed since the quiescent-point checkers last
+    /// took them ([`TableBody::take_changed`]): one bit an entry, set by
+    /// every access that can write one ([`TableBody::raw`],
+    /// [`TableBody::made`]). Checker bookkeeping in std atomics: never a
+    /// scheduling point, never read by the model.
+    changed: Box<[AtomicU64]>,
     /// The split page-table lock (`ptlock_ptr(page)`).
     pub ptl: SpinLock<E>,
     /// `pmd_huge_pte`: page tables deposited for the huge PMDs of this PMD table
@@ -322,6 +329,9 @@ impl<E: Engine> TableBody<E> {
     pub fn new(entries: usize) -> Self {
         TableBody {
             entries: (0..entries).map(|_| OnceLock::new()).collect(),
+            changed: (0..entries.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             ptl: SpinLock::new(LockClass::PageTableLock),
             deposited: Mutex::new(Vec::new()),
         }
@@ -342,6 +352,11 @@ impl<E: Engine> TableBody<E> {
             .collect();
         TableBody {
             entries,
+            changed: self
+                .changed
+                .iter()
+                .map(|w| AtomicU64::new(w.load(Ordering::Relaxed)))
+                .collect(),
             ptl: self.ptl.snapshot(),
             deposited: Mutex::new(
                 self.deposited
@@ -353,14 +368,45 @@ impl<E: Engine> TableBody<E> {
     }
     /// Entry `i`, made (empty) if it was never used.
     pub fn raw(&self, i: usize) -> &E::Atomic {
+        self.note_changed(i);
         self.entries[i].get_or_init(|| E::Atomic::new(0))
+    }
+    /// Marks entry `i` as possibly changed (a load, and an atomic OR the
+    /// first time since the checkers took the marks).
+    fn note_changed(&self, i: usize) {
+        let (w, bit) = (&self.changed[i / 64], 1u64 << (i % 64));
+        if w.load(Ordering::Relaxed) & bit == 0 {
+            w.fetch_or(bit, Ordering::Relaxed);
+        }
+    }
+    /// The entries possibly changed since the last call (in index order),
+    /// and forgets them: for the quiescent-point checkers
+    /// (`check::watch`), which are their one reader.
+    pub fn take_changed(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (wi, w) in self.changed.iter().enumerate() {
+            let mut bits = if w.load(Ordering::Relaxed) == 0 {
+                0
+            } else {
+                w.swap(0, Ordering::Relaxed)
+            };
+            while bits != 0 {
+                out.push(wi * 64 + bits.trailing_zeros() as usize);
+                bits &= bits - 1;
+            }
+        }
+        out
     }
     /// Entry `i` if it was ever made. For a walk that may treat an entry never
     /// made as none without reading it: one under a lock that keeps entries
     /// from being made (free_pgtables() under mmap_lock for write, or of an
     /// mm no one else uses), or one of a frame no other CPU can reach yet.
     pub fn made(&self, i: usize) -> Option<&E::Atomic> {
-        self.entries[i].get()
+        let e = self.entries[i].get();
+        if e.is_some() {
+            self.note_changed(i);
+        }
+        e
     }
     /// Entry `i`'s value for checkers: no scheduling point, nothing made.
     pub fn peek(&self, i: usize) -> u64 {

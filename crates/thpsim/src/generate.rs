@@ -1742,6 +1742,7 @@ mod tests {
             &RunOptions {
                 geometry: Some(geometry),
                 reverts: vec![],
+                full_checks: false,
             },
         )
         .map_err(|e| format!("seed {seed}: invalid on {geometry:?}: {e}\n{}", g.text))?;
@@ -1857,6 +1858,7 @@ mod tests {
                 &crate::run::RunOptions {
                     geometry: Some(Geometry::Tiny),
                     reverts: Vec::new(),
+                    full_checks: false,
                 },
             )
             .expect("valid");

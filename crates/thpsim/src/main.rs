@@ -55,6 +55,12 @@ enum Command {
         /// Override the scenario's geometry.
         #[arg(long, value_enum)]
         geometry: Option<GeometryArg>,
+        /// Compare every mapped page with the memory oracle at every
+        /// quiescent point (by default only the pages whose content,
+        /// translation or frame changed; the end of the run is always a full
+        /// sweep).
+        #[arg(long)]
+        full_checks: bool,
     },
     /// Search the interleavings of the scenario's `together` blocks. Exit 0:
     /// nothing found in the whole search; 1: a failure (printed with its
@@ -635,6 +641,7 @@ fn main() -> ExitCode {
                 run: RunOptions {
                     geometry: geometry_of(geometry),
                     reverts,
+                    full_checks: false,
                 },
                 strategy: match strategy {
                     StrategyArg::Pct => explore::Strategy::Pct,
@@ -817,6 +824,7 @@ fn main() -> ExitCode {
             json,
             revert,
             geometry,
+            full_checks,
         } => {
             let (name, src) = match load(&file) {
                 Ok(x) => x,
@@ -831,6 +839,7 @@ fn main() -> ExitCode {
                     GeometryArg::Tiny => thpsim_scenario::Geometry::Tiny,
                 }),
                 reverts: Vec::new(),
+                full_checks,
             };
             for r in &revert {
                 match Fix::by_name(r) {

@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, MutexGuard};
 use thpsim_model::check::oracle::MemoryOracle;
+use thpsim_model::check::watch::{check_memory, TranslationWatch};
 use thpsim_model::check::{audit::audit_pinned, CpuStalled, KernelOops, Violation};
 use thpsim_model::coverage::ExecCoverage;
 use thpsim_model::errno::Errno;
@@ -49,6 +50,9 @@ pub struct RunOptions {
     pub geometry: Option<thpsim_scenario::Geometry>,
     /// Fixes to revert in addition to the file's `revert` lines.
     pub reverts: Vec<Fix>,
+    /// The memory oracle compares every mapped page at every quiescent
+    /// point ([`Machine::set_full_checks`]).
+    pub full_checks: bool,
 }
 
 /// One line of a run's report.
@@ -302,8 +306,9 @@ struct State<E: Engine> {
     files: BTreeMap<String, thpsim_model::types::FileId>,
     /// Shared hugetlb mappings made so far (names their oracle objects).
     shared_maps: u64,
-    /// The data epoch the last memory check covered.
-    last_check_epoch: u64,
+    /// The page-table entries as the last memory check saw them (which
+    /// translations moved since: `check::watch`).
+    watch: TranslationWatch,
     /// The kernel oopsed or a check failed: stop.
     dead: bool,
 }
@@ -330,6 +335,9 @@ pub struct Machine<E: Engine> {
     /// Concurrent blocks record the kernel trace (on unless the explorer
     /// turns it off for a search's executions: [`Machine::set_trace_blocks`]).
     trace_blocks: std::sync::atomic::AtomicBool,
+    /// The memory oracle compares every mapped page at every quiescent
+    /// point, not only what changed ([`Machine::set_full_checks`]).
+    full_checks: std::sync::atomic::AtomicBool,
 }
 
 /// What a step did.
@@ -430,6 +438,7 @@ pub fn run_on<E: Engine>(scn: &Scenario, opts: &RunOptions) -> Result<RunReport,
         units,
         Interleaving::Fixed,
     ));
+    m.set_full_checks(opts.full_checks);
     m.run_items()?;
     Ok(m.report())
 }
@@ -451,7 +460,7 @@ impl<E: Engine> Machine<E> {
             labels: Labels::default(),
             files: BTreeMap::new(),
             shared_maps: 0,
-            last_check_epoch: 0,
+            watch: TranslationWatch::default(),
             dead: false,
         };
         Machine {
@@ -463,6 +472,7 @@ impl<E: Engine> Machine<E> {
             out: Arc::new(Mutex::new(Vec::new())),
             coverage: Mutex::new(Vec::new()),
             trace_blocks: std::sync::atomic::AtomicBool::new(true),
+            full_checks: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -566,7 +576,7 @@ impl<E: Engine> Machine<E> {
             labels: st.labels.clone(),
             files: st.files.clone(),
             shared_maps: st.shared_maps,
-            last_check_epoch: st.last_check_epoch,
+            watch: st.watch.clone(),
             dead: st.dead,
         };
         drop(st);
@@ -587,7 +597,20 @@ impl<E: Engine> Machine<E> {
             trace_blocks: std::sync::atomic::AtomicBool::new(
                 self.trace_blocks.load(std::sync::atomic::Ordering::Relaxed),
             ),
+            full_checks: std::sync::atomic::AtomicBool::new(
+                self.full_checks.load(std::sync::atomic::Ordering::Relaxed),
+            ),
         }
+    }
+
+    /// The memory oracle compares every mapped page at every quiescent
+    /// point (`thpsim run --full-checks`), not only the pages whose
+    /// content, translation or frame changed since the last one; the audit
+    /// always checks everything. The last quiescent point of a run is a
+    /// full sweep either way.
+    pub fn set_full_checks(&self, on: bool) {
+        self.full_checks
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Runs every item of the scenario.
@@ -635,7 +658,7 @@ impl<E: Engine> Machine<E> {
                     // audits after each block and at the end.
                     let last = idx + 1 == self.scn.items.len();
                     if self.interleaving == Interleaving::Fixed || last {
-                        self.quiesce(step.span.line);
+                        self.quiesce(step.span.line, last);
                     } else {
                         self.report_kernel_violations(step.span.line);
                     }
@@ -656,7 +679,7 @@ impl<E: Engine> Machine<E> {
                     {
                         break;
                     }
-                    self.quiesce(t.span.line);
+                    self.quiesce(t.span.line, idx + 1 == self.scn.items.len());
                 }
                 Item::Expect(x) => self.expect(x)?,
                 Item::Show(s) => self.show(s)?,
@@ -744,7 +767,12 @@ impl<E: Engine> Machine<E> {
     }
 
     /// Runs the checkers at a quiescent point.
-    fn quiesce(&self, line: usize) {
+    /// The checks of a quiescent point: the kernel's reports, the audit
+    /// (every table and frame), and the memory oracle, incremental (the
+    /// pages whose content, translation or frame changed since the last
+    /// check) but at the `last` one of a run, or with
+    /// [`Machine::set_full_checks`], where it compares every mapped page.
+    fn quiesce(&self, line: usize, last: bool) {
         if self.dead() {
             return;
         }
@@ -760,8 +788,6 @@ impl<E: Engine> Machine<E> {
         self.forget_unmapped_hugetlb(&cpu);
         let mut guard = self.st();
         let st = &mut *guard;
-        let last = st.last_check_epoch;
-        st.last_check_epoch = self.k.begin_data_check();
         let procs = &st.procs;
         let mm_of = |name: &str| procs.get(name).filter(|p| p.alive).map(|p| p.mm.clone());
         // The pin rule first: a process that no longer maps its pinned frame
@@ -773,22 +799,13 @@ impl<E: Engine> Machine<E> {
                 .and_then(|mm| cpu.frame_for_read(&mm, VirtAddr(page)))
                 .map(|f| f.0)
         }));
-        let mem = st.oracle.check_changed(
-            |name, page| {
-                mm_of(name)
-                    .and_then(|mm| cpu.page_info(&mm, VirtAddr(page)).pfn)
-                    .map(|f| f.0)
-            },
-            |frame| {
-                self.k
-                    .mem
-                    .page(thpsim_model::types::Pfn(frame))
-                    .data_touched
-                    .load(std::sync::atomic::Ordering::Relaxed)
-                    > last
-            },
-            |name, page| mm_of(name).map_or_else(Vec::new, |mm| cpu.peek_page(&mm, VirtAddr(page))),
-        );
+        let alive: Vec<(&str, &Arc<MmStruct<E>>)> = procs
+            .iter()
+            .filter(|(_, p)| p.alive)
+            .map(|(n, p)| (n.as_str(), &p.mm))
+            .collect();
+        let full = self.full_checks.load(std::sync::atomic::Ordering::Relaxed) || last;
+        let mem = check_memory(&cpu, &mut st.oracle, &mut st.watch, &alive, full);
         found.extend(mem);
         let mut st = guard;
         if !found.is_empty() {
@@ -1385,7 +1402,6 @@ mod tests {
                 assert_eq!(p.regions, a.procs[name].regions);
                 assert!(p.alive);
             }
-            assert_eq!(b.last_check_epoch, a.last_check_epoch);
             assert_eq!(format!("{:?}", b.labels), format!("{:?}", a.labels));
             assert!(!b.dead);
         }

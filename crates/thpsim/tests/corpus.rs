@@ -35,6 +35,7 @@ fn run_all(geometry: Geometry) {
             &RunOptions {
                 geometry: Some(geometry),
                 reverts: Vec::new(),
+                full_checks: false,
             },
         )
         .unwrap_or_else(|e| panic!("{name}: invalid: {e}"));

@@ -69,6 +69,7 @@ fn opts(strategy: Strategy, iterations: usize, seed: u64, reverts: Vec<Fix>) -> 
         run: RunOptions {
             geometry: None,
             reverts,
+            full_checks: false,
         },
         strategy,
         iterations,

@@ -35,6 +35,7 @@ fn model_failures(seeds: std::ops::Range<u64>, steps: usize) -> Vec<String> {
                     let opts = RunOptions {
                         geometry: Some(geometry),
                         reverts: vec![],
+                        full_checks: false,
                     };
                     let failure = match run(&scn, &opts) {
                         Ok(report) if report.passed() => continue,

@@ -135,6 +135,7 @@ fn every_scenario_reports_the_same_from_a_copy_at_every_item_boundary() {
                 let opts = RunOptions {
                     geometry: Some(geometry),
                     reverts: r.clone(),
+                    full_checks: false,
                 };
                 boundaries += straight_equals_copied(&scn, &opts);
                 runs += 1;
@@ -214,6 +215,7 @@ fn searches_are_the_same_with_and_without_the_prefix_copy() {
                 run: RunOptions {
                     geometry: None,
                     reverts: vec![fix],
+                    full_checks: false,
                 },
                 iterations: 20_000,
                 seed: 1,

@@ -5,6 +5,8 @@
 //!   recompute every frame's mapcount and refcount from scratch.
 //! - [`oracle`]: the memory oracle, a reference model of what each process may
 //!   observe, independent of page tables and pages.
+//! - [`watch`]: which translations changed since the checkers last looked
+//!   (the page tables' change marks), so the oracle examines only those.
 //!
 //! The kernel's own assertions (VM_BUG_ON and friends) stay inline in the
 //! modelled functions, as in Linux, and report through [`Violation`].
@@ -12,6 +14,7 @@
 pub mod audit;
 pub mod invariants;
 pub mod oracle;
+pub mod watch;
 
 use crate::types::{CpuId, Pfn};
 use serde::Serialize;

@@ -178,6 +178,12 @@ pub struct MemoryOracle {
     /// The frame each page showed at the last check (for incremental checks),
     /// by process.
     seen: BTreeMap<String, HashMap<u64, Option<u64>>>,
+    /// The inverse of `seen`: the pages (process number, page) that showed
+    /// each frame at the last check, so that a frame written since is found
+    /// without looking at every page.
+    shown_by: HashMap<u64, Vec<(u32, u64)>>,
+    /// Process numbers for `shown_by`, by name.
+    ids: BTreeMap<String, u32>,
     /// Shared objects (files mapped MAP_SHARED): page offset → bytes
     /// (absent = zero), by name. Every process that maps a page of one sees
     /// the same bytes; a write by any of them, or a device through a pin of
@@ -194,6 +200,8 @@ impl MemoryOracle {
             left: BTreeMap::new(),
             dirty: BTreeMap::new(),
             seen: BTreeMap::new(),
+            shown_by: HashMap::new(),
+            ids: BTreeMap::new(),
             objects: BTreeMap::new(),
         }
     }
@@ -399,7 +407,7 @@ impl MemoryOracle {
     pub fn on_exit(&mut self, proc_: &str) {
         self.leave_pins(proc_, 0, u64::MAX);
         self.procs.remove(proc_);
-        self.seen.remove(proc_);
+        self.forget_seen(proc_);
         self.dirty.remove(proc_);
     }
 
@@ -836,42 +844,153 @@ impl MemoryOracle {
         })
     }
 
-    /// The same check, incremental: a page is compared again only if its
-    /// expected content changed, it now shows another frame (`frame_of`), or
-    /// that frame's bytes changed (`frame_changed`) since the last check.
+    /// Forgets what the process's pages showed (it exited).
+    fn forget_seen(&mut self, proc_: &str) {
+        let (Some(seen), Some(&id)) = (self.seen.remove(proc_), self.ids.get(proc_)) else {
+            return;
+        };
+        for (page, frame) in seen {
+            if let Some(f) = frame {
+                self.unshow(f, id, page);
+            }
+        }
+    }
+
+    fn unshow(&mut self, frame: u64, id: u32, page: u64) {
+        if let Some(v) = self.shown_by.get_mut(&frame) {
+            if let Some(i) = v.iter().position(|&x| x == (id, page)) {
+                v.swap_remove(i);
+            }
+            if v.is_empty() {
+                self.shown_by.remove(&frame);
+            }
+        }
+    }
+
+    fn id_of(&mut self, proc_: &str) -> u32 {
+        if let Some(&id) = self.ids.get(proc_) {
+            return id;
+        }
+        let id = self.ids.len() as u32;
+        self.ids.insert(proc_.to_string(), id);
+        id
+    }
+
+    /// The check, incremental (issue 13: its cost is what changed). A page
+    /// is examined only if its expected content changed since the last
+    /// check, its translation may have moved (`moved(process)`: the ranges
+    /// `check::watch` found, `None` for all of them), the frame it showed
+    /// then was written since (`touched`, the frames written since the last
+    /// check), or its process was never checked. An examined page is
+    /// compared again (`observe`) only if one of those holds for what it
+    /// shows now: its expected content changed, it shows another frame
+    /// (`frame_of`), or that frame was written. `full`: every mapped page
+    /// is examined and compared (the full sweep).
     pub fn check_changed(
         &mut self,
+        full: bool,
+        mut moved: impl FnMut(&str) -> Option<Vec<(u64, u64)>>,
+        touched: &std::collections::HashSet<u64>,
         mut frame_of: impl FnMut(&str, u64) -> Option<u64>,
-        mut frame_changed: impl FnMut(u64) -> bool,
         mut observe: impl FnMut(&str, u64) -> Vec<u8>,
     ) -> Vec<Violation> {
+        let ps = self.page_size;
+        // The pages that showed a written frame, by process number.
+        let mut written: HashMap<u32, Vec<u64>> = HashMap::new();
+        for f in touched {
+            for &(id, page) in self.shown_by.get(f).into_iter().flatten() {
+                written.entry(id).or_default().push(page);
+            }
+        }
+        let names: Vec<String> = self.procs.keys().cloned().collect();
         let mut out = Vec::new();
-        let mut seen_now = BTreeMap::new();
         // In the order of `mapped_pages()`: by process, then by range.
-        for (name, p) in &self.procs {
-            let old = self.seen.get(name);
-            let dirty = self.dirty.get(name);
-            let mut now = HashMap::new();
-            for &(s, e) in &p.ranges {
-                let mut page = s;
-                while page < e {
-                    let frame = frame_of(name, page);
-                    let same = !dirty.is_some_and(|d| d.contains(&page))
-                        && old.and_then(|o| o.get(&page)) == Some(&frame)
-                        && frame.is_none_or(|f| !frame_changed(f));
-                    if !same {
-                        let bytes = observe(name, page);
-                        if let Some(v) = self.compare(name, page, &bytes) {
-                            out.push((name.clone(), page, bytes, v));
+        for name in names {
+            let id = self.id_of(&name);
+            let ranges = self.procs[&name].ranges.clone();
+            let known = self.seen.contains_key(&name);
+            let everything = full || !known;
+            let dirty = self.dirty.remove(&name).unwrap_or_default();
+            // The pages to examine (all of them: `everything`).
+            let mut todo: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
+            if !everything {
+                todo.extend(dirty.iter().copied());
+                todo.extend(written.remove(&id).into_iter().flatten());
+                match moved(&name) {
+                    None => {
+                        for &(s, e) in &ranges {
+                            todo.extend((s..e).step_by(ps as usize));
                         }
                     }
-                    now.insert(page, frame);
-                    page += self.page_size;
+                    Some(m) => {
+                        for &(s, e) in &ranges {
+                            for &(ms, me) in &m {
+                                let (lo, hi) = (s.max(ms & !(ps - 1)), e.min(me));
+                                let mut a = lo;
+                                while a < hi {
+                                    todo.insert(a);
+                                    a += ps;
+                                }
+                            }
+                        }
+                    }
                 }
             }
-            seen_now.insert(name.clone(), now);
+            let mut seen = self.seen.remove(&name).unwrap_or_default();
+            let mut examine = |page: u64, this: &mut Self, seen: &mut HashMap<u64, Option<u64>>| {
+                let frame = frame_of(&name, page);
+                let old = seen.insert(page, frame);
+                let same = !full
+                    && !dirty.contains(&page)
+                    && old == Some(frame)
+                    && frame.is_none_or(|f| !touched.contains(&f));
+                if old != Some(frame) {
+                    if let Some(Some(f)) = old {
+                        this.unshow(f, id, page);
+                    }
+                    if let Some(f) = frame {
+                        this.shown_by.entry(f).or_default().push((id, page));
+                    }
+                }
+                if !same {
+                    let bytes = observe(&name, page);
+                    if let Some(v) = this.compare(&name, page, &bytes) {
+                        out.push((name.clone(), page, bytes, v));
+                    }
+                }
+            };
+            for &(s, e) in &ranges {
+                if everything {
+                    let mut page = s;
+                    while page < e {
+                        examine(page, self, &mut seen);
+                        page += ps;
+                    }
+                } else {
+                    for page in todo.range(s..e).copied().collect::<Vec<_>>() {
+                        examine(page, self, &mut seen);
+                    }
+                }
+            }
+            // Pages no longer mapped show nothing.
+            let gone: Vec<u64> = if everything {
+                seen.keys()
+                    .copied()
+                    .filter(|&p| !ranges.iter().any(|&(s, e)| s <= p && p < e))
+                    .collect()
+            } else {
+                todo.iter()
+                    .copied()
+                    .filter(|&p| !ranges.iter().any(|&(s, e)| s <= p && p < e))
+                    .collect()
+            };
+            for p in gone {
+                if let Some(Some(f)) = seen.remove(&p) {
+                    self.unshow(f, id, p);
+                }
+            }
+            self.seen.insert(name, seen);
         }
-        self.seen = seen_now;
         self.dirty.clear();
         // A lazily freed page may show another of its versions.
         let mut violations = Vec::new();

@@ -54,6 +54,7 @@ pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> Stri
                 run: RunOptions {
                     geometry: None,
                     reverts,
+                    full_checks: false,
                 },
                 strategy,
                 iterations,
@@ -126,6 +127,7 @@ pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> Stri
             run: RunOptions {
                 geometry: None,
                 reverts,
+                full_checks: false,
             },
             strategy: Strategy::Bounded { preemptions: 2 },
             iterations: usize::MAX,

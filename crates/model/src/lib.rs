@@ -54,6 +54,7 @@ pub mod filemap;
 pub mod fixes;
 pub mod fork;
 pub mod gup;
+pub mod hash;
 pub mod hmm;
 pub mod huge_memory;
 pub mod hugetlb;

@@ -316,8 +316,11 @@ pub struct TableBody<E: Engine> {
     /// took them ([`TableBody::take_changed`]): one bit an entry, set by
     /// every access that can write one ([`TableBody::raw`],
     /// [`TableBody::made`]). Checker bookkeeping in std atomics: never a
-    /// scheduling point, never read by the model.
-    changed: Box<[AtomicU64]>,
+    /// scheduling point, never read by the model. Entries 0..64 in
+    /// `changed_lo` (no allocation for a small table), the rest in
+    /// `changed_hi`.
+    changed_lo: AtomicU64,
+    changed_hi: Box<[AtomicU64]>,
     /// The split page-table lock (`ptlock_ptr(page)`).
     pub ptl: SpinLock<E>,
     /// `pmd_huge_pte`: page tables deposited for the huge PMDs of this PMD table
@@ -329,7 +332,8 @@ impl<E: Engine> TableBody<E> {
     pub fn new(entries: usize) -> Self {
         TableBody {
             entries: (0..entries).map(|_| OnceLock::new()).collect(),
-            changed: (0..entries.div_ceil(64))
+            changed_lo: AtomicU64::new(0),
+            changed_hi: (1..entries.div_ceil(64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             ptl: SpinLock::new(LockClass::PageTableLock),
@@ -352,8 +356,9 @@ impl<E: Engine> TableBody<E> {
             .collect();
         TableBody {
             entries,
-            changed: self
-                .changed
+            changed_lo: AtomicU64::new(self.changed_lo.load(Ordering::Relaxed)),
+            changed_hi: self
+                .changed_hi
                 .iter()
                 .map(|w| AtomicU64::new(w.load(Ordering::Relaxed)))
                 .collect(),
@@ -374,7 +379,11 @@ impl<E: Engine> TableBody<E> {
     /// Marks entry `i` as possibly changed (a load, and an atomic OR the
     /// first time since the checkers took the marks).
     fn note_changed(&self, i: usize) {
-        let (w, bit) = (&self.changed[i / 64], 1u64 << (i % 64));
+        let w = match i / 64 {
+            0 => &self.changed_lo,
+            n => &self.changed_hi[n - 1],
+        };
+        let bit = 1u64 << (i % 64);
         if w.load(Ordering::Relaxed) & bit == 0 {
             w.fetch_or(bit, Ordering::Relaxed);
         }
@@ -384,7 +393,10 @@ impl<E: Engine> TableBody<E> {
     /// (`check::watch`), which are their one reader.
     pub fn take_changed(&self) -> Vec<usize> {
         let mut out = Vec::new();
-        for (wi, w) in self.changed.iter().enumerate() {
+        for (wi, w) in std::iter::once(&self.changed_lo)
+            .chain(self.changed_hi.iter())
+            .enumerate()
+        {
             let mut bits = if w.load(Ordering::Relaxed) == 0 {
                 0
             } else {

@@ -72,8 +72,14 @@ impl World {
 
     fn check(&mut self, full: bool) -> Vec<String> {
         let procs = [("P", &self.p), ("C", &self.c)];
-        let v: Vec<Violation> =
-            check_memory(&self.cpu, &mut self.oracle, &mut self.watch, &procs, full);
+        let v: Vec<Violation> = check_memory(
+            &self.cpu,
+            &mut self.oracle,
+            &mut self.watch,
+            &procs,
+            full,
+            true,
+        );
         let mut m: Vec<String> = v.into_iter().map(|v| v.message).collect();
         m.sort();
         m

@@ -805,7 +805,11 @@ impl<E: Engine> Machine<E> {
             .map(|(n, p)| (n.as_str(), &p.mm))
             .collect();
         let full = self.full_checks.load(std::sync::atomic::Ordering::Relaxed) || last;
-        let mem = check_memory(&cpu, &mut st.oracle, &mut st.watch, &alive, full);
+        // An exploration's machine is small and checked after each block:
+        // it examines every page rather than keep the index (see
+        // `check_memory`).
+        let track = self.interleaving == Interleaving::Fixed;
+        let mem = check_memory(&cpu, &mut st.oracle, &mut st.watch, &alive, full, track);
         found.extend(mem);
         let mut st = guard;
         if !found.is_empty() {

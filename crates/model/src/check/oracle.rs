@@ -29,7 +29,8 @@
 //! reaches the process only if the process still maps the pinned frame.
 
 use super::{invariants as inv, Violation, ViolationKind};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use crate::hash::{FastMap, FastSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A page's expected bytes.
 #[derive(Clone, Debug)]
@@ -177,13 +178,16 @@ pub struct MemoryOracle {
     dirty: BTreeMap<String, BTreeSet<u64>>,
     /// The frame each page showed at the last check (for incremental checks),
     /// by process.
-    seen: BTreeMap<String, HashMap<u64, Option<u64>>>,
+    seen: BTreeMap<String, FastMap<u64, Option<u64>>>,
     /// The inverse of `seen`: the pages (process number, page) that showed
     /// each frame at the last check, so that a frame written since is found
     /// without looking at every page.
-    shown_by: HashMap<u64, Vec<(u32, u64)>>,
+    /// (frame, process number, page).
+    shown_by: BTreeSet<(u64, u32, u64)>,
     /// Process numbers for `shown_by`, by name.
     ids: BTreeMap<String, u32>,
+    /// `shown_by` is kept (the last check was `index`ed).
+    indexed: bool,
     /// Shared objects (files mapped MAP_SHARED): page offset → bytes
     /// (absent = zero), by name. Every process that maps a page of one sees
     /// the same bytes; a write by any of them, or a device through a pin of
@@ -200,8 +204,9 @@ impl MemoryOracle {
             left: BTreeMap::new(),
             dirty: BTreeMap::new(),
             seen: BTreeMap::new(),
-            shown_by: HashMap::new(),
+            shown_by: BTreeSet::new(),
             ids: BTreeMap::new(),
+            indexed: false,
             objects: BTreeMap::new(),
         }
     }
@@ -857,14 +862,7 @@ impl MemoryOracle {
     }
 
     fn unshow(&mut self, frame: u64, id: u32, page: u64) {
-        if let Some(v) = self.shown_by.get_mut(&frame) {
-            if let Some(i) = v.iter().position(|&x| x == (id, page)) {
-                v.swap_remove(i);
-            }
-            if v.is_empty() {
-                self.shown_by.remove(&frame);
-            }
-        }
+        self.shown_by.remove(&(frame, id, page));
     }
 
     fn id_of(&mut self, proc_: &str) -> u32 {
@@ -885,20 +883,31 @@ impl MemoryOracle {
     /// compared again (`observe`) only if one of those holds for what it
     /// shows now: its expected content changed, it shows another frame
     /// (`frame_of`), or that frame was written. `full`: every mapped page
-    /// is examined and compared (the full sweep).
+    /// is examined and compared (the full sweep). Without `index`, every
+    /// mapped page is examined (`moved` is not asked) and the index of the
+    /// pages by frame is not kept: for small worlds checked after every
+    /// change anyway (an exploration's executions), where keeping it costs
+    /// more than it saves; the first indexed check after one examines
+    /// everything and rebuilds it.
     pub fn check_changed(
         &mut self,
         full: bool,
+        index: bool,
         mut moved: impl FnMut(&str) -> Option<Vec<(u64, u64)>>,
-        touched: &std::collections::HashSet<u64>,
+        touched: &FastSet<u64>,
         mut frame_of: impl FnMut(&str, u64) -> Option<u64>,
         mut observe: impl FnMut(&str, u64) -> Vec<u8>,
     ) -> Vec<Violation> {
         let ps = self.page_size;
+        let rebuild = index && !self.indexed;
+        if rebuild || !index {
+            self.shown_by.clear();
+        }
+        self.indexed = index;
         // The pages that showed a written frame, by process number.
-        let mut written: HashMap<u32, Vec<u64>> = HashMap::new();
-        for f in touched {
-            for &(id, page) in self.shown_by.get(f).into_iter().flatten() {
+        let mut written: FastMap<u32, Vec<u64>> = FastMap::default();
+        for f in touched.iter().filter(|_| index && !rebuild) {
+            for &(_, id, page) in self.shown_by.range((*f, 0, 0)..=(*f, u32::MAX, u64::MAX)) {
                 written.entry(id).or_default().push(page);
             }
         }
@@ -909,7 +918,7 @@ impl MemoryOracle {
             let id = self.id_of(&name);
             let ranges = self.procs[&name].ranges.clone();
             let known = self.seen.contains_key(&name);
-            let everything = full || !known;
+            let everything = full || !known || !index || rebuild;
             let dirty = self.dirty.remove(&name).unwrap_or_default();
             // The pages to examine (all of them: `everything`).
             let mut todo: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
@@ -937,19 +946,19 @@ impl MemoryOracle {
                 }
             }
             let mut seen = self.seen.remove(&name).unwrap_or_default();
-            let mut examine = |page: u64, this: &mut Self, seen: &mut HashMap<u64, Option<u64>>| {
+            let mut examine = |page: u64, this: &mut Self, seen: &mut FastMap<u64, Option<u64>>| {
                 let frame = frame_of(&name, page);
                 let old = seen.insert(page, frame);
                 let same = !full
                     && !dirty.contains(&page)
                     && old == Some(frame)
                     && frame.is_none_or(|f| !touched.contains(&f));
-                if old != Some(frame) {
+                if index && (rebuild || old != Some(frame)) {
                     if let Some(Some(f)) = old {
                         this.unshow(f, id, page);
                     }
                     if let Some(f) = frame {
-                        this.shown_by.entry(f).or_default().push((id, page));
+                        this.shown_by.insert((f, id, page));
                     }
                 }
                 if !same {

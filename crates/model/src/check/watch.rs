@@ -24,10 +24,10 @@ use super::oracle::MemoryOracle;
 use super::Violation;
 use crate::cpu::Cpu;
 use crate::engine::Engine;
+use crate::hash::{FastMap as HashMap, FastSet as HashSet};
 use crate::mm_types::MmStruct;
 use crate::pgtable::{Pmd, TableBody, Upper, PAGE_ACCESSED, PAGE_DIRTY};
 use crate::types::{Level, MmId, Pfn};
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// A table, as the watch keys it: an mm's PGD (not a frame), or a frame.
@@ -43,7 +43,27 @@ const MOVES: u64 = !(PAGE_ACCESSED | PAGE_DIRTY);
 /// The entries' values at the last look, by table.
 #[derive(Clone, Debug, Default)]
 pub struct TranslationWatch {
-    shadow: HashMap<TableKey, Box<[u64]>>,
+    /// Shared with the watch's copies (a copy of the machine) until a look
+    /// changes one.
+    shadow: HashMap<TableKey, Arc<Shadow>>,
+}
+
+/// A table as the last look saw it.
+#[derive(Clone, Debug)]
+struct Shadow {
+    values: Box<[u64]>,
+    /// The entries that may point to a lower table (any but the PTE level's
+    /// entries that are not none), in index order: an unchanged entry's
+    /// table is the one it pointed to, so a look visits these and the
+    /// changed ones, not every entry.
+    children: Vec<usize>,
+}
+
+impl Shadow {
+    fn new(values: Box<[u64]>) -> Shadow {
+        let children = (0..values.len()).filter(|&i| values[i] != 0).collect();
+        Shadow { values, children }
+    }
 }
 
 /// The address ranges `[start, end)` of one address space whose
@@ -108,20 +128,33 @@ impl TranslationWatch {
         }
         let marked = t.take_changed();
         let c = match self.shadow.get_mut(&key) {
-            Some(sh) if sh.len() == t.len() => {
+            Some(sh) if sh.values.len() == t.len() && marked.is_empty() => {
+                Changed::Some(Vec::new())
+            }
+            Some(sh) if sh.values.len() == t.len() => {
+                let sh = Arc::make_mut(sh);
                 let mut v = Vec::new();
                 for i in marked {
                     let now = t.peek(i);
-                    if (now ^ sh[i]) & MOVES != 0 {
+                    let was = sh.values[i];
+                    if (now ^ was) & MOVES != 0 {
                         v.push(i);
                     }
-                    sh[i] = now;
+                    if (now == 0) != (was == 0) {
+                        match sh.children.binary_search(&i) {
+                            Ok(at) => {
+                                sh.children.remove(at);
+                            }
+                            Err(at) => sh.children.insert(at, i),
+                        }
+                    }
+                    sh.values[i] = now;
                 }
                 Changed::Some(v)
             }
             _ => {
-                let sh: Box<[u64]> = (0..t.len()).map(|i| t.peek(i)).collect();
-                self.shadow.insert(key, sh);
+                let values: Box<[u64]> = (0..t.len()).map(|i| t.peek(i)).collect();
+                self.shadow.insert(key, Arc::new(Shadow::new(values)));
                 Changed::All
             }
         };
@@ -159,7 +192,19 @@ impl TranslationWatch {
             }
             return;
         }
-        for i in 0..t.len() {
+        // The entries to visit: every one on a first look, else those that
+        // point to a table (as the shadow has them now) and those changed.
+        let visit: Vec<usize> = match &changed {
+            Changed::All => (0..t.len()).collect(),
+            Changed::Some(v) => {
+                let children = self.shadow.get(&key).map_or(&[][..], |s| &s.children[..]);
+                let mut all: Vec<usize> = children.iter().chain(v).copied().collect();
+                all.sort_unstable();
+                all.dedup();
+                all
+            }
+        };
+        for i in visit {
             let v = t.peek(i);
             let at = base + i as u64 * span;
             let moved = changed.contains(i);
@@ -209,24 +254,34 @@ impl TranslationWatch {
 /// [`MemoryOracle::check_changed`] with what the model shows: a page's frame
 /// from `page_info`, its bytes from `peek_page`. `procs`: the live
 /// processes, by the oracle's names. `full`: compare every mapped page.
+/// Without `track`, every mapped page is examined and neither the watch nor
+/// the oracle's index by frame is kept (see `MemoryOracle::check_changed`).
 pub fn check_memory<E: Engine>(
     cpu: &Cpu<E>,
     oracle: &mut MemoryOracle,
     watch: &mut TranslationWatch,
     procs: &[(&str, &Arc<MmStruct<E>>)],
     full: bool,
+    track: bool,
 ) -> Vec<Violation> {
     cpu.k.begin_data_check();
     let touched: HashSet<u64> = cpu.k.take_touched().into_iter().map(|p| p.0).collect();
     let mms: Vec<&MmStruct<E>> = procs.iter().map(|(_, mm)| &***mm).collect();
-    let moved: HashMap<&str, Moved> = procs
-        .iter()
-        .map(|(n, _)| *n)
-        .zip(watch.look(cpu, &mms))
-        .collect();
+    let moved: HashMap<&str, Moved> = if track {
+        procs
+            .iter()
+            .map(|(n, _)| *n)
+            .zip(watch.look(cpu, &mms))
+            .collect()
+    } else {
+        // The next tracked look starts afresh (it takes the marks left).
+        *watch = TranslationWatch::default();
+        HashMap::default()
+    };
     let mm_of = |name: &str| procs.iter().find(|(n, _)| *n == name).map(|(_, mm)| *mm);
     oracle.check_changed(
         full,
+        track,
         |name| moved.get(name).cloned(),
         &touched,
         |name, page| {

@@ -138,8 +138,10 @@ impl Work {
 
 impl Workload {
     /// The scenario: its setup (header, process, mmap and, but for a fill,
-    /// the write of the whole region) and its timed steps.
-    pub fn scenario(&self) -> (String, String) {
+    /// the write of the whole region), its timed steps, and a last read
+    /// (untimed: the end of a run is a full sweep of the memory oracle,
+    /// which is the run's cost, not the workload's).
+    pub fn scenario(&self) -> (String, String, String) {
         let len = self.work.len_bytes();
         let p = self.work.first();
         let mut setup = format!(
@@ -178,25 +180,29 @@ impl Workload {
                 let _ = writeln!(work, "{p}: munmap A[{mid}..{}]", mid + 4096);
             }
         }
-        (setup, work)
+        (setup, work, format!("{p}: read A[0] == 0x5a\n"))
     }
 
-    /// The parsed scenario and how many of its items are setup.
-    fn parsed(&self) -> Result<(Arc<Scenario>, usize), String> {
-        let (setup, work) = self.scenario();
+    /// The parsed scenario and the range of its items that is timed.
+    fn parsed(&self) -> Result<(Arc<Scenario>, std::ops::Range<usize>), String> {
+        let (setup, work, last) = self.scenario();
         let name = format!("bench-{}.thp", self.name);
-        let setup_items = thpsim_scenario::parse(&name, &setup)
-            .map_err(|e| e.to_string())?
-            .items
-            .len();
-        let scn =
-            thpsim_scenario::parse(&name, &format!("{setup}{work}")).map_err(|e| e.to_string())?;
-        Ok((Arc::new(scn), setup_items))
+        let items = |text: &str| -> Result<usize, String> {
+            Ok(thpsim_scenario::parse(&name, text)
+                .map_err(|e| e.to_string())?
+                .items
+                .len())
+        };
+        let timed = items(&setup)?..items(&format!("{setup}{work}"))?;
+        let scn = thpsim_scenario::parse(&name, &format!("{setup}{work}{last}"))
+            .map_err(|e| e.to_string())?;
+        Ok((Arc::new(scn), timed))
     }
 }
 
-/// The workload's steps through the `thpsim run` path, after its setup.
-fn time_run(scn: &Arc<Scenario>, setup_items: usize) -> Result<Duration, String> {
+/// The workload's steps (`timed`) through the `thpsim run` path, after its
+/// setup; then the rest of the run, untimed.
+fn time_run(scn: &Arc<Scenario>, timed: std::ops::Range<usize>) -> Result<Duration, String> {
     let (cfg, units) = configure(scn, &RunOptions::default()).map_err(|e| e.to_string())?;
     let m = Arc::new(Machine::<StdEngine>::new(
         scn.clone(),
@@ -204,12 +210,14 @@ fn time_run(scn: &Arc<Scenario>, setup_items: usize) -> Result<Duration, String>
         units,
         Interleaving::Fixed,
     ));
-    m.run_items_range(0..setup_items)
+    m.run_items_range(0..timed.start)
         .map_err(|e| e.to_string())?;
     let t = Instant::now();
-    m.run_items_range(setup_items..scn.items.len())
+    m.run_items_range(timed.clone())
         .map_err(|e| e.to_string())?;
     let dt = t.elapsed();
+    m.run_items_range(timed.end..scn.items.len())
+        .map_err(|e| e.to_string())?;
     let report = m.report();
     if !report.passed() {
         return Err(format!(
@@ -380,7 +388,7 @@ pub fn run(
         let live = thpsim_live::bench::KernelBench::start(thp).map_err(|e| e.to_string())?;
         for w in group {
             progress(w.name);
-            let (scn, setup_items) = w.parsed()?;
+            let (scn, timed) = w.parsed()?;
             let (cfg, _) = configure(&scn, &RunOptions::default()).map_err(|e| e.to_string())?;
             let (mut kernel, mut run, mut raw) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..rounds {
@@ -390,7 +398,7 @@ pub fn run(
                         .as_secs_f64(),
                 );
                 run.push(
-                    time_run(&scn, setup_items)
+                    time_run(&scn, timed.clone())
                         .map_err(|e| format!("{}: {e}", w.name))?
                         .as_secs_f64(),
                 );
@@ -478,11 +486,15 @@ mod tests {
     #[test]
     fn workloads_parse_and_the_small_ones_run_on_the_model() {
         for w in workloads() {
-            let (scn, setup) = w.parsed().expect("parses");
-            assert!(setup < scn.items.len(), "{}: no timed step", w.name);
+            let (scn, timed) = w.parsed().expect("parses");
+            assert!(
+                !timed.is_empty() && timed.end < scn.items.len(),
+                "{}",
+                w.name
+            );
             let big_chain = matches!(w.work, Work::ForkChain { procs, .. } if procs > 8);
             if w.work.len_bytes() <= 64 * MIB && !big_chain {
-                time_run(&scn, setup).expect("run path");
+                time_run(&scn, timed).expect("run path");
                 let (cfg, _) = configure(&scn, &RunOptions::default()).expect("config");
                 time_raw(w.work, cfg).expect("raw model");
             }

@@ -76,10 +76,9 @@
 //! probability of about n²/2¹²⁸ for n decisions, which the report does not
 //! hide (it is far below anything a run could reach).
 
-use super::sched::mix;
 use shuttle::scheduler::{Schedule, Scheduler, Task, TaskId};
-use std::collections::HashMap;
 use thpsim_model::engine::footprint::{self, Access, Obj};
+use thpsim_model::hash::{mix, FastMap};
 
 /// The trace fingerprints met, with the running thread and the preemptions
 /// left there: a direct-mapped table of [`SeenTable::SLOTS`] entries, each
@@ -269,35 +268,6 @@ fn unpack(w: u64) -> Option<Access> {
         write: w >> 60 & 1 == 1,
     })
 }
-
-/// A hasher for keys that are hashes or small numbers already.
-#[derive(Default, Clone, Copy)]
-pub struct MixHasher(u64);
-
-impl std::hash::Hasher for MixHasher {
-    fn finish(&self) -> u64 {
-        mix(self.0)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = mix(self.0 ^ u64::from(*b));
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = mix(self.0 ^ v);
-    }
-    fn write_usize(&mut self, v: usize) {
-        self.write_u64(v as u64);
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_u8(&mut self, v: u8) {
-        self.write_u64(u64::from(v));
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<MixHasher>>;
 
 /// The happens-before order of the steps of one execution, and the
 /// fingerprint of its trace.

@@ -11,12 +11,7 @@ use shuttle::scheduler::{Schedule, Scheduler, Task, TaskId};
 #[derive(Clone, Debug)]
 pub struct SplitMix(pub u64);
 
-/// splitmix64's finalizer: a well-mixed 64-bit hash of a 64-bit value.
-pub fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
+pub use thpsim_model::hash::mix;
 
 impl SplitMix {
     pub fn next_u64(&mut self) -> u64 {

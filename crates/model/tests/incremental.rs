@@ -236,3 +236,19 @@ fn only_what_changed_is_compared_again_and_the_full_sweep_sees_everything() {
         "P's page 1, and page 2 of P and C (one frame): {v:?}"
     );
 }
+
+/// A check without the index (an exploration's) followed by indexed ones:
+/// the first indexed check rebuilds the index, and a frame written after it
+/// is found through it.
+#[test]
+fn the_index_is_rebuilt_after_an_unindexed_check() {
+    let mut w = World::new(Geometry::TINY, ThpPolicy::Never);
+    let procs = [("P", &w.p), ("C", &w.c)];
+    let v = check_memory(&w.cpu, &mut w.oracle, &mut w.watch, &procs, false, false);
+    assert!(v.is_empty(), "{v:?}");
+    assert_eq!(w.check(false), Vec::<String>::new(), "rebuilt, clean");
+    let f = w.cpu.page_info(&w.c, w.page(6)).pfn.expect("mapped");
+    thpsim_model::page::write_byte(w.cpu.page(f).words(w.cpu.k.geo.page_size()), 2, 0xee);
+    w.cpu.touch_data(f);
+    assert_eq!(w.check(false).len(), 2, "P's and C's page 6 (one frame)");
+}

@@ -148,73 +148,62 @@ fn wait_ok(pid: libc::pid_t) -> bool {
     }
 }
 
-/// The workload's timed part in nanoseconds, `u64::MAX` on failure. Runs in
-/// the forked child.
+impl Workload {
+    fn len_bytes(self) -> u64 {
+        match self {
+            Workload::Fill { len_bytes }
+            | Workload::ForkCow { len_bytes }
+            | Workload::ForkChain { len_bytes, .. }
+            | Workload::MunmapOne { len_bytes } => len_bytes,
+        }
+    }
+}
+
+/// The workload's timed part in nanoseconds, `u64::MAX` on failure: maps
+/// its region, writes it (but for a fill, whose writing is what is timed),
+/// then times the rest.
 ///
 /// # Safety
-/// Called in a process forked for the workload.
+/// Called in a process started for the workload ([`serve_if_asked`]): it
+/// forks and its children exit.
 unsafe fn workload(w: Workload) -> u64 {
-    match w {
-        Workload::Fill { len_bytes } => {
-            let p = map_aligned(len_bytes);
-            if p.is_null() {
-                return u64::MAX;
-            }
-            let t = now_ns();
-            fill(p, len_bytes);
-            now_ns() - t
+    let len = w.len_bytes();
+    let p = map_aligned(len);
+    if p.is_null() {
+        return u64::MAX;
+    }
+    if !matches!(w, Workload::Fill { .. }) {
+        fill(p, len);
+    }
+    let t = now_ns();
+    let ok = match w {
+        Workload::Fill { .. } => {
+            fill(p, len);
+            true
         }
-        Workload::ForkCow { len_bytes } => {
-            let p = map_aligned(len_bytes);
-            if p.is_null() {
-                return u64::MAX;
-            }
-            fill(p, len_bytes);
-            let t = now_ns();
+        Workload::ForkCow { .. } => {
             let pid = libc::fork();
-            if pid < 0 {
-                return u64::MAX;
-            }
             if pid == 0 {
                 let mut off = 0;
-                while off < len_bytes {
+                while off < len {
                     std::ptr::write_volatile(p.add(off as usize), 0x43);
                     off += HPAGE_BYTES;
                 }
                 libc::_exit(0);
             }
-            if !wait_ok(pid) {
-                return u64::MAX;
-            }
-            now_ns() - t
+            pid > 0 && wait_ok(pid)
         }
-        Workload::ForkChain { procs, len_bytes } => {
-            let p = map_aligned(len_bytes);
-            if p.is_null() {
-                return u64::MAX;
-            }
-            fill(p, len_bytes);
-            let t = now_ns();
-            if !chain(procs.saturating_sub(1)) {
-                return u64::MAX;
-            }
-            now_ns() - t
+        Workload::ForkChain { procs, .. } => chain(procs.saturating_sub(1)),
+        Workload::MunmapOne { .. } => {
+            let mid = p.add((len / 2 / PAGE_BYTES * PAGE_BYTES) as usize);
+            libc::munmap(mid.cast(), PAGE_BYTES as usize) == 0
         }
-        Workload::MunmapOne { len_bytes } => {
-            let p = map_aligned(len_bytes);
-            if p.is_null() {
-                return u64::MAX;
-            }
-            fill(p, len_bytes);
-            let mid = p.add((len_bytes / 2 / PAGE_BYTES * PAGE_BYTES) as usize);
-            let t = now_ns();
-            let r = libc::munmap(mid.cast(), PAGE_BYTES as usize);
-            let dt = now_ns() - t;
-            if r != 0 {
-                return u64::MAX;
-            }
-            dt
-        }
+    };
+    let dt = now_ns() - t;
+    if ok {
+        dt
+    } else {
+        u64::MAX
     }
 }
 

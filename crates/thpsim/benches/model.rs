@@ -198,7 +198,7 @@ fn scenario(c: &mut Criterion) {
         let opts = RunOptions {
             geometry: Some(geo),
             reverts: Vec::new(),
-            full_checks: false,
+            ..RunOptions::default()
         };
         let once = run(&thpsim_scenario::parse(name, src).expect("parse"), &opts).expect("run");
         assert!(once.passed(), "{}", thpsim::output::text(&once));

@@ -276,7 +276,7 @@ pub fn conform(scn: &Scenario) -> Result<ConformReport, ConformError> {
         &RunOptions {
             geometry: Some(thpsim_scenario::Geometry::X86_64),
             reverts: Vec::new(),
-            full_checks: false,
+            ..RunOptions::default()
         },
     )?;
     thpsim_live::environment().map_err(|e| ConformError::Environment(e.to_string()))?;

@@ -1742,7 +1742,7 @@ mod tests {
             &RunOptions {
                 geometry: Some(geometry),
                 reverts: vec![],
-                full_checks: false,
+                ..RunOptions::default()
             },
         )
         .map_err(|e| format!("seed {seed}: invalid on {geometry:?}: {e}\n{}", g.text))?;
@@ -1858,7 +1858,7 @@ mod tests {
                 &crate::run::RunOptions {
                     geometry: Some(Geometry::Tiny),
                     reverts: Vec::new(),
-                    full_checks: false,
+                    ..RunOptions::default()
                 },
             )
             .expect("valid");

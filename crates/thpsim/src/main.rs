@@ -641,7 +641,7 @@ fn main() -> ExitCode {
                 run: RunOptions {
                     geometry: geometry_of(geometry),
                     reverts,
-                    full_checks: false,
+                    ..RunOptions::default()
                 },
                 strategy: match strategy {
                     StrategyArg::Pct => explore::Strategy::Pct,

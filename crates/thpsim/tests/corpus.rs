@@ -35,7 +35,7 @@ fn run_all(geometry: Geometry) {
             &RunOptions {
                 geometry: Some(geometry),
                 reverts: Vec::new(),
-                full_checks: false,
+                ..RunOptions::default()
             },
         )
         .unwrap_or_else(|e| panic!("{name}: invalid: {e}"));

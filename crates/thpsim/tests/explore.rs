@@ -67,9 +67,8 @@ fn scenario(name: &str) -> thpsim_scenario::Scenario {
 fn opts(strategy: Strategy, iterations: usize, seed: u64, reverts: Vec<Fix>) -> ExploreOptions {
     ExploreOptions {
         run: RunOptions {
-            geometry: None,
             reverts,
-            full_checks: false,
+            ..RunOptions::default()
         },
         strategy,
         iterations,

@@ -29,7 +29,7 @@ fn generated_scenarios_hold_under_kernel_316() {
             let opts = RunOptions {
                 geometry: Some(geometry),
                 reverts: Vec::new(),
-                full_checks: false,
+                ..RunOptions::default()
             };
             let report = run(&scn, &opts).unwrap_or_else(|e| panic!("seed {seed}: {e:?}"));
             if !report.passed() {

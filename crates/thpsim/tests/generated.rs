@@ -35,7 +35,7 @@ fn model_failures(seeds: std::ops::Range<u64>, steps: usize) -> Vec<String> {
                     let opts = RunOptions {
                         geometry: Some(geometry),
                         reverts: vec![],
-                        full_checks: false,
+                        ..RunOptions::default()
                     };
                     let failure = match run(&scn, &opts) {
                         Ok(report) if report.passed() => continue,

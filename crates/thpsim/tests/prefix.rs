@@ -135,7 +135,7 @@ fn every_scenario_reports_the_same_from_a_copy_at_every_item_boundary() {
                 let opts = RunOptions {
                     geometry: Some(geometry),
                     reverts: r.clone(),
-                    full_checks: false,
+                    ..RunOptions::default()
                 };
                 boundaries += straight_equals_copied(&scn, &opts);
                 runs += 1;
@@ -213,9 +213,8 @@ fn searches_are_the_same_with_and_without_the_prefix_copy() {
         if let Some(fix) = fix_of(name) {
             searches.push(ExploreOptions {
                 run: RunOptions {
-                    geometry: None,
                     reverts: vec![fix],
-                    full_checks: false,
+                    ..RunOptions::default()
                 },
                 iterations: 20_000,
                 seed: 1,

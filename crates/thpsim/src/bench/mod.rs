@@ -52,9 +52,8 @@ pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> Stri
         for strategy in [Strategy::Pct, Strategy::Random] {
             let opts = |reverts: Vec<Fix>, seed: u64, iterations: usize| ExploreOptions {
                 run: RunOptions {
-                    geometry: None,
                     reverts,
-                    full_checks: false,
+                    ..RunOptions::default()
                 },
                 strategy,
                 iterations,
@@ -125,9 +124,8 @@ pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> Stri
     for (name, fix, scn) in &races {
         let opts = |reverts: Vec<Fix>| ExploreOptions {
             run: RunOptions {
-                geometry: None,
                 reverts,
-                full_checks: false,
+                ..RunOptions::default()
             },
             strategy: Strategy::Bounded { preemptions: 2 },
             iterations: usize::MAX,

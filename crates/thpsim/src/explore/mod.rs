@@ -1132,7 +1132,7 @@ pub fn replay(scn: &Scenario, tok: &str) -> Result<Result<Found, String>, Scenar
     let opts = RunOptions {
         geometry: Some(t.geometry),
         reverts: t.fixes.clone(),
-        full_checks: false,
+        ..RunOptions::default()
     };
     let p = prepare(scn, &opts)?;
     let n = t.switches.0.len();

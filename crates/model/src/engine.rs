@@ -158,6 +158,7 @@ pub trait Atomic: Send + Sync + 'static {
     /// Reads the word without a scheduling point: for checkers, which must
     /// never add interleavings, and for state only the running CPU can
     /// change. The same as [`Atomic::load`] on engines without scheduling.
+    #[inline]
     fn peek(&self) -> u64 {
         self.load()
     }
@@ -167,23 +168,28 @@ pub trait Atomic: Send + Sync + 'static {
     /// lists (the kernel's own rule for its non-atomic `__SetPage*()` and
     /// `set_page_count()`). The same as [`Atomic::store`] on engines without
     /// scheduling.
+    #[inline]
     fn init(&self, v: u64) {
         self.store(v)
     }
 
     /// The word read as a signed counter (`atomic_read`).
+    #[inline]
     fn load_i64(&self) -> i64 {
         self.load() as i64
     }
     /// [`Atomic::peek`] of a signed counter.
+    #[inline]
     fn peek_i64(&self) -> i64 {
         self.peek() as i64
     }
     /// `atomic_set` of a signed counter.
+    #[inline]
     fn store_i64(&self, v: i64) {
         self.store(v as u64)
     }
     /// `atomic_add_return`: adds `d` and returns the new value.
+    #[inline]
     fn add_return(&self, d: i64) -> i64 {
         (self.fetch_add(d as u64) as i64).wrapping_add(d)
     }
@@ -296,30 +302,39 @@ impl Engine for StdEngine {
 macro_rules! impl_atomic {
     ($t:ty) => {
         impl Atomic for $t {
+            #[inline]
             fn new(v: u64) -> Self {
                 <$t>::new(v)
             }
+            #[inline]
             fn load(&self) -> u64 {
                 self.load(SC)
             }
+            #[inline]
             fn store(&self, v: u64) {
                 self.store(v, SC)
             }
+            #[inline]
             fn swap(&self, v: u64) -> u64 {
                 self.swap(v, SC)
             }
+            #[inline]
             fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
                 self.compare_exchange(current, new, SC, SC)
             }
+            #[inline]
             fn fetch_add(&self, v: u64) -> u64 {
                 self.fetch_add(v, SC)
             }
+            #[inline]
             fn fetch_sub(&self, v: u64) -> u64 {
                 self.fetch_sub(v, SC)
             }
+            #[inline]
             fn fetch_or(&self, v: u64) -> u64 {
                 self.fetch_or(v, SC)
             }
+            #[inline]
             fn fetch_and(&self, v: u64) -> u64 {
                 self.fetch_and(v, SC)
             }
@@ -615,41 +630,51 @@ impl Atomic for ShuttleAtomic {
             id: footprint::next_id(),
         }
     }
+    #[inline]
     fn load(&self) -> u64 {
         self.point(false);
         self.v.load(SC)
     }
+    #[inline]
     fn store(&self, v: u64) {
         self.point(true);
         self.v.store(v, SC)
     }
+    #[inline]
     fn swap(&self, v: u64) -> u64 {
         self.point(true);
         self.v.swap(v, SC)
     }
+    #[inline]
     fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
         self.point(true);
         self.v.compare_exchange(current, new, SC, SC)
     }
+    #[inline]
     fn fetch_add(&self, v: u64) -> u64 {
         self.point(true);
         self.v.fetch_add(v, SC)
     }
+    #[inline]
     fn fetch_sub(&self, v: u64) -> u64 {
         self.point(true);
         self.v.fetch_sub(v, SC)
     }
+    #[inline]
     fn fetch_or(&self, v: u64) -> u64 {
         self.point(true);
         self.v.fetch_or(v, SC)
     }
+    #[inline]
     fn fetch_and(&self, v: u64) -> u64 {
         self.point(true);
         self.v.fetch_and(v, SC)
     }
+    #[inline]
     fn peek(&self) -> u64 {
         self.v.load(SC)
     }
+    #[inline]
     fn init(&self, v: u64) {
         // No scheduling point, but the step in progress wrote it.
         footprint::hidden(footprint::Obj::Id(self.id), true);

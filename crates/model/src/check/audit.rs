@@ -15,6 +15,7 @@
 use super::{invariants as inv, Violation, ViolationKind};
 use crate::cpu::Cpu;
 use crate::engine::{Atomic, Engine};
+use crate::hash::{FastMap, FastSet};
 use crate::mm_types::{MmStruct, Vma};
 use crate::page::pg;
 use crate::pgtable::{Pmd, Pte, Upper};
@@ -25,29 +26,29 @@ use std::sync::Arc;
 
 #[derive(Default)]
 struct Tally {
-    pte_maps: BTreeMap<Pfn, i64>,
-    pmd_maps: BTreeMap<Pfn, i64>,
+    pte_maps: FastMap<Pfn, i64>,
+    pmd_maps: FastMap<Pfn, i64>,
     /// Per head frame: the references the pins hold, and the pinned subpages
     /// (the exact pin count of a compound page).
-    pin_refs: BTreeMap<Pfn, i64>,
-    pin_count: BTreeMap<Pfn, i64>,
+    pin_refs: FastMap<Pfn, i64>,
+    pin_count: FastMap<Pfn, i64>,
     /// Under `kernel 3.16`: the pins of each tail page of a whole THP.
-    tail_pins: BTreeMap<Pfn, i64>,
+    tail_pins: FastMap<Pfn, i64>,
     /// Frames a PTE of a VM_LOCKED VMA maps, and THP heads a huge PMD of one
     /// maps.
-    locked_ptes: BTreeSet<Pfn>,
-    locked_pmds: BTreeSet<Pfn>,
+    locked_ptes: FastSet<Pfn>,
+    locked_pmds: FastSet<Pfn>,
     tables: BTreeSet<Pfn>,
     /// How many upper-level entries point at each PMD table (more than one:
     /// a shared hugetlb PMD table, whose page's refcount counts them).
-    table_refs: BTreeMap<Pfn, i64>,
+    table_refs: FastMap<Pfn, i64>,
     /// Hugetlb heads each file's page cache holds (one reference each).
-    cached: BTreeMap<Pfn, crate::types::FileId>,
+    cached: FastMap<Pfn, crate::types::FileId>,
     /// Per swap slot, the swap PTEs that reference it.
     swap_ptes: BTreeMap<u64, i64>,
     /// The frames in the swap cache (one reference each, held on the head)
     /// and their slots.
-    swap_cached: BTreeMap<Pfn, u64>,
+    swap_cached: FastMap<Pfn, u64>,
     violations: Vec<Violation>,
 }
 
@@ -500,13 +501,18 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
     let k = &cpu.k;
     let nr = k.geo.hpage_pmd_nr();
     let huge_zero = k.huge_zero_pfn();
-    // Mapped or pinned frames that are free: use after free.
-    for (&p, _) in t
-        .pte_maps
-        .iter()
-        .chain(t.pmd_maps.iter())
-        .chain(t.pin_refs.iter())
-    {
+    // Mapped or pinned frames that are free: use after free. In frame order
+    // within each map (the maps are hashed): reports are deterministic.
+    let sorted = |m: &FastMap<Pfn, i64>| {
+        let mut v: Vec<Pfn> = m.keys().copied().collect();
+        v.sort_unstable();
+        v
+    };
+    let used: Vec<Pfn> = [&t.pte_maps, &t.pmd_maps, &t.pin_refs]
+        .into_iter()
+        .flat_map(sorted)
+        .collect();
+    for p in used {
         if k.mem.is_free(p) {
             t.violations.push(Violation {
                 id: inv::AUDIT_FREE,

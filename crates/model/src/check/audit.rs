@@ -503,26 +503,24 @@ fn check_frames<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
     let huge_zero = k.huge_zero_pfn();
     // Mapped or pinned frames that are free: use after free. In frame order
     // within each map (the maps are hashed): reports are deterministic.
-    let sorted = |m: &FastMap<Pfn, i64>| {
-        let mut v: Vec<Pfn> = m.keys().copied().collect();
+    let free_in = |m: &FastMap<Pfn, i64>| {
+        let mut v: Vec<Pfn> = m.keys().copied().filter(|&p| k.mem.is_free(p)).collect();
         v.sort_unstable();
         v
     };
-    let used: Vec<Pfn> = [&t.pte_maps, &t.pmd_maps, &t.pin_refs]
+    let freed: Vec<Pfn> = [&t.pte_maps, &t.pmd_maps, &t.pin_refs]
         .into_iter()
-        .flat_map(sorted)
+        .flat_map(free_in)
         .collect();
-    for p in used {
-        if k.mem.is_free(p) {
-            t.violations.push(Violation {
-                id: inv::AUDIT_FREE,
-                kind: ViolationKind::Audit,
-                message: format!("free frame {} is mapped or pinned", p.0),
-                cpu: None,
-                backtrace: Vec::new(),
-                page: Some(p),
-            });
-        }
+    for p in freed {
+        t.violations.push(Violation {
+            id: inv::AUDIT_FREE,
+            kind: ViolationKind::Audit,
+            message: format!("free frame {} is mapped or pinned", p.0),
+            cpu: None,
+            backtrace: Vec::new(),
+            page: Some(p),
+        });
     }
     let allocated = k.mem.allocated();
     let mut next = 0;

@@ -126,7 +126,6 @@
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod agent;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 pub mod bench;
 pub mod decode;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]

@@ -550,7 +550,6 @@ fn invalid(e: thpsim_scenario::ScenarioError, name: &str, src: &str) -> ExitCode
 
 fn main() -> ExitCode {
     // A process `thpsim bench kernel` started to run one workload.
-    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     if let Some(code) = thpsim_live::bench::serve_if_asked() {
         return ExitCode::from(code);
     }

@@ -115,11 +115,6 @@ impl TranslationWatch {
             .collect()
     }
 
-    /// Forgets the PGD of an mm that is gone.
-    pub fn forget_mm(&mut self, id: MmId) {
-        self.shadow.remove(&TableKey::Pgd(id));
-    }
-
     /// The changed entries of a table: taken from its marks and compared with
     /// the shadow, once per look.
     fn changed<E: Engine>(&mut self, look: &mut Look, key: TableKey, t: &TableBody<E>) -> Changed {

@@ -23,6 +23,7 @@ use serde::Serialize;
 use std::fmt::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use thpsim_live::bench::Workload as Work;
 use thpsim_model::mmap::Prot;
 use thpsim_model::mmu::Access;
 use thpsim_model::types::{CpuId, VirtAddr};
@@ -32,22 +33,6 @@ use thpsim_scenario::Scenario;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const HPAGE_BYTES: u64 = 2 * MIB;
-
-/// What a workload does (the same on the kernel and on the model).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Work {
-    /// Writes every byte of a fresh region: one fault a 4 KiB page (THP
-    /// `never`) or a 2 MiB THP (`always`).
-    Fill { len_bytes: u64 },
-    /// fork of a process with the region written (THPs); the child writes
-    /// one byte every 2 MiB and exits.
-    ForkCow { len_bytes: u64 },
-    /// A chain of processes, each forking the next, over the region written
-    /// (THPs); then they exit, the last first.
-    ForkChain { procs: u32, len_bytes: u64 },
-    /// munmap of the 4 KiB page in the middle of the region written (THPs).
-    MunmapOne { len_bytes: u64 },
-}
 
 /// One workload of the benchmark.
 #[derive(Clone, Debug)]
@@ -107,32 +92,11 @@ pub fn workloads() -> Vec<Workload> {
     ]
 }
 
-impl Work {
-    fn len_bytes(self) -> u64 {
-        match self {
-            Work::Fill { len_bytes }
-            | Work::ForkCow { len_bytes }
-            | Work::ForkChain { len_bytes, .. }
-            | Work::MunmapOne { len_bytes } => len_bytes,
-        }
-    }
-
-    /// The first process's name.
-    fn first(self) -> &'static str {
-        match self {
-            Work::ForkChain { .. } => "P0",
-            _ => "P",
-        }
-    }
-
-    fn live(self) -> thpsim_live::bench::Workload {
-        use thpsim_live::bench::Workload as L;
-        match self {
-            Work::Fill { len_bytes } => L::Fill { len_bytes },
-            Work::ForkCow { len_bytes } => L::ForkCow { len_bytes },
-            Work::ForkChain { procs, len_bytes } => L::ForkChain { procs, len_bytes },
-            Work::MunmapOne { len_bytes } => L::MunmapOne { len_bytes },
-        }
+/// The scenario's first process.
+fn first_process(work: Work) -> &'static str {
+    match work {
+        Work::ForkChain { .. } => "P0",
+        _ => "P",
     }
 }
 
@@ -143,7 +107,7 @@ impl Workload {
     /// which is the run's cost, not the workload's).
     pub fn scenario(&self) -> (String, String, String) {
         let len = self.work.len_bytes();
-        let p = self.work.first();
+        let p = first_process(self.work);
         let mut setup = format!(
             "# thpsim bench kernel: {}\ngeometry x86_64\nthp {}\nmemory {}\nprocess {p}\n{p}: mmap A {len}\n",
             self.name,
@@ -393,7 +357,7 @@ pub fn run(
             let (mut kernel, mut run, mut raw) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..rounds {
                 kernel.push(
-                    live.run(w.work.live())
+                    live.run(w.work)
                         .map_err(|e| format!("{}: {e}", w.name))?
                         .as_secs_f64(),
                 );

@@ -599,11 +599,20 @@ fn swap_run_to_interrupt() {
 }
 
 /// Starts `swap_run_to_interrupt` in a child, waits until its swap device
-/// is on, sends `sig`, and returns how the child ended.
-fn interrupt_a_run(sig: i32, kind: &str, baseline: &[String]) -> std::process::ExitStatus {
+/// is on, sends `sig`, and returns how the child ended and what it wrote to
+/// stderr (the runner's "could not undo" lines, for a failure's message).
+fn interrupt_a_run(
+    sig: i32,
+    kind: &str,
+    baseline: &[String],
+) -> (std::process::ExitStatus, String) {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().expect("test binary");
     let mut cmd = Command::new(exe);
+    let err_path = std::env::temp_dir().join(format!(
+        "thpsim-live-swap-{}-{kind}.err",
+        std::process::id()
+    ));
     // SAFETY: only signal(), async-signal-safe, between fork and exec. The
     // signal must reach the child's handler, even when this process was
     // started with SIGINT ignored (a background job of a shell).
@@ -623,7 +632,7 @@ fn interrupt_a_run(sig: i32, kind: &str, baseline: &[String]) -> std::process::E
         .env(CHILD, kind)
         .env(thpsim_live::LIVE_TESTS_VAR, "1")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
         .spawn()
         .expect("child");
     let start = Instant::now();
@@ -644,7 +653,10 @@ fn interrupt_a_run(sig: i32, kind: &str, baseline: &[String]) -> std::process::E
     std::thread::sleep(Duration::from_millis(50));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, sig) };
-    child.wait().expect("wait")
+    let st = child.wait().expect("wait");
+    let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let _ = std::fs::remove_file(&err_path);
+    (st, err)
 }
 
 /// Ctrl-C (SIGINT) during a run: the handler removes the swap device (and
@@ -658,9 +670,13 @@ fn sigint_removes_the_swap_device() {
     use std::os::unix::process::ExitStatusExt;
     for kind in ["auto", "file"] {
         let before = resting_state();
-        let st = interrupt_a_run(libc::SIGINT, kind, &before.0);
-        assert_eq!(st.signal(), Some(libc::SIGINT), "{st:?}");
-        assert_eq!(resting_state(), before, "{kind}: left behind after SIGINT");
+        let (st, err) = interrupt_a_run(libc::SIGINT, kind, &before.0);
+        assert_eq!(st.signal(), Some(libc::SIGINT), "{st:?}\n{err}");
+        assert_eq!(
+            resting_state(),
+            before,
+            "{kind}: left behind after SIGINT; the run's stderr:\n{err}"
+        );
     }
 }
 
@@ -675,8 +691,8 @@ fn the_next_run_removes_the_swap_device_of_a_killed_run() {
     use std::os::unix::process::ExitStatusExt;
     for kind in ["auto", "file"] {
         let before = resting_state();
-        let st = interrupt_a_run(libc::SIGKILL, kind, &before.0);
-        assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+        let (st, err) = interrupt_a_run(libc::SIGKILL, kind, &before.0);
+        assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}\n{err}");
         // Wait for the killed process's agents to be gone (their parent
         // death signal), then look: the device is still on.
         std::thread::sleep(Duration::from_millis(100));

@@ -8,7 +8,10 @@
 //! [`TranslationWatch`] takes the marks of each table it reaches and keeps
 //! the value each entry had when it last looked (its shadow), so a marked
 //! entry counts as changed only if its value did, the accessed and dirty
-//! bits aside (they move no translation). A table it never looked at counts
+//! bits aside (they move no translation). Reads through `raw` mark too (the
+//! hardware walk's, and `page_info`'s in the checkers themselves): a marked
+//! entry whose value stayed costs one compare at the next look and moves
+//! nothing. A table it never looked at counts
 //! as all changed. An upper-level entry that changed changes its whole span;
 //! an unchanged one is followed into its table. The walk reads entries
 //! without scheduling points (`peek`) and marks nothing.

@@ -13,17 +13,25 @@
 //!   file) to `.../saved-swap`; a run that was killed outright (SIGKILL,
 //!   power loss) leaves those files behind and the next run undoes them
 //!   first (only the steps `swap::Undo::from_line` accepts).
-//! - On SIGINT, SIGTERM and SIGHUP, a handler (async-signal-safe: kill, open,
-//!   write, close, swapoff, unlink, sigaction, raise, all on data prepared
-//!   beforehand) kills every agent, removes the swap device, restores the
-//!   knobs, removes the saved files, and passes the signal on to the previous
-//!   disposition (by default the process dies of it). The run then fails with
-//!   [`LiveError::Interrupted`] if the process survives.
+//! - Signals and settings, one state machine (`STATE`): from the lock on,
+//!   SIGINT, SIGTERM and SIGHUP go to [`on_signal`]. While a thread writes or
+//!   restores settings (`BUSY`: [`Session::start`], [`Session::restore`]) the
+//!   signals are blocked in that thread, so no system call of the restore is
+//!   cut short (a swapoff interrupted by a signal gives up and leaves the
+//!   device on), and a handler that runs on another thread only records the
+//!   signal (`DEFERRED`): the busy thread raises it when it is done. While a
+//!   run holds the machine (`ARMED`), the handler (async-signal-safe: kill,
+//!   poll, waitpid, open, write, close, swapoff, unlink, sigaction, raise, all
+//!   on data prepared beforehand) takes the restore over (`HANDLING`): it
+//!   kills every agent, removes the swap device, restores the knobs, removes
+//!   the saved files, and passes the signal on to the previous disposition
+//!   (by default the process dies of it). A thread that comes to restore
+//!   meanwhile waits for it (`HANDLED`) instead of restoring alongside:
+//!   two restores at once race (one's unlink fails while the other's swapoff
+//!   runs, and the process dies before either unlinks again). The run then
+//!   fails with [`LiveError::Interrupted`] if the process survives.
 //! - On every other exit path (success, error, panic) the [`Session`]'s Drop
-//!   does the same. A signal that arrives while Drop restores (in any
-//!   thread) waits until it is done, then goes to the disposition the run
-//!   found: dying half-way (after swapoff, before the zram reset) would leave
-//!   part of the machine changed.
+//!   restores, `BUSY` as above.
 
 use crate::swap::{self, SwapRequest, Undo};
 use crate::LiveError;
@@ -33,7 +41,7 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, Ordering};
 use thpsim_scenario::KhugepagedLimits;
 
 pub const THP: &str = "/sys/kernel/mm/transparent_hugepage";
@@ -46,10 +54,22 @@ static AGENT_PIDFDS: [AtomicI32; MAX_AGENTS] = [const { AtomicI32::new(-1) }; MA
 static KEEPER: AtomicI32 = AtomicI32::new(0);
 /// The signal that interrupted the run (0 if none).
 pub static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
-/// A thread is in [`Session::restore`] (it has taken the handler's data).
-static RESTORING: AtomicBool = AtomicBool::new(false);
-/// A signal that arrived while another thread restored: passed on by
-/// [`Session::restore`] once everything is back (0 if none).
+/// Who may change the machine's settings now: `IDLE`, `ARMED`, `BUSY`,
+/// `HANDLING` or `HANDLED` (see the module header).
+static STATE: AtomicU8 = AtomicU8::new(IDLE);
+/// No session holds the machine (or its settings are back).
+const IDLE: u8 = 0;
+/// A run holds the machine: a signal's handler restores it.
+const ARMED: u8 = 1;
+/// A thread writes or restores settings, with the signals blocked in it: a
+/// signal handled on another thread is deferred until it is done.
+const BUSY: u8 = 2;
+/// A signal handler is restoring the machine.
+const HANDLING: u8 = 3;
+/// A signal handler has restored the machine (and passed its signal on).
+const HANDLED: u8 = 4;
+/// A signal that arrived while a thread was `BUSY`: raised by that thread
+/// once it is done (0 if none).
 static DEFERRED: AtomicI32 = AtomicI32::new(0);
 
 /// One step of the signal handler's restore, prepared as C data.
@@ -136,52 +156,176 @@ extern "C" fn on_signal(sig: libc::c_int) {
             libc::waitpid(keeper, &mut status, 0);
         }
     }
-    let e = EMERGENCY.swap(std::ptr::null_mut(), Ordering::SeqCst);
-    // SAFETY: `e` was leaked by Session::start and is never freed while a
-    // handler may run (the handler that takes it owns it; it is then leaked).
-    // Only async-signal-safe calls below.
-    unsafe {
-        if e.is_null() {
-            // Another thread is restoring (the run's Drop): dying now would
-            // cut its restore short (say after swapoff, before the zram
-            // reset), so it passes the signal on when it is done.
-            DEFERRED.store(sig, Ordering::SeqCst);
-            if RESTORING.load(Ordering::SeqCst) || DEFERRED.swap(0, Ordering::SeqCst) == 0 {
-                return;
+    loop {
+        match STATE.compare_exchange(ARMED, HANDLING, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => break,
+            Err(BUSY) => {
+                // The busy thread raises it when done, unless it was done
+                // before it could see it: then it is ours again.
+                DEFERRED.store(sig, Ordering::SeqCst);
+                if STATE.load(Ordering::SeqCst) == BUSY || DEFERRED.swap(0, Ordering::SeqCst) == 0 {
+                    return;
+                }
             }
-            // The session is already gone: whoever owns the signal now gets it.
-            let mut cur: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(sig, std::ptr::null(), &mut cur);
-            if cur.sa_sigaction != on_signal as *const () as usize {
-                libc::raise(sig);
-            }
-            return;
-        }
-        let e = &*e;
-        for step in &e.steps {
-            match step {
-                Step::Write(path, value) => {
-                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
-                    if fd >= 0 {
-                        libc::write(fd, value.as_ptr() as *const libc::c_void, value.len());
-                        libc::close(fd);
+            // Another thread's handler restores, and passes its signal on.
+            Err(HANDLING) | Err(HANDLED) => return,
+            Err(_) => {
+                // No session: whoever owns the signal now gets it.
+                // SAFETY: sigaction and raise are async-signal-safe.
+                unsafe {
+                    let mut cur: libc::sigaction = std::mem::zeroed();
+                    libc::sigaction(sig, std::ptr::null(), &mut cur);
+                    if cur.sa_sigaction != on_signal as *const () as usize {
+                        libc::raise(sig);
                     }
                 }
-                Step::Swapoff(path) => {
-                    libc::swapoff(path.as_ptr());
+                return;
+            }
+        }
+    }
+    let e = EMERGENCY.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    // SAFETY: `e` was leaked by Session::start before it set ARMED, and is
+    // freed only by a restore that took it back while BUSY (never while a
+    // handler is HANDLING); the handler that takes it owns it (then leaks it).
+    // Only async-signal-safe calls below.
+    unsafe {
+        if !e.is_null() {
+            let e = &*e;
+            for step in &e.steps {
+                match step {
+                    Step::Write(path, value) => {
+                        let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+                        if fd >= 0 {
+                            libc::write(fd, value.as_ptr() as *const libc::c_void, value.len());
+                            libc::close(fd);
+                        }
+                    }
+                    Step::Swapoff(path) => {
+                        libc::swapoff(path.as_ptr());
+                    }
+                    Step::Unlink(path) => {
+                        libc::unlink(path.as_ptr());
+                    }
                 }
-                Step::Unlink(path) => {
-                    libc::unlink(path.as_ptr());
+            }
+            libc::unlink(e.saved_swap.as_ptr());
+            libc::unlink(e.saved.as_ptr());
+            for (s, old) in &e.old {
+                libc::sigaction(*s, old, std::ptr::null_mut());
+            }
+        }
+        STATE.store(HANDLED, Ordering::SeqCst);
+        // Delivered to the previous disposition once this handler returns.
+        libc::raise(sig);
+    }
+}
+
+/// A thread's hold on the settings while it writes or restores them
+/// (`BUSY`): the run's signals blocked in this thread, the handlers
+/// installed, and what to put back when it is done.
+struct Busy {
+    /// This thread's signal mask before.
+    mask: libc::sigset_t,
+    /// The dispositions the handlers replaced (none replaced: empty).
+    old: Vec<(libc::c_int, libc::sigaction)>,
+    done: bool,
+}
+
+/// The run's signals as a set.
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: initialising a sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in SIGNALS {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+impl Busy {
+    /// Blocks the run's signals in this thread.
+    fn block() -> Busy {
+        let set = signal_set();
+        // SAFETY: changing this thread's signal mask.
+        let mut mask: libc::sigset_t = unsafe { std::mem::zeroed() };
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut mask) };
+        Busy {
+            mask,
+            old: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// Installs [`on_signal`] for each run signal that is not ignored,
+    /// keeping the dispositions it replaces.
+    fn install_handlers(&mut self) {
+        for &sig in &SIGNALS {
+            // SAFETY: querying a disposition.
+            let mut cur: libc::sigaction = unsafe { std::mem::zeroed() };
+            unsafe { libc::sigaction(sig, std::ptr::null(), &mut cur) };
+            if cur.sa_sigaction != libc::SIG_IGN {
+                self.old.push((sig, cur));
+            }
+        }
+        for (sig, _) in &self.old {
+            // SAFETY: installing a handler that only makes async-signal-safe calls.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_signal as *const () as usize;
+                sa.sa_mask = signal_set();
+                libc::sigaction(*sig, &sa, std::ptr::null_mut());
+            }
+        }
+    }
+
+    /// Puts the dispositions back (before the state leaves `BUSY`).
+    fn uninstall_handlers(&self) {
+        for (sig, old) in &self.old {
+            // SAFETY: restoring a disposition saved by install_handlers().
+            unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
+        }
+    }
+
+    /// Done: the state becomes `state`, this thread's mask is put back, and
+    /// a deferred signal is raised (to the handler when `ARMED`, which then
+    /// restores everything; to the previous disposition when `IDLE`).
+    fn finish(mut self, state: u8) {
+        self.release(Some(state));
+    }
+
+    /// Done without having changed the state: only the mask is put back.
+    fn finish_mask_only(mut self) {
+        self.release(None);
+    }
+
+    fn release(&mut self, state: Option<u8>) {
+        self.done = true;
+        if let Some(state) = state {
+            STATE.store(state, Ordering::SeqCst);
+        }
+        // SAFETY: restoring this thread's mask; raising a signal.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &self.mask, std::ptr::null_mut());
+            if state.is_some() {
+                let sig = DEFERRED.swap(0, Ordering::SeqCst);
+                if sig > 0 {
+                    libc::raise(sig);
                 }
             }
         }
-        libc::unlink(e.saved_swap.as_ptr());
-        libc::unlink(e.saved.as_ptr());
-        for (s, old) in &e.old {
-            libc::sigaction(*s, old, std::ptr::null_mut());
+    }
+}
+
+impl Drop for Busy {
+    /// An early return of [`Session::start`]: nothing is left to restore
+    /// (or the session's Drop has restored it): the handlers go, `IDLE`.
+    fn drop(&mut self) {
+        if !self.done {
+            self.uninstall_handlers();
+            self.release(Some(IDLE));
         }
-        // Delivered to the previous disposition once this handler returns.
-        libc::raise(sig);
     }
 }
 
@@ -388,6 +532,8 @@ pub struct Session {
     /// The swap device's undo steps, in the order of the changes.
     undo: Vec<Undo>,
     emergency: *mut Emergency,
+    /// The signal dispositions the run's handlers replaced.
+    old: Vec<(libc::c_int, libc::sigaction)>,
     /// What the session did, for the report.
     pub notes: Vec<String>,
     /// The run's swap device, when the scenario has one.
@@ -395,8 +541,13 @@ pub struct Session {
 }
 
 impl Session {
-    /// Takes the lock, restores a crashed run's leftovers, saves the current
-    /// knobs, installs the signal handlers and applies `settings`.
+    /// Takes the lock, installs the signal handlers, restores a crashed
+    /// run's leftovers, saves the current knobs and applies `settings`.
+    ///
+    /// # Signals
+    /// `BUSY` from the lock to the return (see the module header): a signal
+    /// meanwhile is raised when the settings are in place (the handler then
+    /// restores them) or, on an error, once they are back.
     pub fn start(settings: &Settings) -> Result<Session, LiveError> {
         let dir = state_dir()?;
         let lock_path = dir.join("lock");
@@ -412,6 +563,18 @@ impl Session {
                 io::Error::last_os_error(),
             ));
         }
+        let mut busy = Busy::block();
+        if STATE
+            .compare_exchange(IDLE, BUSY, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            busy.finish_mask_only();
+            return Err(LiveError::Environment(
+                "another live session of this process holds the machine".into(),
+            ));
+        }
+        INTERRUPTED.store(0, Ordering::SeqCst);
+        busy.install_handlers();
         let saved = dir.join("saved");
         let saved_swap = dir.join("saved-swap");
         let mut notes = Vec::new();
@@ -429,7 +592,6 @@ impl Session {
                 leftovers.join(", ")
             ));
         }
-        INTERRUPTED.store(0, Ordering::SeqCst);
 
         let knobs = knobs(settings);
         let mut original = Vec::new();
@@ -481,16 +643,7 @@ impl Session {
             }
         }
 
-        // Signal handlers, with everything they need prepared now.
-        let mut old = Vec::new();
-        for &sig in &SIGNALS {
-            // SAFETY: querying a disposition.
-            let mut cur: libc::sigaction = unsafe { std::mem::zeroed() };
-            unsafe { libc::sigaction(sig, std::ptr::null(), &mut cur) };
-            if cur.sa_sigaction != libc::SIG_IGN {
-                old.push((sig, cur));
-            }
-        }
+        // What the signal handler restores, prepared now.
         let to_c = |p: &Path| CString::new(p.as_os_str().as_encoded_bytes()).ok();
         let swap_steps = undo.iter().rev().filter_map(|u| {
             Some(match u {
@@ -507,21 +660,9 @@ impl Session {
             steps: swap_steps.chain(knob_steps).collect(),
             saved: to_c(&saved).unwrap_or_default(),
             saved_swap: to_c(&saved_swap).unwrap_or_default(),
-            old: old.clone(),
+            old: busy.old.clone(),
         }));
         EMERGENCY.store(emergency, Ordering::SeqCst);
-        for (sig, _) in &old {
-            // SAFETY: installing a handler that only makes async-signal-safe calls.
-            unsafe {
-                let mut sa: libc::sigaction = std::mem::zeroed();
-                sa.sa_sigaction = on_signal as *const () as usize;
-                libc::sigemptyset(&mut sa.sa_mask);
-                for s in SIGNALS {
-                    libc::sigaddset(&mut sa.sa_mask, s);
-                }
-                libc::sigaction(*sig, &sa, std::ptr::null_mut());
-            }
-        }
 
         let session = Session {
             _lock: lock,
@@ -530,6 +671,7 @@ impl Session {
             original,
             undo,
             emergency,
+            old: busy.old.clone(),
             notes,
             swap: None,
         };
@@ -598,15 +740,39 @@ impl Session {
                     .into(),
             );
         }
+        busy.finish(ARMED);
         Ok(session)
     }
 
     /// Puts everything back (idempotent).
+    ///
+    /// # Signals
+    /// `BUSY` (the signals blocked in this thread) from `ARMED`, or within
+    /// [`Session::start`]'s `BUSY` on its error path; a handler that is
+    /// restoring (`HANDLING`) is waited for instead, and what it restored is
+    /// not restored again.
     fn restore(&mut self) {
-        // Take the handlers' data first so a late signal does not race us:
-        // a signal from now on is deferred until everything is back (the
-        // handler stays installed until then, see on_signal).
-        RESTORING.store(true, Ordering::SeqCst);
+        let busy = Busy::block();
+        match STATE.compare_exchange(ARMED, BUSY, Ordering::SeqCst, Ordering::SeqCst) {
+            // BUSY: start() failed after building the session, on this thread.
+            Ok(_) | Err(BUSY) => {}
+            Err(HANDLING) | Err(HANDLED) => {
+                // The handler restores everything, then passes its signal on
+                // (by default the process dies of it before this returns).
+                while STATE.load(Ordering::SeqCst) == HANDLING {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                self.undo.clear();
+                self.original.clear();
+                busy.finish(IDLE);
+                return;
+            }
+            // Already restored.
+            Err(_) => {
+                busy.finish_mask_only();
+                return;
+            }
+        }
         let e = EMERGENCY.swap(std::ptr::null_mut(), Ordering::SeqCst);
         undo_all(&self.undo);
         self.undo.clear();
@@ -617,28 +783,19 @@ impl Session {
             }
         }
         let _ = fs::remove_file(&self.saved);
-        if !e.is_null() {
-            // SAFETY: restoring the dispositions saved in start().
-            unsafe {
-                for (sig, old) in &(*e).old {
-                    libc::sigaction(*sig, old, std::ptr::null_mut());
-                }
-            }
-        }
+        self.original.clear();
         if !e.is_null() && e == self.emergency {
-            // SAFETY: we took it back from the static; no handler holds it
-            // (a handler that took it would have left null behind).
+            // SAFETY: we took it back from the static while BUSY, so no
+            // handler holds it (one that took it would have left HANDLING).
             drop(unsafe { Box::from_raw(e) });
         }
-        self.original.clear();
-        RESTORING.store(false, Ordering::SeqCst);
-        let sig = DEFERRED.swap(0, Ordering::SeqCst);
-        if sig > 0 {
-            // Delivered to the disposition the run found (by default the
-            // process dies of it), now that the machine is put back.
-            // SAFETY: raising a signal.
-            unsafe { libc::raise(sig) };
+        // A deferred signal goes to the disposition the run found (by
+        // default the process dies of it), now that the machine is back.
+        for (sig, old) in &self.old {
+            // SAFETY: restoring a disposition saved in start().
+            unsafe { libc::sigaction(*sig, old, std::ptr::null_mut()) };
         }
+        busy.finish(IDLE);
     }
 }
 

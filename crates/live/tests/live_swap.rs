@@ -575,6 +575,9 @@ fn a_failed_run_removes_its_swap_device() {
 
 /// The environment variable that makes `swap_run_to_interrupt` run.
 const CHILD: &str = "THPSIM_LIVE_SWAP_CHILD";
+/// The number of writes of the child's run (default 100,000: long enough
+/// to be interrupted mid-run).
+const CHILD_STEPS: &str = "THPSIM_LIVE_SWAP_CHILD_STEPS";
 
 /// Not a test of its own: the long run that the interruption tests start in
 /// a child process (this test binary again) and then signal.
@@ -586,7 +589,11 @@ fn swap_run_to_interrupt() {
     let mut src =
         String::from("swap 64m\nthp never\nprocess P\nP: mmap A 8p\nP: write A[..] = 1\n");
     src.push_str("P: madvise A[..] pageout\n");
-    for i in 0..100_000 {
+    let steps: usize = std::env::var(CHILD_STEPS)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    for i in 0..steps {
         src.push_str(&format!("P: write A[{}p] = 2\n", i % 8));
     }
     let swap = if kind == "file" {
@@ -606,6 +613,19 @@ fn interrupt_a_run(
     kind: &str,
     baseline: &[String],
 ) -> (std::process::ExitStatus, String) {
+    interrupt_a_run_after(sig, kind, baseline, 100_000, Duration::from_millis(50)).0
+}
+
+/// As [`interrupt_a_run`], for a run of `steps` writes, with the signal
+/// sent `delay` after the device is on; also returns how long the child
+/// lived from then on.
+fn interrupt_a_run_after(
+    sig: i32,
+    kind: &str,
+    baseline: &[String],
+    steps: usize,
+    delay: Duration,
+) -> ((std::process::ExitStatus, String), Duration) {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().expect("test binary");
     let mut cmd = Command::new(exe);
@@ -630,6 +650,7 @@ fn interrupt_a_run(
             "--test-threads=1",
         ])
         .env(CHILD, kind)
+        .env(CHILD_STEPS, steps.to_string())
         .env(thpsim_live::LIVE_TESTS_VAR, "1")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&err_path).expect("stderr file"))
@@ -649,14 +670,28 @@ fn interrupt_a_run(
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    // A few steps in.
-    std::thread::sleep(Duration::from_millis(50));
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, sig) };
-    let st = child.wait().expect("wait");
+    let on = Instant::now();
+    // Until `delay` has passed or the child has ended by itself.
+    let mut ended = None;
+    while on.elapsed() < delay {
+        ended = child.try_wait().expect("wait");
+        if ended.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let lived = on.elapsed();
+    let st = match ended {
+        Some(st) => st,
+        None => {
+            // SAFETY: signalling our own child, not yet waited for.
+            unsafe { libc::kill(child.id() as i32, sig) };
+            child.wait().expect("wait")
+        }
+    };
     let err = std::fs::read_to_string(&err_path).unwrap_or_default();
     let _ = std::fs::remove_file(&err_path);
-    (st, err)
+    ((st, err), lived)
 }
 
 /// Ctrl-C (SIGINT) during a run: the handler removes the swap device (and
@@ -676,6 +711,46 @@ fn sigint_removes_the_swap_device() {
             resting_state(),
             before,
             "{kind}: left behind after SIGINT; the run's stderr:\n{err}"
+        );
+    }
+}
+
+/// SIGINT at any point of a short run: mid-run, while the run restores the
+/// machine (swapoff of the used device, unlink, the knobs), or after: the
+/// machine is left at rest every time. Regression: the handler and the run
+/// thread once restored at the same time; the handler's unlink of the swap
+/// file failed (EPERM) while the other thread's swapoff still ran, and the
+/// process died before that thread unlinked it, leaving the file behind.
+#[test]
+fn sigint_at_any_point_of_a_run_leaves_the_machine_at_rest() {
+    if !live() {
+        return;
+    }
+    let _s = serial();
+    use std::os::unix::process::ExitStatusExt;
+    let before = resting_state();
+    // How long the run lives once its device is on, signalled too late.
+    let (_, span) = interrupt_a_run_after(
+        libc::SIGINT,
+        "file",
+        &before.0,
+        300,
+        Duration::from_secs(30),
+    );
+    assert_eq!(resting_state(), before, "left behind by a run to its end");
+    let span = span.min(Duration::from_secs(30));
+    for i in 0..12u32 {
+        // From just after the device is on to past the end of the run.
+        let delay = span * i / 10;
+        let ((st, err), _) = interrupt_a_run_after(libc::SIGINT, "file", &before.0, 300, delay);
+        assert!(
+            st.signal() == Some(libc::SIGINT) || st.code() == Some(101),
+            "SIGINT after {delay:?} of {span:?}: {st:?}\n{err}"
+        );
+        assert_eq!(
+            resting_state(),
+            before,
+            "SIGINT after {delay:?} of {span:?}: left behind; the run's stderr:\n{err}"
         );
     }
 }

@@ -445,6 +445,35 @@ thread_local! {
     static UNFINISHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     static JOINER: std::cell::Cell<Option<shuttle_engine::runtime::task::TaskId>> =
         const { std::cell::Cell::new(None) };
+    /// Scheduling points decided ahead by the scheduler
+    /// ([`ShuttleEngine::grant`]): at each of the next this many points it
+    /// would let the running thread go on. Void as soon as the runnable set
+    /// changes or the scheduler runs again.
+    static GRANT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// Points passed under a grant since the scheduler last ran
+    /// ([`ShuttleEngine::take_granted`]).
+    static GRANTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// A scheduling point with a choice that the scheduler granted ahead
+/// ([`ShuttleEngine::grant`]): the running thread goes on at once, and the
+/// point is counted. False: the scheduler must be asked.
+#[inline]
+fn granted_point() -> bool {
+    let left = GRANT.with(|g| g.get());
+    if left > 0 {
+        GRANT.with(|g| g.set(left - 1));
+        GRANTED.with(|g| g.set(g.get() + 1));
+        true
+    } else {
+        false
+    }
+}
+
+/// The runnable set changed: what the scheduler decided ahead no longer holds.
+#[inline]
+fn revoke_grant() {
+    GRANT.with(|g| g.set(0));
 }
 
 /// Makes runnable again those of `tasks` still blocked (a task in a
@@ -471,11 +500,15 @@ fn unblock_tasks(tasks: Vec<shuttle_engine::runtime::task::TaskId>) {
 /// A new execution (or a new `together` block of one): no oops yet, nobody
 /// waiting.
 fn reset_execution_state() {
+    revoke_grant();
     OOPSED.with(|o| o.set(false));
     BLOCKED.with(|b| b.borrow_mut().clear());
 }
 
 fn runnable_add(d: isize) {
+    if d != 0 {
+        revoke_grant();
+    }
     RUNNABLE.with(|r| {
         if r.get() != usize::MAX {
             r.set(r.get().saturating_add_signed(d));
@@ -501,6 +534,30 @@ impl ShuttleEngine {
     /// Stops counting: every scheduling point switches again.
     pub fn stop_counting() {
         RUNNABLE.with(|r| r.set(usize::MAX));
+        revoke_grant();
+    }
+
+    /// Called by a scheduler as it chooses: at each of the next `points`
+    /// scheduling points with a choice it would choose the thread it just
+    /// chose again, as long as no thread becomes runnable or stops being
+    /// runnable (a monitor wait, a wake, a thread's end). Those points then
+    /// cost no call into shuttle: the thread goes on, and the scheduler,
+    /// when it next runs, counts them from [`ShuttleEngine::take_granted`].
+    /// Every call replaces the last grant; a scheduler that never calls it
+    /// sees every point.
+    pub fn grant(points: u64) {
+        GRANT.with(|g| g.set(points));
+    }
+
+    /// The points passed under grants since the last call (0 when the
+    /// scheduler was asked at every point).
+    pub fn take_granted() -> u64 {
+        GRANTED.with(|g| g.replace(0))
+    }
+
+    /// [`ShuttleEngine::take_granted`] without taking them.
+    pub fn granted() -> u64 {
+        GRANTED.with(|g| g.get())
     }
 }
 
@@ -535,7 +592,7 @@ impl Engine for ShuttleEngine {
     const FOOTPRINTS: bool = true;
 
     fn schedule_point() {
-        if others_may_run() {
+        if others_may_run() && !granted_point() {
             shuttle_engine::runtime::thread::switch();
         }
     }
@@ -550,12 +607,12 @@ impl Engine for ShuttleEngine {
     }
 
     fn schedule_point_on(obj: footprint::Obj, write: bool) {
-        if others_may_run() {
+        if others_may_run() && !granted_point() {
             footprint::op(obj, write);
             shuttle_engine::runtime::thread::switch();
         } else {
-            // No other thread can run here: the access belongs to the step
-            // in progress.
+            // No other thread can run here, or the scheduler let this one go
+            // on: the access belongs to the step in progress.
             footprint::hidden(obj, write);
         }
     }
@@ -599,6 +656,7 @@ impl Engine for ShuttleEngine {
         if counting {
             RUNNABLE.with(|r| r.set(1));
         }
+        revoke_grant();
         if let Some(p) = panicked {
             std::panic::resume_unwind(p);
         }

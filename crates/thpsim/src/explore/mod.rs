@@ -225,6 +225,9 @@ pub struct ExploreReport {
 struct ExecLog {
     /// Per decision: (chosen task, the default choice there).
     points: Vec<(u32, u32)>,
+    /// The task the scheduler chose last: the one that goes on at the points
+    /// it granted ahead (`ShuttleEngine::grant`).
+    last: u32,
 }
 
 thread_local! {
@@ -234,7 +237,7 @@ thread_local! {
     /// read at the execution's end ([`account`]) and after the run
     /// ([`drive`] copies it into its job's [`Shared`]).
     static EXEC_LOG: std::cell::RefCell<ExecLog> = const {
-        std::cell::RefCell::new(ExecLog { points: Vec::new() })
+        std::cell::RefCell::new(ExecLog { points: Vec::new(), last: 0 })
     };
 }
 
@@ -412,17 +415,37 @@ impl<S: Scheduler> Scheduler for Recorder<S> {
         // last one finishes (`ShuttleEngine::run_threads`). A choice there
         // would only start a CPU thread before its siblings exist, which
         // orders nothing the model can see.
+        // The decisions the inner scheduler granted ahead (each chose the
+        // task it chose last, the default there) are points too, logged
+        // before this one; the inner scheduler counts them itself.
+        let granted = ShuttleEngine::granted();
+        if granted > 0 {
+            EXEC_LOG.with(|l| {
+                let mut l = l.borrow_mut();
+                let t = l.last;
+                l.points
+                    .extend(std::iter::repeat_n((t, t), granted as usize));
+            });
+        }
         if current.map(usize::from) == Some(MAIN_TASK)
             && runnable.iter().any(|t| usize::from(t.id()) == MAIN_TASK)
         {
+            ShuttleEngine::take_granted();
             return current;
         }
         let t = self.inner.next_task(runnable, current, is_yielding)?;
+        // A scheduler that grants counts what it granted; one that does not
+        // never has any.
+        ShuttleEngine::take_granted();
         // Only real decisions (two or more runnable tasks) are points.
-        if runnable.len() > 1 {
-            let default = default_of(current, runnable) as u32;
-            EXEC_LOG.with(|l| l.borrow_mut().points.push((usize::from(t) as u32, default)));
-        }
+        EXEC_LOG.with(|l| {
+            let mut l = l.borrow_mut();
+            if runnable.len() > 1 {
+                let default = default_of(current, runnable) as u32;
+                l.points.push((usize::from(t) as u32, default));
+            }
+            l.last = usize::from(t) as u32;
+        });
         Some(t)
     }
 
@@ -512,6 +535,12 @@ fn account(
     coverage: Vec<(usize, thpsim_model::coverage::ExecCoverage)>,
     failed: bool,
 ) {
+    // Every thread's end runs the scheduler, which logs what it granted.
+    assert_eq!(
+        ShuttleEngine::granted(),
+        0,
+        "decisions granted ahead and not logged at the end of an execution"
+    );
     let (fp, no_decision) = EXEC_LOG.with(|l| {
         let l = l.borrow();
         (l.fingerprint(), l.points.is_empty())
@@ -631,6 +660,7 @@ fn drive<S: Scheduler + 'static>(
     // The last execution's decisions, for the switch list of a failure.
     shared.lock().unwrap_or_else(|p| p.into_inner()).log = EXEC_LOG.with(|l| ExecLog {
         points: l.borrow().points.clone(),
+        last: 0,
     });
     let mut o = std::mem::take(&mut *outputs.lock().unwrap_or_else(|p| p.into_inner()));
     match result {

@@ -6,6 +6,7 @@
 //! search.
 
 use shuttle::scheduler::{Schedule, Scheduler, Task, TaskId};
+use thpsim_model::engine::ShuttleEngine;
 
 /// splitmix64: a small, well-mixed generator (and a seed mixer).
 #[derive(Clone, Debug)]
@@ -177,6 +178,8 @@ impl Scheduler for Pct {
             }
         }
         self.change_points = points;
+        ShuttleEngine::grant(0);
+        ShuttleEngine::take_granted();
         Some(Schedule::new(e))
     }
 
@@ -186,6 +189,9 @@ impl Scheduler for Pct {
         current: Option<TaskId>,
         _: bool,
     ) -> Option<TaskId> {
+        // The decisions passed under the last grant (below): each chose the
+        // running thread, which was and stayed the highest-priority one.
+        self.decisions += ShuttleEngine::take_granted();
         for t in runnable {
             self.priority_of(usize::from(t.id()));
         }
@@ -199,10 +205,28 @@ impl Scheduler for Pct {
                 }
             }
         }
-        runnable
+        let chosen = runnable
             .iter()
             .max_by_key(|t| self.priority[usize::from(t.id())])
-            .map(|t| t.id())
+            .map(|t| t.id());
+        // Until the next change point, and while the runnable threads stay
+        // the same (no priority changes, no newcomer), every decision gives
+        // the chosen thread again: the engine lets it go on without asking.
+        let grant = if runnable.len() > 1 && chosen.is_some() {
+            match self
+                .change_points
+                .iter()
+                .filter(|&&c| c > self.decisions)
+                .min()
+            {
+                Some(&c) => c - self.decisions - 1,
+                None => u64::MAX,
+            }
+        } else {
+            0
+        };
+        ShuttleEngine::grant(grant);
+        chosen
     }
 
     fn next_u64(&mut self) -> u64 {

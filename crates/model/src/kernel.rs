@@ -176,7 +176,9 @@ impl<E: Engine> Kernel<E> {
                 queue: Mutex::new(VecDeque::new()),
             },
             lru_lock: SpinLock::new(LockClass::LruLock),
-            tlbs: (0..cfg.cpus).map(|_| Mutex::new(Tlb::default())).collect(),
+            tlbs: (0..cfg.cpus)
+                .map(|_| Mutex::new(Tlb::new(geo.hpage_pmd_order())))
+                .collect(),
             irqs: (0..cfg.cpus).map(|_| LocalIrq::default()).collect(),
             reports: Mutex::new(Vec::new()),
             tracing: AtomicBool::new(false),

@@ -30,7 +30,6 @@ use crate::page::{fill_bytes, read_byte, write_byte};
 use crate::pgtable::{Pmd, Pte, Upper};
 use crate::types::{Level, MmId, Pfn, VirtAddr};
 use serde::Serialize;
-use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 /// One cached translation of a base page.
@@ -40,21 +39,239 @@ pub struct TlbEntry {
     pub write: bool,
 }
 
-/// A CPU's TLB: translations by (address space, virtual page number).
+/// Entries for 4 KiB pages: 16 sets of 4 ways, as the first-level data TLB of
+/// recent x86 cores (64 entries, 4-way).
+pub const TLB_BASE_SETS: usize = 16;
+/// Entries for 2 MiB pages: 8 sets of 4 ways (32 entries, 4-way).
+pub const TLB_HUGE_SETS: usize = 8;
+/// Ways of a set.
+pub const TLB_WAYS: usize = 4;
+
+/// One way of a set: the translation of one page (a base page, or a whole
+/// huge page), and when it was last used (for LRU replacement).
+#[derive(Clone, Copy, Debug)]
+struct Way {
+    mm: MmId,
+    /// The virtual page number: of a base page, or of the huge page
+    /// (address >> PMD_SHIFT).
+    vpn: u64,
+    entry: TlbEntry,
+    used: u64,
+}
+
+/// A set-associative array of translations, LRU within a set.
+#[derive(Clone, Debug)]
+struct TlbArray<const SETS: usize> {
+    sets: [[Option<Way>; TLB_WAYS]; SETS],
+}
+
+impl<const SETS: usize> Default for TlbArray<SETS> {
+    fn default() -> Self {
+        TlbArray {
+            sets: [[None; TLB_WAYS]; SETS],
+        }
+    }
+}
+
+impl<const SETS: usize> TlbArray<SETS> {
+    fn set_of(vpn: u64) -> usize {
+        (vpn % SETS as u64) as usize
+    }
+
+    fn get(&mut self, mm: MmId, vpn: u64, now: u64) -> Option<TlbEntry> {
+        let set = &mut self.sets[Self::set_of(vpn)];
+        let w = set
+            .iter_mut()
+            .flatten()
+            .find(|w| w.mm == mm && w.vpn == vpn)?;
+        w.used = now;
+        Some(w.entry)
+    }
+
+    /// As `get`, without counting as a use (for checkers).
+    fn peek(&self, mm: MmId, vpn: u64) -> Option<TlbEntry> {
+        self.sets[Self::set_of(vpn)]
+            .iter()
+            .flatten()
+            .find(|w| w.mm == mm && w.vpn == vpn)
+            .map(|w| w.entry)
+    }
+
+    /// Caches a translation, replacing the same page's or, in a full set,
+    /// the least recently used one.
+    fn insert(&mut self, mm: MmId, vpn: u64, entry: TlbEntry, now: u64) {
+        let set = &mut self.sets[Self::set_of(vpn)];
+        let way = match set
+            .iter()
+            .position(|w| w.is_some_and(|w| w.mm == mm && w.vpn == vpn))
+            .or_else(|| set.iter().position(|w| w.is_none()))
+        {
+            Some(i) => i,
+            None => set
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, w)| w.map_or(0, |w| w.used))
+                .map_or(0, |(i, _)| i),
+        };
+        set[way] = Some(Way {
+            mm,
+            vpn,
+            entry,
+            used: now,
+        });
+    }
+
+    fn remove(&mut self, mm: MmId, vpn: u64) {
+        for w in self.sets[Self::set_of(vpn)].iter_mut() {
+            if w.is_some_and(|w| w.mm == mm && w.vpn == vpn) {
+                *w = None;
+            }
+        }
+    }
+
+    /// Drops every translation `drop` names; a bounded amount of work.
+    fn retain_not(&mut self, drop: impl Fn(MmId, u64) -> bool) {
+        for w in self.sets.iter_mut().flatten() {
+            if w.is_some_and(|w| drop(w.mm, w.vpn)) {
+                *w = None;
+            }
+        }
+    }
+
+    fn ways(&self) -> impl Iterator<Item = &Way> + '_ {
+        self.sets.iter().flatten().flatten()
+    }
+}
+
+/// What a TLB flush drops.
+#[derive(Clone, Copy, Debug)]
+enum Flush {
+    /// The translations of base pages `[start, end)` of an address space
+    /// (and of every huge page that overlaps them).
+    Range { mm: MmId, start: u64, end: u64 },
+    /// Every translation of an address space.
+    Mm(MmId),
+}
+
+/// A CPU's TLB, shaped like x86's: a bounded number of entries, separate ones
+/// for 4 KiB pages and for 2 MiB pages (a huge PMD is cached as one entry for
+/// the whole huge page, a walk that ends at a PTE as one for its page), LRU
+/// replacement within a set, so a flush costs a bounded amount of work
+/// whatever the address space spans. A lookup tries the 4 KiB entries first.
 /// `Clone` copies the translations and the shootdown count (a copy of the
 /// machine, `Kernel::snapshot`).
-#[derive(Default, Debug, Clone)]
+///
+/// DIVERGENCE: one level of TLB (no second-level STLB), and replacement is
+/// exact LRU (hardware uses pseudo-LRU); both only change which translations
+/// a CPU still holds, which a flush must cover either way.
+#[derive(Debug, Clone)]
 pub struct Tlb {
-    map: HashMap<(MmId, u64), TlbEntry>,
+    base: TlbArray<TLB_BASE_SETS>,
+    huge: TlbArray<TLB_HUGE_SETS>,
+    /// log2 of the base pages of a huge page (the geometry's PMD order).
+    huge_order: u32,
+    /// Lookups and fills so far (the LRU clock).
+    now: u64,
     /// Shootdowns that reached this TLB so far: a hardware walk that saw it
     /// change drops its translation and walks again (see `hw_walk`).
     flushes: u64,
 }
 
 impl Tlb {
-    /// All cached translations (for the audit).
+    /// An empty TLB for a geometry whose huge pages are `2^huge_order` base
+    /// pages.
+    pub fn new(huge_order: u32) -> Tlb {
+        Tlb {
+            base: TlbArray::default(),
+            huge: TlbArray::default(),
+            huge_order,
+            now: 0,
+            flushes: 0,
+        }
+    }
+
+    /// The translation of base page `vpn` of `mm`, if cached.
+    fn lookup(&mut self, mm: MmId, vpn: u64) -> Option<TlbEntry> {
+        self.now += 1;
+        if let Some(e) = self.base.get(mm, vpn, self.now) {
+            return Some(e);
+        }
+        let sub = vpn & ((1 << self.huge_order) - 1);
+        self.huge
+            .get(mm, vpn >> self.huge_order, self.now)
+            .map(|e| TlbEntry {
+                pfn: e.pfn.add(sub),
+                write: e.write,
+            })
+    }
+
+    /// Caches what a walk of `vpn` found: `huge_head` when the walk ended at
+    /// a huge PMD (the huge page's first frame).
+    fn fill(&mut self, mm: MmId, vpn: u64, e: TlbEntry, huge_head: Option<Pfn>) {
+        self.now += 1;
+        match huge_head {
+            Some(head) => self.huge.insert(
+                mm,
+                vpn >> self.huge_order,
+                TlbEntry {
+                    pfn: head,
+                    write: e.write,
+                },
+                self.now,
+            ),
+            None => self.base.insert(mm, vpn, e, self.now),
+        }
+    }
+
+    /// Drops every translation of base page `vpn` (of either size).
+    fn invalidate(&mut self, mm: MmId, vpn: u64) {
+        self.base.remove(mm, vpn);
+        self.huge.remove(mm, vpn >> self.huge_order);
+    }
+
+    fn flush(&mut self, f: Flush) {
+        let order = self.huge_order;
+        match f {
+            Flush::Range { mm, start, end } => {
+                self.base
+                    .retain_not(|m, v| m == mm && v >= start && v < end);
+                self.huge
+                    .retain_not(|m, h| m == mm && (h << order) < end && ((h + 1) << order) > start);
+            }
+            Flush::Mm(mm) => {
+                self.base.retain_not(|m, _| m == mm);
+                self.huge.retain_not(|m, _| m == mm);
+            }
+        }
+    }
+
+    /// The cached 4 KiB translations: (address space, virtual page number).
+    pub fn base_entries(&self) -> Vec<((MmId, u64), TlbEntry)> {
+        self.base.ways().map(|w| ((w.mm, w.vpn), w.entry)).collect()
+    }
+
+    /// The cached 2 MiB translations: (address space, huge page number
+    /// (address >> PMD_SHIFT)), with the huge page's first frame.
+    pub fn huge_entries(&self) -> Vec<((MmId, u64), TlbEntry)> {
+        self.huge.ways().map(|w| ((w.mm, w.vpn), w.entry)).collect()
+    }
+
+    /// Every base page a cached translation covers, with its translation
+    /// (a 2 MiB entry once for each of its base pages).
     pub fn entries(&self) -> Vec<((MmId, u64), TlbEntry)> {
-        self.map.iter().map(|(k, v)| (*k, *v)).collect()
+        let mut out = self.base_entries();
+        for ((mm, h), e) in self.huge_entries() {
+            for sub in 0..1u64 << self.huge_order {
+                out.push((
+                    (mm, (h << self.huge_order) + sub),
+                    TlbEntry {
+                        pfn: e.pfn.add(sub),
+                        write: e.write,
+                    },
+                ));
+            }
+        }
+        out
     }
 }
 
@@ -212,7 +429,7 @@ impl<E: Engine> Cpu<E> {
     ) -> Result<TlbEntry, AccessError> {
         let vpn = self.k.geo.vpn(addr);
         for _attempt in 0..10_000 {
-            let cached = self.tlb().map.get(&(mm.id, vpn)).copied();
+            let cached = self.tlb().lookup(mm.id, vpn);
             match cached {
                 Some(e) if !write || e.write => return Ok(e),
                 Some(_) => {
@@ -222,7 +439,7 @@ impl<E: Engine> Cpu<E> {
                     // invalidates this CPU's translation of the address
                     // (Intel SDM 4.10.4.1); the handler finds the entry
                     // writable and returns, and the retry walks again.
-                    self.tlb().map.remove(&(mm.id, vpn));
+                    self.tlb().invalidate(mm.id, vpn);
                 }
                 None => {
                     if let Some(e) = self.hw_walk(mm, addr, write) {
@@ -247,17 +464,23 @@ impl<E: Engine> Cpu<E> {
     fn hw_walk(&self, mm: &Arc<MmStruct<E>>, addr: VirtAddr, write: bool) -> Option<TlbEntry> {
         loop {
             let flushes = self.tlb().flushes;
-            let e = self.hw_walk_once(mm, addr, write)?;
+            let (e, huge_head) = self.hw_walk_once(mm, addr, write)?;
             let mut tlb = self.tlb();
             if tlb.flushes == flushes {
-                tlb.map.insert((mm.id, self.k.geo.vpn(addr)), e);
+                tlb.fill(mm.id, self.k.geo.vpn(addr), e, huge_head);
                 return Some(e);
             }
         }
     }
 
-    /// One walk of [`Cpu::hw_walk`]: the translation, not yet cached.
-    fn hw_walk_once(&self, mm: &Arc<MmStruct<E>>, addr: VirtAddr, write: bool) -> Option<TlbEntry> {
+    /// One walk of [`Cpu::hw_walk`]: the translation, not yet cached, and
+    /// the huge page's first frame when the walk ended at a huge PMD.
+    fn hw_walk_once(
+        &self,
+        mm: &Arc<MmStruct<E>>,
+        addr: VirtAddr,
+        write: bool,
+    ) -> Option<(TlbEntry, Option<Pfn>)> {
         let geo = self.k.geo;
         let pud_table = match Upper::decode(mm.pgd.raw(geo.index(Level::Pgd, addr)).load()) {
             Upper::Table(t) => t,
@@ -273,21 +496,27 @@ impl<E: Engine> Cpu<E> {
         };
         let pmd_slot = self.table(pmd_table).raw(geo.index(Level::Pmd, addr));
         let pmd_raw = pmd_slot.load();
-        let (pfn, slot, raw, allowed) = match Pmd::decode(pmd_raw) {
+        let (pfn, huge_head, slot, raw, allowed) = match Pmd::decode(pmd_raw) {
             Pmd::Huge {
                 pfn,
                 flags,
                 invalid: false,
             } if !flags.protnone => {
                 let sub = geo.index(Level::Pte, addr) as u64;
-                (pfn.add(sub), pmd_slot, pmd_raw, !write || flags.write)
+                (
+                    pfn.add(sub),
+                    Some(pfn),
+                    pmd_slot,
+                    pmd_raw,
+                    !write || flags.write,
+                )
             }
             Pmd::Table(pte_table) => {
                 let slot = self.table(pte_table).raw(geo.index(Level::Pte, addr));
                 let raw = slot.load();
                 match Pte::decode(raw) {
                     Pte::Present { pfn, flags } if !flags.protnone => {
-                        (pfn, slot, raw, !write || flags.write)
+                        (pfn, None, slot, raw, !write || flags.write)
                     }
                     _ => return None,
                 }
@@ -305,7 +534,7 @@ impl<E: Engine> Cpu<E> {
         if want != raw && slot.compare_exchange(raw, want).is_err() {
             return self.hw_walk_once(mm, addr, write);
         }
-        Some(TlbEntry { pfn, write })
+        Some((TlbEntry { pfn, write }, huge_head))
     }
 
     /// Models do_user_addr_fault(), arch/x86/mm/fault.c, v5.8: find the VMA under
@@ -352,7 +581,11 @@ impl<E: Engine> Cpu<E> {
             self.k.geo.vpn(start),
             self.k.geo.vpn(VirtAddr(end.0 + self.k.geo.page_size() - 1)),
         );
-        self.shootdown(|(m, v)| *m != mm || *v < s || *v >= e);
+        self.shootdown(Flush::Range {
+            mm,
+            start: s,
+            end: e,
+        });
     }
 
     /// The shootdown of flush_tlb_mm_range(), arch/x86/mm/tlb.c, v5.8: this
@@ -366,7 +599,7 @@ impl<E: Engine> Cpu<E> {
     ///
     /// A CPU that runs with interrupts disabled (GUP-fast) handles the IPI
     /// when it enables them: the shootdown waits for it there.
-    fn shootdown(&self, keep: impl Fn(&(MmId, u64)) -> bool) {
+    fn shootdown(&self, what: Flush) {
         let me = self.id.0;
         let order = std::iter::once(me).chain((0..self.k.tlbs.len()).filter(|&c| c != me));
         for c in order {
@@ -381,7 +614,7 @@ impl<E: Engine> Cpu<E> {
                 E::touch(Obj::Tlb(c as u32), true);
             }
             let mut tlb = self.k.tlbs[c].lock().unwrap_or_else(|p| p.into_inner());
-            tlb.map.retain(|k, _| keep(k));
+            tlb.flush(what);
             tlb.flushes += 1;
         }
     }
@@ -416,17 +649,109 @@ impl<E: Engine> Cpu<E> {
     /// Models flush_tlb_mm(): every CPU drops all translations of `mm`.
     pub fn flush_tlb_mm(&self, mm: MmId) {
         let _f = self.func("flush_tlb_mm");
-        self.shootdown(|(m, _)| *m != mm);
+        self.shootdown(Flush::Mm(mm));
     }
 
     /// Whether any CPU caches a translation of `addr` in `mm` (for checkers).
     pub fn tlb_cached(&self, mm: MmId, addr: VirtAddr) -> bool {
         let vpn = self.k.geo.vpn(addr);
         self.k.tlbs.iter().any(|t| {
-            t.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .map
-                .contains_key(&(mm, vpn))
+            let t = t.lock().unwrap_or_else(|p| p.into_inner());
+            t.base.peek(mm, vpn).is_some() || t.huge.peek(mm, vpn >> t.huge_order).is_some()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(pfn: u64, write: bool) -> TlbEntry {
+        TlbEntry {
+            pfn: Pfn(pfn),
+            write,
+        }
+    }
+
+    const MM: MmId = MmId(1);
+
+    #[test]
+    fn a_full_set_replaces_its_least_recently_used_entry() {
+        let mut t = Tlb::new(9);
+        let sets = TLB_BASE_SETS as u64;
+        // Five pages of one set: the first, untouched since, goes.
+        for i in 0..TLB_WAYS as u64 {
+            t.fill(MM, 3 + i * sets, e(100 + i, false), None);
+        }
+        // Used again: now the second is the least recently used.
+        assert_eq!(t.lookup(MM, 3), Some(e(100, false)));
+        t.fill(MM, 3 + 4 * sets, e(104, true), None);
+        assert_eq!(t.lookup(MM, 3 + sets), None, "evicted");
+        assert_eq!(t.lookup(MM, 3), Some(e(100, false)));
+        assert_eq!(t.lookup(MM, 3 + 4 * sets), Some(e(104, true)));
+        // Refilling a cached page replaces it in place.
+        t.fill(MM, 3, e(200, true), None);
+        assert_eq!(t.lookup(MM, 3), Some(e(200, true)));
+        assert_eq!(t.base_entries().len(), TLB_WAYS);
+    }
+
+    #[test]
+    fn the_tlb_holds_a_bounded_number_of_entries() {
+        let mut t = Tlb::new(9);
+        for v in 0..10_000 {
+            t.fill(MM, v, e(v, true), None);
+            t.fill(MM, v << 9, e(v << 9, true), Some(Pfn(v << 9)));
+        }
+        assert_eq!(t.base_entries().len(), TLB_BASE_SETS * TLB_WAYS);
+        assert_eq!(t.huge_entries().len(), TLB_HUGE_SETS * TLB_WAYS);
+        // The most recent of each survive.
+        assert_eq!(t.lookup(MM, 9_999), Some(e(9_999, true)));
+    }
+
+    #[test]
+    fn a_huge_entry_translates_every_base_page_of_its_huge_page() {
+        let mut t = Tlb::new(3);
+        // A walk of base page 17 (huge page 2, pages 16..24) ended at a huge
+        // PMD mapping frames 64..72.
+        t.fill(MM, 17, e(65, false), Some(Pfn(64)));
+        assert_eq!(t.lookup(MM, 16), Some(e(64, false)));
+        assert_eq!(t.lookup(MM, 23), Some(e(71, false)));
+        assert_eq!(t.lookup(MM, 24), None);
+        assert_eq!(t.lookup(MmId(2), 17), None, "another address space");
+        assert_eq!(t.entries().len(), 8, "one per base page for checkers");
+        // A 4 KiB entry of the same page is looked up first.
+        t.fill(MM, 18, e(300, true), None);
+        assert_eq!(t.lookup(MM, 18), Some(e(300, true)));
+        // The fault of a write through it drops both sizes.
+        t.invalidate(MM, 18);
+        assert_eq!(t.lookup(MM, 18), None);
+        assert_eq!(t.lookup(MM, 16), None);
+    }
+
+    #[test]
+    fn a_range_flush_drops_what_overlaps_the_range_and_nothing_else() {
+        let mut t = Tlb::new(3);
+        t.fill(MM, 16, e(64, true), Some(Pfn(64)));
+        t.fill(MM, 40, e(5, true), None);
+        t.fill(MM, 41, e(6, true), None);
+        t.fill(MmId(2), 40, e(7, true), None);
+        // One base page of the huge page: the whole 2 MiB entry goes.
+        t.flush(Flush::Range {
+            mm: MM,
+            start: 23,
+            end: 24,
+        });
+        assert_eq!(t.lookup(MM, 16), None);
+        t.flush(Flush::Range {
+            mm: MM,
+            start: 40,
+            end: 41,
+        });
+        assert_eq!(t.lookup(MM, 40), None);
+        assert_eq!(t.lookup(MM, 41), Some(e(6, true)));
+        assert_eq!(t.lookup(MmId(2), 40), Some(e(7, true)));
+        t.flush(Flush::Mm(MM));
+        assert_eq!(t.lookup(MM, 41), None);
+        assert_eq!(t.lookup(MmId(2), 40), Some(e(7, true)));
     }
 }

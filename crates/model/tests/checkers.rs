@@ -73,6 +73,31 @@ fn audit_catches_a_stale_tlb_entry() {
     assert!(ids(&cpu).contains(&inv::AUDIT_TLB));
 }
 
+/// A THP write caches one 2 MiB entry: write-protecting the huge PMD
+/// without a flush leaves it stale (a writable translation the tables no
+/// longer allow); with the flush, nothing is left to report.
+#[test]
+fn audit_catches_a_stale_writable_huge_tlb_entry() {
+    for geo in [Geometry::TINY, Geometry::X86_64] {
+        for flush in [false, true] {
+            let (cpu, mm, a) = machine(geo);
+            cpu.user_access(&mm, a, Access::Write(7)).expect("write");
+            let tlb = cpu.k.tlbs[0].lock().unwrap().huge_entries();
+            assert_eq!(tlb.len(), 1, "one 2 MiB entry: {tlb:?}");
+            let pmd = cpu.pmd_offset(&mm, a).expect("pmd");
+            cpu.pmdp_set_wrprotect(pmd);
+            if flush {
+                cpu.flush_tlb_range(mm.id, a, a.add_bytes(geo.pmd_size()));
+            }
+            assert_eq!(
+                ids(&cpu).contains(&inv::AUDIT_TLB),
+                !flush,
+                "{geo:?}, flush {flush}"
+            );
+        }
+    }
+}
+
 #[test]
 fn oracle_catches_a_foreign_byte() {
     let (cpu, mm, a) = machine(Geometry::TINY);

@@ -937,19 +937,38 @@ fn check_mirrors<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
 
 fn check_tlbs<E: Engine>(cpu: &Cpu<E>, t: &mut Tally) {
     let k = &cpu.k;
-    let mut entries: Vec<_> = k
-        .tlbs
-        .iter()
-        .enumerate()
-        .flat_map(|(i, tlb)| {
-            tlb.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entries()
-                .into_iter()
-                .map(move |e| (i, e))
-        })
-        .collect();
-    // In a fixed order (a TLB is a hash map): reports are deterministic.
+    let order = k.geo.hpage_pmd_order();
+    let mut entries: Vec<_> = Vec::new();
+    for (i, tlb) in k.tlbs.iter().enumerate() {
+        let tlb = tlb.lock().unwrap_or_else(|p| p.into_inner());
+        entries.extend(tlb.base_entries().into_iter().map(|e| (i, e)));
+        // A 2 MiB entry that the huge PMD still backs as cached is checked
+        // whole; any other is checked base page by base page, to name what
+        // went stale.
+        for ((mm_id, h), e) in tlb.huge_entries() {
+            let base = VirtAddr(h << k.geo.pmd_shift());
+            let mm = k.mm(mm_id);
+            if mm.exited.load(std::sync::atomic::Ordering::SeqCst) {
+                // Reported once, below.
+                entries.push((i, ((mm_id, h << order), e)));
+                continue;
+            }
+            let backed = cpu.pmd_offset(&mm, base).is_some_and(|pmd| {
+                matches!(cpu.pmd_read(pmd), Pmd::Huge { pfn, flags, invalid: false }
+                    if pfn == e.pfn && (flags.write || !e.write))
+            });
+            if !backed {
+                entries.extend((0..1u64 << order).map(|sub| {
+                    let te = crate::mmu::TlbEntry {
+                        pfn: e.pfn.add(sub),
+                        write: e.write,
+                    };
+                    (i, ((mm_id, (h << order) + sub), te))
+                }));
+            }
+        }
+    }
+    // In a fixed order (the TLB's sets are not): reports are deterministic.
     entries.sort_by_key(|&(cpu, ((mm, vpn), _))| (cpu, mm, vpn));
     for (cpu_id, ((mm_id, vpn), e)) in entries {
         let mm = k.mm(mm_id);

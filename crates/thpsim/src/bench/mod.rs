@@ -9,6 +9,9 @@
 //! one core: its schedules and time with the fix, and the time to the failure
 //! with the fix reverted. A bounded search is given [`BOUNDED_CAP_SECS`]: one
 //! that does not end by then is reported as not exhaustive, with what it ran.
+//! A bounded search that takes over [`PARALLEL_AFTER_SECS`] on one core runs
+//! again with a job per core (`thpsim explore`'s default `--jobs`), and both
+//! times are reported.
 
 pub mod kernel;
 
@@ -35,6 +38,9 @@ fn fix_of(src: &str) -> Option<Fix> {
 
 /// The time a bounded search of the benchmark is given.
 pub const BOUNDED_CAP_SECS: u64 = 120;
+
+/// A one-core bounded search longer than this is also timed on every core.
+pub const PARALLEL_AFTER_SECS: f64 = 30.0;
 
 /// Runs the race benchmarks and renders a markdown report.
 pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> String {
@@ -119,8 +125,9 @@ pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> Stri
         }
     }
     let _ = writeln!(out);
-    let _ = writeln!(out, "| scenario | fix | bounded, 2 preemptions, fix in: schedules, pruned, time, schedules/s | reverted: found after (schedules, time) |");
-    let _ = writeln!(out, "|---|---|---|---|");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let _ = writeln!(out, "| scenario | fix | bounded, 2 preemptions, fix in: schedules, pruned, time, schedules/s (one core) | the same search on {cores} cores (when over {PARALLEL_AFTER_SECS:.0} s on one) | reverted: found after (schedules, time) |");
+    let _ = writeln!(out, "|---|---|---|---|---|");
     for (name, fix, scn) in &races {
         let opts = |reverts: Vec<Fix>| ExploreOptions {
             run: RunOptions {
@@ -133,9 +140,11 @@ pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> Stri
             ..ExploreOptions::default()
         };
         let t = Instant::now();
+        let mut long = false;
         let clean = match explore(scn, &opts(Vec::new())) {
             Ok(r) => {
                 let secs = t.elapsed().as_secs_f64();
+                long = secs > PARALLEL_AFTER_SECS;
                 match (r.found, r.bounded) {
                     (None, Some(b)) if b.complete => format!(
                         "{}, {}, {secs:.1} s, {:.0}",
@@ -152,6 +161,23 @@ pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> Stri
                 }
             }
             Err(e) => format!("invalid: {e}"),
+        };
+        let parallel = if long && cores > 1 {
+            let t = Instant::now();
+            let all = ExploreOptions {
+                jobs: cores,
+                ..opts(Vec::new())
+            };
+            match explore(scn, &all) {
+                Ok(r) if r.found.is_none() && r.bounded.is_some_and(|b| b.complete) => {
+                    format!("{:.1} s", t.elapsed().as_secs_f64())
+                }
+                Ok(r) if r.found.is_some() => "FAILED with the fix".to_string(),
+                Ok(_) => format!("not exhaustive in {BOUNDED_CAP_SECS} s"),
+                Err(e) => format!("invalid: {e}"),
+            }
+        } else {
+            "-".to_string()
         };
         let reverted = match fix {
             None => "-".to_string(),
@@ -178,7 +204,7 @@ pub fn races(seeds: u64, clean_iterations: usize, max_iterations: usize) -> Stri
         };
         let _ = writeln!(
             out,
-            "| {name} | {} | {clean} | {reverted} |",
+            "| {name} | {} | {clean} | {parallel} | {reverted} |",
             fix.map_or("(none)", |f| f.name())
         );
     }

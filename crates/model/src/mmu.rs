@@ -8,8 +8,11 @@
 //! the TLB flush primitives of arch/x86/mm/tlb.c (flush_tlb_range,
 //! flush_tlb_mm, flush_tlb_page) as immediate shootdowns of every CPU's TLB.
 //!
-//! A TLB keeps a translation until it is flushed, so a missing flush shows up as
-//! a stale translation, as on hardware.
+//! A TLB keeps a translation until it is flushed or evicted, so a missing flush
+//! shows up as a stale translation, as on hardware. Its shape is x86's
+//! first-level data TLB ([`Tlb`]): a bounded number of entries, separate ones
+//! for 4 KiB and 2 MiB pages, so a flush costs what the TLB holds, never what
+//! the address space spans.
 //!
 //! A CPU may run with interrupts disabled (`local_irq_save()`, which GUP-fast
 //! does around its lockless walk, mm/gup.c): a shootdown's IPI to it is then
@@ -18,7 +21,7 @@
 //! split, under the lockless walk: x86 frees page tables and pages after the
 //! flush (mmu_gather), and splitting a THP flushes its mappings first.
 //!
-//! Leaves out: PCIDs, lazy TLB mode, batched unmap flushes, the paging-structure
+//! Leaves out: the second-level TLB (STLB), 1 GiB entries, PCIDs, lazy TLB mode, batched unmap flushes, the paging-structure
 //! caches, stack expansion, protection keys.
 
 use crate::cpu::Cpu;

@@ -136,7 +136,7 @@ impl<E: Engine> Cpu<E> {
                 off + len
             )
         });
-        let words = self.page(frame).words(self.k.geo.page_size());
+        let words = self.k.mem.words(frame);
         self.touch_data(frame);
         fill_bytes(words, off, off + len, value);
     }
@@ -152,7 +152,7 @@ impl<E: Engine> Cpu<E> {
                 off + len
             )
         });
-        let words = self.page(frame).words(self.k.geo.page_size());
+        let words = self.k.mem.words(frame);
         (off..off + len).map(|o| read_byte(words, o)).collect()
     }
 }

@@ -162,7 +162,7 @@ impl<E: Engine> Kernel<E> {
         let zp = mem.page(zero_pfn);
         zp.refcount.store_i64(1);
         zp.set_flag(pg::RESERVED);
-        zp.words(geo.page_size());
+        mem.words(zero_pfn);
         Arc::new(Kernel {
             geo,
             mem,

@@ -53,6 +53,7 @@ pub mod errno;
 pub mod filemap;
 pub mod fixes;
 pub mod fork;
+pub mod frames;
 pub mod gup;
 pub mod hash;
 pub mod hmm;

@@ -371,7 +371,7 @@ impl<E: Engine> Cpu<E> {
         let _active = self.user_active();
         let e = self.user_translate(mm, addr, write)?;
         let off = addr.0 & (self.k.geo.page_size() - 1);
-        let words = self.page(e.pfn).words(self.k.geo.page_size());
+        let words = self.k.mem.words(e.pfn);
         E::touch(Obj::Frame(e.pfn.0), write);
         Ok(match access {
             Access::Read => read_byte(words, off),
@@ -396,7 +396,7 @@ impl<E: Engine> Cpu<E> {
         let _active = self.user_active();
         let e = self.user_translate(mm, addr, true)?;
         let off = addr.0 & (self.k.geo.page_size() - 1);
-        let words = self.page(e.pfn).words(self.k.geo.page_size());
+        let words = self.k.mem.words(e.pfn);
         E::touch(Obj::Frame(e.pfn.0), true);
         self.touch_data(e.pfn);
         fill_bytes(words, off, off + len, v);
@@ -414,7 +414,7 @@ impl<E: Engine> Cpu<E> {
         let _active = self.user_active();
         let e = self.user_translate(mm, addr, false)?;
         let off = addr.0 & (self.k.geo.page_size() - 1);
-        let words = self.page(e.pfn).words(self.k.geo.page_size());
+        let words = self.k.mem.words(e.pfn);
         E::touch(Obj::Frame(e.pfn.0), false);
         Ok((off..off + len).map(|o| read_byte(words, o)).collect())
     }

@@ -116,7 +116,11 @@ pub struct Page<E: Engine> {
     pub private: AtomicU64,
     /// NUMA node of the frame.
     pub node: u32,
-    data: OnceLock<Box<[AtomicU64]>>,
+    /// The frame's bytes (in the machine's [`crate::frames::FrameArena`])
+    /// were handed out at least once (`Memory::words`): until then they are
+    /// the host's zeros, which `clear_page()` need not write again and a copy
+    /// of the machine need not copy.
+    pub bytes_used: AtomicBool,
     table: OnceLock<TableBody<E>>,
 }
 
@@ -139,7 +143,7 @@ impl<E: Engine> Page<E> {
             data_touched: AtomicU64::new(0),
             private: AtomicU64::new(0),
             node,
-            data: OnceLock::new(),
+            bytes_used: AtomicBool::new(false),
             table: OnceLock::new(),
         }
     }
@@ -166,14 +170,6 @@ impl<E: Engine> Page<E> {
         let lock = OnceLock::new();
         if let Some(m) = self.lock.get() {
             let _ = lock.set(page_lock_snapshot::<E>(m));
-        }
-        let data = OnceLock::new();
-        if let Some(words) = self.data.get() {
-            let copy: Box<[AtomicU64]> = words
-                .iter()
-                .map(|w| AtomicU64::new(w.load(Ordering::Relaxed)))
-                .collect();
-            let _ = data.set(copy);
         }
         let table = OnceLock::new();
         if let Some(t) = self.table.get() {
@@ -204,7 +200,7 @@ impl<E: Engine> Page<E> {
             free: AtomicBool::new(self.free.load(Ordering::SeqCst)),
             private: AtomicU64::new(self.private.load(Ordering::SeqCst)),
             node: self.node,
-            data,
+            bytes_used: AtomicBool::new(self.bytes_used.load(Ordering::Relaxed)),
             table,
         }
     }
@@ -228,7 +224,7 @@ impl<E: Engine> Page<E> {
             && self.data_touched.load(Ordering::Relaxed) == 0
             && self.free.load(Ordering::SeqCst)
             && self.private.load(Ordering::SeqCst) == 0
-            && self.data.get().is_none()
+            && !self.bytes_used.load(Ordering::Relaxed)
             && self.table.get().is_none()
             && self.compound_pincount.get().is_none()
     }
@@ -331,12 +327,6 @@ impl<E: Engine> Page<E> {
         if let Some(a) = self.compound_pincount.get() {
             a.init(0);
         }
-    }
-
-    /// The frame's bytes as words, created zeroed on first use.
-    pub fn words(&self, page_size: u64) -> &[AtomicU64] {
-        self.data
-            .get_or_init(|| (0..page_size / 8).map(|_| AtomicU64::new(0)).collect())
     }
 
     /// The page-table body of a frame used as a page table.
@@ -717,7 +707,7 @@ mod tests {
         p.data_touched.store(6, Ordering::Relaxed);
         p.free.store(false, Ordering::SeqCst);
         p.private.store(9, Ordering::SeqCst);
-        fill_bytes(p.words(64), 3, 17, 0xab);
+        p.bytes_used.store(true, Ordering::Relaxed);
         Atomic::store(p.table_body(4).raw(1), 77);
         p.table_body(4).deposited.lock().unwrap().push(Pfn(8));
         p.lock_state();
@@ -736,10 +726,7 @@ mod tests {
         assert!(!c.free.load(Ordering::SeqCst));
         assert_eq!(c.private.load(Ordering::SeqCst), 9);
         assert_eq!(c.node, 1);
-        assert_eq!(
-            read_page(c.data.get().expect("bytes")),
-            read_page(p.words(64))
-        );
+        assert!(c.bytes_used.load(Ordering::Relaxed));
         let t = c.table.get().expect("table");
         assert_eq!((t.peek(0), t.peek(1)), (0, 77));
         assert_eq!(*t.deposited.lock().unwrap(), vec![Pfn(8)]);
@@ -747,14 +734,12 @@ mod tests {
 
         // Independent: changing the copy leaves the original.
         Atomic::store(&c.refcount, 1);
-        write_byte(c.words(64), 3, 0);
         Atomic::store(c.table_body(4).raw(1), 0);
         assert_eq!(p.refcount.peek(), 3);
-        assert_eq!(read_byte(p.words(64), 3), 0xab);
         assert_eq!(p.table_body(4).peek(1), 77);
 
         let fresh = Page::<StdEngine>::new(0).snapshot();
-        assert!(fresh.lock.get().is_none() && fresh.data.get().is_none());
+        assert!(fresh.lock.get().is_none() && !fresh.bytes_used.load(Ordering::Relaxed));
         assert!(fresh.table.get().is_none());
         assert_eq!(fresh.mapcount.peek(), u64::MAX);
         assert!(fresh.free.load(Ordering::SeqCst));
@@ -781,9 +766,7 @@ mod tests {
             |p| p.on_deferred_list.store(true, Ordering::SeqCst),
             |p| p.data_touched.store(1, Ordering::Relaxed),
             |p| p.free.store(false, Ordering::SeqCst),
-            |p| {
-                p.words(64);
-            },
+            |p| p.bytes_used.store(true, Ordering::Relaxed),
             |p| {
                 p.table_body(4);
             },

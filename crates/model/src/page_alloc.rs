@@ -15,6 +15,7 @@
 use crate::cpu::Cpu;
 use crate::engine::footprint::Obj;
 use crate::engine::{Atomic, Engine, Monitor};
+use crate::frames::FrameArena;
 use crate::page::{pg, Page};
 use crate::types::{Geometry, Pfn};
 use std::collections::BTreeSet;
@@ -71,6 +72,8 @@ impl CopyPlan {
 /// All physical memory.
 pub struct Memory<E: Engine> {
     pages: Box<[Page<E>]>,
+    /// Every frame's bytes.
+    arena: FrameArena,
     /// Frames not on a free list (the zero page included).
     allocated: std::sync::Mutex<BTreeSet<u64>>,
     pub zones: Vec<Zone<E>>,
@@ -126,8 +129,10 @@ impl<E: Engine> Memory<E> {
                 }
             })
             .collect();
+        let arena = FrameArena::new(pages.len(), geo.page_size());
         Memory {
             pages,
+            arena,
             zones,
             block_pages,
             allocated: std::sync::Mutex::new(BTreeSet::from([0])),
@@ -181,9 +186,16 @@ impl<E: Engine> Memory<E> {
             }
         }
         let pages = pages.into_boxed_slice();
+        let arena = FrameArena::new(n, self.arena.page_size());
+        for (i, p) in pages.iter().enumerate() {
+            if p.bytes_used.load(std::sync::atomic::Ordering::Relaxed) {
+                arena.copy_frame_from(&self.arena, i);
+            }
+        }
         let zones = self.zones.iter().map(Zone::snapshot).collect();
         Memory {
             pages,
+            arena,
             allocated: std::sync::Mutex::new(
                 self.allocated
                     .lock()
@@ -197,6 +209,17 @@ impl<E: Engine> Memory<E> {
 
     pub fn page(&self, pfn: Pfn) -> &Page<E> {
         &self.pages[pfn.idx()]
+    }
+
+    /// The frame's bytes as words (`page_address()`): from now on the frame
+    /// counts as used ([`Page::bytes_used`]).
+    #[inline]
+    pub fn words(&self, pfn: Pfn) -> &[std::sync::atomic::AtomicU64] {
+        let used = &self.pages[pfn.idx()].bytes_used;
+        if !used.load(std::sync::atomic::Ordering::Relaxed) {
+            used.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.arena.words(pfn.idx())
     }
 
     pub fn nr_pages(&self) -> u64 {
@@ -418,10 +441,20 @@ impl<E: Engine> Cpu<E> {
     }
 
     /// Models clear_page()/clear_user_highpage().
+    ///
+    /// A frame whose bytes were never handed out still holds the host's
+    /// zeros ([`Page::bytes_used`]): there is nothing to write.
     pub fn clear_page(&self, pfn: Pfn) {
         self.touch_data(pfn);
         E::touch(Obj::Frame(pfn.0), true);
-        for w in self.page(pfn).words(self.k.geo.page_size()) {
+        if !self
+            .page(pfn)
+            .bytes_used
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        for w in self.k.mem.words(pfn) {
             w.store(0, std::sync::atomic::Ordering::Relaxed);
         }
     }
@@ -429,10 +462,9 @@ impl<E: Engine> Cpu<E> {
     /// Models copy_user_highpage(): copies the frame's bytes.
     pub fn copy_page(&self, dst: Pfn, src: Pfn) {
         self.touch_data(dst);
-        let ps = self.k.geo.page_size();
         E::touch(Obj::Frame(src.0), false);
         E::touch(Obj::Frame(dst.0), true);
-        let (d, s) = (self.page(dst).words(ps), self.page(src).words(ps));
+        let (d, s) = (self.k.mem.words(dst), self.k.mem.words(src));
         for (dw, sw) in d.iter().zip(s) {
             dw.store(
                 sw.load(std::sync::atomic::Ordering::Relaxed),
@@ -492,7 +524,7 @@ mod tests {
         let mem = Memory::<ShuttleEngine>::new(&geo, 12 * geo.pmd_size(), 2);
         let a = mem.take(0, 0).expect("page");
         Atomic::store(&mem.page(a).refcount, 1);
-        mem.page(a).words(geo.page_size());
+        mem.words(a)[0].store(7, std::sync::atomic::Ordering::Relaxed);
         mem.page(a.add(1)).lock_state();
         let plan = mem.copy_plan();
         assert_eq!(plan.boot_frames() as u64, mem.nr_pages() - 2);
@@ -521,6 +553,12 @@ mod tests {
         }
         assert_eq!(full.nr_free(), planned.nr_free());
         assert!(!planned.page(a).in_boot_state());
+        for copy in [full, planned] {
+            assert_eq!(
+                copy.words(a)[0].load(std::sync::atomic::Ordering::Relaxed),
+                7
+            );
+        }
         assert!(!planned.page(a.add(1)).in_boot_state());
         ShuttleEngine::stop_counting();
     }

@@ -35,12 +35,11 @@ impl<E: Engine> Cpu<E> {
             return;
         }
         let si = self.swap_info();
-        let ps = self.k.geo.page_size();
         let nr = self.hpage_nr_pages(page);
         for i in 0..nr {
             let sub = page.add(i);
             E::touch(Obj::Frame(sub.0), false);
-            let bytes = crate::page::read_page(self.page(sub).words(ps)).into_boxed_slice();
+            let bytes = crate::page::read_page(self.k.mem.words(sub)).into_boxed_slice();
             let slot = self.page(sub).private.load(SeqCst);
             si.state().slots.insert(slot, bytes);
         }
@@ -58,12 +57,11 @@ impl<E: Engine> Cpu<E> {
     pub fn swap_readpage(&self, page: Pfn) {
         let _f = self.func("swap_readpage");
         let si = self.swap_info();
-        let ps = self.k.geo.page_size();
         let slot = self.page(page).private.load(SeqCst);
         let bytes = si.state().slots.get(&slot).cloned();
         self.touch_data(page);
         E::touch(Obj::Frame(page.0), true);
-        let words = self.page(page).words(ps);
+        let words = self.k.mem.words(page);
         match bytes {
             Some(b) => {
                 for (w, chunk) in words.iter().zip(b.chunks(8)) {

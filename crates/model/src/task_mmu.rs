@@ -189,7 +189,7 @@ impl<E: Engine> Cpu<E> {
     pub fn peek_page(&self, mm: &MmStruct<E>, page_addr: VirtAddr) -> Vec<u8> {
         let ps = self.k.geo.page_size();
         match self.frame_for_read(mm, page_addr) {
-            Some(pfn) => crate::page::read_page(self.page(pfn).words(ps)),
+            Some(pfn) => crate::page::read_page(self.k.mem.words(pfn)),
             None => self
                 .swapped_bytes(mm, page_addr)
                 .unwrap_or_else(|| vec![0; ps as usize]),
@@ -214,7 +214,7 @@ impl<E: Engine> Cpu<E> {
     pub fn peek_byte(&self, mm: &MmStruct<E>, addr: VirtAddr) -> u8 {
         let off = addr.0 & (self.k.geo.page_size() - 1);
         match self.frame_for_read(mm, addr) {
-            Some(pfn) => crate::page::read_byte(self.page(pfn).words(self.k.geo.page_size()), off),
+            Some(pfn) => crate::page::read_byte(self.k.mem.words(pfn), off),
             None => self.swapped_bytes(mm, addr).map_or(0, |b| b[off as usize]),
         }
     }

@@ -110,7 +110,7 @@ fn oracle_catches_a_foreign_byte() {
         .is_empty());
     // Someone else's write lands in P's page.
     let pfn = cpu.page_info(&mm, a).pfn.expect("mapped");
-    thpsim_model::page::write_byte(cpu.page(pfn).words(cpu.k.geo.page_size()), 3, 0x55);
+    thpsim_model::page::write_byte(cpu.k.mem.words(pfn), 3, 0x55);
     let v = o.check_all(|_, p| cpu.peek_page(&mm, VirtAddr(p)));
     assert_eq!(v.len(), 1);
     assert_eq!(v[0].id, inv::MEM_PRIVATE);

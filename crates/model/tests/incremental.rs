@@ -127,11 +127,7 @@ fn corruptions() -> Vec<Corruption> {
             ThpPolicy::Never,
             |w| {
                 let f = w.cpu.page_info(&w.p, w.page(1)).pfn.expect("mapped");
-                thpsim_model::page::write_byte(
-                    w.cpu.page(f).words(w.cpu.k.geo.page_size()),
-                    3,
-                    0xee,
-                );
+                thpsim_model::page::write_byte(w.cpu.k.mem.words(f), 3, 0xee);
                 w.cpu.touch_data(f);
             },
         ),
@@ -140,7 +136,7 @@ fn corruptions() -> Vec<Corruption> {
             ThpPolicy::Always,
             |w| {
                 let f = w.cpu.page_info(&w.c, w.page(5)).pfn.expect("mapped");
-                thpsim_model::page::write_byte(w.cpu.page(f).words(w.cpu.k.geo.page_size()), 0, 0);
+                thpsim_model::page::write_byte(w.cpu.k.mem.words(f), 0, 0);
                 w.cpu.touch_data(f);
             },
         ),
@@ -223,7 +219,7 @@ fn the_incremental_check_catches_what_the_full_sweep_catches() {
 fn only_what_changed_is_compared_again_and_the_full_sweep_sees_everything() {
     let mut w = World::new(Geometry::TINY, ThpPolicy::Never);
     let f = w.cpu.page_info(&w.p, w.page(2)).pfn.expect("mapped");
-    thpsim_model::page::write_byte(w.cpu.page(f).words(w.cpu.k.geo.page_size()), 1, 0xee);
+    thpsim_model::page::write_byte(w.cpu.k.mem.words(f), 1, 0xee);
     w.oracle.on_fill("P", w.page(1).0, 1, 0x77);
     let before = w.oracle.clone();
     let v = w.check(false);
@@ -248,7 +244,7 @@ fn the_index_is_rebuilt_after_an_unindexed_check() {
     assert!(v.is_empty(), "{v:?}");
     assert_eq!(w.check(false), Vec::<String>::new(), "rebuilt, clean");
     let f = w.cpu.page_info(&w.c, w.page(6)).pfn.expect("mapped");
-    thpsim_model::page::write_byte(w.cpu.page(f).words(w.cpu.k.geo.page_size()), 2, 0xee);
+    thpsim_model::page::write_byte(w.cpu.k.mem.words(f), 2, 0xee);
     w.cpu.touch_data(f);
     assert_eq!(w.check(false).len(), 2, "P's and C's page 6 (one frame)");
 }

@@ -380,10 +380,13 @@ pub fn fill_bytes(words: &[AtomicU64], from: u64, to: u64, v: u8) {
 
 /// Reads a whole frame.
 pub fn read_page(words: &[AtomicU64]) -> Vec<u8> {
-    words
-        .iter()
-        .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
-        .collect()
+    // A word at a time into room made once (collecting the bytes of a
+    // flat_map went byte by byte, a tenth of a big `thpsim run`).
+    let mut out = vec![0u8; words.len() * 8];
+    for (chunk, w) in out.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+    }
+    out
 }
 
 /// Writes one byte of a frame.

@@ -369,6 +369,16 @@ pub fn run_live_with(scn: &Scenario, opts: &LiveOptions) -> Result<LiveReport, L
     imp::run_live(scn, opts)
 }
 
+/// Puts back what a killed live run left behind (`thpsim live restore`):
+/// its swap device and its THP and hugetlb settings, from the saved files
+/// in the live runner's root-only directory, under its lock (waiting for a
+/// run in progress). Only the knobs and swap steps a run makes are
+/// accepted; any other line is refused and named in the result. Returns
+/// what was done, one note each (empty: nothing was left behind).
+pub fn restore_leftovers() -> Result<Vec<String>, LiveError> {
+    imp::restore_leftovers()
+}
+
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod imp {
     use super::LiveError;
@@ -376,6 +386,7 @@ mod imp {
     use std::os::unix::fs::FileExt;
 
     pub use crate::run::run_live;
+    pub use crate::session::restore_leftovers;
 
     fn env(msg: impl Into<String>) -> LiveError {
         LiveError::Environment(msg.into())
@@ -458,6 +469,10 @@ mod imp {
     }
 
     pub fn run_live(_: &Scenario, _: &super::LiveOptions) -> Result<LiveReport, LiveError> {
+        Err(environment().unwrap_err())
+    }
+
+    pub fn restore_leftovers() -> Result<Vec<String>, LiveError> {
         Err(environment().unwrap_err())
     }
 }

@@ -4,15 +4,18 @@
 //! back, one run at a time, and cleanup on SIGINT/SIGTERM/SIGHUP.
 //!
 //! - One run at a time, across threads and processes: an exclusive `flock` on
-//!   `/run/thpsim-live/lock` (or `/tmp/thpsim-live/lock`; the directory must
-//!   be root's and closed to writes by group and others, since a run acts on
-//!   what it finds there).
+//!   `/run/thpsim-live/lock`. The directory is made root's and closed to
+//!   group and others (mode 0700), and refused if it is anything else (a
+//!   symlink, another owner, writable by others): a run acts on what it finds
+//!   there. Never under /tmp.
 //! - Before changing a knob, the original values are written to
 //!   `.../saved`, and before adding a swap device, the steps that remove it
 //!   (`swap::Undo`: swapoff, zram reset and hot_remove, unlink of the swap
 //!   file) to `.../saved-swap`; a run that was killed outright (SIGKILL,
-//!   power loss) leaves those files behind and the next run undoes them
-//!   first (only the steps `swap::Undo::from_line` accepts).
+//!   power loss) leaves those files behind and the next run, or
+//!   [`restore_leftovers`] (`thpsim live restore`), undoes them first: only
+//!   the knobs a run sets ([`known_knob`]) and the steps
+//!   `swap::Undo::from_line` accepts; any other line is refused and reported.
 //! - Signals and settings, one state machine (`STATE`): from the lock on,
 //!   SIGINT, SIGTERM and SIGHUP go to [`on_signal`]. While a thread writes or
 //!   restores settings (`BUSY`: [`Session::start`], [`Session::restore`]) the
@@ -415,38 +418,75 @@ pub fn knobs(s: &Settings) -> Vec<Knob> {
     out
 }
 
-/// The directory of the lock and the saved-state files: `/run/thpsim-live`,
-/// else `/tmp/thpsim-live`, as long as it is a real directory of root's that
-/// group and others cannot write (a run writes sysfs files, swapoffs and
-/// unlinks as its saved files say).
+/// The directory of the lock and the saved-state files.
+const STATE_DIR: &str = "/run/thpsim-live";
+
+/// [`STATE_DIR`], made (mode 0700) if it is not there, as long as it is a
+/// real directory of root's that group and others cannot write; then closed
+/// to group and others altogether (a directory of an earlier version was
+/// 0755). A run writes sysfs files, swapoffs and unlinks as its saved files
+/// say.
 fn state_dir() -> Result<PathBuf, LiveError> {
-    let mut why = Vec::new();
-    for base in ["/run", "/tmp"] {
-        let d = Path::new(base).join("thpsim-live");
-        let _ = fs::DirBuilder::new().mode(0o755).create(&d);
-        match fs::symlink_metadata(&d) {
-            Ok(m) if m.file_type().is_dir() && m.uid() == 0 && m.mode() & 0o022 == 0 => {
-                return Ok(d)
+    let d = PathBuf::from(STATE_DIR);
+    let _ = fs::DirBuilder::new().mode(0o700).create(&d);
+    let refuse = |why: String| {
+        LiveError::Environment(format!(
+            "no safe directory for the live runner's lock and saved settings: {} {why} (it \
+             must be a directory of root's that group and others cannot write)",
+            d.display()
+        ))
+    };
+    let m = fs::symlink_metadata(&d).map_err(|e| refuse(format!(": {e}")))?;
+    if !m.file_type().is_dir() || m.uid() != 0 || m.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "is uid {}, mode {:o}{}",
+            m.uid(),
+            m.mode() & 0o7777,
+            if m.file_type().is_dir() {
+                ""
+            } else {
+                ", not a directory"
             }
-            Ok(m) => why.push(format!(
-                "{}: uid {}, mode {:o}{}",
-                d.display(),
-                m.uid(),
-                m.mode() & 0o7777,
-                if m.file_type().is_dir() {
-                    ""
-                } else {
-                    ", not a directory"
-                }
-            )),
-            Err(e) => why.push(format!("{}: {e}", d.display())),
-        }
+        )));
     }
-    Err(LiveError::Environment(format!(
-        "no safe directory for the live runner's lock and saved settings (it must be root's \
-         and not writable by group or others): {}",
-        why.join("; ")
-    )))
+    if m.mode() & 0o077 != 0 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700))
+            .map_err(|e| refuse(format!(": making it 0700: {e}")))?;
+    }
+    Ok(d)
+}
+
+/// Whether `path` is a knob a run sets ([`knobs`]: THP's, khugepaged's, an
+/// mTHP size's `enabled`, the 2 MiB hugetlb pool's): the only paths a
+/// leftover restore writes.
+pub fn known_knob(path: &Path) -> bool {
+    const THP_KNOBS: [&str; 10] = [
+        "khugepaged/pages_to_scan",
+        "khugepaged/max_ptes_none",
+        "khugepaged/max_ptes_swap",
+        "khugepaged/max_ptes_shared",
+        "khugepaged/scan_sleep_millisecs",
+        "khugepaged/alloc_sleep_millisecs",
+        "shrink_underused",
+        "defrag",
+        "use_zero_page",
+        "enabled",
+    ];
+    let Some(s) = path.to_str() else {
+        return false;
+    };
+    if let Some(rel) = s.strip_prefix(THP).and_then(|r| r.strip_prefix('/')) {
+        if THP_KNOBS.contains(&rel) {
+            return true;
+        }
+        // hugepages-<size>kB/enabled
+        return rel
+            .strip_prefix("hugepages-")
+            .and_then(|r| r.strip_suffix("kB/enabled"))
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    }
+    crate::hugetlb::knobs(0).iter().any(|k| k.path == path)
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> LiveError {
@@ -476,10 +516,16 @@ fn restore_saved_file(saved: &Path) -> Result<Vec<String>, LiveError> {
         Err(e) => return Err(io_err(format!("reading {}", saved.display()))(e)),
     };
     let mut restored = Vec::new();
-    for line in text.lines().rev() {
-        if let Some((p, v)) = line.split_once('\t') {
-            write_knob(Path::new(p), v)?;
-            restored.push(format!("{p}={v}"));
+    for line in text.lines().rev().filter(|l| !l.is_empty()) {
+        match line.split_once('\t') {
+            Some((p, v)) if known_knob(Path::new(p)) && !v.contains(['\t', '\n']) => {
+                write_knob(Path::new(p), v)?;
+                restored.push(format!("{p}={v}"));
+            }
+            _ => restored.push(format!(
+                "ignored `{}`: not a knob the live runner sets",
+                line.escape_default()
+            )),
         }
     }
     fs::remove_file(saved).map_err(io_err(format!("removing {}", saved.display())))?;
@@ -522,6 +568,61 @@ fn undo_all(steps: &[Undo]) {
     }
 }
 
+/// Undoes what a killed run left in `dir` (its swap device, then its
+/// knobs), with the lock held; says what it did.
+fn restore_leftovers_locked(dir: &Path) -> Result<Vec<String>, LiveError> {
+    let mut notes = Vec::new();
+    let swap_leftovers = restore_saved_swap(&dir.join("saved-swap"))?;
+    if !swap_leftovers.is_empty() {
+        notes.push(format!(
+            "removed the swap device left behind by an interrupted run: {}",
+            swap_leftovers.join(", ")
+        ));
+    }
+    let leftovers = restore_saved_file(&dir.join("saved"))?;
+    if !leftovers.is_empty() {
+        notes.push(format!(
+            "restored THP and hugetlb settings left behind by an interrupted run: {}",
+            leftovers.join(", ")
+        ));
+    }
+    Ok(notes)
+}
+
+/// Takes the live runner's lock (waiting for a run in progress) and puts
+/// back what a killed run left behind (`thpsim live restore`); says what
+/// it did (nothing: empty).
+///
+/// # Signals
+/// SIGINT, SIGTERM and SIGHUP are blocked in this thread while it restores
+/// (they are delivered after, to their dispositions).
+pub fn restore_leftovers() -> Result<Vec<String>, LiveError> {
+    let dir = state_dir()?;
+    let _lock = lock_state_dir(&dir)?;
+    let busy = Busy::block();
+    let notes = restore_leftovers_locked(&dir);
+    busy.finish_mask_only();
+    notes
+}
+
+/// An exclusive `flock` on `dir/lock` (held until the file is dropped).
+fn lock_state_dir(dir: &Path) -> Result<fs::File, LiveError> {
+    let lock_path = dir.join("lock");
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err(format!("opening {}", lock_path.display())))?;
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io_err(format!("locking {}", lock_path.display()))(
+            io::Error::last_os_error(),
+        ));
+    }
+    Ok(lock)
+}
+
 /// A live run's hold on the machine. Drop restores everything.
 pub struct Session {
     _lock: fs::File,
@@ -550,19 +651,7 @@ impl Session {
     /// restores them) or, on an error, once they are back.
     pub fn start(settings: &Settings) -> Result<Session, LiveError> {
         let dir = state_dir()?;
-        let lock_path = dir.join("lock");
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(format!("opening {}", lock_path.display())))?;
-        // SAFETY: flock on an fd we own.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(io_err(format!("locking {}", lock_path.display()))(
-                io::Error::last_os_error(),
-            ));
-        }
+        let lock = lock_state_dir(&dir)?;
         let mut busy = Busy::block();
         if STATE
             .compare_exchange(IDLE, BUSY, Ordering::SeqCst, Ordering::SeqCst)
@@ -577,21 +666,7 @@ impl Session {
         busy.install_handlers();
         let saved = dir.join("saved");
         let saved_swap = dir.join("saved-swap");
-        let mut notes = Vec::new();
-        let swap_leftovers = restore_saved_swap(&saved_swap)?;
-        if !swap_leftovers.is_empty() {
-            notes.push(format!(
-                "removed the swap device left behind by an interrupted run: {}",
-                swap_leftovers.join(", ")
-            ));
-        }
-        let leftovers = restore_saved_file(&saved)?;
-        if !leftovers.is_empty() {
-            notes.push(format!(
-                "restored THP and hugetlb settings left behind by an interrupted run: {}",
-                leftovers.join(", ")
-            ));
-        }
+        let notes = restore_leftovers_locked(&dir)?;
 
         let knobs = knobs(settings);
         let mut original = Vec::new();
@@ -802,5 +877,81 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.restore();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_runners_knobs_are_known() {
+        let thp = Path::new(THP);
+        for ok in [
+            "enabled",
+            "defrag",
+            "khugepaged/max_ptes_none",
+            "hugepages-64kB/enabled",
+            "hugepages-2048kB/enabled",
+        ] {
+            assert!(known_knob(&thp.join(ok)), "{ok}");
+        }
+        for bad in [
+            "/etc/passwd",
+            "/sys/kernel/mm/transparent_hugepage/../../../../etc/passwd",
+            "/sys/kernel/mm/transparent_hugepage/enabled/../../x",
+            "/sys/kernel/mm/transparent_hugepage/hugepages-kB/enabled",
+            "/sys/kernel/mm/transparent_hugepage/hugepages-64kB/../enabled",
+            "/sys/kernel/mm/transparent_hugepage/khugepaged/defrag",
+            "/tmp/enabled",
+            "",
+        ] {
+            assert!(!known_knob(Path::new(bad)), "{bad}");
+        }
+        let pool = Path::new(crate::hugetlb::HUGEPAGES_2M);
+        assert!(known_knob(&pool.join("nr_hugepages")));
+        assert!(!known_knob(&pool.join("free_hugepages")));
+    }
+
+    /// A planted saved-state file (live, root): the line naming a file of
+    /// its own is refused and named, the file is left as it was; the line
+    /// naming a knob of the runner's is written (its current value, so the
+    /// machine does not change); the saved file is removed.
+    #[test]
+    fn a_planted_saved_file_writes_only_the_runners_knobs() {
+        if let Err(e) = crate::live_tests_enabled() {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        let dir = state_dir().expect("state dir");
+        let _lock = lock_state_dir(&dir).expect("lock");
+        let target = std::env::temp_dir().join(format!("thpsim-planted-{}", std::process::id()));
+        fs::write(&target, "untouched\n").expect("target");
+        let knob = Path::new(THP).join("enabled");
+        let current = read_knob(&knob).expect("enabled");
+        let planted = dir.join(format!("planted-{}", std::process::id()));
+        fs::write(
+            &planted,
+            format!(
+                "{}\t{current}\n{}\tpwned\n",
+                knob.display(),
+                target.display()
+            ),
+        )
+        .expect("plant");
+        let done = restore_saved_file(&planted).expect("restore");
+        assert_eq!(fs::read_to_string(&target).unwrap(), "untouched\n");
+        assert!(
+            done.iter()
+                .any(|n| n.starts_with("ignored `") && n.contains("thpsim-planted")),
+            "{done:?}"
+        );
+        assert!(
+            done.contains(&format!("{}={current}", knob.display())),
+            "{done:?}"
+        );
+        assert!(!planted.exists(), "the saved file is removed");
+        assert_eq!(read_knob(&knob).unwrap(), current);
+        let _ = fs::remove_file(&target);
     }
 }

@@ -177,6 +177,11 @@ enum Command {
         #[arg(long, default_value_t = 100_000)]
         max_iterations: usize,
     },
+    /// The live runner's state on this machine (Linux, root).
+    Live {
+        #[command(subcommand)]
+        what: LiveCommand,
+    },
     /// List the bundled scenarios.
     List,
     /// List the seed fixes that `--revert` can switch off, and which kernel (5.8, 3.16) has each.
@@ -191,6 +196,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum LiveCommand {
+    /// Put back what a killed live run (`conform`, `bench kernel`) left
+    /// behind: its swap device and its THP, khugepaged and hugetlb settings,
+    /// from the saved files in /run/thpsim-live (only the knobs and swap
+    /// steps a run makes; anything else there is refused and named). Waits
+    /// for a run in progress. Exit 0: done, or nothing to do; 2: cannot.
+    Restore,
 }
 
 fn load(file: &str) -> Result<(String, String), String> {
@@ -797,6 +812,24 @@ fn main() -> ExitCode {
             emit(&thpsim::bench::races(seeds, iterations, max_iterations));
             ExitCode::SUCCESS
         }
+        Command::Live {
+            what: LiveCommand::Restore,
+        } => match thpsim_live::restore_leftovers() {
+            Ok(notes) if notes.is_empty() => {
+                emit("nothing to restore: no live run left settings or a swap device behind\n");
+                ExitCode::SUCCESS
+            }
+            Ok(notes) => {
+                for n in notes {
+                    emit(&format!("{n}\n"));
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("thpsim live restore: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::List => {
             for (name, src) in bundled::BUNDLED {
                 emit(&format!("{name:<36} {}\n", bundled::describe(src)));

@@ -525,3 +525,39 @@ fn bench_kernel_prints_each_figure_with_its_ratio() {
         assert!(med > 0.0 && med.is_finite(), "{k}: {v}");
     }
 }
+
+/// `thpsim live restore` (live, root): with a saved-state file planted in
+/// the runner's directory naming a file of its own, the file is left alone
+/// and the line refused by name (unless a run in another test got there
+/// first, which refuses it the same way); with nothing left behind it says
+/// so. Exit 0 either way.
+#[test]
+fn live_restore_refuses_a_planted_foreign_path() {
+    if let Err(e) = thpsim_live::live_tests_enabled() {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let target = std::env::temp_dir().join(format!("thpsim-cli-planted-{}", std::process::id()));
+    std::fs::write(&target, "untouched\n").expect("target");
+    // Made by a run or by `live restore` itself (root's, 0700).
+    let out = thpsim(&["live", "restore"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let saved = std::path::Path::new("/run/thpsim-live/saved");
+    std::fs::write(saved, format!("{}\tpwned\n", target.display())).expect("plant");
+    let out = thpsim(&["live", "restore"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched\n");
+    assert!(!saved.exists(), "the saved file is removed");
+    assert!(
+        stdout.contains("ignored `") && stdout.contains("thpsim-cli-planted")
+            || stdout.starts_with("nothing to restore"),
+        "{stdout}"
+    );
+    let out = thpsim(&["live", "restore"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("nothing to restore"),
+        "{out:?}"
+    );
+    let _ = std::fs::remove_file(&target);
+}

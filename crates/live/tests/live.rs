@@ -356,10 +356,8 @@ static HOST_SETTINGS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Runs `f` under the machine lock of the live runner (see `session`).
 fn locked<T>(f: impl FnOnce() -> T) -> T {
     use std::os::fd::AsRawFd;
-    let dir = ["/run/thpsim-live", "/tmp/thpsim-live"]
-        .into_iter()
-        .find(|d| std::path::Path::new(d).join("lock").exists())
-        .unwrap_or("/run/thpsim-live");
+    // The runner's directory (session.rs; never under /tmp).
+    let dir = "/run/thpsim-live";
     let _ = std::fs::create_dir_all(dir);
     let lock = std::fs::OpenOptions::new()
         .create(true)

@@ -40,10 +40,8 @@ fn live() -> bool {
 
 /// Runs `f` under the live runner's machine lock (see `session`).
 fn locked<T>(f: impl FnOnce() -> T) -> T {
-    let dir = ["/run/thpsim-live", "/tmp/thpsim-live"]
-        .into_iter()
-        .find(|d| Path::new(d).join("lock").exists())
-        .unwrap_or("/run/thpsim-live");
+    // The runner's directory (session.rs; never under /tmp).
+    let dir = "/run/thpsim-live";
     let _ = std::fs::create_dir_all(dir);
     let lock = std::fs::OpenOptions::new()
         .create(true)
@@ -81,8 +79,7 @@ fn resting_state() -> (Vec<String>, String, bool, bool) {
             swaps_now(),
             std::fs::read_to_string("/sys/block/zram0/disksize").unwrap_or_default(),
             Path::new("/var/lib/thpsim-live/swapfile").exists(),
-            Path::new("/run/thpsim-live/saved-swap").exists()
-                || Path::new("/tmp/thpsim-live/saved-swap").exists(),
+            Path::new("/run/thpsim-live/saved-swap").exists(),
         )
     })
 }

@@ -89,6 +89,21 @@ pub mod footprint {
         HIDDEN.with(|h| h.borrow_mut().clear());
     }
 
+    /// Pauses recording in the middle of an execution (an explorer replaying
+    /// steps whose footprints it knows already), until [`resume`].
+    pub fn pause() {
+        ON.with(|o| o.set(false));
+        HIDDEN.with(|h| h.borrow_mut().clear());
+    }
+
+    /// Records again from here, with nothing pending: the step that starts
+    /// now is the first one recorded.
+    pub fn resume() {
+        OP.with(|o| o.set(None));
+        HIDDEN.with(|h| h.borrow_mut().clear());
+        ON.with(|o| o.set(true));
+    }
+
     /// The number of the next object created.
     #[inline]
     pub fn next_id() -> u32 {

@@ -79,6 +79,7 @@
 use shuttle::scheduler::{Schedule, Scheduler, Task, TaskId};
 use thpsim_model::engine::footprint::{self, Access, Obj};
 use thpsim_model::hash::{mix, FastMap};
+use thpsim_model::ShuttleEngine;
 
 /// The trace fingerprints met, with the running thread and the preemptions
 /// left there: a direct-mapped table of [`SeenTable::SLOTS`] entries, each
@@ -168,6 +169,24 @@ struct Node {
     /// (the default choice, run first): the step it sleeps with in the
     /// subtrees where it is preempted here.
     default_step: Option<Vec<Access>>,
+    /// The scheduler's state here, for the executions that backtrack here.
+    snap: Snap,
+}
+
+/// The scheduler's state at a decision, once the step that ended there is
+/// taken in and before the choice: an execution that backtracks to this
+/// decision starts its bookkeeping from here, and replays the decisions
+/// above it without any (see [`Bounded::replay_step`]).
+#[derive(Debug, Clone, Default)]
+struct Snap {
+    head: Head,
+    /// The length of the tracker's undo log.
+    undo_len: usize,
+    sleep: Vec<(usize, Vec<Access>)>,
+    cost: usize,
+    sig: u64,
+    pending: [u64; MAXT],
+    unreduced: bool,
 }
 
 impl Node {
@@ -269,19 +288,12 @@ fn unpack(w: u64) -> Option<Access> {
     })
 }
 
-/// The happens-before order of the steps of one execution, and the
-/// fingerprint of its trace.
-#[derive(Default)]
-struct Tracker {
+/// The tracker's state that is not per object: small, and copied whole
+/// into each decision's [`Snap`].
+#[derive(Default, Clone, Copy, Debug)]
+struct Head {
     clocks: [Clock; MAXT],
     counts: [u32; MAXT],
-    /// Objects by number (`Obj::Id`), dense; entries of other generations
-    /// are untouched.
-    ids: Vec<ObjState>,
-    /// The current execution's number (starts at 1).
-    generation: u32,
-    /// Other objects (TLBs, frames, arenas).
-    others: FastMap<Obj, ObjState>,
     /// Join of every step so far (what an `All` step comes after).
     global: Clock,
     /// The last `All` step (what every step comes after).
@@ -292,17 +304,38 @@ struct Tracker {
     overflowed: bool,
 }
 
+/// The happens-before order of the steps of one execution, and the
+/// fingerprint of its trace.
+#[derive(Default)]
+struct Tracker {
+    head: Head,
+    /// Objects by number (`Obj::Id`), dense; entries of other generations
+    /// are untouched.
+    ids: Vec<ObjState>,
+    /// The current search's number for its object states (starts at 1).
+    generation: u32,
+    /// Other objects (TLBs, frames, arenas).
+    others: FastMap<Obj, ObjState>,
+    /// Every object state a step changed, with the state before, in order:
+    /// [`Tracker::rollback`] takes the tracker back to any decision of the
+    /// path.
+    undo: Vec<(Obj, ObjState)>,
+}
+
 impl Tracker {
-    /// Starts the next execution: nothing is touched, the object table keeps
-    /// its allocation.
+    /// Starts from nothing touched (the first execution of a search); the
+    /// object table keeps its allocation.
     fn reset(&mut self) {
         let ids = std::mem::take(&mut self.ids);
         let mut others = std::mem::take(&mut self.others);
         others.clear();
+        let mut undo = std::mem::take(&mut self.undo);
+        undo.clear();
         let generation = self.generation.wrapping_add(1).max(1);
         *self = Tracker {
             ids,
             others,
+            undo,
             generation,
             ..Tracker::default()
         };
@@ -310,6 +343,18 @@ impl Tracker {
             // Wrapped around: an old entry could claim this generation.
             self.ids.clear();
         }
+    }
+
+    /// Back to the state `head`, with the first `undo_len` changes of the
+    /// undo log: the tracker as it was at a decision of this path.
+    fn rollback(&mut self, head: &Head, undo_len: usize) {
+        while self.undo.len() > undo_len {
+            let Some((obj, old)) = self.undo.pop() else {
+                break;
+            };
+            *self.state(obj) = old;
+        }
+        self.head = *head;
     }
 
     fn state(&mut self, obj: Obj) -> &mut ObjState {
@@ -336,14 +381,14 @@ impl Tracker {
     /// A step of thread `t` (< `MAXT`) that touched `fp`.
     fn step(&mut self, t: usize, fp: &[Access]) {
         let all = fp.iter().any(|a| a.obj == Obj::All);
-        self.counts[t] += 1;
-        if self.counts[t] > MAX_STEPS {
-            self.overflowed = true;
+        self.head.counts[t] += 1;
+        if self.head.counts[t] > MAX_STEPS {
+            self.head.overflowed = true;
         }
-        let mut vc = self.clocks[t];
-        join(&mut vc, &self.last_all);
+        let mut vc = self.head.clocks[t];
+        join(&mut vc, &self.head.last_all);
         if all {
-            let g = self.global;
+            let g = self.head.global;
             join(&mut vc, &g);
         }
         for a in fp {
@@ -359,24 +404,26 @@ impl Tracker {
         // This step's own lane, set after the joins (no other clock counts
         // this many of `t`'s steps) and by a select over the whole clock: a
         // store to one lane followed by a load of the clock stalls.
-        let own = self.counts[t].min(MAX_STEPS) as i16;
+        let own = self.head.counts[t].min(MAX_STEPS) as i16;
         vc = std::array::from_fn(|i| if i == t { own } else { vc[i] });
         for a in fp {
             if matches!(a.obj, Obj::All | Obj::Nothing) {
                 continue;
             }
             let st = self.state(a.obj);
+            let old = *st;
             if a.write {
                 st.write = vc;
                 st.reads = Clock::default();
             } else {
                 join(&mut st.reads, &vc);
             }
+            self.undo.push((a.obj, old));
         }
         if all {
-            self.last_all = vc;
+            self.head.last_all = vc;
         }
-        join(&mut self.global, &vc);
+        join(&mut self.head.global, &vc);
         // The step's identity: thread, index, what it touched, what it
         // comes after.
         let mut h1 = mix(t as u64 ^ 0x5851_F42D_4C95_7F2D);
@@ -385,7 +432,7 @@ impl Tracker {
             h1 = mix(h1 ^ v);
             h2 = mix(h2.wrapping_add(v).rotate_left(17));
         };
-        feed(u64::from(self.counts[t]));
+        feed(u64::from(self.head.counts[t]));
         for a in fp {
             let (kind, v) = match a.obj {
                 Obj::Id(i) => (1u64, u64::from(i)),
@@ -402,9 +449,9 @@ impl Tracker {
                 feed(((u as u64) << 32) | u64::from(*c as u16));
             }
         }
-        self.fingerprint.0 = self.fingerprint.0.wrapping_add(h1);
-        self.fingerprint.1 = self.fingerprint.1.wrapping_add(h2);
-        self.clocks[t] = vc;
+        self.head.fingerprint.0 = self.head.fingerprint.0.wrapping_add(h1);
+        self.head.fingerprint.1 = self.head.fingerprint.1.wrapping_add(h2);
+        self.head.clocks[t] = vc;
     }
 }
 
@@ -413,6 +460,9 @@ thread_local! {
     /// The trace fingerprint of the running execution so far, when exact
     /// (`None`: not a reduced bounded search, or the clocks overflowed).
     static TRACE: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
+    /// The rest of the running execution repeats one run before it
+    /// ([`Bounded::repeat_step`]).
+    static REPEAT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     /// How the last `together` block of earlier executions of this search
     /// job ended ([`super::repeat_of_seen_block`]); `None` outside a search
     /// job or replay (a `thpsim run` never skips).
@@ -453,6 +503,7 @@ impl EndTable {
 /// thread; [`Bounded`] sets the trace again for its own executions.
 pub fn start_search() {
     TRACE.with(|t| t.set(None));
+    REPEAT.with(|r| r.set(false));
     ENDS.with(|e| *e.borrow_mut() = Some(EndTable { slots: Vec::new() }));
 }
 
@@ -460,6 +511,7 @@ pub fn start_search() {
 /// met until the next [`start_search`].
 pub fn end_search() {
     TRACE.with(|t| t.set(None));
+    REPEAT.with(|r| r.set(false));
     ENDS.with(|e| *e.borrow_mut() = None);
 }
 
@@ -467,6 +519,14 @@ pub fn end_search() {
 /// search's and exact.
 pub(super) fn trace() -> Option<(u64, u64)> {
     TRACE.with(|t| t.get())
+}
+
+/// Whether the rest of the running execution repeats, decision for
+/// decision from a state met before, an execution of this search that was
+/// run and checked (a reduced bounded search whose path reached a covered
+/// decision, [`Bounded::repeat_step`]).
+pub(super) fn repeating() -> bool {
+    REPEAT.with(|r| r.get())
 }
 
 /// Whether `key` (a trace or a schedule that ended the last `together`
@@ -526,6 +586,13 @@ pub struct Bounded {
     record_default: Option<usize>,
     /// Every decision replayed in this execution is at its default.
     on_default: bool,
+    /// This execution passed a covered decision ([`Bounded::repeat_step`]).
+    repeating: bool,
+    /// This execution is replaying the decisions above the one it
+    /// backtracked to (`restore_at`), its bookkeeping already restored
+    /// ([`Bounded::replay_step`]).
+    replaying: bool,
+    restore_at: usize,
     /// The signature of the deviations taken so far in this execution.
     sig: u64,
     /// A buffer for the runnable threads of a decision.
@@ -595,6 +662,9 @@ impl Bounded {
             sleep: Vec::new(),
             record_default: None,
             on_default: true,
+            repeating: false,
+            replaying: false,
+            restore_at: 0,
             sig: SIG0,
             ids_buf: Vec::new(),
             pending: [0; MAXT],
@@ -757,6 +827,92 @@ impl Bounded {
         false
     }
 
+    /// A scheduling point above the decision this execution backtracked to
+    /// (`restore_at`), or at it; `None` at it, where the caller goes on
+    /// with the choice.
+    ///
+    /// The path above is the one the last execution took, and the
+    /// bookkeeping (the trace, the sleep set, the costs) at the decision
+    /// backtracked to was restored from its [`Snap`]: replaying needs none,
+    /// only the model's own steps to reach that state again. Each decision
+    /// takes its recorded choice, and where the chosen thread goes on at the
+    /// decisions that follow, the engine lets it go on with no call into
+    /// shuttle (`ShuttleEngine::grant`), until the runnable set changes; the
+    /// points passed so are counted here. Footprints are not recorded while
+    /// replaying. A decision met here still checks that the model offers
+    /// the threads it offered before.
+    fn replay_step(&mut self, runnable: &[&Task]) -> Option<Option<TaskId>> {
+        self.pos += ShuttleEngine::granted() as usize;
+        if runnable.len() < 2 {
+            ShuttleEngine::grant(0);
+            return Some(runnable.first().map(|t| t.id()));
+        }
+        let mut ids = std::mem::take(&mut self.ids_buf);
+        ids.clear();
+        ids.extend(runnable.iter().map(|t| usize::from(t.id())));
+        ids.sort_unstable();
+        let node = &self.stack[self.pos];
+        assert!(
+            node.options.len() == ids.len() && ids.iter().all(|t| node.options.contains(t)),
+            "the model is not deterministic: decision {} offered other threads on replay \
+             ({:?}, recorded {:?})",
+            self.pos,
+            ids,
+            node.options
+        );
+        self.ids_buf = ids;
+        if self.pos == self.restore_at {
+            self.replaying = false;
+            ShuttleEngine::grant(0);
+            footprint::resume();
+            let exact = self.reduce && !self.unreduced;
+            TRACE.with(|tr| tr.set(exact.then_some(self.tracker.head.fingerprint)));
+            return None;
+        }
+        let choice = node.options[node.next];
+        let run = self.stack[self.pos + 1..self.restore_at]
+            .iter()
+            .take_while(|n| n.next == 0 && n.current_runnable)
+            .count();
+        ShuttleEngine::grant(run as u64);
+        self.pos += 1;
+        Some(Some(TaskId::from(choice)))
+    }
+
+    /// A decision past a covered one. From the covered decision on, this
+    /// execution takes the default at every decision (every node below is
+    /// covered, and the walk never backtracks into it) from a state an
+    /// earlier execution of the search was in with the same running thread
+    /// (an equivalent trace) or, under a sleep set, one whose continuation
+    /// is equivalent to one run earlier: the rest is a repeat of a checked
+    /// run. It still runs to the end (shuttle cannot drop a thread in the
+    /// middle of the model), but costs what a run without an explorer does:
+    /// no node, no trace, no footprint, and the chosen thread goes on with
+    /// no call into shuttle until the runnable set changes
+    /// (`ShuttleEngine::grant`). The decisions are the same as they were
+    /// before this shortcut (the default: the running thread, else the
+    /// lowest runnable one), so schedules, counts and tokens are too; the
+    /// runner skips the checks after the last block ([`repeating`]), as it
+    /// does for a block end met before.
+    fn repeat_step(&mut self, runnable: &[&Task], current: Option<usize>) -> Option<TaskId> {
+        if !self.repeating {
+            self.repeating = true;
+            TRACE.with(|tr| tr.set(None));
+            REPEAT.with(|r| r.set(true));
+            self.sleep.clear();
+            self.record_default = None;
+            footprint::stop();
+        }
+        if runnable.len() < 2 {
+            return runnable.first().map(|t| t.id());
+        }
+        ShuttleEngine::grant(u64::MAX);
+        Some(TaskId::from(super::default_of(
+            current.map(TaskId::from),
+            runnable,
+        )))
+    }
+
     /// The end of the step `current` was running, and the start of its next.
     fn close_step(&mut self, current: Option<usize>) {
         if current.is_some_and(|t| t >= MAXT) {
@@ -784,11 +940,11 @@ impl Bounded {
         fp.push(first);
         footprint::drain_hidden_into(&mut fp);
         self.tracker.step(t, &fp);
-        if self.tracker.overflowed {
+        if self.tracker.head.overflowed {
             self.unreduced = true;
         }
         let exact = self.reduce && !self.unreduced;
-        TRACE.with(|tr| tr.set(exact.then_some(self.tracker.fingerprint)));
+        TRACE.with(|tr| tr.set(exact.then_some(self.tracker.head.fingerprint)));
         if let Some(n) = self.record_default.take() {
             if let Some(node) = self.stack.get_mut(n) {
                 if node.default_step.is_none() && node.options[0] == t {
@@ -846,20 +1002,38 @@ impl Scheduler for Bounded {
         self.counted_out = self.discovering();
         set_discovering(self.counted_out);
         self.pos = 0;
-        self.cost = 0;
         self.covered = false;
-        self.unreduced = false;
-        self.tracker.reset();
-        self.pending = [0; MAXT];
+        self.record_default = None;
+        self.repeating = false;
+        REPEAT.with(|r| r.set(false));
+        TRACE.with(|tr| tr.set(None));
+        footprint::reset();
+        if let Some(top) = self.stack.last() {
+            // Backtracked to the top decision: the bookkeeping starts from
+            // there, and the decisions above it are only replayed.
+            let snap = top.snap.clone();
+            self.restore_at = self.stack.len() - 1;
+            self.replaying = true;
+            self.tracker.rollback(&snap.head, snap.undo_len);
+            self.sleep = snap.sleep;
+            self.cost = snap.cost;
+            self.sig = snap.sig;
+            self.pending = snap.pending;
+            self.unreduced = snap.unreduced;
+            footprint::pause();
+        } else {
+            self.replaying = false;
+            self.cost = 0;
+            self.unreduced = false;
+            self.tracker.reset();
+            self.pending = [0; MAXT];
+            self.sig = SIG0;
+            self.sleep.clear();
+        }
         // New decisions sit at the end of the path replayed so far, and
         // start at their default: the path is on the default schedule
         // exactly when every replayed decision is.
         self.on_default = self.stack.iter().all(|n| n.next == 0);
-        self.sig = SIG0;
-        self.sleep.clear();
-        self.record_default = None;
-        TRACE.with(|tr| tr.set(None));
-        footprint::reset();
         Some(Schedule::new(0))
     }
 
@@ -870,9 +1044,20 @@ impl Scheduler for Bounded {
         _: bool,
     ) -> Option<TaskId> {
         let current = current.map(usize::from);
-        self.close_step(current);
-        if runnable.len() < 2 {
-            return runnable.first().map(|t| t.id());
+        if self.replaying {
+            if let Some(chosen) = self.replay_step(runnable) {
+                return chosen;
+            }
+            // At the decision backtracked to: its step is taken in already
+            // (the restored state), the choice is made below.
+        } else {
+            if self.covered && self.pos >= self.stack.len() {
+                return self.repeat_step(runnable, current);
+            }
+            self.close_step(current);
+            if runnable.len() < 2 {
+                return runnable.first().map(|t| t.id());
+            }
         }
         let mut ids = std::mem::take(&mut self.ids_buf);
         ids.clear();
@@ -936,6 +1121,15 @@ impl Scheduler for Bounded {
             }
             let on_default = self.on_default;
             let shared = self.cost == 0;
+            let snap = Snap {
+                head: self.tracker.head,
+                undo_len: self.tracker.undo.len(),
+                sleep: self.sleep.clone(),
+                cost: self.cost,
+                sig: self.sig,
+                pending: self.pending,
+                unreduced: self.unreduced,
+            };
             let mut node = Node {
                 on_default,
                 shared,
@@ -947,6 +1141,7 @@ impl Scheduler for Bounded {
                 covered: self.covered || forced,
                 asleep,
                 default_step: None,
+                snap,
             };
             if forced {
                 self.covered = true;
@@ -976,7 +1171,7 @@ impl Scheduler for Bounded {
                 let running = current.filter(|_| node.current_runnable);
                 if self
                     .seen
-                    .covered_or_insert(self.tracker.fingerprint, running, left)
+                    .covered_or_insert(self.tracker.head.fingerprint, running, left)
                 {
                     node.covered = true;
                     self.covered = true;
@@ -1018,7 +1213,7 @@ mod tests {
         for (th, acc) in steps {
             t.step(*th, &[*acc]);
         }
-        t.fingerprint
+        t.head.fingerprint
     }
 
     #[test]
@@ -1094,11 +1289,11 @@ mod tests {
         for _ in 0..MAX_STEPS {
             t.step(1, &[a(1, true)]);
         }
-        assert!(!t.overflowed, "a clock counts MAX_STEPS steps");
+        assert!(!t.head.overflowed, "a clock counts MAX_STEPS steps");
         t.step(1, &[a(1, true)]);
-        assert!(t.overflowed);
+        assert!(t.head.overflowed);
         t.reset();
-        assert!(!t.overflowed, "each execution starts exact");
+        assert!(!t.head.overflowed, "each execution starts exact");
     }
 
     #[test]
@@ -1183,6 +1378,7 @@ mod tests {
                 covered: false,
                 asleep: 0,
                 default_step: None,
+                snap: Snap::default(),
             },
             Node {
                 on_default: false,
@@ -1195,6 +1391,7 @@ mod tests {
                 covered: false,
                 asleep: 0,
                 default_step: None,
+                snap: Snap::default(),
             },
         ];
         // The deeper node has no budget left for its preemption: the walk

@@ -291,6 +291,9 @@ impl ExecLog {
 /// The table is emptied at the start of every search job and replay
 /// ([`bounded::start_search`]), so a replay never skips anything.
 pub fn repeat_of_seen_block() -> bool {
+    if bounded::repeating() {
+        return true;
+    }
     let key = bounded::trace().unwrap_or_else(|| EXEC_LOG.with(|l| l.borrow().decisions_key()));
     bounded::seen_block_end(key)
 }
@@ -303,7 +306,7 @@ fn default_choice(current: Option<usize>, runnable: &[usize]) -> usize {
 }
 
 /// [`default_choice`] over shuttle's runnable tasks (no allocation).
-fn default_of(current: Option<TaskId>, runnable: &[&Task]) -> usize {
+pub(super) fn default_of(current: Option<TaskId>, runnable: &[&Task]) -> usize {
     match current {
         Some(c) if runnable.iter().any(|t| t.id() == c) => usize::from(c),
         _ => runnable

@@ -169,8 +169,9 @@ struct Node {
     /// (the default choice, run first): the step it sleeps with in the
     /// subtrees where it is preempted here.
     default_step: Option<Vec<Access>>,
-    /// The scheduler's state here, for the executions that backtrack here.
-    snap: Snap,
+    /// The scheduler's state here, for the executions that backtrack here
+    /// (none where no execution will: no alternative, or covered).
+    snap: Option<Box<Snap>>,
 }
 
 /// The scheduler's state at a decision, once the step that ended there is
@@ -1011,7 +1012,11 @@ impl Scheduler for Bounded {
         if let Some(top) = self.stack.last() {
             // Backtracked to the top decision: the bookkeeping starts from
             // there, and the decisions above it are only replayed.
-            let snap = top.snap.clone();
+            let snap = top
+                .snap
+                .as_deref()
+                .cloned()
+                .expect("a decision backtracked to keeps its state");
             self.restore_at = self.stack.len() - 1;
             self.replaying = true;
             self.tracker.rollback(&snap.head, snap.undo_len);
@@ -1121,15 +1126,6 @@ impl Scheduler for Bounded {
             }
             let on_default = self.on_default;
             let shared = self.cost == 0;
-            let snap = Snap {
-                head: self.tracker.head,
-                undo_len: self.tracker.undo.len(),
-                sleep: self.sleep.clone(),
-                cost: self.cost,
-                sig: self.sig,
-                pending: self.pending,
-                unreduced: self.unreduced,
-            };
             let mut node = Node {
                 on_default,
                 shared,
@@ -1141,7 +1137,7 @@ impl Scheduler for Bounded {
                 covered: self.covered || forced,
                 asleep,
                 default_step: None,
-                snap,
+                snap: None,
             };
             if forced {
                 self.covered = true;
@@ -1180,8 +1176,21 @@ impl Scheduler for Bounded {
                         .count() as u64;
                 }
             }
+            if has_alternative && !node.covered {
+                node.snap = Some(Box::new(Snap {
+                    head: self.tracker.head,
+                    undo_len: self.tracker.undo.len(),
+                    sleep: self.sleep.clone(),
+                    cost: self.cost,
+                    sig: self.sig,
+                    pending: self.pending,
+                    unreduced: self.unreduced,
+                }));
+            }
             let c = node.options[0];
-            if node.current_runnable && self.sleeping() {
+            // Only a decision with an alternative is ever preempted on
+            // another path, where its default step would be needed.
+            if node.current_runnable && self.sleeping() && has_alternative {
                 self.record_default = Some(self.stack.len());
             }
             self.stack.push(node);
@@ -1378,7 +1387,7 @@ mod tests {
                 covered: false,
                 asleep: 0,
                 default_step: None,
-                snap: Snap::default(),
+                snap: None,
             },
             Node {
                 on_default: false,
@@ -1391,7 +1400,7 @@ mod tests {
                 covered: false,
                 asleep: 0,
                 default_step: None,
-                snap: Snap::default(),
+                snap: None,
             },
         ];
         // The deeper node has no budget left for its preemption: the walk

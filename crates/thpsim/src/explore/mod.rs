@@ -252,28 +252,44 @@ impl ExecLog {
                 .collect(),
         )
     }
-    /// A hash of the choices, stable across builds and machines (shards of a
-    /// search are merged by their fingerprints).
-    fn fingerprint(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for (c, _) in &self.points {
-            for b in (*c as u64).to_le_bytes() {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
+    /// The chosen threads as 64-bit words, four 16-bit lanes each (a
+    /// thread number of 0xffff or more takes its lane's all-ones value
+    /// and follows its word whole): an injective encoding of the choices,
+    /// hashed a word rather than a decision at a time.
+    fn choice_words(&self, mut feed: impl FnMut(u64)) {
+        for chunk in self.points.chunks(4) {
+            let mut w = 0u64;
+            let mut wide = false;
+            for (i, (c, _)) in chunk.iter().enumerate() {
+                let lane = (*c).min(0xffff);
+                wide |= lane == 0xffff;
+                w |= u64::from(lane) << (16 * i);
+            }
+            feed(w);
+            if wide {
+                for (c, _) in chunk.iter().filter(|(c, _)| *c >= 0xffff) {
+                    feed(u64::from(*c));
+                }
             }
         }
-        // splitmix64's finalizer: FNV's low bits mix poorly.
-        sched::mix(h)
+        feed(self.points.len() as u64);
+    }
+    /// A hash of the choices, the same in every process of one build (shards
+    /// of a search are merged by their fingerprints).
+    fn fingerprint(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        self.choice_words(|w| h = sched::mix(h ^ w));
+        h
     }
     /// Two independent 64-bit hashes of the choices so far, told apart from
     /// a bounded search's traces by a tag: the key of a block end
     /// ([`repeat_of_seen_block`]).
     fn decisions_key(&self) -> (u64, u64) {
         let (mut a, mut b) = (0x5c4e_d01e_u64, 0x0b10_c4e7_u64);
-        for (c, _) in &self.points {
-            a = sched::mix(a ^ u64::from(*c));
-            b = b.rotate_left(5).wrapping_mul(0x0100_0000_01b3) ^ u64::from(*c);
-        }
+        self.choice_words(|w| {
+            a = sched::mix(a ^ w);
+            b = (b.rotate_left(5) ^ w).wrapping_mul(0x0100_0000_01b3);
+        });
         (a ^ self.points.len() as u64, sched::mix(b))
     }
 }

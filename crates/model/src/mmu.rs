@@ -141,6 +141,28 @@ impl<const SETS: usize> TlbArray<SETS> {
         }
     }
 
+    /// Drops the translations of `mm` for pages `[start, end)`: only the
+    /// sets those pages map to when they are fewer than the sets (a flush
+    /// of a few pages costs a few sets, as the hardware's `invlpg` does).
+    fn flush_range(&mut self, mm: MmId, start: u64, end: u64) {
+        let hit = |w: &Option<Way>| w.is_some_and(|w| w.mm == mm && w.vpn >= start && w.vpn < end);
+        if end.saturating_sub(start) < SETS as u64 {
+            for vpn in start..end {
+                for w in self.sets[Self::set_of(vpn)].iter_mut() {
+                    if hit(w) {
+                        *w = None;
+                    }
+                }
+            }
+        } else {
+            for w in self.sets.iter_mut().flatten() {
+                if hit(w) {
+                    *w = None;
+                }
+            }
+        }
+    }
+
     fn ways(&self) -> impl Iterator<Item = &Way> + '_ {
         self.sets.iter().flatten().flatten()
     }
@@ -235,12 +257,13 @@ impl Tlb {
     fn flush(&mut self, f: Flush) {
         let order = self.huge_order;
         match f {
-            Flush::Range { mm, start, end } => {
-                self.base
-                    .retain_not(|m, v| m == mm && v >= start && v < end);
+            Flush::Range { mm, start, end } if start < end => {
+                self.base.flush_range(mm, start, end);
+                // The huge pages that overlap [start, end).
                 self.huge
-                    .retain_not(|m, h| m == mm && (h << order) < end && ((h + 1) << order) > start);
+                    .flush_range(mm, start >> order, ((end - 1) >> order) + 1);
             }
+            Flush::Range { .. } => {}
             Flush::Mm(mm) => {
                 self.base.retain_not(|m, _| m == mm);
                 self.huge.retain_not(|m, _| m == mm);
@@ -753,6 +776,27 @@ mod tests {
         assert_eq!(t.lookup(MM, 40), None);
         assert_eq!(t.lookup(MM, 41), Some(e(6, true)));
         assert_eq!(t.lookup(MmId(2), 40), Some(e(7, true)));
+        // A page of the same set outside the range stays; a range of more
+        // pages than sets (the whole-array scan) drops all it covers.
+        t.fill(MM, 40 + 16, e(8, true), None);
+        t.fill(MM, 40, e(5, true), None);
+        t.flush(Flush::Range {
+            mm: MM,
+            start: 40,
+            end: 41,
+        });
+        assert_eq!(t.lookup(MM, 56), Some(e(8, true)));
+        t.fill(MM, 40, e(5, true), None);
+        t.flush(Flush::Range {
+            mm: MM,
+            start: 30,
+            end: 57,
+        });
+        assert_eq!(t.lookup(MM, 40), None);
+        assert_eq!(t.lookup(MM, 41), None);
+        assert_eq!(t.lookup(MM, 56), None);
+        assert_eq!(t.lookup(MmId(2), 40), Some(e(7, true)));
+        t.fill(MM, 41, e(6, true), None);
         t.flush(Flush::Mm(MM));
         assert_eq!(t.lookup(MM, 41), None);
         assert_eq!(t.lookup(MmId(2), 40), Some(e(7, true)));

@@ -83,15 +83,9 @@ pub mod footprint {
         ON.with(|o| o.set(true));
     }
 
-    /// Stops recording (outside exploration).
+    /// Stops recording: outside exploration, or in the middle of an
+    /// execution whose steps an explorer knows already (until [`resume`]).
     pub fn stop() {
-        ON.with(|o| o.set(false));
-        HIDDEN.with(|h| h.borrow_mut().clear());
-    }
-
-    /// Pauses recording in the middle of an execution (an explorer replaying
-    /// steps whose footprints it knows already), until [`resume`].
-    pub fn pause() {
         ON.with(|o| o.set(false));
         HIDDEN.with(|h| h.borrow_mut().clear());
     }

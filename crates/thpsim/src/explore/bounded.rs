@@ -208,6 +208,17 @@ fn conflicts(a: &[Access], b: &[Access]) -> bool {
     })
 }
 
+/// Panics unless a replayed decision offers the threads `ids` it offered
+/// when it was recorded (the model must be deterministic given the choices).
+fn check_offered(node: &Node, pos: usize, ids: &[usize]) {
+    assert!(
+        node.options.len() == ids.len() && ids.iter().all(|t| node.options.contains(t)),
+        "the model is not deterministic: decision {pos} offered other threads on replay \
+         ({ids:?}, recorded {:?})",
+        node.options
+    );
+}
+
 /// The signature of the path before any decision.
 const SIG0: u64 = 0xA076_1D64_78BD_642F;
 
@@ -848,21 +859,8 @@ impl Bounded {
             ShuttleEngine::grant(0);
             return Some(runnable.first().map(|t| t.id()));
         }
-        let mut ids = std::mem::take(&mut self.ids_buf);
-        ids.clear();
-        ids.extend(runnable.iter().map(|t| usize::from(t.id())));
-        ids.sort_unstable();
-        let node = &self.stack[self.pos];
-        assert!(
-            node.options.len() == ids.len() && ids.iter().all(|t| node.options.contains(t)),
-            "the model is not deterministic: decision {} offered other threads on replay \
-             ({:?}, recorded {:?})",
-            self.pos,
-            ids,
-            node.options
-        );
-        self.ids_buf = ids;
         if self.pos == self.restore_at {
+            // The caller checks this decision's threads and chooses.
             self.replaying = false;
             ShuttleEngine::grant(0);
             footprint::resume();
@@ -870,6 +868,10 @@ impl Bounded {
             TRACE.with(|tr| tr.set(exact.then_some(self.tracker.head.fingerprint)));
             return None;
         }
+        let ids = self.runnable_ids(runnable);
+        let node = &self.stack[self.pos];
+        check_offered(node, self.pos, &ids);
+        self.ids_buf = ids;
         let choice = node.options[node.next];
         let run = self.stack[self.pos + 1..self.restore_at]
             .iter()
@@ -878,6 +880,16 @@ impl Bounded {
         ShuttleEngine::grant(run as u64);
         self.pos += 1;
         Some(Some(TaskId::from(choice)))
+    }
+
+    /// The runnable threads' numbers, ascending (in the reused buffer; hand
+    /// it back to `ids_buf`).
+    fn runnable_ids(&mut self, runnable: &[&Task]) -> Vec<usize> {
+        let mut ids = std::mem::take(&mut self.ids_buf);
+        ids.clear();
+        ids.extend(runnable.iter().map(|t| usize::from(t.id())));
+        ids.sort_unstable();
+        ids
     }
 
     /// A decision past a covered one. From the covered decision on, this
@@ -1025,7 +1037,7 @@ impl Scheduler for Bounded {
             self.sig = snap.sig;
             self.pending = snap.pending;
             self.unreduced = snap.unreduced;
-            footprint::pause();
+            footprint::stop();
         } else {
             self.replaying = false;
             self.cost = 0;
@@ -1064,20 +1076,10 @@ impl Scheduler for Bounded {
                 return runnable.first().map(|t| t.id());
             }
         }
-        let mut ids = std::mem::take(&mut self.ids_buf);
-        ids.clear();
-        ids.extend(runnable.iter().map(|t| usize::from(t.id())));
-        ids.sort_unstable();
+        let ids = self.runnable_ids(runnable);
         let choice = if self.pos < self.stack.len() {
             let node = &self.stack[self.pos];
-            assert!(
-                node.options.len() == ids.len() && ids.iter().all(|t| node.options.contains(t)),
-                "the model is not deterministic: decision {} offered other threads on replay \
-                 ({:?}, recorded {:?})",
-                self.pos,
-                ids,
-                node.options
-            );
+            check_offered(node, self.pos, &ids);
             self.cost += node.cost_of(node.next);
             let choice = node.options[node.next];
             if node.next != 0 {

@@ -304,6 +304,8 @@ impl ExecLog {
 /// [`bounded`]). Everything after the last block runs on one CPU with no
 /// decision, so it would repeat that earlier execution's steps and checks
 /// exactly, which passed (a failure ends the search): the runner skips them.
+/// So it does when the bounded walk knows the whole execution from a covered
+/// decision on repeats one run before ([`bounded::repeating`]).
 /// The table is emptied at the start of every search job and replay
 /// ([`bounded::start_search`]), so a replay never skips anything.
 pub fn repeat_of_seen_block() -> bool {

@@ -178,7 +178,7 @@ struct Node {
 /// taken in and before the choice: an execution that backtracks to this
 /// decision starts its bookkeeping from here, and replays the decisions
 /// above it without any (see [`Bounded::replay_step`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 struct Snap {
     head: Head,
     /// The length of the tracker's undo log.

@@ -313,14 +313,13 @@ impl Upper {
 pub struct TableBody<E: Engine> {
     entries: Box<[OnceLock<E::Atomic>]>,
     /// Entries possibly changed since the quiescent-point checkers last
-    /// took them ([`TableBody::take_changed`]): one bit an entry, set by
-    /// every access that can write one ([`TableBody::raw`],
-    /// [`TableBody::made`]). Checker bookkeeping in std atomics: never a
-    /// scheduling point, never read by the model. Entries 0..64 in
-    /// `changed_lo` (no allocation for a small table), the rest in
-    /// `changed_hi`.
-    changed_lo: AtomicU64,
-    changed_hi: Box<[AtomicU64]>,
+    /// took them ([`TableBody::take_changed`]): set by every access that can
+    /// write one ([`TableBody::raw`], [`TableBody::made`]).
+    changed: EntryBits,
+    /// Entries ever made (the ones [`TableBody::present`] visits), so that a
+    /// checker's walk of a wide table (the tiny geometry's PGD of 512
+    /// entries) reads the few made rather than every slot.
+    made: EntryBits,
     /// The split page-table lock (`ptlock_ptr(page)`).
     pub ptl: SpinLock<E>,
     /// `pmd_huge_pte`: page tables deposited for the huge PMDs of this PMD table
@@ -328,14 +327,81 @@ pub struct TableBody<E: Engine> {
     pub deposited: Mutex<Vec<Pfn>>,
 }
 
+/// A set of a table's entry indices: one bit an entry. Checker bookkeeping
+/// in std atomics: never a scheduling point, never read by the model.
+/// Entries 0..64 in `lo` (no allocation for a small table), the rest in `hi`.
+struct EntryBits {
+    lo: AtomicU64,
+    hi: Box<[AtomicU64]>,
+}
+
+impl EntryBits {
+    fn new(entries: usize) -> Self {
+        EntryBits {
+            lo: AtomicU64::new(0),
+            hi: (1..entries.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        }
+    }
+    fn copy(&self) -> Self {
+        EntryBits {
+            lo: AtomicU64::new(self.lo.load(Ordering::Relaxed)),
+            hi: self
+                .hi
+                .iter()
+                .map(|w| AtomicU64::new(w.load(Ordering::Relaxed)))
+                .collect(),
+        }
+    }
+    fn word(&self, i: usize) -> &AtomicU64 {
+        match i / 64 {
+            0 => &self.lo,
+            n => &self.hi[n - 1],
+        }
+    }
+    /// Adds `i` (a load, and an atomic OR only if it is not in yet).
+    fn insert(&self, i: usize) {
+        let w = self.word(i);
+        let bit = 1u64 << (i % 64);
+        if w.load(Ordering::Relaxed) & bit == 0 {
+            w.fetch_or(bit, Ordering::Relaxed);
+        }
+    }
+    /// The words with their first index; `take` empties them as it reads.
+    fn words(&self, take: bool) -> impl Iterator<Item = (usize, u64)> + '_ {
+        std::iter::once(&self.lo)
+            .chain(self.hi.iter())
+            .enumerate()
+            .map(move |(wi, w)| {
+                let bits = match w.load(Ordering::Relaxed) {
+                    0 => 0,
+                    b if !take => b,
+                    _ => w.swap(0, Ordering::Relaxed),
+                };
+                (wi * 64, bits)
+            })
+    }
+    /// The indices in the set, in order (emptying it if `take`).
+    fn indices(&self, take: bool) -> impl Iterator<Item = usize> + '_ {
+        self.words(take).flat_map(|(base, mut bits)| {
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let i = base + bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    i
+                })
+            })
+        })
+    }
+}
+
 impl<E: Engine> TableBody<E> {
     pub fn new(entries: usize) -> Self {
         TableBody {
             entries: (0..entries).map(|_| OnceLock::new()).collect(),
-            changed_lo: AtomicU64::new(0),
-            changed_hi: (1..entries.div_ceil(64))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
+            changed: EntryBits::new(entries),
+            made: EntryBits::new(entries),
             ptl: SpinLock::new(LockClass::PageTableLock),
             deposited: Mutex::new(Vec::new()),
         }
@@ -356,12 +422,8 @@ impl<E: Engine> TableBody<E> {
             .collect();
         TableBody {
             entries,
-            changed_lo: AtomicU64::new(self.changed_lo.load(Ordering::Relaxed)),
-            changed_hi: self
-                .changed_hi
-                .iter()
-                .map(|w| AtomicU64::new(w.load(Ordering::Relaxed)))
-                .collect(),
+            changed: self.changed.copy(),
+            made: self.made.copy(),
             ptl: self.ptl.snapshot(),
             deposited: Mutex::new(
                 self.deposited
@@ -374,40 +436,33 @@ impl<E: Engine> TableBody<E> {
     /// Entry `i`, made (empty) if it was never used.
     pub fn raw(&self, i: usize) -> &E::Atomic {
         self.note_changed(i);
-        self.entries[i].get_or_init(|| E::Atomic::new(0))
+        match self.entries[i].get() {
+            Some(a) => a,
+            None => {
+                self.made.insert(i);
+                self.entries[i].get_or_init(|| E::Atomic::new(0))
+            }
+        }
     }
     /// Marks entry `i` as possibly changed (a load, and an atomic OR the
     /// first time since the checkers took the marks).
     fn note_changed(&self, i: usize) {
-        let w = match i / 64 {
-            0 => &self.changed_lo,
-            n => &self.changed_hi[n - 1],
-        };
-        let bit = 1u64 << (i % 64);
-        if w.load(Ordering::Relaxed) & bit == 0 {
-            w.fetch_or(bit, Ordering::Relaxed);
-        }
+        self.changed.insert(i);
     }
     /// The entries possibly changed since the last call (in index order),
     /// and forgets them: for the quiescent-point checkers
     /// (`check::watch`), which are their one reader.
     pub fn take_changed(&self) -> Vec<usize> {
-        let mut out = Vec::new();
-        for (wi, w) in std::iter::once(&self.changed_lo)
-            .chain(self.changed_hi.iter())
-            .enumerate()
-        {
-            let mut bits = if w.load(Ordering::Relaxed) == 0 {
-                0
-            } else {
-                w.swap(0, Ordering::Relaxed)
-            };
-            while bits != 0 {
-                out.push(wi * 64 + bits.trailing_zeros() as usize);
-                bits &= bits - 1;
-            }
-        }
-        out
+        self.changed.indices(true).collect()
+    }
+    /// The entries ever made and not 0 now, as (index, value) in index
+    /// order, read as [`TableBody::peek`] reads them: for checkers, which
+    /// treat every other entry as none.
+    pub fn present(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.made
+            .indices(false)
+            .map(|i| (i, self.peek(i)))
+            .filter(|&(_, v)| v != 0)
     }
     /// Entry `i` if it was ever made. For a walk that may treat an entry never
     /// made as none without reading it: one under a lock that keeps entries
@@ -572,6 +627,28 @@ mod tests {
     /// fork's write-protect of a PTE and of a huge PMD races a write access
     /// of another CPU that sets the dirty bit: in every interleaving the entry
     /// ends read-only, and dirty exactly when the MMU's write went through.
+    #[test]
+    fn present_visits_the_entries_made_and_not_none_in_order() {
+        let t = TableBody::<crate::StdEngine>::new(200);
+        assert_eq!(t.present().count(), 0);
+        Atomic::store(t.raw(130), 7);
+        Atomic::store(t.raw(3), 5);
+        Atomic::store(t.raw(64), 0); // made, but none
+        assert_eq!(t.present().collect::<Vec<_>>(), vec![(3, 5), (130, 7)]);
+        assert_eq!(t.take_changed(), vec![3, 64, 130]);
+        assert!(t.take_changed().is_empty(), "taken");
+        Atomic::store(t.raw(64), 9);
+        let c = t.snapshot();
+        assert_eq!(
+            c.present().collect::<Vec<_>>(),
+            vec![(3, 5), (64, 9), (130, 7)]
+        );
+        assert_eq!(
+            t.present().collect::<Vec<_>>(),
+            c.present().collect::<Vec<_>>()
+        );
+    }
+
     #[test]
     fn wrprotect_keeps_a_dirty_bit_the_mmu_sets_concurrently() {
         static OUTCOMES: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];

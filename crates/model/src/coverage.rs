@@ -24,7 +24,7 @@
 
 use serde::Serialize;
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -53,16 +53,119 @@ impl Mark {
     }
 }
 
-/// What one execution reached (per CPU).
+/// A name of a kernel function or a mark, interned: one id a text, at
+/// whatever address the text is (two copies of one `&'static str` literal
+/// are one name). Ids are small and dense, in the order names were first
+/// seen by this process, so a reader can index by them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NameId(u32);
+
+/// The process's interned names.
+#[derive(Default)]
+struct Interner {
+    by_text: std::collections::HashMap<&'static str, NameId>,
+    texts: Vec<&'static str>,
+}
+
+static NAMES: Mutex<Option<Interner>> = Mutex::new(None);
+
+/// Entries of the per-thread cache of [`NameId::of`], by the name's address.
+const NAME_CACHE: usize = 256;
+
+thread_local! {
+    /// (address, length, id) of names this thread interned.
+    static NAME_CACHE_SLOTS: RefCell<[(usize, usize, NameId); NAME_CACHE]> =
+        const { RefCell::new([(0, 0, NameId(0)); NAME_CACHE]) };
+}
+
+impl NameId {
+    /// The id of `name` (a lookup by its address in this thread's cache,
+    /// else by its text in the process's table).
+    pub fn of(name: &'static str) -> NameId {
+        let (addr, len) = (name.as_ptr() as usize, name.len());
+        let slot = ((addr as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as usize % NAME_CACHE;
+        NAME_CACHE_SLOTS.with(|c| {
+            let mut c = c.borrow_mut();
+            let (a, l, id) = c[slot];
+            if a == addr && l == len && a != 0 {
+                return id;
+            }
+            let id = Self::intern(name);
+            c[slot] = (addr, len, id);
+            id
+        })
+    }
+
+    fn intern(name: &'static str) -> NameId {
+        let mut g = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+        let t = g.get_or_insert_with(Interner::default);
+        if let Some(&id) = t.by_text.get(name) {
+            return id;
+        }
+        let id = NameId(u32::try_from(t.texts.len()).expect("fewer than 2^32 names"));
+        t.texts.push(name);
+        t.by_text.insert(name, id);
+        id
+    }
+
+    /// The id of a name already interned, by its text.
+    pub fn lookup(name: &str) -> Option<NameId> {
+        let g = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+        g.as_ref().and_then(|t| t.by_text.get(name).copied())
+    }
+
+    /// The name's text.
+    pub fn text(self) -> &'static str {
+        let g = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+        g.as_ref().expect("an id was made").texts[self.0 as usize]
+    }
+
+    /// The id of index `i` (as [`NameId::index`] gave it).
+    pub fn from_index(i: usize) -> NameId {
+        NameId(u32::try_from(i).expect("an index NameId::index gave"))
+    }
+
+    /// The id as an index (dense from 0).
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// What one execution reached (per CPU): each list ordered by CPU, then
+/// name id, with one entry a (CPU, name).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExecCoverage {
-    /// Calls of each kernel function, by CPU.
-    pub calls: BTreeMap<(usize, &'static str), u64>,
-    /// Passes through each mark, by CPU.
-    pub marks: BTreeMap<(usize, Mark), u64>,
+    /// Calls of each kernel function: (cpu, function, calls).
+    pub calls: Vec<(usize, NameId, u64)>,
+    /// Passes through each mark: (cpu, mark's name, gives up, passes).
+    pub marks: Vec<(usize, NameId, bool, u64)>,
     /// Pairs of CPUs `(a, b)`, `a < b`, that were both active (inside a kernel
     /// function or a user access) at some moment.
     pub overlaps: BTreeSet<(usize, usize)>,
+}
+
+impl ExecCoverage {
+    /// Calls of the function named `name` on `cpu`.
+    pub fn calls_of(&self, cpu: usize, name: &str) -> u64 {
+        NameId::lookup(name).map_or(0, |id| {
+            self.calls
+                .iter()
+                .filter(|&&(c, n, _)| c == cpu && n == id)
+                .map(|e| e.2)
+                .sum()
+        })
+    }
+
+    /// Passes through `mark` on `cpu`.
+    pub fn passes_of(&self, cpu: usize, mark: Mark) -> u64 {
+        NameId::lookup(mark.name).map_or(0, |id| {
+            self.marks
+                .iter()
+                .filter(|&&(c, n, g, _)| c == cpu && n == id && g == mark.gives_up)
+                .map(|e| e.3)
+                .sum()
+        })
+    }
 }
 
 /// What one CPU recorded and has not handed to its machine's sink yet. A
@@ -126,22 +229,36 @@ fn same_name(a: &'static str, b: &'static str) -> bool {
 /// name may appear more than once; [`Sink::exec`] adds them up).
 #[derive(Clone, Debug, Default)]
 struct Sink {
-    calls: Vec<((usize, &'static str), u64)>,
-    marks: Vec<((usize, Mark), u64)>,
+    calls: Vec<(usize, NameId, u64)>,
+    marks: Vec<(usize, NameId, bool, u64)>,
     overlaps: BTreeSet<(usize, usize)>,
 }
 
 impl Sink {
     fn exec(&self) -> ExecCoverage {
-        let mut e = ExecCoverage::default();
-        for &(k, n) in &self.calls {
-            *e.calls.entry(k).or_default() += n;
+        let mut calls = self.calls.clone();
+        calls.sort_unstable_by_key(|&(c, n, _)| (c, n));
+        calls.dedup_by(|b, a| {
+            let same = (a.0, a.1) == (b.0, b.1);
+            if same {
+                a.2 += b.2;
+            }
+            same
+        });
+        let mut marks = self.marks.clone();
+        marks.sort_unstable_by_key(|&(c, n, g, _)| (c, n, g));
+        marks.dedup_by(|b, a| {
+            let same = (a.0, a.1, a.2) == (b.0, b.1, b.2);
+            if same {
+                a.3 += b.3;
+            }
+            same
+        });
+        ExecCoverage {
+            calls,
+            marks,
+            overlaps: self.overlaps.clone(),
         }
-        for &(k, n) in &self.marks {
-            *e.marks.entry(k).or_default() += n;
-        }
-        e.overlaps = self.overlaps.clone();
-        e
     }
 }
 
@@ -286,10 +403,16 @@ impl Coverage {
         }
         let rec = std::mem::take(&mut *rec);
         let mut d = self.lock();
-        d.calls
-            .extend(rec.calls.iter().map(|&(name, n)| ((cpu, name), n)));
-        d.marks
-            .extend(rec.marks.iter().map(|&(m, n)| ((cpu, m), n)));
+        d.calls.extend(
+            rec.calls
+                .iter()
+                .map(|&(name, n)| (cpu, NameId::of(name), n)),
+        );
+        d.marks.extend(
+            rec.marks
+                .iter()
+                .map(|&(m, n)| (cpu, NameId::of(m.name), m.gives_up, n)),
+        );
         d.overlaps
             .extend(rec.overlaps.iter().map(|&c| (c.min(cpu), c.max(cpu))));
     }
@@ -342,21 +465,25 @@ mod tests {
         c.flush(&cpus[0], 0);
         c.flush(&cpus[1], 1);
         let s = c.snapshot();
-        assert_eq!(s.calls[&(0, "f")], 2);
-        assert_eq!(s.marks[&(1, Mark::gives_up("g"))], 1);
+        assert_eq!(s.calls_of(0, "f"), 2);
+        assert_eq!(s.calls.len(), 1);
+        assert_eq!(s.passes_of(1, Mark::gives_up("g")), 1);
+        assert_eq!(s.passes_of(1, Mark::reached("g")), 0);
         assert!(s.overlaps.contains(&(0, 1)));
         // The same name at another address counts as the same function,
         // and a second hand-over adds to the first.
         let other: &'static str = String::from("f").leak();
         c.call(&cpus[0], other);
         c.flush(&cpus[0], 0);
-        assert_eq!(c.snapshot().calls[&(0, "f")], 3);
+        let s = c.snapshot();
+        assert_eq!(s.calls_of(0, "f"), 3);
+        assert_eq!(s.calls.len(), 1, "one entry a (CPU, name)");
         c.leave(&cpus[0], 0);
         c.leave(&cpus[1], 1);
         c.enter(&cpus[2], 2);
         c.flush(&cpus[2], 2);
         assert_eq!(c.snapshot().overlaps.len(), 1, "CPU2 ran alone");
-        assert_eq!(c.take().calls[&(0, "f")], 3);
+        assert_eq!(c.take().calls_of(0, "f"), 3);
         assert_eq!(c.snapshot(), ExecCoverage::default(), "taken");
     }
 

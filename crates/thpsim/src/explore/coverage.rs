@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use thpsim_model::coverage::ExecCoverage;
+use thpsim_model::coverage::{ExecCoverage, NameId};
 use thpsim_scenario::{Item, Scenario};
 
 /// One CPU of a block.
@@ -103,7 +103,7 @@ pub fn blocks(scn: &Scenario) -> Vec<BlockInfo> {
 type Name = Cow<'static, str>;
 
 /// Running totals of one block.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 struct Totals {
     executions: u64,
     /// (name, cpu) -> (executions, calls)
@@ -111,10 +111,101 @@ struct Totals {
     /// (name, gives_up, cpu) -> (executions, passes)
     marks: BTreeMap<(Name, bool, usize), (u64, u64)>,
     overlaps: BTreeMap<(usize, usize), u64>,
+    /// Executions added by this process and not yet folded into the maps
+    /// above (every reader folds them first: [`Totals::settled`]).
+    fresh: Fresh,
 }
 
+/// Counts by the model's name ids ([`NameId`], dense in this process),
+/// indexed `[id][cpu]` -> (executions, calls or passes): adding an
+/// execution's record costs an index an entry, no compare of names.
+#[derive(Clone, Debug, Default)]
+struct Fresh {
+    functions: Vec<Vec<(u64, u64)>>,
+    /// By `gives_up` (0: reached, 1: gives up), then as `functions`.
+    marks: [Vec<Vec<(u64, u64)>>; 2],
+}
+
+impl Fresh {
+    fn bump(v: &mut Vec<Vec<(u64, u64)>>, id: NameId, cpu: usize, n: u64) {
+        let i = id.index();
+        if v.len() <= i {
+            v.resize_with(i + 1, Vec::new);
+        }
+        let row = &mut v[i];
+        if row.len() <= cpu {
+            row.resize(cpu + 1, (0, 0));
+        }
+        row[cpu].0 += 1;
+        row[cpu].1 += n;
+    }
+
+    fn is_empty(&self) -> bool {
+        self.functions.is_empty() && self.marks.iter().all(Vec::is_empty)
+    }
+
+    /// The counts, by name (`(id, cpu, (executions, count))`), zeros left out.
+    fn drain(v: Vec<Vec<(u64, u64)>>) -> impl Iterator<Item = (&'static str, usize, (u64, u64))> {
+        v.into_iter().enumerate().flat_map(|(i, row)| {
+            let name = (!row.is_empty()).then(|| NameId::from_index(i).text());
+            row.into_iter()
+                .enumerate()
+                .filter(|(_, c)| c.0 > 0)
+                .map(move |(cpu, c)| (name.unwrap_or_default(), cpu, c))
+        })
+    }
+}
+
+impl PartialEq for Totals {
+    fn eq(&self, o: &Totals) -> bool {
+        let (a, b) = (self.settled(), o.settled());
+        a.executions == b.executions
+            && a.functions == b.functions
+            && a.marks == b.marks
+            && a.overlaps == b.overlaps
+    }
+}
+impl Eq for Totals {}
+
 impl Totals {
+    /// Folds the fresh counts into the maps by name.
+    fn settle(&mut self) {
+        if self.fresh.is_empty() {
+            return;
+        }
+        let Fresh { functions, marks } = std::mem::take(&mut self.fresh);
+        for (name, cpu, (ex, n)) in Fresh::drain(functions) {
+            let c = self
+                .functions
+                .entry((Cow::Borrowed(name), cpu))
+                .or_default();
+            c.0 += ex;
+            c.1 += n;
+        }
+        for (gives_up, v) in marks.into_iter().enumerate() {
+            for (name, cpu, (ex, n)) in Fresh::drain(v) {
+                let c = self
+                    .marks
+                    .entry((Cow::Borrowed(name), gives_up == 1, cpu))
+                    .or_default();
+                c.0 += ex;
+                c.1 += n;
+            }
+        }
+    }
+
+    /// The totals with the fresh counts folded in.
+    fn settled(&self) -> Cow<'_, Totals> {
+        if self.fresh.is_empty() {
+            return Cow::Borrowed(self);
+        }
+        let mut t = self.clone();
+        t.settle();
+        Cow::Owned(t)
+    }
+
     fn merge(&mut self, o: &Totals) {
+        let o = o.settled();
         self.executions += o.executions;
         for (k, &(ex, n)) in &o.functions {
             let c = self.functions.entry(k.clone()).or_default();
@@ -178,6 +269,10 @@ impl From<CoverageTotals> for Vec<BlockTotalsWire> {
     fn from(c: CoverageTotals) -> Self {
         c.blocks
             .into_iter()
+            .map(|(item, mut t)| {
+                t.settle();
+                (item, t)
+            })
             .map(|(item, t)| BlockTotalsWire {
                 item,
                 executions: t.executions,
@@ -274,18 +369,11 @@ impl CoverageTotals {
     pub fn add(&mut self, item: usize, e: &ExecCoverage) {
         let t = self.blocks.entry(item).or_default();
         t.executions += 1;
-        for (&(cpu, name), &n) in &e.calls {
-            let c = t.functions.entry((Cow::Borrowed(name), cpu)).or_default();
-            c.0 += 1;
-            c.1 += n;
+        for &(cpu, name, n) in &e.calls {
+            Fresh::bump(&mut t.fresh.functions, name, cpu, n);
         }
-        for (&(cpu, mark), &n) in &e.marks {
-            let c = t
-                .marks
-                .entry((Cow::Borrowed(mark.name), mark.gives_up, cpu))
-                .or_default();
-            c.0 += 1;
-            c.1 += n;
+        for &(cpu, name, gives_up, n) in &e.marks {
+            Fresh::bump(&mut t.fresh.marks[usize::from(gives_up)], name, cpu, n);
         }
         for &pair in &e.overlaps {
             *t.overlaps.entry(pair).or_default() += 1;
@@ -311,6 +399,7 @@ impl CoverageTotals {
             let Some(t) = self.blocks.get(&info.item) else {
                 continue;
             };
+            let t = t.settled();
             let threads = info.threads.clone();
             let ncpu = threads.len();
             let mut functions: BTreeMap<&str, Reach> = BTreeMap::new();
@@ -471,9 +560,9 @@ mod tests {
     fn warns_when_cpus_never_overlap_or_one_always_gives_up() {
         let mut t = CoverageTotals::default();
         let mut e = ExecCoverage::default();
-        e.calls.insert((0, "do_user_addr_fault"), 2);
-        e.marks
-            .insert((1, Mark::gives_up("split_huge_pages_pid: EBUSY")), 1);
+        e.calls.push((0, NameId::of("do_user_addr_fault"), 2));
+        let ebusy = Mark::gives_up("split_huge_pages_pid: EBUSY");
+        e.marks.push((1, NameId::of(ebusy.name), ebusy.gives_up, 1));
         let idx = 3;
         t.add(idx, &e);
         t.add(idx, &e);
@@ -502,11 +591,11 @@ mod tests {
     #[test]
     fn totals_merge_and_round_trip_through_json() {
         let mut e = ExecCoverage::default();
-        e.calls.insert((0, "do_user_addr_fault"), 2);
-        e.calls.insert((1, "split_huge_page_to_list"), 1);
-        e.marks
-            .insert((1, Mark::gives_up("split_huge_pages_pid: EBUSY")), 1);
-        e.marks.insert((0, Mark::reached("a mark")), 3);
+        e.calls.push((0, NameId::of("do_user_addr_fault"), 2));
+        e.calls.push((1, NameId::of("split_huge_page_to_list"), 1));
+        let ebusy = Mark::gives_up("split_huge_pages_pid: EBUSY");
+        e.marks.push((1, NameId::of(ebusy.name), ebusy.gives_up, 1));
+        e.marks.push((0, NameId::of("a mark"), false, 3));
         e.overlaps.insert((0, 1));
         let (mut a, mut b, mut both) = (
             CoverageTotals::default(),
